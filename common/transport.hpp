@@ -1,0 +1,59 @@
+// Transports: how a channel end is reached or listened on, picked by URI.
+//
+//   vsock:CID:PORT             AF_VSOCK (CID "ANY" to listen on every CID)
+//   fcvsock:/path/v.sock:PORT  Firecracker / Cloud Hypervisor hybrid vsock
+//   unix:/path/to/sock         AF_UNIX stream socket (tests, development)
+//   tcp:HOST:PORT              TCP (tests, hostd-to-hostd); HOST may be [v6]
+//
+// hostd and guestd both go through this file: there is one connect and one
+// listen path whatever the transport.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/asio.hpp"
+
+namespace vmgate::transport {
+
+enum class Kind { vsock, fcvsock, unix_socket, tcp };
+
+inline constexpr std::uint32_t vsock_cid_any = 0xFFFFFFFFu;  // VMADDR_CID_ANY
+
+struct Address {
+  Kind kind = Kind::tcp;
+  std::uint32_t cid = 0;   // vsock
+  std::uint32_t port = 0;  // vsock, fcvsock, tcp
+  std::string host;        // tcp (numeric or a name resolved at connect time)
+  std::string path;        // unix, fcvsock
+
+  std::string to_string() const;
+  friend bool operator==(const Address&, const Address&) = default;
+};
+
+// Parses a transport URI. On failure the error is a one-line reason naming
+// the offending part, suitable for a config error or a 502 body.
+boost::system::result<Address, std::string> parse(std::string_view uri);
+
+// Connects; the caller bounds the time (Deadline). For fcvsock this includes
+// the "CONNECT PORT\n" / "OK ...\n" handshake.
+awaitable<std::tuple<error_code, Stream>> connect(const Address& address);
+
+// Opens, binds and listens. A stale unix socket file is replaced.
+Acceptor listen(asio::any_io_executor executor, const Address& address, error_code& ec);
+
+// The local address an acceptor is bound to, as a URI (resolves port 0).
+std::string local_uri(const Acceptor& acceptor, const Address& configured);
+
+// The peer's vsock CID, or nothing if the socket is not AF_VSOCK.
+std::optional<std::uint32_t> peer_vsock_cid(const Stream& stream);
+
+// A short human-readable peer description for logs and `Forwarded`:
+// "203.0.113.7:51514", "[2001:db8::1]:443", "vsock:3:1034", "unix".
+std::string describe_peer(const Stream& stream);
+
+// Sets TCP_NODELAY on TCP sockets; a no-op for other families.
+void tune(Stream& stream);
+
+}  // namespace vmgate::transport

@@ -1,0 +1,55 @@
+// The libvirt inventory: keeps the directory current from libvirt.
+//
+// libvirt calls block, so all of them happen on the inventory's own thread,
+// which also runs libvirt's default event loop. On start it lists every
+// domain, then follows lifecycle events; if the connection closes it
+// reconnects with backoff and resynchronises.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "hostd/directory/directory.hpp"
+
+namespace vmgate::hostd {
+
+struct InventoryOptions {
+  std::string uri = "qemu:///system";
+  bool read_only = true;
+  std::chrono::milliseconds reconnect_min{500};
+  std::chrono::milliseconds reconnect_max{30'000};
+};
+
+struct InventoryStats {
+  std::atomic<std::uint64_t> events{0};
+  std::atomic<std::uint64_t> reconnects{0};
+  std::atomic<std::uint64_t> syncs{0};
+  std::atomic<bool> connected{false};
+};
+
+class LibvirtInventory {
+ public:
+  LibvirtInventory(InventoryOptions options, Directory& directory);
+  ~LibvirtInventory();
+  LibvirtInventory(const LibvirtInventory&) = delete;
+  LibvirtInventory& operator=(const LibvirtInventory&) = delete;
+
+  void start();
+  void stop();
+  // Waits until the first full synchronisation has completed.
+  bool wait_first_sync(std::chrono::milliseconds timeout);
+
+  const InventoryStats& stats() const { return stats_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  InventoryStats stats_;
+};
+
+}  // namespace vmgate::hostd
