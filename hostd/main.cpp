@@ -1,1 +1,115 @@
-int main() { return 0; }
+// vmgate-hostd: the KVM host's gateway into its guests' agents.
+#include <csignal>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "common/config_reader.hpp"
+#include "common/log.hpp"
+#include "hostd/config/hostd_config.hpp"
+#include "hostd/directory/directory.hpp"
+#include "hostd/inventory/libvirt_inventory.hpp"
+#include "hostd/listener/server.hpp"
+
+#ifndef VMGATE_VERSION
+#define VMGATE_VERSION "0.0.0"
+#endif
+
+namespace {
+
+constexpr std::string_view usage =
+    "usage: vmgate-hostd --config FILE [--check-config] [--log-level debug|info|warn|error]\n"
+    "       vmgate-hostd --version\n";
+
+int run(const vmgate::hostd::HostdConfig& config) {
+  using namespace vmgate;
+  hostd::Directory directory;
+  hostd::LibvirtInventory inventory(config.libvirt, directory);
+  inventory.start();
+
+  asio::io_context io;
+  hostd::Server server(io, config, directory);
+  server.start();
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  asio::steady_timer drain(io);
+  signals.async_wait([&](error_code ec, int signal) {
+    if (ec) return;
+    log::info("stopping").kv("signal", signal);
+    server.stop_accepting();
+    // Sessions in progress get a moment to finish, then everything stops.
+    drain.expires_after(std::chrono::seconds(2));
+    drain.async_wait([&](error_code) { io.stop(); });
+  });
+
+  unsigned threads = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::jthread> pool;
+  for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
+  io.run();
+  io.stop();
+  pool.clear();
+  inventory.stop();
+  log::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace vmgate;
+  std::string config_path;
+  bool check_only = false;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const auto& a = args[i];
+    if (a == "--config" && i + 1 < args.size()) {
+      config_path = args[++i];
+    } else if (a == "--check-config") {
+      check_only = true;
+    } else if (a == "--version") {
+      std::cout << "vmgate-hostd " << VMGATE_VERSION << "\n";
+      return 0;
+    } else if (a == "--log-level" && i + 1 < args.size()) {
+      const auto& level = args[++i];
+      if (level == "debug") log::set_min_level(log::Level::debug);
+      else if (level == "info") log::set_min_level(log::Level::info);
+      else if (level == "warn") log::set_min_level(log::Level::warn);
+      else if (level == "error") log::set_min_level(log::Level::error);
+      else {
+        std::cerr << "vmgate-hostd: unknown log level '" << level << "'\n" << usage;
+        return 2;
+      }
+    } else if (a == "--help" || a == "-h") {
+      std::cout << usage;
+      return 0;
+    } else {
+      std::cerr << "vmgate-hostd: unknown argument '" << a << "'\n" << usage;
+      return 2;
+    }
+  }
+  if (config_path.empty()) {
+    std::cerr << "vmgate-hostd: --config FILE is required\n" << usage;
+    return 2;
+  }
+  hostd::HostdConfig config;
+  try {
+    config = hostd::load_hostd_config(config_path);
+  } catch (const config::ConfigError& e) {
+    std::cerr << "vmgate-hostd: config error: " << e.what() << "\n";
+    return 2;
+  }
+  if (check_only) {
+    std::cout << "vmgate-hostd: " << config_path << " is valid\n";
+    return 0;
+  }
+  try {
+    return run(config);
+  } catch (const std::exception& e) {
+    log::error("fatal").kv("error", e.what());
+    return 1;
+  }
+}

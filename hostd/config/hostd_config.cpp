@@ -1,0 +1,132 @@
+#include "hostd/config/hostd_config.hpp"
+
+#include <fmt/format.h>
+
+#include "common/config_reader.hpp"
+
+namespace vmgate::hostd {
+namespace {
+
+using namespace std::chrono_literals;
+using config::Section;
+
+bool is_loopback(const transport::Address& a) {
+  if (a.kind == transport::Kind::unix_socket) return true;
+  if (a.kind != transport::Kind::tcp) return false;
+  return a.host == "localhost" || a.host.starts_with("127.") || a.host == "::1";
+}
+
+bool valid_header_name(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+ListenerConfig read_listener(const Section& s) {
+  ListenerConfig l;
+  auto address = s.optional_string("address");
+  if (!address) s.fail("address", "is required (tcp:HOST:PORT or unix:PATH)");
+  auto parsed = transport::parse(*address);
+  if (!parsed) s.fail("address", parsed.error());
+  if (parsed->kind != transport::Kind::tcp && parsed->kind != transport::Kind::unix_socket)
+    s.fail("address", "client listeners are tcp:HOST:PORT or unix:PATH");
+  l.address = *parsed;
+  l.name = s.get_string("name", *address);
+  l.guest_port = static_cast<std::uint16_t>(
+      s.get_int("guest_port", parsed->kind == transport::Kind::tcp ? parsed->port : 0, 1, 65535));
+  l.trusted = s.get_bool("trusted", false);
+  l.trusted_remote = s.get_bool("trusted_remote", false);
+  if (!l.trusted) {
+    s.fail("trusted",
+           "client authentication is not available in this version: set trusted = true on a "
+           "loopback listener");
+  }
+  if (!is_loopback(l.address) && !l.trusted_remote) {
+    s.fail("trusted",
+           fmt::format("{} is not a loopback address: a trusted listener there lets anyone who "
+                       "reaches it into your VMs; set trusted_remote = true as well if you mean it",
+                       l.address.to_string()));
+  }
+  s.reject_unknown_keys();
+  return l;
+}
+
+HostdConfig read(const Section& root) {
+  HostdConfig c;
+  if (auto s = root.section("libvirt")) {
+    c.libvirt.uri = s->get_string("uri", c.libvirt.uri);
+    if (c.libvirt.uri.empty()) s->fail("uri", "must not be empty");
+    c.libvirt.read_only = s->get_bool("read_only", c.libvirt.read_only);
+    c.libvirt.reconnect_min = s->get_ms("reconnect_min_ms", c.libvirt.reconnect_min, 10ms, 600'000ms);
+    c.libvirt.reconnect_max = s->get_ms("reconnect_max_ms", c.libvirt.reconnect_max, 10ms, 3'600'000ms);
+    if (c.libvirt.reconnect_max < c.libvirt.reconnect_min)
+      s->fail("reconnect_max_ms", "must not be smaller than reconnect_min_ms");
+    s->reject_unknown_keys();
+  }
+  if (auto s = root.section("routing")) {
+    c.routing.vm_header = s->get_string("vm_header", c.routing.vm_header);
+    if (!valid_header_name(c.routing.vm_header))
+      s->fail("vm_header", "must be a header name (letters, digits, '-')");
+    c.routing.host_suffix = s->get_string("host_suffix", "");
+    if (!c.routing.host_suffix.empty() && c.routing.host_suffix.front() != '.')
+      c.routing.host_suffix.insert(c.routing.host_suffix.begin(), '.');
+    s->reject_unknown_keys();
+  }
+  if (auto s = root.section("channel")) {
+    c.channel.guestd_port = static_cast<std::uint32_t>(
+        s->get_int("guestd_port", c.channel.guestd_port, 1, 0xFFFFFFFE));
+    c.channel.transport_template = s->get_string("transport", c.channel.transport_template);
+    // Check the template's shape with sample values, so a typo fails at start-up.
+    std::string sample = c.channel.transport_template;
+    for (auto [key, value] : {std::pair{"{cid}", "3"}, std::pair{"{name}", "vm"},
+                              std::pair{"{uuid}", "00000000-0000-0000-0000-000000000000"},
+                              std::pair{"{port}", "5500"}}) {
+      for (auto pos = sample.find(key); pos != std::string::npos; pos = sample.find(key))
+        sample.replace(pos, std::string_view(key).size(), value);
+    }
+    if (sample.find('{') != std::string::npos)
+      s->fail("transport", "unknown placeholder (use {cid}, {name}, {uuid}, {port})");
+    if (auto parsed = transport::parse(sample); !parsed) s->fail("transport", parsed.error());
+    c.channel.connect_timeout = s->get_ms("connect_timeout_ms", c.channel.connect_timeout, 10ms, 600'000ms);
+    s->reject_unknown_keys();
+  }
+  if (auto s = root.section("limits")) {
+    c.limits.header_bytes = static_cast<std::uint32_t>(
+        s->get_int("header_bytes", c.limits.header_bytes, 1024, 1024 * 1024));
+    c.limits.max_request_body = static_cast<std::uint64_t>(
+        s->get_int("max_request_body", 0, 0, std::numeric_limits<std::int64_t>::max()));
+    c.limits.header_timeout = s->get_ms("header_timeout_ms", c.limits.header_timeout, 100ms, 3'600'000ms);
+    c.limits.idle_timeout = s->get_ms("idle_timeout_ms", c.limits.idle_timeout, 100ms, 86'400'000ms);
+    c.limits.max_connections = static_cast<std::uint32_t>(
+        s->get_int("max_connections", c.limits.max_connections, 1, 1'000'000));
+    s->reject_unknown_keys();
+  }
+  c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
+  for (const auto& s : root.sections("listener")) c.listeners.push_back(read_listener(s));
+  if (c.listeners.empty()) {
+    // The agent ports, on loopback, until authentication is configured.
+    for (std::uint16_t port : {5986, 8114}) {
+      ListenerConfig l;
+      l.address = transport::Address{.kind = transport::Kind::tcp, .port = port, .host = "127.0.0.1"};
+      l.name = l.address.to_string();
+      l.guest_port = port;
+      l.trusted = true;
+      c.listeners.push_back(l);
+    }
+  }
+  root.reject_unknown_keys();
+  return c;
+}
+
+}  // namespace
+
+HostdConfig load_hostd_config(const std::string& path) { return read(config::load_file(path)); }
+
+HostdConfig parse_hostd_config(std::string_view text, const std::string& name) {
+  return read(config::load_string(text, name));
+}
+
+}  // namespace vmgate::hostd

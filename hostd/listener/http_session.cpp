@@ -1,0 +1,553 @@
+#include "hostd/listener/http_session.hpp"
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <random>
+
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+
+#include "common/log.hpp"
+#include "common/relay.hpp"
+#include "common/transport.hpp"
+#include "common/watchdog.hpp"
+#include "hostd/channel/channel.hpp"
+#include "hostd/listener/error_response.hpp"
+#include "hostd/route/header_rewrite.hpp"
+#include "hostd/route/request_route.hpp"
+
+namespace vmgate::hostd {
+namespace beast = boost::beast;
+namespace http = beast::http;
+using namespace asio::experimental::awaitable_operators;
+
+std::string new_request_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return fmt::format("{:08x}", static_cast<std::uint32_t>(rng()));
+}
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+constexpr std::size_t body_chunk = 64 * 1024;
+
+// What one request did, logged as one line when it ends.
+struct RequestRecord {
+  std::string id = new_request_id();
+  std::string_view listener;
+  std::string_view client;
+  std::string method;
+  std::string form = "-";
+  std::string target = "-";
+  std::string vm = "-";
+  unsigned port = 0;
+  unsigned status = 0;
+  std::string reason;
+  bool reused_channel = false;
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  clock::time_point start = clock::now();
+
+  ~RequestRecord() {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
+    auto line = (status >= 500 ? log::warn("request") : log::info("request"));
+    line.kv("req", id).kv("listener", listener).kv("client", client).kv("method", method)
+        .kv("form", form).kv("target", target).kv("vm", vm).kv("port", port).kv("status", status)
+        .kv("bytes_in", bytes_in).kv("bytes_out", bytes_out).kv("ms", static_cast<long long>(ms));
+    if (reused_channel) line.kv("channel", "reused");
+    if (!reason.empty()) line.kv("reason", reason);
+  }
+};
+
+// An open channel to one agent port of one VM, kept between requests of the
+// same client connection when the agent keeps it alive.
+struct Upstream {
+  Stream stream;
+  beast::flat_buffer buffer;  // agent bytes read past the current response head
+  std::string key;            // uuid:port
+};
+
+// Whether a kept channel is still open: the agent may have closed it while idle.
+bool still_open(Stream& stream) {
+  char byte;
+  auto n = ::recv(stream.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+// The state the two directions of one exchange share.
+struct Exchange {
+  bool request_done = false;
+  bool request_failed = false;   // client stopped sending (error or cancelled)
+  bool upstream_write_failed = false;
+  bool response_started = false;
+  bool response_done = false;
+  bool upstream_reusable = false;
+  bool client_keep_alive = false;
+  bool timed_out = false;
+  bool stop_request = false;  // the response side ended the exchange early
+  std::optional<Refusal> refusal;  // when no response was started
+};
+
+class ClientSession {
+ public:
+  ClientSession(Stream client, const SessionContext& context)
+      : client_(std::move(client)), ctx_(context), peer_(transport::describe_peer(client_)) {}
+
+  awaitable<void> run() {
+    watchdog_ = Watchdog::start(client_.get_executor());
+    struct StopWatchdog {
+      Watchdog& w;
+      ~StopWatchdog() { w.stop(); }
+    } stop{*watchdog_};
+    while (co_await serve_one()) {
+    }
+    error_code ignored;
+    client_.shutdown(asio::socket_base::shutdown_send, ignored);
+    client_.close(ignored);
+    if (upstream_) upstream_->stream.close(ignored);
+  }
+
+ private:
+  const LimitsConfig& limits() const { return ctx_.config.limits; }
+
+  awaitable<bool> serve_one() {
+    watchdog_->expires_after(limits().header_timeout, [this] {
+      error_code ignored;
+      client_.close(ignored);
+    });
+    http::request_parser<http::empty_body> head;
+    head.header_limit(limits().header_bytes);
+    head.body_limit(boost::none);
+    auto [ec, n] = co_await http::async_read_header(client_, buffer_, head, use_tuple);
+    watchdog_->expires_never();
+    if (ec) co_return co_await refuse_unreadable_head(ec, head);
+
+    RequestRecord rec;
+    rec.listener = ctx_.listener.name;
+    rec.client = peer_;
+    auto& req = head.get();
+    rec.method = std::string(req.method_string());
+    const bool has_body = !head.is_done();
+    // An error answer can keep the connection only if no request body is left unread.
+    const bool keep_after_error = req.keep_alive() && !has_body;
+
+    auto admitted = admit(rec, head);
+    if (!admitted) {
+      Refusal refusal = std::move(admitted.error());
+      co_return co_await refuse(rec, refusal, req.version(), keep_after_error && refusal.status != 413);
+    }
+    const Route& route = admitted->route;
+    const VmRecord& vm = admitted->vm;
+    if (route.form == RouteForm::connect) {
+      co_await tunnel(rec, vm, route.port, req.version());
+      co_return false;
+    }
+    co_return co_await forward(rec, vm, route, head);
+  }
+
+  struct Admitted {
+    Route route;
+    VmRecord vm;
+  };
+
+  // Route, resolve and check limits; everything a request needs before a
+  // channel is opened. (A plain function: GCC 12 mishandles temporaries built
+  // inside co_await expressions, so refusals are made here, not inline.)
+  boost::system::result<Admitted, Refusal> admit(RequestRecord& rec,
+                                                 const http::request_parser<http::empty_body>& head) {
+    const auto& req = head.get();
+    auto route = route_request(req, RouteOptions{.vm_header = ctx_.config.routing.vm_header,
+                                                 .host_suffix = ctx_.config.routing.host_suffix,
+                                                 .guest_port = ctx_.listener.guest_port});
+    if (!route) return Refusal{400, route.error()};
+    rec.form = route_form_name(route->form);
+    rec.target = route->target.to_string();
+    rec.port = route->port;
+    if (!route->target.single_vm())
+      return Refusal{501, "group, network, list and HOST/NAME targets are not served by this hostd yet"};
+    auto lookup = ctx_.directory.find(route->target.value);
+    if (lookup.status == LookupStatus::not_found)
+      return Refusal{404, fmt::format("vm '{}' is not known to this host", route->target.value)};
+    if (lookup.status == LookupStatus::ambiguous) {
+      std::string candidates;
+      for (const auto& c : lookup.candidates) candidates += (candidates.empty() ? "" : ", ") + c;
+      return Refusal{409, fmt::format("'{}' matches more than one VM: {}", route->target.value, candidates)};
+    }
+    rec.vm = lookup.vm->name;
+    if (lookup.vm->state != VmState::running)
+      return Refusal{503, fmt::format("vm {} is {}", lookup.vm->name, state_name(lookup.vm->state))};
+    if (limits().max_request_body > 0 && head.content_length() &&
+        *head.content_length() > limits().max_request_body) {
+      return Refusal{413, fmt::format("request body of {} bytes exceeds the limit of {}",
+                                      *head.content_length(), limits().max_request_body)};
+    }
+    return Admitted{std::move(*route), std::move(*lookup.vm)};
+  }
+
+  // A head that could not be read: EOF and timeouts end quietly, the rest get 400/431.
+  awaitable<bool> refuse_unreadable_head(error_code ec, http::request_parser<http::empty_body>& head) {
+    if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor ||
+        ec == asio::error::connection_reset || ec == http::error::partial_message)
+      co_return false;
+    RequestRecord rec;
+    rec.listener = ctx_.listener.name;
+    rec.client = peer_;
+    if (head.is_header_done()) rec.method = std::string(head.get().method_string());
+    Refusal refusal = ec == http::error::header_limit
+                          ? Refusal{431, fmt::format("request head exceeds {} bytes", limits().header_bytes)}
+                          : Refusal{400, fmt::format("malformed request: {}", ec.message())};
+    co_await refuse(rec, refusal, 11, false);
+    co_return false;
+  }
+
+  awaitable<bool> refuse(RequestRecord& rec, const Refusal& refusal, unsigned version,
+                         bool keep_alive) {
+    rec.status = refusal.status;
+    rec.reason = refusal.reason;
+    auto res = make_error_response(refusal, rec.id, version, keep_alive);
+    watchdog_->expires_after(limits().idle_timeout, [this] {
+      error_code ignored;
+      client_.close(ignored);
+    });
+    auto [ec, n] = co_await http::async_write(client_, res, use_tuple);
+    watchdog_->expires_never();
+    rec.bytes_out += n;
+    co_return !ec && keep_alive;
+  }
+
+  awaitable<std::optional<Refusal>> ensure_upstream(RequestRecord& rec, const VmRecord& vm,
+                                                    std::uint16_t port) {
+    std::string key = fmt::format("{}:{}", vm.uuid, port);
+    if (upstream_ && upstream_->key == key && still_open(upstream_->stream)) {
+      rec.reused_channel = true;
+      co_return std::nullopt;
+    }
+    upstream_.reset();
+    auto channel = co_await open_channel(ctx_.config.channel, vm, port, peer_, rec.id);
+    if (!channel) co_return channel.error();
+    upstream_.emplace(Upstream{std::move(channel->stream), {}, std::move(key)});
+    auto leftover = channel->leftover;
+    if (!leftover.empty()) {
+      auto dest = upstream_->buffer.prepare(leftover.size());
+      asio::buffer_copy(dest, asio::buffer(leftover));
+      upstream_->buffer.commit(leftover.size());
+    }
+    co_return std::nullopt;
+  }
+
+  // CONNECT: after "200 Connection established" the bytes are raw both ways.
+  awaitable<void> tunnel(RequestRecord& rec, const VmRecord& vm, std::uint16_t port,
+                         unsigned version) {
+    auto channel = co_await open_channel(ctx_.config.channel, vm, port, peer_, rec.id);
+    if (!channel) {
+      Refusal refusal = channel.error();
+      co_await refuse(rec, refusal, version, false);
+      co_return;
+    }
+    rec.status = 200;
+    static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
+    auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), use_tuple);
+    if (ec) co_return;
+    // Bytes that arrived with the head belong to the tunnel.
+    if (buffer_.size() > 0) {
+      auto [wec, wn] = co_await asio::async_write(channel->stream, buffer_.data(), use_tuple);
+      if (wec) co_return;
+      rec.bytes_in += wn;
+      buffer_.consume(wn);
+    }
+    if (!channel->leftover.empty()) {
+      auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(channel->leftover), use_tuple);
+      if (wec) co_return;
+      rec.bytes_out += wn;
+    }
+    auto result = co_await relay(client_, channel->stream, limits().idle_timeout);
+    rec.bytes_in += result.a_to_b;
+    rec.bytes_out += result.b_to_a;
+    if (result.idle_timeout) rec.reason = "idle timeout";
+    error_code ignored;
+    channel->stream.close(ignored);
+  }
+
+  awaitable<bool> forward(RequestRecord& rec, const VmRecord& vm, const Route& route,
+                          http::request_parser<http::empty_body>& head) {
+    http::request_parser<http::buffer_body> request{std::move(head)};
+    if (limits().max_request_body > 0) request.body_limit(limits().max_request_body);
+    auto& msg = request.get();
+    Exchange ex;
+    ex.client_keep_alive = msg.keep_alive();
+    const unsigned client_version = msg.version();
+    const bool is_head = msg.method() == http::verb::head;
+    const bool has_body = !request.is_done();
+    rewrite_request(msg, route, ctx_.config.routing.vm_header, peer_);
+
+    // A kept channel the agent closed at the same moment fails on the first
+    // write or read; a request without a body can safely go again on a new one.
+    for (int attempt = 0;; ++attempt) {
+      std::optional<Refusal> refused = co_await ensure_upstream(rec, vm, route.port);
+      if (refused) {
+        bool keep = ex.client_keep_alive && !has_body;
+        co_return co_await refuse(rec, *refused, client_version, keep);
+      }
+      http::serializer<true, http::buffer_body> writer{msg};
+      arm_exchange_watchdog(ex);
+      auto [ec, n] = co_await http::async_write_header(upstream_->stream, writer, use_tuple);
+      if (ec) {
+        upstream_.reset();
+        if (rec.reused_channel && !has_body && attempt == 0) continue;
+        Refusal refusal{502, fmt::format("channel to vm {} failed: {}", vm.name, ec.message())};
+        co_await refuse(rec, refusal, client_version, false);
+        co_return false;
+      }
+      co_await (pump_request_body(request, writer, ex, rec) &&
+                pump_response(ex, rec, vm, is_head, client_version));
+      if (!ex.response_started && rec.reused_channel && !has_body && attempt == 0 &&
+          !ex.timed_out && !ex.request_failed) {
+        upstream_.reset();
+        ex.refusal.reset();
+        ex.request_done = false;
+        continue;
+      }
+      break;
+    }
+    watchdog_->expires_never();
+
+    if (!ex.response_started) {
+      upstream_.reset();
+      if (ex.request_failed && !ex.refusal) {
+        rec.status = 499;
+        rec.reason = "client closed the connection";
+        co_return false;
+      }
+      Refusal refusal = ex.refusal.value_or(Refusal{502, "no response from the agent"});
+      co_await refuse(rec, refusal, client_version, false);
+      co_return false;
+    }
+    if (!(ex.request_done && ex.response_done && ex.upstream_reusable)) upstream_.reset();
+    co_return ex.client_keep_alive && ex.request_done && ex.response_done;
+  }
+
+  void arm_exchange_watchdog(Exchange& ex) {
+    watchdog_->expires_after(limits().idle_timeout, [this, &ex] {
+      ex.timed_out = true;
+      error_code ignored;
+      client_.cancel(ignored);
+      if (upstream_) upstream_->stream.cancel(ignored);
+    });
+  }
+
+  // Body buffers are allocated on first use and kept for the connection.
+  static std::unique_ptr<char[]>& body_buffer(std::unique_ptr<char[]>& slot) {
+    if (!slot) slot = std::make_unique<char[]>(body_chunk);
+    return slot;
+  }
+
+  awaitable<void> pump_request_body(http::request_parser<http::buffer_body>& request,
+                                    http::serializer<true, http::buffer_body>& writer,
+                                    Exchange& ex, RequestRecord& rec) {
+    auto& body = request.get().body();
+    for (;;) {
+      if (ex.stop_request) {
+        ex.request_failed = true;
+        co_return;
+      }
+      if (!request.is_done()) {
+        char* chunk = body_buffer(request_chunk_).get();
+        body.data = chunk;
+        body.size = body_chunk;
+        auto [ec, n] = co_await http::async_read(client_, buffer_, request, use_tuple);
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) {
+          ex.request_failed = true;
+          if (ec == http::error::body_limit && !ex.response_started) {
+            ex.refusal = Refusal{413, fmt::format("request body exceeds the limit of {} bytes",
+                                                  limits().max_request_body)};
+          }
+          error_code ignored;
+          if (upstream_) upstream_->stream.cancel(ignored);
+          co_return;
+        }
+        body.size = body_chunk - body.size;
+        body.data = chunk;
+        body.more = !request.is_done();
+      } else {
+        body.data = nullptr;
+        body.size = 0;
+        body.more = false;
+      }
+      rec.bytes_in += body.size;
+      watchdog_->extend(limits().idle_timeout);
+      if (writer.is_done()) break;
+      auto [wec, wn] = co_await http::async_write(upstream_->stream, writer, use_tuple);
+      if (wec == http::error::need_buffer) wec = {};
+      if (wec) {
+        // The agent may have answered early and closed; the response side decides.
+        ex.upstream_write_failed = true;
+        co_return;
+      }
+      if (request.is_done() && writer.is_done()) break;
+    }
+    ex.request_done = true;
+  }
+
+  awaitable<void> pump_response(Exchange& ex, RequestRecord& rec, const VmRecord& vm,
+                                bool is_head, unsigned client_version) {
+    for (;;) {
+      http::response_parser<http::buffer_body> response;
+      response.header_limit(limits().header_bytes);
+      response.body_limit(boost::none);
+      if (is_head) response.skip(true);
+      auto [ec, n] = co_await http::async_read_header(upstream_->stream, upstream_->buffer, response, use_tuple);
+      if (ec) {
+        if (ex.request_failed && !ex.refusal) co_return;  // the client is gone
+        if (!ex.refusal) {
+          if (ex.timed_out) {
+            ex.refusal = Refusal{504, fmt::format("vm {} did not answer within {} ms", vm.name,
+                                                  limits().idle_timeout.count())};
+          } else if (ec == http::error::header_limit) {
+            ex.refusal = Refusal{502, fmt::format("agent response head exceeds {} bytes",
+                                                  limits().header_bytes)};
+          } else {
+            ex.refusal = Refusal{502, fmt::format("agent on vm {} port {} closed the connection "
+                                                  "before answering ({})",
+                                                  vm.name, rec.port, ec.message())};
+          }
+        }
+        stop_reading_client(ex);
+        co_return;
+      }
+      auto& res = response.get();
+      const unsigned code = res.result_int();
+      if (code == 101) {
+        ex.refusal = Refusal{502, "agent switched protocols; use CONNECT for upgraded connections"};
+        stop_reading_client(ex);
+        co_return;
+      }
+      if (code >= 100 && code < 200) {
+        // Interim responses (100 Continue) go to HTTP/1.1 clients only (RFC 9110 §15.2).
+        if (client_version >= 11) {
+          http::response<http::empty_body> interim{res.result(), 11};
+          for (const auto& f : res) interim.insert(f.name_string(), f.value());
+          rewrite_response(interim);
+          auto [wec, wn] = co_await http::async_write(client_, interim, use_tuple);
+          rec.bytes_out += wn;
+          if (wec) {
+            ex.request_failed = true;
+            co_return;
+          }
+        }
+        continue;
+      }
+      co_await stream_response(ex, rec, response, is_head, client_version);
+      co_return;
+    }
+  }
+
+  awaitable<void> stream_response(Exchange& ex, RequestRecord& rec,
+                                  http::response_parser<http::buffer_body>& response,
+                                  bool is_head, unsigned client_version) {
+    auto& res = response.get();
+    rec.status = res.result_int();
+    ex.upstream_reusable = res.keep_alive() && !response.need_eof();
+    rewrite_response(res);
+    bool keep = ex.client_keep_alive;
+    if (client_version < 11) {
+      // No chunked coding for HTTP/1.0 clients: the body ends with the connection.
+      if (res.chunked() || response.need_eof()) {
+        res.chunked(false);
+        keep = false;
+      }
+      res.version(10);
+    } else {
+      res.version(11);
+      if (response.need_eof() && !is_head) res.chunked(true);  // keeps the client connection usable
+    }
+    res.keep_alive(keep);
+    ex.client_keep_alive = keep;
+
+    http::serializer<false, http::buffer_body> writer{res};
+    ex.response_started = true;
+    auto [hec, hn] = co_await http::async_write_header(client_, writer, use_tuple);
+    rec.bytes_out += hn;
+    if (hec) {
+      ex.request_failed = true;
+      stop_reading_client(ex);
+      co_return;
+    }
+    if (!is_head) {
+      auto& body = res.body();
+      for (;;) {
+        if (!response.is_done()) {
+          char* chunk = body_buffer(response_chunk_).get();
+          body.data = chunk;
+          body.size = body_chunk;
+          auto [ec, n] = co_await http::async_read(upstream_->stream, upstream_->buffer, response, use_tuple);
+          if (ec == http::error::need_buffer) ec = {};
+          if (ec) {
+            // Mid-body failure: the client sees a truncated message and a closed connection.
+            ex.client_keep_alive = false;
+            stop_reading_client(ex);
+            co_return;
+          }
+          body.size = body_chunk - body.size;
+          body.data = chunk;
+          body.more = !response.is_done();
+        } else {
+          body.data = nullptr;
+          body.size = 0;
+          body.more = false;
+        }
+        watchdog_->extend(limits().idle_timeout);
+        if (writer.is_done()) break;
+        auto [wec, wn] = co_await http::async_write(client_, writer, use_tuple);
+        if (wec == http::error::need_buffer) wec = {};
+        if (wec) {
+          ex.request_failed = true;
+          ex.client_keep_alive = false;
+          stop_reading_client(ex);
+          co_return;
+        }
+        rec.bytes_out += body.size;
+        if (response.is_done() && writer.is_done()) break;
+      }
+    }
+    ex.response_done = true;
+    if (!ex.request_done) stop_reading_client(ex);
+  }
+
+  // The response is over (or failed) while the request body is still coming:
+  // stop reading it; the connection cannot carry another request.
+  void stop_reading_client(Exchange& ex) {
+    if (ex.request_done) return;
+    ex.stop_request = true;
+    ex.client_keep_alive = false;
+    error_code ignored;
+    client_.cancel(ignored);
+    // The channel has an unfinished request on it: it cannot be reused either.
+    if (upstream_) upstream_->stream.cancel(ignored);
+  }
+
+  Stream client_;
+  const SessionContext& ctx_;
+  std::string peer_;
+  // Client bytes read past the current head (pipelined requests, tunnel data);
+  // it must outlive every read on the connection.
+  beast::flat_buffer buffer_;
+  std::shared_ptr<Watchdog> watchdog_;
+  std::optional<Upstream> upstream_;
+  std::unique_ptr<char[]> request_chunk_;
+  std::unique_ptr<char[]> response_chunk_;
+};
+
+}  // namespace
+
+awaitable<void> run_http_session(Stream client, const SessionContext& context) {
+  ClientSession session(std::move(client), context);
+  co_await session.run();
+}
+
+}  // namespace vmgate::hostd

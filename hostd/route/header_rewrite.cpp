@@ -1,0 +1,77 @@
+#include "hostd/route/header_rewrite.hpp"
+
+#include <vector>
+
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/rfc7230.hpp>
+#include <fmt/format.h>
+
+namespace vmgate::hostd {
+namespace http = boost::beast::http;
+
+namespace {
+
+constexpr std::string_view via_value = "1.1 vmgate";
+
+bool is_framing(std::string_view name) {
+  return boost::beast::iequals(name, "content-length") ||
+         boost::beast::iequals(name, "transfer-encoding") || boost::beast::iequals(name, "host");
+}
+
+// RFC 9110 §7.6.1: Connection, the fields it names, and the fields that are
+// hop-by-hop by definition.
+template <class Header>
+void remove_hop_by_hop(Header& h, std::initializer_list<http::field> always) {
+  std::vector<std::string> named;
+  for (auto it = h.find(http::field::connection); it != h.end() && it->name() == http::field::connection; ++it) {
+    for (auto token : http::token_list(it->value())) {
+      if (!is_framing(token)) named.emplace_back(token);
+    }
+  }
+  for (const auto& name : named) h.erase(name);
+  h.erase(http::field::connection);
+  h.erase("Proxy-Connection");
+  for (auto f : always) h.erase(f);
+}
+
+void append_field(http::fields& h, http::field f, std::string_view value) {
+  auto existing = h[f];
+  if (existing.empty()) {
+    h.set(f, value);
+  } else {
+    h.set(f, fmt::format("{}, {}", existing, value));
+  }
+}
+
+}  // namespace
+
+std::string forwarded_for(std::string_view peer) {
+  if (peer.empty() || peer == "unix" || peer == "unknown") return "unknown";
+  // host:port always needs quoting (RFC 7239 §4: ':' and '[' are not token characters).
+  return fmt::format("\"{}\"", peer);
+}
+
+void rewrite_request(http::request_header<>& req, const Route& route, std::string_view vm_header,
+                     std::string_view client_peer) {
+  remove_hop_by_hop(req, {http::field::keep_alive, http::field::te, http::field::trailer,
+                          http::field::upgrade, http::field::proxy_authorization});
+  req.erase(vm_header);
+  if (route.form == RouteForm::absolute) {
+    // RFC 9112 §3.2.2: a proxy replaces Host with the target URI's authority.
+    std::string_view target = req.target();
+    auto rest = target.substr(7);
+    req.set(http::field::host, rest.substr(0, rest.find_first_of("/?")));
+  }
+  req.target(route.origin_target);
+  req.version(11);
+  append_field(req, http::field::forwarded, fmt::format("for={}", forwarded_for(client_peer)));
+  append_field(req, http::field::via, via_value);
+}
+
+void rewrite_response(http::response_header<>& res) {
+  remove_hop_by_hop(res, {http::field::keep_alive, http::field::trailer, http::field::upgrade,
+                          http::field::proxy_authenticate});
+  append_field(res, http::field::via, via_value);
+}
+
+}  // namespace vmgate::hostd

@@ -1,0 +1,60 @@
+// hostd's configuration: every limit and timeout a named field with its
+// default here, in one place.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/transport.hpp"
+#include "hostd/inventory/libvirt_inventory.hpp"
+
+namespace vmgate::hostd {
+
+inline constexpr std::uint32_t default_channel_port = 5500;
+
+struct ListenerConfig {
+  std::string name;              // for logs; defaults to the address
+  transport::Address address;    // tcp:HOST:PORT or unix:PATH
+  std::uint16_t guest_port = 0;  // the agent port for header, proxy-form and DNS-name requests
+  // No authentication on this listener. Only allowed on loopback (or a unix
+  // socket) unless `trusted_remote` says so as well.
+  bool trusted = false;
+  bool trusted_remote = false;
+};
+
+struct RoutingConfig {
+  std::string vm_header = "X-VM-Id";
+  std::string host_suffix;  // ".vms.example"; empty disables the DNS-name form
+};
+
+struct ChannelConfig {
+  // Per-VM transport to reach guestd; placeholders {cid} {name} {uuid} {port}.
+  std::string transport_template = "vsock:{cid}:{port}";
+  std::uint32_t guestd_port = default_channel_port;
+  std::chrono::milliseconds connect_timeout{3000};  // connect + guestd's answer
+};
+
+struct LimitsConfig {
+  std::uint32_t header_bytes = 32 * 1024;          // request or response head → 431
+  std::uint64_t max_request_body = 0;              // 0: unlimited (BITS uploads) → 413
+  std::chrono::milliseconds header_timeout{60'000};    // idle keep-alive + head arrival
+  std::chrono::milliseconds idle_timeout{300'000};     // no progress during an exchange → 504
+  std::uint32_t max_connections = 4096;            // client connections per hostd
+};
+
+struct HostdConfig {
+  InventoryOptions libvirt;
+  std::vector<ListenerConfig> listeners;
+  RoutingConfig routing;
+  ChannelConfig channel;
+  LimitsConfig limits;
+  unsigned threads = 0;  // 0: one per core
+};
+
+// Throws config::ConfigError naming file, line and key.
+HostdConfig load_hostd_config(const std::string& path);
+HostdConfig parse_hostd_config(std::string_view text, const std::string& name);
+
+}  // namespace vmgate::hostd

@@ -1,0 +1,24 @@
+// One client connection on a hostd listener: read a request head, route it,
+// resolve the VM, open its channel, and stream the exchange both ways.
+#pragma once
+
+#include "common/asio.hpp"
+#include "hostd/config/hostd_config.hpp"
+#include "hostd/directory/directory.hpp"
+
+namespace vmgate::hostd {
+
+struct SessionContext {
+  const HostdConfig& config;
+  const ListenerConfig& listener;
+  Directory& directory;
+};
+
+// Runs until the client closes, a request ends the connection, or a limit
+// is hit. Never throws for anything a client or guest does.
+awaitable<void> run_http_session(Stream client, const SessionContext& context);
+
+// A short random request id ("5b2c0e9a"), unique enough to find a log line.
+std::string new_request_id();
+
+}  // namespace vmgate::hostd

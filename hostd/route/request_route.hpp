@@ -1,0 +1,36 @@
+// Reading the target of one request, in DESIGN.md's order of precedence:
+// CONNECT, the VM header, the absolute (forward-proxy) form, the Host suffix.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <boost/beast/http/message.hpp>
+#include <boost/system/result.hpp>
+
+#include "hostd/route/target.hpp"
+
+namespace vmgate::hostd {
+
+enum class RouteForm { connect, header, absolute, host_suffix };
+std::string_view route_form_name(RouteForm form);
+
+struct RouteOptions {
+  std::string_view vm_header;    // "X-VM-Id"
+  std::string_view host_suffix;  // ".vms.example" or empty
+  std::uint16_t guest_port = 0;  // the listener's default agent port
+};
+
+struct Route {
+  RouteForm form = RouteForm::header;
+  Target target;
+  std::uint16_t port = 0;
+  std::string origin_target;  // the request-target the agent sees ("/wsman")
+};
+
+// A 400 reason when the request names no usable target.
+boost::system::result<Route, std::string> route_request(
+    const boost::beast::http::request_header<>& request, const RouteOptions& options);
+
+}  // namespace vmgate::hostd
