@@ -1,0 +1,757 @@
+// vmgate-test-agent: the HTTP agent that stands behind guestd in tests, the
+// demo and benchmarks. It plays the part of a guest's local agent (a WinRM
+// listener, a BITS server), so it must never be the bottleneck and never hold
+// a whole body: heads are read with request_parser<empty_body>, bodies are
+// streamed through buffer_body in fixed pieces, both ways.
+//
+//   vmgate-test-agent --listen 127.0.0.1:0 [--files DIR] [--name NAME]
+//                     [--threads N] [--idle-timeout SECONDS] [--verbose]
+//
+// Prints exactly one line, `listening PORT` (0 for a unix socket), once it
+// accepts connections. Endpoints:
+//
+//   GET  /hello              "hello from NAME\n"
+//   ANY  /echo-headers       request line, then every header "Name: value"
+//   GET  /bytes/N[?chunked=1][&sha=0]
+//                            N bytes of the pattern below; X-Content-SHA256
+//   GET  /files/NAME         DIR/NAME, streamed in 256 KiB pieces
+//   ANY  /sha256             "HEXDIGEST BYTES\n" of the request body
+//   ANY  /discard            "BYTES\n" of the request body
+//   POST /wsman              a fixed 8 KiB SOAP envelope
+//   GET  /slow?ms=N          "slow\n" after N ms (at most 60000)
+//   GET  /close              "bye\n", then the connection is closed
+//
+// GET endpoints answer HEAD too. Every response carries X-Agent-Name: NAME.
+//
+// Byte k of every /bytes body is pattern_byte(k % 65536), so a test in any
+// language can regenerate it:
+//   bytes(((i * 131) + (i >> 8) * 7) & 0xFF for i in range(65536))
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+
+#include "common/asio.hpp"
+#include "common/deadline.hpp"
+#include "common/log.hpp"
+#include "common/transport.hpp"
+
+namespace vmgate::test_agent {
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using namespace asio::experimental::awaitable_operators;
+
+constexpr std::size_t pattern_block = 64 * 1024;
+// Bodies move in pieces of this size: one read or write per piece. A multiple
+// of pattern_block, so every piece of a /bytes body starts at offset 0 of the
+// pattern.
+constexpr std::size_t piece_size = 256 * 1024;
+static_assert(piece_size % pattern_block == 0);
+constexpr std::uint32_t header_limit = 64 * 1024;
+constexpr std::uint64_t max_bytes_length = std::uint64_t{1} << 40;
+constexpr long max_slow_ms = 60000;
+// How long a closing connection keeps reading what the client still sends, so
+// that unread request bytes do not turn our close into a reset that destroys
+// the response in flight (RFC 9112 §9.6).
+constexpr auto lingering_close_time = std::chrono::seconds(2);
+
+struct Options {
+  std::string listen = "127.0.0.1:0";
+  std::string files_dir;
+  std::string name = "agent";
+  unsigned threads = 1;
+  std::chrono::seconds idle_timeout{120};
+  bool verbose = false;
+};
+
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new()) {
+    if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1)
+      throw std::runtime_error("OpenSSL: cannot initialise SHA-256");
+  }
+  void update(const void* data, std::size_t size) { EVP_DigestUpdate(ctx_.get(), data, size); }
+  std::string hex() {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    EVP_DigestFinal_ex(ctx_.get(), digest, &length);
+    std::string out;
+    out.reserve(2 * length);
+    for (unsigned int i = 0; i < length; ++i)
+      fmt::format_to(std::back_inserter(out), "{:02x}", digest[i]);
+    return out;
+  }
+
+ private:
+  struct Free {
+    void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
+  };
+  std::unique_ptr<EVP_MD_CTX, Free> ctx_;
+};
+
+// One piece of the /bytes pattern: pattern_block bytes repeated.
+std::span<const char> pattern_piece() {
+  static const std::vector<char> piece = [] {
+    std::vector<char> v(piece_size);
+    for (std::size_t k = 0; k < piece_size; ++k) {
+      std::size_t i = k % pattern_block;
+      v[k] = static_cast<char>((i * 131 + (i >> 8) * 7) & 0xFF);
+    }
+    return v;
+  }();
+  return piece;
+}
+
+// The SHA-256 of the first N pattern bytes. Hashing a large N costs a pass
+// over it, so digests are remembered: benchmarks ask for the same N again
+// and again.
+class PatternDigests {
+ public:
+  std::string get(std::uint64_t length) {
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = digests_.find(length); it != digests_.end()) return it->second;
+    }
+    Sha256 sha;
+    auto piece = pattern_piece();
+    for (std::uint64_t left = length; left > 0;) {
+      auto n = static_cast<std::size_t>(std::min<std::uint64_t>(left, piece.size()));
+      sha.update(piece.data(), n);
+      left -= n;
+    }
+    std::string hex = sha.hex();
+    std::lock_guard lock(mutex_);
+    if (digests_.size() >= max_entries) digests_.clear();
+    digests_.emplace(length, hex);
+    return hex;
+  }
+
+ private:
+  static constexpr std::size_t max_entries = 1024;
+  std::mutex mutex_;
+  std::unordered_map<std::uint64_t, std::string> digests_;
+};
+
+PatternDigests g_pattern_digests;
+
+std::string wsman_envelope(const std::string& name) {
+  std::string body = R"(<?xml version="1.0" encoding="UTF-8"?>
+<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"
+  xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"
+  xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
+  xmlns:n="http://schemas.xmlsoap.org/ws/2004/09/enumeration">
+<s:Header>
+<a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>
+<a:Action>http://schemas.xmlsoap.org/ws/2004/09/enumeration/PullResponse</a:Action>
+<a:MessageID>uuid:00000000-0000-0000-0000-000000000001</a:MessageID>
+<a:RelatesTo>uuid:00000000-0000-0000-0000-000000000000</a:RelatesTo>
+</s:Header>
+<s:Body>
+<n:PullResponse>
+<n:Items>
+)";
+  const std::string footer =
+      "</n:Items>\n<n:EndOfSequence/>\n</n:PullResponse>\n</s:Body>\n</s:Envelope>\n";
+  constexpr std::size_t target_size = 8 * 1024;
+  for (int i = 0;; ++i) {
+    std::string item = fmt::format(
+        "<p:Win32_Service xmlns:p=\"http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/"
+        "Win32_Service\"><p:Name>svc{:03}</p:Name><p:SystemName>{}</p:SystemName>"
+        "<p:State>Running</p:State></p:Win32_Service>\n",
+        i, name);
+    if (body.size() + item.size() + footer.size() > target_size) break;
+    body += item;
+  }
+  // Pad to exactly target_size with a comment, so every reply is the same size.
+  std::size_t pad = target_size - body.size() - footer.size();
+  if (pad >= 8)
+    body += "<!--" + std::string(pad - 8, ' ') + "-->\n";
+  else
+    body.append(pad, '\n');
+  return body + footer;
+}
+
+std::optional<std::uint64_t> parse_u64(std::string_view s) {
+  std::uint64_t v = 0;
+  if (s.empty()) return std::nullopt;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// The value of `key` in a query string, if present.
+std::optional<std::string_view> query_value(std::string_view query, std::string_view key) {
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    auto eq = pair.find('=');
+    if (pair.substr(0, eq) == key)
+      return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> percent_decode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out.push_back(s[i]);
+      continue;
+    }
+    unsigned value = 0;
+    if (i + 2 >= s.size()) return std::nullopt;
+    auto [p, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, value, 16);
+    if (ec != std::errc() || p != s.data() + i + 3) return std::nullopt;
+    out.push_back(static_cast<char>(value));
+    i += 2;
+  }
+  return out;
+}
+
+struct FileDescriptor {
+  explicit FileDescriptor(int f) : fd(f) {}
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+  ~FileDescriptor() {
+    if (fd >= 0) ::close(fd);
+  }
+  int fd;
+};
+
+// What the handlers need from the request head; copied out because reading
+// the body moves the head into another parser.
+struct RequestInfo {
+  http::verb method;
+  std::string method_name;
+  std::string target;
+  std::string path;  // without the query
+  std::string query;
+  unsigned version = 11;
+  bool keep_alive = true;
+  bool expect_continue = false;
+};
+
+RequestInfo describe(const http::request<http::empty_body>& req) {
+  RequestInfo info;
+  info.method = req.method();
+  info.method_name = std::string(req.method_string());
+  info.target = std::string(req.target());
+  info.version = req.version();
+  info.keep_alive = req.keep_alive();
+  info.expect_continue =
+      req.version() >= 11 && beast::iequals(req[http::field::expect], "100-continue");
+  std::string_view target = info.target;
+  // Absolute form (RFC 9112 §3.2.2), in case a proxy passes it through.
+  if (auto scheme = target.find("://");
+      scheme != std::string_view::npos && target.substr(0, 1) != "/") {
+    auto slash = target.find('/', scheme + 3);
+    target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+  }
+  auto q = target.find('?');
+  info.path = std::string(target.substr(0, q));
+  info.query = q == std::string_view::npos ? std::string() : std::string(target.substr(q + 1));
+  return info;
+}
+
+// The request line, then every header as it reached the agent.
+std::string echo_text(const RequestInfo& info, const http::request<http::empty_body>& req) {
+  std::string text = fmt::format("{} {} HTTP/{}.{}\n", info.method_name, info.target,
+                                 info.version / 10, info.version % 10);
+  for (const auto& field : req.base())
+    fmt::format_to(std::back_inserter(text), "{}: {}\n", field.name_string(), field.value());
+  return text;
+}
+
+bool is_parse_error(const error_code& ec) {
+  return ec.category() == http::make_error_code(http::error::bad_method).category() &&
+         ec != http::error::end_of_stream && ec != http::error::partial_message;
+}
+
+class Connection {
+ public:
+  Connection(Stream& socket, Deadline& deadline, const Options& options, std::uint64_t id)
+      : socket_(socket),
+        deadline_(deadline),
+        options_(options),
+        id_(id),
+        scratch_(std::make_unique<char[]>(piece_size)) {}
+
+  awaitable<void> run() {
+    for (;;) {
+      http::request_parser<http::empty_body> head;
+      head.header_limit(header_limit);
+      // Bodies are streamed, never held: no limit on their size.
+      head.body_limit(std::numeric_limits<std::uint64_t>::max());
+      deadline_.expires_after(options_.idle_timeout);
+      auto [ec, n] = co_await http::async_read_header(socket_, buffer_, head, use_tuple);
+      if (ec) {
+        if (is_parse_error(ec)) co_await reject_malformed(ec);
+        co_return;
+      }
+      if (!co_await handle(head)) {
+        co_await close_gracefully();
+        co_return;
+      }
+    }
+  }
+
+ private:
+  awaitable<void> reject_malformed(const error_code& ec) {
+    bool too_large = ec == http::error::header_limit;
+    http::response<http::string_body> res{
+        too_large ? http::status::request_header_fields_too_large : http::status::bad_request, 11};
+    res.set(http::field::content_type, "text/plain; charset=utf-8");
+    res.body() = fmt::format("malformed request: {}\n", ec.message());
+    res.keep_alive(false);
+    res.prepare_payload();
+    deadline_.expires_after(options_.idle_timeout);
+    co_await http::async_write(socket_, res, use_tuple);
+    co_await close_gracefully();
+  }
+
+  http::response<http::string_body> make_response(const RequestInfo& info, http::status status,
+                                                  std::string body,
+                                                  std::string_view content_type =
+                                                      "text/plain; "
+                                                      "charset=utf-8") {
+    http::response<http::string_body> res{status, info.version};
+    res.set(http::field::server, "vmgate-test-agent");
+    res.set("X-Agent-Name", options_.name);
+    res.set(http::field::content_type, content_type);
+    res.body() = std::move(body);
+    return res;
+  }
+
+  // Sends a small response; returns whether the connection stays open.
+  awaitable<bool> send(const RequestInfo& info, http::response<http::string_body> res) {
+    res.keep_alive(info.keep_alive);
+    res.prepare_payload();
+    deadline_.expires_after(options_.idle_timeout);
+    if (info.method == http::verb::head) {
+      // The head a GET would get, Content-Length included (RFC 9110 §9.3.2).
+      http::response_serializer<http::string_body> serializer(res);
+      auto [ec, n] = co_await http::async_write_header(socket_, serializer, use_tuple);
+      co_return !ec && info.keep_alive;
+    }
+    auto [ec, n] = co_await http::async_write(socket_, res, use_tuple);
+    co_return !ec && info.keep_alive;
+  }
+
+  awaitable<bool> reply(const RequestInfo& info, http::status status, std::string body) {
+    co_return co_await send(info, make_response(info, status, std::move(body)));
+  }
+
+  // Sends a response whose body comes from `next_piece`, called until it
+  // returns an empty span; nullopt means the source failed, and since the
+  // head is already out, the only honest signal left is closing.
+  template <class NextPiece>
+  awaitable<bool> send_streamed(const RequestInfo& info, http::response<http::buffer_body>& res,
+                                NextPiece next_piece) {
+    res.set(http::field::server, "vmgate-test-agent");
+    res.set("X-Agent-Name", options_.name);
+    res.keep_alive(info.keep_alive);
+    http::response_serializer<http::buffer_body> serializer(res);
+    if (info.method == http::verb::head) {
+      deadline_.expires_after(options_.idle_timeout);
+      auto [ec, n] = co_await http::async_write_header(socket_, serializer, use_tuple);
+      co_return !ec && info.keep_alive;
+    }
+    // The first piece goes out with the head in one write.
+    for (;;) {
+      std::optional<std::span<const char>> piece = next_piece();
+      if (!piece) co_return false;
+      res.body().data = piece->empty() ? nullptr : const_cast<char*>(piece->data());
+      res.body().size = piece->size();
+      res.body().more = !piece->empty();
+      deadline_.expires_after(options_.idle_timeout);
+      auto [ec, n] = co_await http::async_write(socket_, serializer, use_tuple);
+      if (ec == http::error::need_buffer) continue;
+      if (ec) co_return false;
+      if (piece->empty()) break;
+    }
+    co_return info.keep_alive;
+  }
+
+  // Streams the request body to `on_data` piece by piece. Returns the byte
+  // count, or nullopt when the body could not be read (the caller closes).
+  template <class OnData>
+  awaitable<std::optional<std::uint64_t>> read_body(http::request_parser<http::empty_body>& head,
+                                                    const RequestInfo& info, OnData on_data) {
+    if (head.is_done()) co_return 0;
+    if (info.expect_continue) {
+      // RFC 9110 §10.1.1: the client waits for this before sending the body.
+      http::response<http::empty_body> go_on{http::status::continue_, 11};
+      deadline_.expires_after(options_.idle_timeout);
+      auto [ec, n] = co_await http::async_write(socket_, go_on, use_tuple);
+      if (ec) co_return std::nullopt;
+    }
+    http::request_parser<http::buffer_body> parser(std::move(head));
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+    std::uint64_t total = 0;
+    while (!parser.is_done()) {
+      parser.get().body().data = scratch_.get();
+      parser.get().body().size = piece_size;
+      deadline_.expires_after(options_.idle_timeout);
+      auto [ec, n] = co_await http::async_read(socket_, buffer_, parser, use_tuple);
+      if (ec && ec != http::error::need_buffer) co_return std::nullopt;
+      std::size_t got = piece_size - parser.get().body().size;
+      on_data(scratch_.get(), got);
+      total += got;
+    }
+    co_return total;
+  }
+
+  awaitable<bool> handle(http::request_parser<http::empty_body>& head) {
+    RequestInfo info = describe(head.get());
+    if (options_.verbose) {
+      log::info("request")
+          .kv("conn", static_cast<unsigned long long>(id_))
+          .kv("method", info.method_name)
+          .kv("target", info.target)
+          .kv("version", info.version);
+    }
+    const std::string_view path = info.path;
+    if (path == "/sha256") {
+      Sha256 sha;
+      auto count =
+          co_await read_body(head, info, [&](const char* p, std::size_t n) { sha.update(p, n); });
+      if (!count) co_return false;
+      co_return co_await reply(info, http::status::ok, fmt::format("{} {}\n", sha.hex(), *count));
+    }
+    if (path == "/discard") {
+      auto count = co_await read_body(head, info, [](const char*, std::size_t) {});
+      if (!count) co_return false;
+      co_return co_await reply(info, http::status::ok, fmt::format("{}\n", *count));
+    }
+    if (path == "/wsman") {
+      if (info.method != http::verb::post) {
+        if (!co_await skip_body(head, info)) co_return false;
+        co_return co_await method_not_allowed(info, "POST");
+      }
+      if (!co_await read_body(head, info, [](const char*, std::size_t) {})) co_return false;
+      static const std::string envelope = wsman_envelope(options_.name);
+      co_return co_await send(info, make_response(info, http::status::ok, envelope,
+                                                  "application/soap+xml;charset=UTF-8"));
+    }
+
+    if (path == "/echo-headers") {
+      // Taken before skip_body, which moves the head away if a body came.
+      std::string text = echo_text(info, head.get());
+      if (!co_await skip_body(head, info)) co_return false;
+      co_return co_await reply(info, http::status::ok, std::move(text));
+    }
+    // The remaining endpoints take no body; one that comes anyway is drained.
+    if (!co_await skip_body(head, info)) co_return false;
+    const bool is_get = info.method == http::verb::get || info.method == http::verb::head;
+    if (path == "/hello") {
+      if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
+      co_return co_await reply(info, http::status::ok,
+                               fmt::format("hello from {}\n", options_.name));
+    }
+    if (path.starts_with("/bytes/")) {
+      if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
+      co_return co_await send_bytes(info, path.substr(7));
+    }
+    if (path.starts_with("/files/")) {
+      if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
+      co_return co_await send_file(info, path.substr(7));
+    }
+    if (path == "/slow") {
+      if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
+      co_return co_await slow(info);
+    }
+    if (path == "/close") {
+      info.keep_alive = false;
+      co_await reply(info, http::status::ok, "bye\n");
+      co_return false;
+    }
+    co_return co_await reply(info, http::status::not_found, fmt::format("no endpoint {}\n", path));
+  }
+
+  // For an endpoint that takes no body: drains one, unless the client waits
+  // for 100 Continue; then the answer ends the connection instead (RFC 9110
+  // §10.1.1), which `info.keep_alive` now says.
+  awaitable<bool> skip_body(http::request_parser<http::empty_body>& head, RequestInfo& info) {
+    if (head.is_done()) co_return true;
+    if (info.expect_continue) {
+      info.keep_alive = false;
+      co_return true;
+    }
+    co_return (co_await read_body(head, info, [](const char*, std::size_t) {})).has_value();
+  }
+
+  // The body, if any, is already skipped.
+  awaitable<bool> method_not_allowed(const RequestInfo& info, std::string_view allow) {
+    auto res = make_response(info, http::status::method_not_allowed,
+                             fmt::format("{} is not allowed on {}\n", info.method_name, info.path));
+    res.set(http::field::allow, allow);
+    co_return co_await send(info, std::move(res));
+  }
+
+  awaitable<bool> send_bytes(const RequestInfo& info, std::string_view length_text) {
+    auto length = parse_u64(length_text);
+    if (!length || *length > max_bytes_length)
+      co_return co_await reply(
+          info, http::status::bad_request,
+          fmt::format("/bytes/N needs N between 0 and {}\n", max_bytes_length));
+    http::response<http::buffer_body> res{http::status::ok, info.version};
+    res.set(http::field::content_type, "application/octet-stream");
+    if (query_value(info.query, "sha") != "0")
+      res.set("X-Content-SHA256", g_pattern_digests.get(*length));
+    // HTTP/1.0 has no chunked coding (RFC 9112 §7): a 1.0 client gets a length.
+    if (query_value(info.query, "chunked") == "1" && info.version >= 11)
+      res.chunked(true);
+    else
+      res.content_length(*length);
+    std::uint64_t left = *length;
+    const auto piece = pattern_piece();
+    co_return co_await send_streamed(info, res, [&]() -> std::optional<std::span<const char>> {
+      auto n = static_cast<std::size_t>(std::min<std::uint64_t>(left, piece.size()));
+      left -= n;
+      return piece.first(n);
+    });
+  }
+
+  awaitable<bool> send_file(const RequestInfo& info, std::string_view encoded_name) {
+    if (options_.files_dir.empty())
+      co_return co_await reply(info, http::status::not_found, "no --files directory\n");
+    auto name = percent_decode(encoded_name);
+    if (!name || name->empty() || name->find('/') != std::string::npos ||
+        name->find("..") != std::string::npos || name->find('\0') != std::string::npos)
+      co_return co_await reply(info, http::status::bad_request, "bad file name\n");
+    FileDescriptor file(::open((options_.files_dir + "/" + *name).c_str(), O_RDONLY | O_CLOEXEC));
+    struct stat st {};
+    if (file.fd < 0 || ::fstat(file.fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      int err = errno;
+      co_return co_await reply(
+          info, file.fd < 0 && err != ENOENT ? http::status::forbidden : http::status::not_found,
+          fmt::format("cannot serve {}\n", *name));
+    }
+    http::response<http::buffer_body> res{http::status::ok, info.version};
+    res.set(http::field::content_type, "application/octet-stream");
+    res.content_length(static_cast<std::uint64_t>(st.st_size));
+    auto left = static_cast<std::uint64_t>(st.st_size);
+    char* buffer = scratch_.get();
+    co_return co_await send_streamed(info, res, [&]() -> std::optional<std::span<const char>> {
+      auto want = static_cast<std::size_t>(std::min<std::uint64_t>(left, piece_size));
+      std::size_t got = 0;
+      while (got < want) {
+        ssize_t r = ::read(file.fd, buffer + got, want - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return std::nullopt;  // error, or the file shrank under us
+        got += static_cast<std::size_t>(r);
+      }
+      left -= got;
+      return std::span<const char>(buffer, got);
+    });
+  }
+
+  awaitable<bool> slow(const RequestInfo& info) {
+    auto ms_text = query_value(info.query, "ms");
+    auto ms = ms_text ? parse_u64(*ms_text) : std::optional<std::uint64_t>(0);
+    if (!ms)
+      co_return co_await reply(info, http::status::bad_request, "/slow?ms=N needs a number\n");
+    auto wait = std::chrono::milliseconds(std::min<std::uint64_t>(*ms, max_slow_ms));
+    deadline_.expires_after(wait + options_.idle_timeout);
+    asio::steady_timer timer(socket_.get_executor(), wait);
+    co_await timer.async_wait(use_tuple);
+    co_return co_await reply(info, http::status::ok, "slow\n");
+  }
+
+  // Half-closes, then reads and drops what the client still sends until it
+  // closes too (or lingering_close_time passes).
+  awaitable<void> close_gracefully() {
+    error_code ec;
+    socket_.shutdown(asio::socket_base::shutdown_send, ec);
+    if (ec) co_return;
+    deadline_.expires_after(lingering_close_time);
+    for (;;) {
+      auto [read_ec, n] =
+          co_await socket_.async_read_some(asio::buffer(scratch_.get(), piece_size), use_tuple);
+      if (read_ec) break;
+    }
+    socket_.close(ec);
+  }
+
+  Stream& socket_;
+  Deadline& deadline_;
+  const Options& options_;
+  std::uint64_t id_;
+  // Holds bytes read past the current head or body piece (the next pipelined
+  // request); it must outlive every read on the connection.
+  beast::flat_buffer buffer_;
+  // Body pieces in and out: one allocation per connection.
+  std::unique_ptr<char[]> scratch_;
+};
+
+awaitable<void> serve(Stream socket, const Options& options, std::uint64_t id) {
+  Deadline deadline(socket.get_executor());
+  Connection connection(socket, deadline, options, id);
+  co_await (connection.run() || deadline.watch([&socket] {
+    error_code ec;
+    socket.close(ec);
+  }));
+}
+
+awaitable<void> accept_loop(Acceptor& acceptor, const Options& options) {
+  std::uint64_t next_id = 1;
+  for (;;) {
+    // One strand per connection: the deadline and the work may otherwise run
+    // on two threads at once when --threads > 1.
+    Stream socket(asio::make_strand(acceptor.get_executor()));
+    auto [ec] = co_await acceptor.async_accept(socket, use_tuple);
+    if (ec == asio::error::operation_aborted) co_return;
+    if (ec) {
+      // Out of descriptors or a transient network error: wait, don't exit.
+      log::warn("accept_failed").kv("error", ec.message());
+      asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+      co_await pause.async_wait(use_tuple);
+      continue;
+    }
+    transport::tune(socket);
+    std::uint64_t id = next_id++;
+    auto executor = socket.get_executor();
+    asio::co_spawn(executor, serve(std::move(socket), options, id), [id](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        log::error("connection_failed")
+            .kv("conn", static_cast<unsigned long long>(id))
+            .kv("error", x.what());
+      }
+    });
+  }
+}
+
+[[noreturn]] void usage_error(std::string_view message) {
+  fmt::print(stderr,
+             "vmgate-test-agent: {}\n"
+             "usage: vmgate-test-agent [--listen HOST:PORT | --listen unix:/PATH] [--files DIR]\n"
+             "                         [--name NAME] [--threads N] [--idle-timeout SECONDS]\n"
+             "                         [--verbose]\n",
+             message);
+  std::exit(2);
+}
+
+Options parse_args(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    auto value = [&]() -> std::string_view {
+      if (i + 1 >= argc) usage_error(fmt::format("{} needs a value", arg));
+      return argv[++i];
+    };
+    auto number = [&](std::uint64_t min, std::uint64_t max) {
+      std::string_view text = value();
+      auto n = parse_u64(text);
+      if (!n || *n < min || *n > max)
+        usage_error(fmt::format("{} '{}' is not a number in {}..{}", arg, text, min, max));
+      return *n;
+    };
+    if (arg == "--listen")
+      options.listen = value();
+    else if (arg == "--files")
+      options.files_dir = value();
+    else if (arg == "--name")
+      options.name = value();
+    else if (arg == "--threads")
+      options.threads = static_cast<unsigned>(number(1, 256));
+    else if (arg == "--idle-timeout")
+      options.idle_timeout = std::chrono::seconds(number(1, 86400));
+    else if (arg == "--verbose")
+      options.verbose = true;
+    else if (arg == "--help" || arg == "-h")
+      usage_error("help");
+    else
+      usage_error(fmt::format("unknown argument '{}'", arg));
+  }
+  if (options.name.empty()) usage_error("--name must not be empty");
+  return options;
+}
+
+int run(int argc, char** argv) {
+  Options options = parse_args(argc, argv);
+  std::string uri = options.listen;
+  if (!uri.starts_with("unix:") && !uri.starts_with("tcp:")) uri = "tcp:" + uri;
+  auto address = transport::parse(uri);
+  if (!address) usage_error(fmt::format("--listen: {}", address.error()));
+  if (address->kind != transport::Kind::tcp && address->kind != transport::Kind::unix_socket)
+    usage_error("--listen takes HOST:PORT or unix:/PATH");
+
+  std::signal(SIGPIPE, SIG_IGN);
+  asio::io_context io(static_cast<int>(options.threads));
+  error_code ec;
+  Acceptor acceptor = transport::listen(io.get_executor(), *address, ec);
+  if (ec) {
+    log::error("listen_failed").kv("address", address->to_string()).kv("error", ec.message());
+    return 1;
+  }
+  auto actual = transport::parse(transport::local_uri(acceptor, *address));
+  unsigned port = actual && actual->kind == transport::Kind::tcp ? actual->port : 0;
+  log::info("agent_started")
+      .kv("listen", actual ? actual->to_string() : address->to_string())
+      .kv("name", options.name)
+      .kv("threads", options.threads);
+  std::printf("listening %u\n", port);
+  std::fflush(stdout);
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const error_code&, int) { io.stop(); });
+  asio::co_spawn(io, accept_loop(acceptor, options), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      log::error("accept_loop_failed").kv("error", x.what());
+    }
+  });
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < options.threads; ++i)
+    threads.emplace_back([&io] { io.run(); });
+  io.run();
+  for (auto& t : threads)
+    t.join();
+  if (address->kind == transport::Kind::unix_socket) ::unlink(address->path.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace vmgate::test_agent
+
+int main(int argc, char** argv) {
+  try {
+    return vmgate::test_agent::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vmgate-test-agent: %s\n", e.what());
+    return 1;
+  }
+}
