@@ -3,6 +3,7 @@
 // coroutines, so every member is safe to call from any thread.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -18,7 +19,7 @@ enum class VmState { running, paused, shut_off, crashed, suspended, other };
 std::string_view state_name(VmState state);
 
 struct VmRecord {
-  std::string uuid;                  // lower-case, with dashes
+  std::string uuid;  // lower-case, with dashes
   std::string name;
   std::optional<std::uint32_t> cid;  // /domain/devices/vsock/cid/@address
   VmState state = VmState::other;
@@ -44,16 +45,23 @@ class Directory {
   void remove(std::string_view uuid);
 
   // By libvirt name or UUID (any case). A name that equals another VM's UUID
-  // is ambiguous rather than silently picking one.
+  // is ambiguous rather than silently picking one. When nothing matches
+  // exactly, a name is matched ignoring case (DNS names arrive case-folded);
+  // several such matches are ambiguous too.
   Lookup find(std::string_view name_or_uuid) const;
 
   std::vector<VmRecord> snapshot() const;
   std::size_t size() const;
 
  private:
+  void insert_locked(VmRecord vm);
+  void erase_locked(const std::string& uuid);
+
   mutable std::mutex mutex_;
-  std::map<std::string, VmRecord, std::less<>> by_uuid_;
-  std::map<std::string, std::string, std::less<>> uuid_by_name_;
+  std::map<std::string, VmRecord, std::less<>> by_uuid_;  // key: lower-case UUID
+  // libvirt keeps names unique per host, but events can briefly show a new
+  // domain before the old one with the same name is gone: several entries.
+  std::multimap<std::string, std::string, std::less<>> uuid_by_name_;
 };
 
 }  // namespace vmgate::hostd

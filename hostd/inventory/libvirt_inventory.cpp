@@ -1,0 +1,387 @@
+#include "hostd/inventory/libvirt_inventory.hpp"
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "common/log.hpp"
+#include "hostd/inventory/domain_xml.hpp"
+
+namespace vmgate::hostd {
+namespace {
+
+// libvirt prints every error to stderr unless a handler is installed; we
+// report the ones that matter ourselves, naming the step and the value.
+void ignore_libvirt_error(void*, virErrorPtr) {}
+
+// libvirt wants its default event loop registered once per process, before
+// the first connection is opened.
+bool prepare_libvirt_once() {
+  static const bool prepared = [] {
+    virSetErrorFunc(nullptr, ignore_libvirt_error);
+    return virInitialize() == 0 && virEventRegisterDefaultImpl() == 0;
+  }();
+  return prepared;
+}
+
+std::string last_libvirt_error() {
+  const char* message = virGetLastErrorMessage();
+  return message != nullptr ? message : "unknown error";
+}
+
+VmState to_vm_state(int state) {
+  switch (state) {
+    case VIR_DOMAIN_RUNNING:
+    case VIR_DOMAIN_BLOCKED:
+      return VmState::running;
+    case VIR_DOMAIN_PAUSED:
+      return VmState::paused;
+    case VIR_DOMAIN_SHUTOFF:
+      return VmState::shut_off;
+    case VIR_DOMAIN_CRASHED:
+      return VmState::crashed;
+    case VIR_DOMAIN_PMSUSPENDED:
+      return VmState::suspended;
+    default:
+      return VmState::other;  // no state, being shut down
+  }
+}
+
+std::string_view close_reason_name(int reason) {
+  switch (reason) {
+    case VIR_CONNECT_CLOSE_REASON_ERROR:
+      return "error";
+    case VIR_CONNECT_CLOSE_REASON_EOF:
+      return "eof";
+    case VIR_CONNECT_CLOSE_REASON_KEEPALIVE:
+      return "keepalive";
+    case VIR_CONNECT_CLOSE_REASON_CLIENT:
+      return "client";
+    default:
+      return "unknown";
+  }
+}
+
+std::string cid_text(const std::optional<std::uint32_t>& cid) {
+  return cid ? std::to_string(*cid) : std::string("none");
+}
+
+struct DomainFree {
+  void operator()(virDomainPtr domain) const { virDomainFree(domain); }
+};
+using DomainHandle = std::unique_ptr<std::remove_pointer_t<virDomainPtr>, DomainFree>;
+
+// Name, UUID, state and the XML facts of one domain. The CID is read from
+// the XML every time: a restore or a redefine can change it.
+std::optional<VmRecord> read_domain(virDomainPtr domain) {
+  char uuid[VIR_UUID_STRING_BUFLEN];
+  const char* name = virDomainGetName(domain);
+  int state = VIR_DOMAIN_NOSTATE;
+  int reason = 0;
+  if (name == nullptr || virDomainGetUUIDString(domain, uuid) < 0 ||
+      virDomainGetState(domain, &state, &reason, 0) < 0) {
+    return std::nullopt;
+  }
+  std::unique_ptr<char, decltype(&std::free)> xml(virDomainGetXMLDesc(domain, 0), &std::free);
+  if (!xml) return std::nullopt;
+
+  DomainFacts facts = parse_domain_xml(xml.get());
+  VmRecord vm;
+  vm.uuid = uuid;
+  vm.name = name;
+  vm.cid = facts.cid;
+  vm.state = to_vm_state(state);
+  vm.networks = std::move(facts.networks);
+  vm.groups = std::move(facts.groups);
+  return vm;
+}
+
+void wake_event_loop(int, void*) {}
+
+}  // namespace
+
+struct LibvirtInventory::Impl {
+  Impl(InventoryOptions options_in, Directory& directory_in, InventoryStats& stats_in)
+      : options(std::move(options_in)), directory(directory_in), stats(stats_in) {}
+
+  void run();
+  bool connect();
+  bool register_callbacks();
+  bool synchronise();
+  void follow_events();
+  void refresh_pending_domains();
+  void refresh_domain(const std::string& uuid);
+  void disconnect();
+  bool wait_or_stop(std::chrono::milliseconds delay);  // true when stopping
+
+  void mark_pending(virDomainPtr domain);
+  static int on_lifecycle(virConnectPtr, virDomainPtr domain, int, int, void* opaque);
+  static void on_metadata_change(virConnectPtr, virDomainPtr domain, int, const char*,
+                                 void* opaque);
+  static void on_device_change(virConnectPtr, virDomainPtr domain, const char*, void* opaque);
+  static void on_close(virConnectPtr, int reason, void* opaque);
+
+  const InventoryOptions options;
+  Directory& directory;
+  InventoryStats& stats;
+  std::thread thread;
+
+  // Only the inventory thread touches the connection and its callback ids.
+  virConnectPtr connection = nullptr;
+  std::vector<int> callback_ids;
+  bool close_callback_registered = false;
+  bool connected_before = false;
+  std::atomic<bool> closed{false};
+  std::atomic<int> close_reason{0};
+
+  // Shared with stop(), wait_first_sync() and the event callbacks.
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::atomic<bool> stopping{false};
+  bool first_sync_done = false;
+  std::set<std::string> pending;  // UUIDs named by events, not yet re-read
+};
+
+void LibvirtInventory::Impl::run() {
+  auto delay = options.reconnect_min;
+  while (!stopping) {
+    if (connect() && synchronise()) {
+      delay = options.reconnect_min;
+      follow_events();
+    }
+    disconnect();
+    if (wait_or_stop(delay)) break;
+    delay = std::min(delay * 2, options.reconnect_max);
+  }
+}
+
+bool LibvirtInventory::Impl::connect() {
+  const char* uri = options.uri.c_str();
+  connection = options.read_only ? virConnectOpenReadOnly(uri) : virConnectOpen(uri);
+  if (connection == nullptr) {
+    log::warn("libvirt_connect_failed").kv("uri", options.uri).kv("error", last_libvirt_error());
+    return false;
+  }
+  closed = false;
+  // Detects a dead remote daemon; local drivers do not support it (an error
+  // we ignore).
+  virConnectSetKeepAlive(connection, 5, 3);
+  if (!register_callbacks()) {
+    log::warn("libvirt_event_register_failed")
+        .kv("uri", options.uri)
+        .kv("error", last_libvirt_error());
+    return false;
+  }
+  stats.connected = true;
+  if (connected_before) {
+    ++stats.reconnects;
+    log::info("libvirt_reconnected").kv("uri", options.uri);
+  } else {
+    log::info("libvirt_connected").kv("uri", options.uri);
+  }
+  connected_before = true;
+  return true;
+}
+
+// Before listing, so no change between the list and the first event is lost.
+bool LibvirtInventory::Impl::register_callbacks() {
+  if (virConnectRegisterCloseCallback(connection, on_close, this, nullptr) < 0) return false;
+  close_callback_registered = true;
+
+  int id = virConnectDomainEventRegisterAny(connection, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                            VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), this, nullptr);
+  if (id < 0) return false;
+  callback_ids.push_back(id);
+
+  // Optional: group metadata and hot-plugged vsock devices. Drivers without
+  // these events still give us the lifecycle.
+  std::pair<int, virConnectDomainEventGenericCallback> optional_events[] = {
+      {VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, VIR_DOMAIN_EVENT_CALLBACK(on_metadata_change)},
+      {VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, VIR_DOMAIN_EVENT_CALLBACK(on_device_change)},
+      {VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, VIR_DOMAIN_EVENT_CALLBACK(on_device_change)},
+  };
+  for (auto [event, callback] : optional_events) {
+    id = virConnectDomainEventRegisterAny(connection, nullptr, event, callback, this, nullptr);
+    if (id >= 0) callback_ids.push_back(id);
+  }
+  return true;
+}
+
+bool LibvirtInventory::Impl::synchronise() {
+  virDomainPtr* listed = nullptr;
+  int count = virConnectListAllDomains(connection, &listed, 0);
+  if (count < 0) {
+    log::warn("libvirt_list_failed").kv("uri", options.uri).kv("error", last_libvirt_error());
+    return false;
+  }
+  std::vector<DomainHandle> domains(listed, listed + count);
+  std::free(listed);
+
+  std::vector<VmRecord> vms;
+  for (const auto& domain : domains) {
+    virResetLastError();
+    if (auto vm = read_domain(domain.get())) {
+      vms.push_back(std::move(*vm));
+    } else if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN) {
+      // Undefined since the list is fine; anything else means a partial
+      // picture, which must not replace a complete one.
+      log::warn("libvirt_read_failed").kv("uri", options.uri).kv("error", last_libvirt_error());
+      return false;
+    }
+  }
+  std::size_t domain_count = vms.size();
+  directory.replace_all(std::move(vms));
+  ++stats.syncs;
+  log::info("libvirt_sync").kv("uri", options.uri).kv("domains", domain_count);
+  {
+    std::lock_guard lock(mutex);
+    first_sync_done = true;
+  }
+  changed.notify_all();
+  return true;
+}
+
+void LibvirtInventory::Impl::follow_events() {
+  while (!stopping && !closed) {
+    if (virEventRunDefaultImpl() < 0) {
+      log::warn("libvirt_event_loop_failed").kv("error", last_libvirt_error());
+      return;
+    }
+    refresh_pending_domains();
+  }
+  if (closed) {
+    log::warn("libvirt_connection_lost")
+        .kv("uri", options.uri)
+        .kv("reason", close_reason_name(close_reason));
+  }
+}
+
+void LibvirtInventory::Impl::refresh_pending_domains() {
+  std::set<std::string> uuids;
+  {
+    std::lock_guard lock(mutex);
+    uuids.swap(pending);
+  }
+  for (const auto& uuid : uuids)
+    refresh_domain(uuid);
+}
+
+void LibvirtInventory::Impl::refresh_domain(const std::string& uuid) {
+  virResetLastError();
+  DomainHandle domain(virDomainLookupByUUIDString(connection, uuid.c_str()));
+  std::optional<VmRecord> vm = domain ? read_domain(domain.get()) : std::nullopt;
+  if (vm) {
+    log::debug("libvirt_domain_changed")
+        .kv("vm", vm->name)
+        .kv("uuid", vm->uuid)
+        .kv("state", state_name(vm->state))
+        .kv("cid", cid_text(vm->cid));
+    directory.upsert(std::move(*vm));
+  } else if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) {
+    log::debug("libvirt_domain_removed").kv("uuid", uuid);
+    directory.remove(uuid);
+  } else {
+    // The connection is failing; the resynchronisation after it will cover this domain.
+    log::warn("libvirt_read_failed").kv("uuid", uuid).kv("error", last_libvirt_error());
+  }
+}
+
+void LibvirtInventory::Impl::disconnect() {
+  stats.connected = false;
+  if (connection == nullptr) return;
+  // On a dead connection these fail after dropping the local registration;
+  // that is all we need.
+  for (int id : callback_ids)
+    virConnectDomainEventDeregisterAny(connection, id);
+  callback_ids.clear();
+  if (close_callback_registered) virConnectUnregisterCloseCallback(connection, on_close);
+  close_callback_registered = false;
+  virConnectClose(connection);
+  connection = nullptr;
+  std::lock_guard lock(mutex);
+  pending.clear();  // the next synchronisation reads everything
+}
+
+bool LibvirtInventory::Impl::wait_or_stop(std::chrono::milliseconds delay) {
+  std::unique_lock lock(mutex);
+  return changed.wait_for(lock, delay, [this] { return stopping.load(); });
+}
+
+void LibvirtInventory::Impl::mark_pending(virDomainPtr domain) {
+  // Only the UUID (a local accessor, no call to the daemon): the domain is
+  // re-read after the event loop returns.
+  char uuid[VIR_UUID_STRING_BUFLEN];
+  if (virDomainGetUUIDString(domain, uuid) < 0) return;
+  ++stats.events;
+  std::lock_guard lock(mutex);
+  pending.insert(uuid);
+}
+
+int LibvirtInventory::Impl::on_lifecycle(virConnectPtr, virDomainPtr domain, int, int,
+                                         void* opaque) {
+  static_cast<Impl*>(opaque)->mark_pending(domain);
+  return 0;
+}
+
+void LibvirtInventory::Impl::on_metadata_change(virConnectPtr, virDomainPtr domain, int,
+                                                const char*, void* opaque) {
+  static_cast<Impl*>(opaque)->mark_pending(domain);
+}
+
+void LibvirtInventory::Impl::on_device_change(virConnectPtr, virDomainPtr domain, const char*,
+                                              void* opaque) {
+  static_cast<Impl*>(opaque)->mark_pending(domain);
+}
+
+void LibvirtInventory::Impl::on_close(virConnectPtr, int reason, void* opaque) {
+  auto* impl = static_cast<Impl*>(opaque);
+  impl->close_reason = reason;
+  impl->closed = true;
+}
+
+LibvirtInventory::LibvirtInventory(InventoryOptions options, Directory& directory)
+    : impl_(std::make_unique<Impl>(std::move(options), directory, stats_)) {}
+
+LibvirtInventory::~LibvirtInventory() {
+  stop();
+}
+
+void LibvirtInventory::start() {
+  if (impl_->thread.joinable()) return;
+  if (!prepare_libvirt_once()) {
+    throw std::runtime_error("libvirt: cannot register the default event loop: " +
+                             last_libvirt_error());
+  }
+  impl_->stopping = false;
+  impl_->thread = std::thread([impl = impl_.get()] { impl->run(); });
+}
+
+void LibvirtInventory::stop() {
+  if (!impl_->thread.joinable()) return;
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->stopping = true;
+  }
+  impl_->changed.notify_all();
+  // A zero-interval timer makes the blocked virEventRunDefaultImpl() return;
+  // removed once the thread has seen `stopping`.
+  int wake_timer = virEventAddTimeout(0, wake_event_loop, nullptr, nullptr);
+  impl_->thread.join();
+  if (wake_timer >= 0) virEventRemoveTimeout(wake_timer);
+}
+
+bool LibvirtInventory::wait_first_sync(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(impl_->mutex);
+  return impl_->changed.wait_for(lock, timeout, [this] { return impl_->first_sync_done; });
+}
+
+}  // namespace vmgate::hostd

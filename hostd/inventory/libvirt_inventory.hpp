@@ -4,12 +4,16 @@
 // which also runs libvirt's default event loop. On start it lists every
 // domain, then follows lifecycle events; if the connection closes it
 // reconnects with backoff and resynchronises.
+//
+// One inventory per process: libvirt's default event loop is process-wide,
+// and a second thread running it could dispatch this inventory's events.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -26,9 +30,9 @@ struct InventoryOptions {
 };
 
 struct InventoryStats {
-  std::atomic<std::uint64_t> events{0};
-  std::atomic<std::uint64_t> reconnects{0};
-  std::atomic<std::uint64_t> syncs{0};
+  std::atomic<std::uint64_t> events{0};      // domain events received
+  std::atomic<std::uint64_t> reconnects{0};  // connections opened after the first one
+  std::atomic<std::uint64_t> syncs{0};       // full resynchronisations (replace_all)
   std::atomic<bool> connected{false};
 };
 
@@ -39,7 +43,11 @@ class LibvirtInventory {
   LibvirtInventory(const LibvirtInventory&) = delete;
   LibvirtInventory& operator=(const LibvirtInventory&) = delete;
 
+  // Throws std::runtime_error if libvirt's event loop cannot be registered;
+  // an unreachable URI is not an error (it is retried with backoff).
   void start();
+  // Wakes the event loop, joins the thread, closes the connection. The
+  // directory keeps its last contents.
   void stop();
   // Waits until the first full synchronisation has completed.
   bool wait_first_sync(std::chrono::milliseconds timeout);
