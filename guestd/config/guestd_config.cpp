@@ -1,0 +1,106 @@
+#include "guestd/config/guestd_config.hpp"
+
+#include <charconv>
+
+#include <fmt/format.h>
+
+#include "common/config_reader.hpp"
+
+namespace vmgate::guestd {
+namespace {
+
+using namespace std::chrono_literals;
+using config::Section;
+
+std::optional<std::uint16_t> parse_port_key(std::string_view key) {
+  unsigned value = 0;
+  auto [p, ec] = std::from_chars(key.data(), key.data() + key.size(), value);
+  if (key.empty() || ec != std::errc() || p != key.data() + key.size() || value < 1 ||
+      value > 65535)
+    return std::nullopt;
+  return static_cast<std::uint16_t>(value);
+}
+
+transport::Address read_listen(const Section& root, const transport::Address& fallback) {
+  auto uri = root.optional_string("listen");
+  if (!uri) return fallback;
+  auto parsed = transport::parse(*uri);
+  if (!parsed) root.fail("listen", parsed.error());
+  if (parsed->kind == transport::Kind::fcvsock)
+    root.fail("listen", "guestd listens on vsock:ANY:PORT, unix:PATH or tcp:HOST:PORT");
+  if (parsed->kind == transport::Kind::vsock && parsed->port == 0)
+    root.fail("listen", "vsock port must not be 0");
+  return *parsed;
+}
+
+void read_agents(const Section& s, GuestdConfig& c) {
+  for (const auto& key : s.keys()) {
+    auto uri = s.optional_string(key);  // also rejects non-string values
+    auto port = parse_port_key(key);
+    if (!port) s.fail(key, "must be a port number 1..65535 (\"5986\" = \"tcp:127.0.0.1:15986\")");
+    auto parsed = transport::parse(*uri);
+    if (!parsed) s.fail(key, parsed.error());
+    if (!c.port_allowed(*port))
+      s.fail(key,
+             fmt::format("port {} is not in allowed_ports, so this agent is never used", *port));
+    c.agents[*port] = *parsed;
+  }
+  s.reject_unknown_keys();
+}
+
+void read_limits(const Section& s, LimitsConfig& l) {
+  l.preamble_timeout = s.get_ms("preamble_timeout_ms", l.preamble_timeout, 10ms, 600'000ms);
+  l.agent_connect_timeout =
+      s.get_ms("agent_connect_timeout_ms", l.agent_connect_timeout, 10ms, 600'000ms);
+  l.idle_timeout = s.get_ms("idle_timeout_ms", l.idle_timeout, 100ms, 86'400'000ms);
+  l.shutdown_grace = s.get_ms("shutdown_grace_ms", l.shutdown_grace, 0ms, 3'600'000ms);
+  l.max_connections =
+      static_cast<std::uint32_t>(s.get_int("max_connections", l.max_connections, 1, 1'000'000));
+  s.reject_unknown_keys();
+}
+
+GuestdConfig read(const Section& root) {
+  GuestdConfig c;
+  c.listen = read_listen(root, c.listen);
+
+  auto cids = root.get_int_array("allowed_peer_cids", {vsock_host_cid}, 0, 0xFFFFFFFE);
+  c.allowed_peer_cids.clear();
+  for (auto cid : cids)
+    c.allowed_peer_cids.insert(static_cast<std::uint32_t>(cid));
+  if (c.listen.kind == transport::Kind::vsock && c.allowed_peer_cids.empty())
+    root.fail("allowed_peer_cids", "is empty, so no host could ever connect (the host is CID 2)");
+
+  auto ports = root.get_int_array("allowed_ports", {5986, 8114}, 1, 65535);
+  c.allowed_ports.clear();
+  for (auto port : ports)
+    c.allowed_ports.insert(static_cast<std::uint16_t>(port));
+  if (c.allowed_ports.empty())
+    root.fail("allowed_ports", "is empty, so every CONNECT would be refused");
+
+  if (auto s = root.section("agents")) read_agents(*s, c);
+  if (auto s = root.section("limits")) read_limits(*s, c.limits);
+  root.reject_unknown_keys();
+  return c;
+}
+
+}  // namespace
+
+transport::Address GuestdConfig::agent_for(std::uint16_t port) const {
+  if (auto it = agents.find(port); it != agents.end()) return it->second;
+  return transport::Address{.kind = transport::Kind::tcp, .port = port, .host = "127.0.0.1"};
+}
+
+bool GuestdConfig::peer_allowed(std::optional<std::uint32_t> peer_cid) const {
+  if (listen.kind != transport::Kind::vsock) return true;
+  return peer_cid && allowed_peer_cids.contains(*peer_cid);
+}
+
+GuestdConfig load_guestd_config(const std::string& path) {
+  return read(config::load_file(path));
+}
+
+GuestdConfig parse_guestd_config(std::string_view text, const std::string& name) {
+  return read(config::load_string(text, name));
+}
+
+}  // namespace vmgate::guestd

@@ -1,0 +1,52 @@
+// guestd's configuration: every limit and timeout a named field with its
+// default here, in one place. guestd/guestd.toml documents each key.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+
+#include "common/transport.hpp"
+
+namespace vmgate::guestd {
+
+inline constexpr std::uint32_t default_channel_port = 5500;
+inline constexpr std::uint32_t vsock_host_cid = 2;  // VMADDR_CID_HOST
+inline constexpr const char* default_config_path = "/etc/vmgate/guestd.toml";
+
+struct LimitsConfig {
+  std::chrono::milliseconds preamble_timeout{5'000};       // preamble must arrive within
+  std::chrono::milliseconds agent_connect_timeout{3'000};  // → 504 agent-timeout
+  std::chrono::milliseconds idle_timeout{300'000};         // relay closes when nothing moves
+  std::chrono::milliseconds shutdown_grace{5'000};         // relays may finish after SIGTERM
+  std::uint32_t max_connections = 1024;  // concurrent sessions; above → 503 busy
+};
+
+struct GuestdConfig {
+  transport::Address listen{.kind = transport::Kind::vsock,
+                            .cid = transport::vsock_cid_any,
+                            .port = default_channel_port};
+  // Checked against the kernel's peer address on vsock listeners only; unix
+  // and tcp listeners are for tests and trust their filesystem or loopback.
+  std::set<std::uint32_t> allowed_peer_cids{vsock_host_cid};
+  std::set<std::uint16_t> allowed_ports{5986, 8114};
+  // Ports whose agent is not tcp:127.0.0.1:PORT.
+  std::map<std::uint16_t, transport::Address> agents;
+  LimitsConfig limits;
+
+  // Where CONNECT PORT goes: the [agents] entry, or the port on loopback.
+  transport::Address agent_for(std::uint16_t port) const;
+  bool port_allowed(std::uint16_t port) const { return allowed_ports.contains(port); }
+  // Whether a channel peer may talk to us. `peer_cid` is the kernel's peer
+  // CID for AF_VSOCK connections and empty for other families.
+  bool peer_allowed(std::optional<std::uint32_t> peer_cid) const;
+};
+
+// Throw config::ConfigError naming file, line and key.
+GuestdConfig load_guestd_config(const std::string& path);
+GuestdConfig parse_guestd_config(std::string_view text, const std::string& name);
+
+}  // namespace vmgate::guestd
