@@ -66,7 +66,7 @@ TEST_CASE("hostd config errors name file, line and key") {
         "hostd.toml:2: limits.header_bytes: 10 is out of range (1024..1048576)");
   CHECK(error_of("[channel]\ntransport = \"vsock:{cid}:{porty}\"\n")
             .starts_with("hostd.toml:2: channel.transport: unknown placeholder"));
-  CHECK(error_of("[channel]\ntransport = \"carrier-pigeon:{cid}\"\n")
+  CHECK(error_of("[channel]\ntransport = \"carrier-pigeon:{cid}:1\"\n")
             .starts_with("hostd.toml:2: channel.transport: unknown transport scheme"));
   CHECK(error_of("[routing]\nvm_heder = \"X\"\n") ==
         "hostd.toml:2: routing.vm_heder: unknown key (misspelt, or not valid here)");
@@ -88,4 +88,29 @@ TEST_CASE("a trusted listener off loopback must be asked for twice") {
 TEST_CASE("a listener without authentication must be marked trusted") {
   auto e = error_of("[[listener]]\naddress = \"tcp:127.0.0.1:5986\"\n");
   CHECK(e.starts_with("hostd.toml:1: listener[0].trusted:"));
+}
+
+TEST_CASE("the admin listener is on loopback port 9090 unless configured") {
+  auto c = parse_hostd_config("", "hostd.toml");
+  CHECK(c.admin.enabled);
+  CHECK(c.admin.address.to_string() == "tcp:127.0.0.1:9090");
+
+  auto off = parse_hostd_config("[admin]\nenabled = false\n", "hostd.toml");
+  CHECK(!off.admin.enabled);
+
+  auto ephemeral = parse_hostd_config("[admin]\naddress = \"tcp:127.0.0.1:0\"\n", "hostd.toml");
+  CHECK(ephemeral.admin.address.port == 0);
+  auto local = parse_hostd_config("[admin]\naddress = \"unix:/run/vmgate/admin.sock\"\n", "h");
+  CHECK(local.admin.address.to_string() == "unix:/run/vmgate/admin.sock");
+}
+
+TEST_CASE("an admin listener off loopback must be asked for twice") {
+  CHECK(error_of("[admin]\naddress = \"tcp:0.0.0.0:9090\"\n")
+            .find("hostd.toml:2: admin.address: tcp:0.0.0.0:9090 is not a loopback address") == 0);
+  auto c = parse_hostd_config("[admin]\naddress = \"tcp:0.0.0.0:9090\"\nallow_remote = true\n",
+                              "hostd.toml");
+  CHECK(c.admin.allow_remote);
+  CHECK(error_of("[admin]\naddress = \"vsock:3:9090\"\n").find("tcp:HOST:PORT or unix:PATH") !=
+        std::string::npos);
+  CHECK(error_of("[admin]\nport = 9090\n").find("admin.port") != std::string::npos);
 }

@@ -8,32 +8,32 @@ using vmgate::hostd::Target;
 
 TEST_CASE("a target is a name, a UUID, HOST/NAME, group:, net: or a list") {
   auto vm = parse_target("vm1");
-  REQUIRE(vm);
+  REQUIRE(vm.has_value());
   CHECK(vm->kind == Target::Kind::vm);
   CHECK(vm->single_vm());
 
   auto uuid = parse_target("6f1c2e8a-1b2c-4d5e-8f90-0123456789ab");
-  REQUIRE(uuid);
+  REQUIRE(uuid.has_value());
   CHECK(uuid->kind == Target::Kind::vm);
   CHECK(vmgate::hostd::looks_like_uuid(uuid->value));
 
   auto host_vm = parse_target("kvm7/vm1");
-  REQUIRE(host_vm);
+  REQUIRE(host_vm.has_value());
   CHECK(host_vm->kind == Target::Kind::host_vm);
   CHECK(host_vm->host == "kvm7");
   CHECK(host_vm->value == "vm1");
 
   auto group = parse_target("group:web");
-  REQUIRE(group);
+  REQUIRE(group.has_value());
   CHECK(group->kind == Target::Kind::group);
   CHECK(group->value == "web");
 
   auto net = parse_target("net:default");
-  REQUIRE(net);
+  REQUIRE(net.has_value());
   CHECK(net->kind == Target::Kind::network);
 
   auto list = parse_target("vm1, group:web,net:default");
-  REQUIRE(list);
+  REQUIRE(list.has_value());
   CHECK(list->kind == Target::Kind::list);
   REQUIRE(list->members.size() == 3);
   CHECK(list->to_string() == "vm1,group:web,net:default");
@@ -41,25 +41,25 @@ TEST_CASE("a target is a name, a UUID, HOST/NAME, group:, net: or a list") {
 }
 
 TEST_CASE("malformed targets are refused with a reason") {
-  CHECK_FALSE(parse_target(""));
-  CHECK_FALSE(parse_target("group:"));
-  CHECK_FALSE(parse_target("vm1,"));
-  CHECK_FALSE(parse_target("a/b/c"));
-  CHECK_FALSE(parse_target("vm 1"));
-  CHECK_FALSE(parse_target(std::string(300, 'a')));
-  CHECK_FALSE(parse_target("vm\x01"));
+  CHECK_FALSE(parse_target("").has_value());
+  CHECK_FALSE(parse_target("group:").has_value());
+  CHECK_FALSE(parse_target("vm1,").has_value());
+  CHECK_FALSE(parse_target("a/b/c").has_value());
+  CHECK_FALSE(parse_target("vm 1").has_value());
+  CHECK_FALSE(parse_target(std::string(300, 'a')).has_value());
+  CHECK_FALSE(parse_target("vm\x01").has_value());
 }
 
 TEST_CASE("authorities carry an optional port in 1..65535") {
   auto a = parse_authority("vm1:5986");
-  REQUIRE(a);
+  REQUIRE(a.has_value());
   CHECK(a->host == "vm1");
   CHECK(a->port == 5986);
   auto b = parse_authority("vm1");
-  REQUIRE(b);
+  REQUIRE(b.has_value());
   CHECK(b->port == 0);
-  CHECK_FALSE(parse_authority("vm1:"));
-  CHECK_FALSE(parse_authority(":5986"));
-  CHECK_FALSE(parse_authority("vm1:65536"));
-  CHECK_FALSE(parse_authority("vm1:x"));
+  CHECK_FALSE(parse_authority("vm1:").has_value());
+  CHECK_FALSE(parse_authority(":5986").has_value());
+  CHECK_FALSE(parse_authority("vm1:65536").has_value());
+  CHECK_FALSE(parse_authority("vm1:x").has_value());
 }

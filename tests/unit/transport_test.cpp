@@ -7,30 +7,30 @@ using vmgate::transport::parse;
 
 TEST_CASE("transport URIs parse into their kinds and print back") {
   auto v = parse("vsock:3:5500");
-  REQUIRE(v);
+  REQUIRE(v.has_value());
   CHECK(v->kind == Kind::vsock);
   CHECK(v->cid == 3);
   CHECK(v->port == 5500);
   CHECK(v->to_string() == "vsock:3:5500");
 
   auto any = parse("vsock:ANY:5500");
-  REQUIRE(any);
+  REQUIRE(any.has_value());
   CHECK(any->cid == vmgate::transport::vsock_cid_any);
   CHECK(any->to_string() == "vsock:ANY:5500");
 
   auto u = parse("unix:/run/vmgate/vm1.sock");
-  REQUIRE(u);
+  REQUIRE(u.has_value());
   CHECK(u->kind == Kind::unix_socket);
   CHECK(u->path == "/run/vmgate/vm1.sock");
 
   auto t = parse("tcp:[::1]:8080");
-  REQUIRE(t);
+  REQUIRE(t.has_value());
   CHECK(t->kind == Kind::tcp);
   CHECK(t->host == "::1");
   CHECK(t->to_string() == "tcp:[::1]:8080");
 
   auto f = parse("fcvsock:/run/fc/v.sock:5500");
-  REQUIRE(f);
+  REQUIRE(f.has_value());
   CHECK(f->kind == Kind::fcvsock);
   CHECK(f->path == "/run/fc/v.sock");
   CHECK(f->port == 5500);
