@@ -2,6 +2,8 @@
 #include <csignal>
 #include <cstring>
 #include <iostream>
+#include <optional>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -10,10 +12,13 @@
 
 #include "common/config_reader.hpp"
 #include "common/log.hpp"
+#include "hostd/admin/admin_server.hpp"
+#include "hostd/admin/readiness.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "hostd/listener/server.hpp"
+#include "hostd/metrics/hostd_metrics.hpp"
 
 #ifndef VMGATE_VERSION
 #define VMGATE_VERSION "0.0.0"
@@ -29,17 +34,37 @@ int run(const vmgate::hostd::HostdConfig& config) {
   using namespace vmgate;
   hostd::Directory directory;
   hostd::LibvirtInventory inventory(config.libvirt, directory);
+  hostd::HostdMetrics metrics(directory, &inventory.stats());
+  hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());
   inventory.start();
 
   asio::io_context io;
-  hostd::Server server(io, config, directory);
+  hostd::Server server(io, config, directory, &metrics);
   server.start();
+  std::optional<hostd::AdminServer> admin;
+  if (config.admin.enabled) {
+    admin.emplace(io, config.admin, hostd::AdminContext{config, directory, metrics, readiness});
+    admin->start();
+  }
+  readiness.listeners_bound();
+  // Ready once libvirt has been read too. wait_first_sync blocks, so it waits
+  // on a thread of its own, never on the io_context; it gives up if hostd
+  // stops first.
+  std::jthread first_sync([&](std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      if (inventory.wait_first_sync(std::chrono::milliseconds(200))) {
+        readiness.libvirt_synced();
+        return;
+      }
+    }
+  });
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer drain(io);
   signals.async_wait([&](error_code ec, int signal) {
     if (ec) return;
     log::info("stopping").kv("signal", signal);
+    readiness.stopping();  // /readyz answers 503 while sessions drain
     server.stop_accepting();
     // Sessions in progress get a moment to finish, then everything stops.
     drain.expires_after(std::chrono::seconds(2));
@@ -52,6 +77,8 @@ int run(const vmgate::hostd::HostdConfig& config) {
   io.run();
   io.stop();
   pool.clear();
+  first_sync.request_stop();
+  first_sync.join();
   inventory.stop();
   log::info("stopped");
   return 0;

@@ -54,6 +54,27 @@ ListenerConfig read_listener(const Section& s) {
   return l;
 }
 
+AdminConfig read_admin(const Section& s) {
+  AdminConfig a;
+  a.enabled = s.get_bool("enabled", a.enabled);
+  if (auto address = s.optional_string("address")) {
+    auto parsed = transport::parse(*address);
+    if (!parsed) s.fail("address", parsed.error());
+    if (parsed->kind != transport::Kind::tcp && parsed->kind != transport::Kind::unix_socket)
+      s.fail("address", "the admin listener is tcp:HOST:PORT or unix:PATH");
+    a.address = *parsed;
+  }
+  a.allow_remote = s.get_bool("allow_remote", a.allow_remote);
+  if (a.enabled && !is_loopback(a.address) && !a.allow_remote) {
+    s.fail("address",
+           fmt::format("{} is not a loopback address: the admin API lists every VM and opens "
+                       "channels to them; set allow_remote = true as well if you mean it",
+                       a.address.to_string()));
+  }
+  s.reject_unknown_keys();
+  return a;
+}
+
 HostdConfig read(const Section& root) {
   HostdConfig c;
   if (auto s = root.section("libvirt")) {
@@ -104,6 +125,7 @@ HostdConfig read(const Section& root) {
         s->get_int("max_connections", c.limits.max_connections, 1, 1'000'000));
     s->reject_unknown_keys();
   }
+  if (auto s = root.section("admin")) c.admin = read_admin(*s);
   c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
   for (const auto& s : root.sections("listener")) c.listeners.push_back(read_listener(s));
   if (c.listeners.empty()) {

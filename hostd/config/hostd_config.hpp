@@ -44,12 +44,25 @@ struct LimitsConfig {
   std::uint32_t max_connections = 4096;            // client connections per hostd
 };
 
+inline constexpr std::uint16_t default_admin_port = 9090;
+
+// The admin listener: health, readiness, metrics and the JSON API vmgatectl
+// uses. It lists every VM and can open channels, so it stays on loopback
+// unless `allow_remote` says otherwise.
+struct AdminConfig {
+  bool enabled = true;
+  transport::Address address{
+      .kind = transport::Kind::tcp, .port = default_admin_port, .host = "127.0.0.1"};
+  bool allow_remote = false;
+};
+
 struct HostdConfig {
   InventoryOptions libvirt;
   std::vector<ListenerConfig> listeners;
   RoutingConfig routing;
   ChannelConfig channel;
   LimitsConfig limits;
+  AdminConfig admin;
   unsigned threads = 0;  // 0: one per core
 };
 

@@ -34,6 +34,7 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 constexpr std::size_t body_chunk = 64 * 1024;
+constexpr std::size_t read_buffer_size = 64 * 1024;
 
 // What one request did, logged as one line when it ends.
 struct RequestRecord {
@@ -50,6 +51,7 @@ struct RequestRecord {
   bool reused_channel = false;
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
+  HostdMetrics* metrics = nullptr;
   clock::time_point start = clock::now();
 
   ~RequestRecord() {
@@ -60,6 +62,7 @@ struct RequestRecord {
         .kv("bytes_in", bytes_in).kv("bytes_out", bytes_out).kv("ms", static_cast<long long>(ms));
     if (reused_channel) line.kv("channel", "reused");
     if (!reason.empty()) line.kv("reason", reason);
+    if (metrics) metrics->request_done(form, status, bytes_in, bytes_out);
   }
 };
 
@@ -99,6 +102,7 @@ class ClientSession {
 
   awaitable<void> run() {
     watchdog_ = Watchdog::start(client_.get_executor());
+
     struct StopWatchdog {
       Watchdog& w;
       ~StopWatchdog() { w.stop(); }
@@ -129,6 +133,7 @@ class ClientSession {
     RequestRecord rec;
     rec.listener = ctx_.listener.name;
     rec.client = peer_;
+    rec.metrics = ctx_.metrics;
     auto& req = head.get();
     rec.method = std::string(req.method_string());
     const bool has_body = !head.is_done();
@@ -197,6 +202,7 @@ class ClientSession {
     RequestRecord rec;
     rec.listener = ctx_.listener.name;
     rec.client = peer_;
+    rec.metrics = ctx_.metrics;
     if (head.is_header_done()) rec.method = std::string(head.get().method_string());
     Refusal refusal = ec == http::error::header_limit
                           ? Refusal{431, fmt::format("request head exceeds {} bytes", limits().header_bytes)}
@@ -228,7 +234,9 @@ class ClientSession {
       co_return std::nullopt;
     }
     upstream_.reset();
+    ChannelConnectTimer connect_timer(ctx_.metrics);
     auto channel = co_await open_channel(ctx_.config.channel, vm, port, peer_, rec.id);
+    connect_timer.done(bool(channel));
     if (!channel) co_return channel.error();
     upstream_.emplace(Upstream{std::move(channel->stream), {}, std::move(key)});
     auto leftover = channel->leftover;
@@ -243,13 +251,16 @@ class ClientSession {
   // CONNECT: after "200 Connection established" the bytes are raw both ways.
   awaitable<void> tunnel(RequestRecord& rec, const VmRecord& vm, std::uint16_t port,
                          unsigned version) {
+    ChannelConnectTimer connect_timer(ctx_.metrics);
     auto channel = co_await open_channel(ctx_.config.channel, vm, port, peer_, rec.id);
+    connect_timer.done(bool(channel));
     if (!channel) {
       Refusal refusal = channel.error();
       co_await refuse(rec, refusal, version, false);
       co_return;
     }
     rec.status = 200;
+    OpenTunnel open_tunnel(ctx_.metrics);
     static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
     auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), use_tuple);
     if (ec) co_return;
@@ -350,6 +361,9 @@ class ClientSession {
                                     http::serializer<true, http::buffer_body>& writer,
                                     Exchange& ex, RequestRecord& rec) {
     auto& body = request.get().body();
+    // Beast sizes each read by the buffer's free capacity (512 bytes at
+    // least): without room reserved, a body streams in 512-byte reads.
+    if (!request.is_done()) buffer_.reserve(read_buffer_size);
     for (;;) {
       if (ex.stop_request) {
         ex.request_failed = true;
@@ -480,6 +494,7 @@ class ClientSession {
     }
     if (!is_head) {
       auto& body = res.body();
+      if (!response.is_done()) upstream_->buffer.reserve(read_buffer_size);
       for (;;) {
         if (!response.is_done()) {
           char* chunk = body_buffer(response_chunk_).get();

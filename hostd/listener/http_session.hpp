@@ -5,6 +5,7 @@
 #include "common/asio.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
+#include "hostd/metrics/hostd_metrics.hpp"
 
 namespace vmgate::hostd {
 
@@ -12,6 +13,7 @@ struct SessionContext {
   const HostdConfig& config;
   const ListenerConfig& listener;
   Directory& directory;
+  HostdMetrics* metrics = nullptr;  // null: not counted (tests)
 };
 
 // Runs until the client closes, a request ends the connection, or a limit

@@ -17,8 +17,9 @@ struct Server::Listener {
   std::string bound;
 };
 
-Server::Server(asio::io_context& io, const HostdConfig& config, Directory& directory)
-    : io_(io), config_(config), directory_(directory) {}
+Server::Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
+               HostdMetrics* metrics)
+    : io_(io), config_(config), directory_(directory), metrics_(metrics) {}
 
 Server::~Server() = default;
 
@@ -31,8 +32,8 @@ void Server::start() {
           fmt::format("listener {}: cannot listen on {}: {}", lc.name, lc.address.to_string(), ec.message()));
     }
     auto bound = transport::local_uri(acceptor, lc.address);
-    listeners_.push_back(std::make_unique<Listener>(
-        Listener{lc, std::move(acceptor), SessionContext{config_, lc, directory_}, bound}));
+    listeners_.push_back(std::make_unique<Listener>(Listener{
+        lc, std::move(acceptor), SessionContext{config_, lc, directory_, metrics_}, bound}));
     log::info("listening").kv("listener", lc.name).kv("addr", bound).kv("guest_port", lc.guest_port)
         .kv("trusted", lc.trusted);
   }

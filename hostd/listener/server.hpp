@@ -9,12 +9,14 @@
 #include "common/asio.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
+#include "hostd/metrics/hostd_metrics.hpp"
 
 namespace vmgate::hostd {
 
 class Server {
  public:
-  Server(asio::io_context& io, const HostdConfig& config, Directory& directory);
+  Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
+         HostdMetrics* metrics = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
@@ -30,6 +32,7 @@ class Server {
   asio::io_context& io_;
   const HostdConfig& config_;
   Directory& directory_;
+  HostdMetrics* metrics_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::atomic<std::uint32_t> connections_{0};
 };

@@ -72,8 +72,9 @@ boost::system::result<Route, std::string> route_request(const http::request_head
     auto rest = target.substr(7);
     auto slash = rest.find_first_of("/?");
     authority_text = rest.substr(0, slash);
-    route.origin_target = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
-    if (route.origin_target.front() == '?') route.origin_target.insert(0, "/");
+    std::string_view path = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+    // "http://vm1?x" has an empty path: the origin form is "/?x".
+    route.origin_target = path.front() == '?' ? fmt::format("/{}", path) : std::string(path);
   } else if (iequals_prefix(target, "https://")) {
     return std::string("https:// in the request line: use CONNECT for TLS to the agent");
   } else if (target.empty() || (target.front() != '/' && target != "*")) {

@@ -1,0 +1,317 @@
+#include "hostd/admin/admin_api.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "common/log.hpp"
+#include "hostd/channel/channel.hpp"
+#include "hostd/listener/http_session.hpp"
+#include "hostd/route/target.hpp"
+
+namespace vmgate::hostd {
+namespace {
+
+using json = nlohmann::json;
+using clock = std::chrono::steady_clock;
+
+constexpr std::string_view text_plain = "text/plain; charset=utf-8";
+
+// Milliseconds with microsecond resolution: enough to see a vsock round trip.
+double ms_since(clock::time_point start) {
+  double ms = std::chrono::duration<double, std::milli>(clock::now() - start).count();
+  return std::round(ms * 1000) / 1000;
+}
+
+AdminResponse json_response(unsigned status, const json& body) {
+  // Names come from libvirt and targets from callers: never fail on bad UTF-8.
+  return AdminResponse{status, "application/json",
+                       body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n"};
+}
+
+AdminResponse text_response(unsigned status, std::string body) {
+  return AdminResponse{status, std::string(text_plain), std::move(body) + "\n"};
+}
+
+AdminResponse missing_parameter(std::string_view endpoint, std::string_view usage) {
+  return json_response(400, {{"error", fmt::format("{} needs {}", endpoint, usage)}});
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// application/x-www-form-urlencoded: '+' is a space, %XX a byte; a broken
+// escape is kept as written.
+std::string percent_decode(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      out += ' ';
+    } else if (in[i] == '%' && i + 2 < in.size() && hex_value(in[i + 1]) >= 0 &&
+               hex_value(in[i + 2]) >= 0) {
+      out += static_cast<char>(hex_value(in[i + 1]) * 16 + hex_value(in[i + 2]));
+      i += 2;
+    } else {
+      out += in[i];
+    }
+  }
+  return out;
+}
+
+// Why a request to this VM would not be served before a channel is opened,
+// as the request path says it (503), or nothing.
+std::optional<std::string> not_routable(const VmRecord& vm, const ChannelConfig& channel) {
+  if (vm.state != VmState::running)
+    return fmt::format("vm {} is {}", vm.name, state_name(vm.state));
+  if (auto address = channel_address(channel, vm); !address) return address.error().reason;
+  return std::nullopt;
+}
+
+// The parts of a check, in the order they happen; the first failure ends it.
+struct CheckReport {
+  json hops = json::array();
+  unsigned status = 200;
+  std::string reason;
+
+  json& hop(std::string_view name, bool ok, double ms) {
+    hops.push_back({{"hop", name}, {"ok", ok}, {"ms", ms}});
+    return hops.back();
+  }
+  void fail(unsigned status_in, std::string reason_in) {
+    status = status_in;
+    reason = std::move(reason_in);
+  }
+};
+
+}  // namespace
+
+std::optional<std::string> query_param(std::string_view request_target, std::string_view key) {
+  auto q = request_target.find('?');
+  if (q == std::string_view::npos) return std::nullopt;
+  std::string_view query = request_target.substr(q + 1);
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    auto eq = pair.find('=');
+    std::string_view name = pair.substr(0, eq);
+    if (percent_decode(name) != key) continue;
+    return eq == std::string_view::npos ? std::string() : percent_decode(pair.substr(eq + 1));
+  }
+  return std::nullopt;
+}
+
+json vm_json(const VmRecord& vm, const ChannelConfig& channel) {
+  json out = {{"name", vm.name},
+              {"uuid", vm.uuid},
+              {"cid", vm.cid ? json(*vm.cid) : json(nullptr)},
+              {"state", state_name(vm.state)},
+              {"transport", nullptr},
+              {"networks", vm.networks},
+              {"groups", vm.groups}};
+  if (auto address = channel_address(channel, vm)) {
+    out["transport"] = address->to_string();
+  } else {
+    out["transport_error"] = address.error().reason;
+  }
+  return out;
+}
+
+AdminResponse vms_response(const AdminContext& context) {
+  auto vms = context.directory.snapshot();
+  std::sort(vms.begin(), vms.end(), [](const VmRecord& a, const VmRecord& b) {
+    return std::tie(a.name, a.uuid) < std::tie(b.name, b.uuid);
+  });
+  json out = json::array();
+  for (const auto& vm : vms)
+    out.push_back(vm_json(vm, context.config.channel));
+  return json_response(200, out);
+}
+
+AdminResponse resolve_response(const AdminContext& context, std::string_view target) {
+  json out = {{"target", target}};
+  auto parsed = parse_target(target);
+  if (!parsed) {
+    out["result"] = "invalid";
+    out["error"] = parsed.error();
+    return json_response(400, out);
+  }
+  if (!parsed->single_vm()) {
+    out["result"] = "unsupported";
+    out["error"] = "group, network, list and HOST/NAME targets are not served by this hostd yet";
+    return json_response(501, out);
+  }
+  auto lookup = context.directory.find(parsed->value);
+  switch (lookup.status) {
+    case LookupStatus::found: {
+      out["result"] = "found";
+      out["vm"] = vm_json(*lookup.vm, context.config.channel);
+      auto why_not = not_routable(*lookup.vm, context.config.channel);
+      out["routable"] = !why_not;
+      if (why_not) out["reason"] = *why_not;
+      return json_response(200, out);
+    }
+    case LookupStatus::ambiguous:
+      out["result"] = "ambiguous";
+      out["candidates"] = lookup.candidates;
+      out["error"] = fmt::format("'{}' matches more than one VM", parsed->value);
+      return json_response(409, out);
+    case LookupStatus::not_found:
+      break;
+  }
+  out["result"] = "not_found";
+  out["error"] = fmt::format("vm '{}' is not known to this host", parsed->value);
+  return json_response(404, out);
+}
+
+awaitable<AdminResponse> check_response(const AdminContext& context, const std::string& target,
+                                        const std::string& port_text, std::string_view client) {
+  const auto start = clock::now();
+  std::uint16_t port =
+      context.config.listeners.empty() ? 0 : context.config.listeners[0].guest_port;
+  if (!port_text.empty()) {
+    unsigned value = 0;
+    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), value);
+    if (ec != std::errc() || end != port_text.data() + port_text.size() || value == 0 ||
+        value > 65535) {
+      // (Built before co_return: GCC 12 mishandles temporaries in coroutine expressions.)
+      json error = {{"target", target},
+                    {"error", fmt::format("port '{}' is not 1..65535", port_text)}};
+      co_return json_response(400, error);
+    }
+    port = static_cast<std::uint16_t>(value);
+  }
+  if (port == 0) co_return missing_parameter("/v1/check", "a port (&port=N)");
+  const std::string request_id = new_request_id();
+  CheckReport report;
+  std::string vm_name = "-";
+
+  // 1. The directory, as the request path asks it.
+  auto t = clock::now();
+  auto parsed = parse_target(target);
+  if (!parsed) {
+    report.hop("directory", false, ms_since(t))["error"] = parsed.error();
+    report.fail(400, parsed.error());
+  } else if (!parsed->single_vm()) {
+    std::string why = "group, network, list and HOST/NAME targets are not served by this hostd yet";
+    report.hop("directory", false, ms_since(t))["error"] = why;
+    report.fail(501, why);
+  }
+  std::optional<VmRecord> vm;
+  if (report.status == 200) {
+    auto lookup = context.directory.find(parsed->value);
+    json& hop = report.hop("directory", lookup.status == LookupStatus::found, ms_since(t));
+    if (lookup.status == LookupStatus::not_found) {
+      hop["result"] = "not_found";
+      report.fail(404, fmt::format("vm '{}' is not known to this host", parsed->value));
+    } else if (lookup.status == LookupStatus::ambiguous) {
+      hop["result"] = "ambiguous";
+      hop["candidates"] = lookup.candidates;
+      report.fail(409, fmt::format("'{}' matches more than one VM", parsed->value));
+    } else {
+      hop["result"] = "found";
+      hop["vm"] = vm_json(*lookup.vm, context.config.channel);
+      vm_name = lookup.vm->name;
+      if (lookup.vm->state != VmState::running) {
+        hop["ok"] = false;
+        report.fail(503, fmt::format("vm {} is {}", lookup.vm->name, state_name(lookup.vm->state)));
+      } else {
+        vm = std::move(lookup.vm);
+      }
+    }
+    if (report.status != 200) hop["error"] = report.reason;
+  }
+
+  // 2. The transport the channel template gives this VM.
+  if (vm) {
+    t = clock::now();
+    auto address = channel_address(context.config.channel, *vm);
+    json& hop = report.hop("transport", bool(address), ms_since(t));
+    if (address) {
+      hop["address"] = address->to_string();
+    } else {
+      hop["error"] = address.error().reason;
+      report.fail(address.error().status, address.error().reason);
+      vm.reset();
+    }
+  }
+
+  // 3. Connect, preamble, guestd's answer: exactly what a request does.
+  if (vm) {
+    t = clock::now();
+    auto channel = co_await open_channel(context.config.channel, *vm, port, client, request_id);
+    json& hop = report.hop("channel", bool(channel), ms_since(t));
+    if (channel) {
+      hop["status"] = 200;
+      hop["reason"] = "OK";
+      error_code ignored;
+      channel->stream.close(ignored);
+    } else {
+      hop["status"] = channel.error().status;
+      hop["reason"] = channel.error().reason;
+      report.fail(channel.error().status, channel.error().reason);
+    }
+  }
+
+  const double elapsed = ms_since(start);
+  json out = {{"target", target},
+              {"port", port},
+              {"request_id", request_id},
+              {"ok", report.status == 200},
+              {"status", report.status},
+              {"elapsed_ms", elapsed},
+              {"hops", std::move(report.hops)}};
+  if (report.status != 200) out["reason"] = report.reason;
+  auto line = report.status == 200 ? log::info("admin_check") : log::warn("admin_check");
+  line.kv("req", request_id)
+      .kv("client", client)
+      .kv("target", target)
+      .kv("vm", vm_name)
+      .kv("port", static_cast<unsigned>(port))
+      .kv("status", report.status)
+      .kv("ms", static_cast<long long>(elapsed));
+  if (report.status != 200) line.kv("reason", report.reason);
+  co_return json_response(report.status, out);
+}
+
+awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::string_view method,
+                                              std::string_view target, std::string_view client) {
+  if (method != "GET" && method != "HEAD")
+    co_return text_response(405, "the admin API answers GET and HEAD only");
+  std::string_view path = target.substr(0, target.find('?'));
+  if (path == "/healthz") co_return text_response(200, "ok");
+  if (path == "/readyz") {
+    if (context.readiness.ready()) co_return text_response(200, "ready");
+    std::string why = "not ready: " + context.readiness.reason();
+    co_return text_response(503, std::move(why));
+  }
+  if (path == "/metrics") {
+    co_return AdminResponse{200, std::string(metrics_content_type), context.metrics.render()};
+  }
+  if (path == "/v1/vms") co_return vms_response(context);
+  if (path == "/v1/resolve") {
+    auto vm = query_param(target, "target");
+    if (!vm || vm->empty()) co_return missing_parameter("/v1/resolve", "?target=NAME");
+    co_return resolve_response(context, *vm);
+  }
+  if (path == "/v1/check") {
+    auto vm = query_param(target, "target");
+    if (!vm || vm->empty()) co_return missing_parameter("/v1/check", "?target=NAME[&port=N]");
+    std::string port = query_param(target, "port").value_or("");
+    AdminResponse response = co_await check_response(context, *vm, port, client);
+    co_return response;
+  }
+  co_return text_response(404,
+                          "no such endpoint; the admin API has /healthz /readyz /metrics /v1/vms "
+                          "/v1/resolve?target=NAME /v1/check?target=NAME&port=N");
+}
+
+}  // namespace vmgate::hostd

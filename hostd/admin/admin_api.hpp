@@ -1,0 +1,57 @@
+// The admin API: what hostd's admin listener answers (DESIGN.md,
+// "Observability"). Plain functions from a request target to a response, so
+// tests reach them without a socket; admin_server.cpp does the HTTP.
+//
+//   GET /healthz                      200 "ok"
+//   GET /readyz                       200 "ready", or 503 with the reason
+//   GET /metrics                      Prometheus text format 0.0.4
+//   GET /v1/vms                       every VM the directory knows
+//   GET /v1/resolve?target=X          the directory's answer: 200 / 404 / 409
+//   GET /v1/check?target=X[&port=N]   opens a channel end to end, hop by hop
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "common/asio.hpp"
+#include "hostd/admin/readiness.hpp"
+#include "hostd/config/hostd_config.hpp"
+#include "hostd/directory/directory.hpp"
+#include "hostd/metrics/hostd_metrics.hpp"
+
+namespace vmgate::hostd {
+
+struct AdminContext {
+  const HostdConfig& config;
+  const Directory& directory;
+  HostdMetrics& metrics;
+  const Readiness& readiness;
+};
+
+struct AdminResponse {
+  unsigned status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+// Answers one admin request. `client` names the caller in logs and in the
+// preamble of channels /v1/check opens.
+awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::string_view method,
+                                              std::string_view target, std::string_view client);
+
+// The pieces, for tests.
+// {"name", "uuid", "cid" (null: none), "state", "transport" (null when the
+// template cannot be filled, with "transport_error"), "networks", "groups"}
+nlohmann::json vm_json(const VmRecord& vm, const ChannelConfig& channel);
+AdminResponse vms_response(const AdminContext& context);
+AdminResponse resolve_response(const AdminContext& context, std::string_view target);
+// `port` empty: the first listener's guest port.
+awaitable<AdminResponse> check_response(const AdminContext& context, const std::string& target,
+                                        const std::string& port, std::string_view client);
+// The percent-decoded value of `key` in a request target's query.
+std::optional<std::string> query_param(std::string_view request_target, std::string_view key);
+
+}  // namespace vmgate::hostd

@@ -1,0 +1,179 @@
+#include "hostd/metrics/hostd_metrics.hpp"
+
+#include <array>
+#include <atomic>
+#include <mutex>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+namespace vmgate::hostd {
+namespace {
+
+namespace prom = prometheus;
+
+// Route forms as the request log names them, plus "none" for requests that
+// were refused before a route was found (400, 431).
+constexpr std::array<std::string_view, 5> form_labels = {"connect", "header", "absolute", "host",
+                                                         "none"};
+constexpr std::size_t form_index(std::string_view form) {
+  for (std::size_t i = 0; i + 1 < form_labels.size(); ++i)
+    if (form_labels[i] == form) return i;
+  return form_labels.size() - 1;
+}
+constexpr unsigned status_slots = 600;  // 0 (no status) .. 599
+
+// From sub-millisecond (vsock, unix) to the default 3 s connect timeout and past it.
+const prom::Histogram::BucketBoundaries connect_buckets = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+double seconds_since_epoch() {
+  using namespace std::chrono;
+  return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+struct HostdMetrics::Impl {
+  Impl(const Directory& directory_in, const InventoryStats* inventory_in)
+      : directory(directory_in), inventory(inventory_in) {}
+
+  const Directory& directory;
+  const InventoryStats* inventory;
+  prom::Registry registry;
+
+  prom::Family<prom::Counter>& requests = prom::BuildCounter()
+                                              .Name("vmgate_requests_total")
+                                              .Help("Client requests by route form and status")
+                                              .Register(registry);
+  // requests.Add() takes a lock and hashes the labels: done once per
+  // (form, status), then read from here without a lock.
+  std::array<std::atomic<prom::Counter*>, form_labels.size() * status_slots> request_children{};
+
+  prom::Counter& received = prom::BuildCounter()
+                                .Name("vmgate_client_received_bytes_total")
+                                .Help("Bytes received from clients (bodies and tunnel data)")
+                                .Register(registry)
+                                .Add({});
+  prom::Counter& sent = prom::BuildCounter()
+                            .Name("vmgate_client_sent_bytes_total")
+                            .Help("Bytes sent to clients (heads, bodies and tunnel data)")
+                            .Register(registry)
+                            .Add({});
+  prom::Gauge& tunnels = prom::BuildGauge()
+                             .Name("vmgate_tunnels_open")
+                             .Help("CONNECT tunnels open now")
+                             .Register(registry)
+                             .Add({});
+  prom::Family<prom::Histogram>& connect_family =
+      prom::BuildHistogram()
+          .Name("vmgate_channel_connect_duration_seconds")
+          .Help("Opening a channel: transport connect, preamble and guestd's answer")
+          .Register(registry);
+  prom::Histogram& connect_ok = connect_family.Add({{"result", "ok"}}, connect_buckets);
+  prom::Histogram& connect_error = connect_family.Add({{"result", "error"}}, connect_buckets);
+
+  // Read from the directory and the inventory at scrape time.
+  prom::Gauge& directory_vms = prom::BuildGauge()
+                                   .Name("vmgate_directory_vms")
+                                   .Help("VMs the directory knows (any state)")
+                                   .Register(registry)
+                                   .Add({});
+  prom::Counter& libvirt_events = prom::BuildCounter()
+                                      .Name("vmgate_libvirt_events_total")
+                                      .Help("libvirt domain events received")
+                                      .Register(registry)
+                                      .Add({});
+  prom::Counter& libvirt_reconnects = prom::BuildCounter()
+                                          .Name("vmgate_libvirt_reconnects_total")
+                                          .Help("libvirt connections opened after the first one")
+                                          .Register(registry)
+                                          .Add({});
+  prom::Counter& libvirt_syncs = prom::BuildCounter()
+                                     .Name("vmgate_libvirt_syncs_total")
+                                     .Help("Full resynchronisations with libvirt")
+                                     .Register(registry)
+                                     .Add({});
+  prom::Gauge& libvirt_connected = prom::BuildGauge()
+                                       .Name("vmgate_libvirt_connected")
+                                       .Help("1 while the libvirt connection is open")
+                                       .Register(registry)
+                                       .Add({});
+  prom::Gauge& start_time = prom::BuildGauge()
+                                .Name("process_start_time_seconds")
+                                .Help("Start time of the process since unix epoch in seconds")
+                                .Register(registry)
+                                .Add({});
+
+  // The inventory's counters are plain atomics; a scrape adds what is new.
+  std::mutex scrape_mutex;
+  std::uint64_t seen_events = 0;
+  std::uint64_t seen_reconnects = 0;
+  std::uint64_t seen_syncs = 0;
+
+  prom::Counter& request_counter(std::string_view form, unsigned status) {
+    std::size_t form_i = form_index(form);
+    std::size_t slot = form_i * status_slots + (status < status_slots ? status : 0);
+    prom::Counter* counter = request_children[slot].load(std::memory_order_acquire);
+    if (counter == nullptr) {
+      // Two threads may race here; Family::Add returns the same child for the same labels.
+      counter = &requests.Add({{"form", std::string(form_labels[form_i])},
+                               {"status", std::to_string(status < status_slots ? status : 0)}});
+      request_children[slot].store(counter, std::memory_order_release);
+    }
+    return *counter;
+  }
+
+  static void add_new(prom::Counter& counter, std::uint64_t now, std::uint64_t& seen) {
+    if (now > seen) counter.Increment(static_cast<double>(now - seen));
+    seen = now;
+  }
+
+  void refresh() {
+    std::lock_guard lock(scrape_mutex);
+    directory_vms.Set(static_cast<double>(directory.size()));
+    if (inventory == nullptr) return;
+    add_new(libvirt_events, inventory->events.load(), seen_events);
+    add_new(libvirt_reconnects, inventory->reconnects.load(), seen_reconnects);
+    add_new(libvirt_syncs, inventory->syncs.load(), seen_syncs);
+    libvirt_connected.Set(inventory->connected.load() ? 1 : 0);
+  }
+};
+
+HostdMetrics::HostdMetrics(const Directory& directory, const InventoryStats* inventory)
+    : impl_(std::make_unique<Impl>(directory, inventory)) {
+  impl_->start_time.Set(seconds_since_epoch());
+}
+
+HostdMetrics::~HostdMetrics() = default;
+
+void HostdMetrics::request_done(std::string_view form, unsigned status, std::uint64_t bytes_in,
+                                std::uint64_t bytes_out) {
+  impl_->request_counter(form, status).Increment();
+  if (bytes_in) impl_->received.Increment(static_cast<double>(bytes_in));
+  if (bytes_out) impl_->sent.Increment(static_cast<double>(bytes_out));
+}
+
+void HostdMetrics::tunnel_opened() {
+  impl_->tunnels.Increment();
+}
+
+void HostdMetrics::tunnel_closed() {
+  impl_->tunnels.Decrement();
+}
+
+void HostdMetrics::channel_connected(std::chrono::steady_clock::duration elapsed, bool ok) {
+  double seconds = std::chrono::duration<double>(elapsed).count();
+  (ok ? impl_->connect_ok : impl_->connect_error).Observe(seconds);
+}
+
+std::string HostdMetrics::render() {
+  impl_->refresh();
+  return prom::TextSerializer().Serialize(impl_->registry.Collect());
+}
+
+}  // namespace vmgate::hostd

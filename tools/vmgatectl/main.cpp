@@ -1,0 +1,448 @@
+// vmgatectl: asks a running vmgate-hostd, through its admin API, which VMs
+// it knows, what a target resolves to, and whether a channel to a VM works.
+//
+//   vmgatectl [--admin URL] [--json] vms | resolve TARGET | check TARGET [PORT]
+//
+// Exit codes: 0 ok; 1 the thing asked about failed (unknown VM, channel
+// refused); 2 usage error, or the admin API could not be reached.
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#ifndef VMGATE_VERSION
+#define VMGATE_VERSION "0.0.0"
+#endif
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using json = nlohmann::json;
+
+constexpr int exit_ok = 0;
+constexpr int exit_failed = 1;
+constexpr int exit_usage = 2;
+
+constexpr std::string_view default_admin = "http://127.0.0.1:9090";
+
+constexpr std::string_view usage =
+    "usage: vmgatectl [--admin URL] [--json] [--timeout SECONDS] COMMAND\n"
+    "\n"
+    "commands:\n"
+    "  vms                    list the VMs hostd knows: name, uuid, cid, state, channel transport\n"
+    "  resolve TARGET         what hostd's directory answers for TARGET (name or UUID)\n"
+    "  check TARGET [PORT]    open a channel to TARGET's guestd for PORT and report each hop\n"
+    "                         (PORT defaults to hostd's first listener's guest port)\n"
+    "\n"
+    "options:\n"
+    "  --admin URL            hostd's admin API: http://HOST:PORT or unix:/PATH (as in hostd's\n"
+    "                         [admin] address; default $VMGATE_ADMIN, else http://127.0.0.1:9090)\n"
+    "  --json                 print the API's JSON instead of a table\n"
+    "  --timeout SECONDS      give up waiting for hostd after this long (default 30)\n"
+    "  --version, --help\n"
+    "\n"
+    "exit status: 0 ok, 1 the VM or channel failed the check, 2 usage or connection error\n";
+
+// A failure to talk to hostd at all (exit 2), as opposed to hostd's answer.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct AdminUrl {
+  std::string text;       // as given, for messages
+  std::string unix_path;  // unix:/PATH; then host and port are unused
+  std::string host;       // without brackets
+  std::string port;
+  std::string prefix;  // a path prefix when behind a reverse proxy; no trailing '/'
+};
+
+AdminUrl parse_admin_url(std::string_view text) {
+  AdminUrl url{std::string(text), "", "", "", ""};
+  if (text.starts_with("unix:")) {
+    url.unix_path = std::string(text.substr(5));
+    if (url.unix_path.empty()) throw UsageError(fmt::format("--admin {}: no socket path", text));
+    url.host = "localhost";
+    return url;
+  }
+  std::string_view rest = text;
+  if (rest.starts_with("http://")) {
+    rest.remove_prefix(7);
+  } else if (rest.find("://") != std::string_view::npos) {
+    throw UsageError(fmt::format("--admin {}: only http:// URLs are supported", text));
+  }
+  auto slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  if (slash != std::string_view::npos) url.prefix = std::string(rest.substr(slash));
+  while (!url.prefix.empty() && url.prefix.back() == '/')
+    url.prefix.pop_back();
+  if (authority.starts_with('[')) {
+    auto close = authority.find(']');
+    if (close == std::string_view::npos)
+      throw UsageError(fmt::format("--admin {}: unterminated [IPv6] address", text));
+    url.host = std::string(authority.substr(1, close - 1));
+    authority.remove_prefix(close + 1);
+    if (authority.starts_with(':')) url.port = std::string(authority.substr(1));
+  } else {
+    auto colon = authority.rfind(':');
+    url.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) url.port = std::string(authority.substr(colon + 1));
+  }
+  if (url.port.empty()) url.port = "80";
+  if (url.host.empty()) throw UsageError(fmt::format("--admin {}: no host", text));
+  return url;
+}
+
+std::string percent_encode(std::string_view in) {
+  std::string out;
+  for (unsigned char c : in) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
+}
+
+struct Answer {
+  unsigned status = 0;
+  json body;
+};
+
+UsageError unreachable(const AdminUrl& url, std::string_view what,
+                       const boost::system::error_code& ec) {
+  return UsageError(fmt::format(
+      "cannot reach hostd's admin API at {} ({}: {}).\n"
+      "Is vmgate-hostd running? Check the [admin] section of its config (address, enabled), "
+      "or point --admin at it.",
+      url.text, what, ec == beast::error::timeout ? "timed out" : ec.message()));
+}
+
+// Beast's stream timeouts apply to asynchronous operations only: each step
+// is started asynchronously and run to completion here, one at a time.
+template <class Start>
+boost::system::error_code complete(asio::io_context& io, Start start) {
+  boost::system::error_code result;
+  start([&result](boost::system::error_code ec, auto&&...) { result = ec; });
+  io.restart();
+  io.run();
+  return result;
+}
+
+template <class Stream>
+Answer exchange(asio::io_context& io, Stream& stream, const AdminUrl& url, const std::string& path,
+                std::chrono::seconds timeout);
+
+// One GET to the admin API; anything but a JSON answer from hostd is a UsageError.
+Answer get(const AdminUrl& url, const std::string& path, std::chrono::seconds timeout) {
+  asio::io_context io;
+  boost::system::error_code ec;
+  if (!url.unix_path.empty()) {
+    beast::basic_stream<asio::local::stream_protocol> stream(io);
+    stream.expires_after(timeout);
+    ec = complete(io, [&](auto done) {
+      stream.async_connect(asio::local::stream_protocol::endpoint(url.unix_path), done);
+    });
+    if (ec) throw unreachable(url, "connect", ec);
+    return exchange(io, stream, url, path, timeout);
+  }
+  asio::ip::tcp::resolver resolver(io);
+  beast::tcp_stream stream(io);
+  auto endpoints = resolver.resolve(url.host, url.port, ec);
+  if (ec) throw unreachable(url, "resolve", ec);
+  stream.expires_after(timeout);
+  ec = complete(io, [&](auto done) { stream.async_connect(endpoints, done); });
+  if (ec) throw unreachable(url, "connect", ec);
+  return exchange(io, stream, url, path, timeout);
+}
+
+template <class Stream>
+Answer exchange(asio::io_context& io, Stream& stream, const AdminUrl& url, const std::string& path,
+                std::chrono::seconds timeout) {
+  const std::string where = url.text + path;
+  boost::system::error_code ec;
+
+  http::request<http::empty_body> req{http::verb::get, url.prefix + path, 11};
+  req.set(http::field::host, url.host);
+  req.set(http::field::user_agent, "vmgatectl/" VMGATE_VERSION);
+  req.set(http::field::accept, "application/json");
+  req.keep_alive(false);
+  stream.expires_after(timeout);
+  ec = complete(io, [&](auto done) { http::async_write(stream, req, done); });
+  if (ec) throw unreachable(url, "send", ec);
+
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(256 * 1024 * 1024);  // /v1/vms on a host with many VMs
+  stream.expires_after(timeout);
+  ec = complete(io, [&](auto done) { http::async_read(stream, buffer, parser, done); });
+  if (ec == beast::error::timeout)
+    throw UsageError(fmt::format("hostd's admin API at {} did not answer {} within {} s", url.text,
+                                 path, timeout.count()));
+  if (ec) throw unreachable(url, "read", ec);
+  const auto& res = parser.get();
+
+  Answer answer{res.result_int(), json::parse(res.body(), nullptr, false)};
+  if (answer.body.is_discarded() || !answer.body.is_structured()) {
+    std::string first_line = res.body().substr(0, res.body().find('\n')).substr(0, 200);
+    throw UsageError(
+        fmt::format("{} answered {} {} without the admin API's JSON ({}).\n"
+                    "Is this hostd's admin listener? Check the [admin] address in its config.",
+                    where, answer.status, std::string(res.reason()),
+                    first_line.empty() ? "empty body" : "\"" + first_line + "\""));
+  }
+  return answer;
+}
+
+std::string text_of(const json& value, std::string_view none = "-") {
+  if (value.is_null()) return std::string(none);
+  if (value.is_string()) return value.get<std::string>();
+  return value.dump();
+}
+
+std::string ms_text(const json& value) {
+  if (!value.is_number()) return "-";
+  double ms = value.get<double>();
+  return ms < 10 ? fmt::format("{:.3f} ms", ms) : fmt::format("{:.1f} ms", ms);
+}
+
+// Columns padded to their widest cell; the last one is not padded.
+void print_table(const std::vector<std::vector<std::string>>& rows, std::string_view indent = "") {
+  std::vector<std::size_t> widths;
+  for (const auto& row : rows) {
+    if (widths.size() < row.size()) widths.resize(row.size());
+    for (std::size_t i = 0; i < row.size(); ++i)
+      widths[i] = std::max(widths[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line(indent);
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ')
+      line.pop_back();
+    std::cout << line << "\n";
+  }
+}
+
+std::string error_of(const Answer& a) {
+  if (a.body.is_object() && a.body.contains("error")) return text_of(a.body["error"]);
+  return fmt::format("hostd answered {}", a.status);
+}
+
+int show_vms(const Answer& a) {
+  if (a.status != 200 || !a.body.is_array()) {
+    std::cerr << "vmgatectl: " << error_of(a) << "\n";
+    return exit_usage;
+  }
+  if (a.body.empty()) {
+    std::cout << "no VMs: hostd's directory is empty (check its libvirt uri and log)\n";
+    return exit_ok;
+  }
+  std::vector<std::vector<std::string>> rows{{"NAME", "UUID", "CID", "STATE", "TRANSPORT"}};
+  for (const auto& vm : a.body) {
+    rows.push_back({text_of(vm.value("name", json())), text_of(vm.value("uuid", json())),
+                    text_of(vm.value("cid", json())), text_of(vm.value("state", json())),
+                    text_of(vm.value("transport", json()))});
+  }
+  print_table(rows);
+  return exit_ok;
+}
+
+std::vector<std::vector<std::string>> vm_rows(const json& vm) {
+  std::vector<std::vector<std::string>> rows{
+      {"name", text_of(vm.value("name", json()))},
+      {"uuid", text_of(vm.value("uuid", json()))},
+      {"cid", text_of(vm.value("cid", json()), "none (no vsock device)")},
+      {"state", text_of(vm.value("state", json()))},
+      {"transport", vm.contains("transport_error") && vm["transport"].is_null()
+                        ? "- (" + text_of(vm["transport_error"]) + ")"
+                        : text_of(vm.value("transport", json()))}};
+  auto list = [](const json& items) {
+    std::string out;
+    for (const auto& item : items)
+      out += (out.empty() ? "" : ", ") + text_of(item);
+    return out.empty() ? std::string("-") : out;
+  };
+  if (vm.contains("networks")) rows.push_back({"networks", list(vm["networks"])});
+  if (vm.contains("groups")) rows.push_back({"groups", list(vm["groups"])});
+  return rows;
+}
+
+int show_resolve(const Answer& a, std::string_view target) {
+  const json& b = a.body;
+  std::string result = b.is_object() ? text_of(b.value("result", json())) : "-";
+  if (result == "found") {
+    auto rows = vm_rows(b["vm"]);
+    bool routable = b.value("routable", false);
+    rows.push_back(
+        {"routable", routable ? "yes" : "no (" + text_of(b.value("reason", json())) + ")"});
+    std::cout << target << ": found\n";
+    print_table(rows, "  ");
+    return exit_ok;
+  }
+  if (result == "ambiguous") {
+    std::cout << target << ": ambiguous, matches more than one VM:\n";
+    for (const auto& c : b.value("candidates", json::array()))
+      std::cout << "  " << text_of(c) << "\n";
+    std::cout << "name it by UUID instead\n";
+    return exit_failed;
+  }
+  if (result == "not_found" || result == "unsupported") {
+    std::cout << target << ": " << (result == "not_found" ? "not found" : "unsupported") << " ("
+              << error_of(a) << ")\n";
+    return exit_failed;
+  }
+  std::cerr << "vmgatectl: resolve " << target << ": " << error_of(a) << "\n";
+  return exit_usage;
+}
+
+std::string hop_detail(const json& hop) {
+  const std::string name = text_of(hop.value("hop", json()));
+  const bool ok = hop.value("ok", false);
+  if (name == "directory" && hop.contains("vm")) {
+    const json& vm = hop["vm"];
+    std::string detail = fmt::format(
+        "{} ({}) {}, cid {}", text_of(vm.value("name", json())), text_of(vm.value("uuid", json())),
+        text_of(vm.value("state", json())), text_of(vm.value("cid", json()), "none"));
+    if (!ok) detail += ": " + text_of(hop.value("error", json()));
+    return detail;
+  }
+  if (name == "directory" && hop.contains("candidates")) {
+    std::string detail = "ambiguous: ";
+    bool first = true;
+    for (const auto& c : hop["candidates"]) {
+      detail += (first ? "" : ", ") + text_of(c);
+      first = false;
+    }
+    return detail;
+  }
+  if (name == "channel") {
+    if (ok)
+      return "guestd answered " + text_of(hop.value("status", json())) + " " +
+             text_of(hop.value("reason", json()));
+    return text_of(hop.value("status", json())) + " " + text_of(hop.value("reason", json()));
+  }
+  if (!ok) return text_of(hop.value("error", json()), "failed");
+  return text_of(hop.value("address", json()), "");
+}
+
+int show_check(const Answer& a, std::string_view target) {
+  const json& b = a.body;
+  if (!b.is_object() || !b.contains("hops")) {
+    std::cerr << "vmgatectl: check " << target << ": " << error_of(a) << "\n";
+    return exit_usage;
+  }
+  const bool ok = b.value("ok", false);
+  std::string head = fmt::format("check {} port {}: ", target, text_of(b.value("port", json())));
+  if (ok) {
+    head += "ok in " + ms_text(b.value("elapsed_ms", json()));
+  } else {
+    head += fmt::format("FAILED {} {}", text_of(b.value("status", json())),
+                        text_of(b.value("reason", json())));
+  }
+  std::cout << head << " (request " << text_of(b.value("request_id", json())) << ")\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& hop : b["hops"]) {
+    rows.push_back({text_of(hop.value("hop", json())), hop.value("ok", false) ? "ok" : "FAIL",
+                    ms_text(hop.value("ms", json())), hop_detail(hop)});
+  }
+  print_table(rows, "  ");
+  if (ok) return exit_ok;
+  return a.status == 400 ? exit_usage : exit_failed;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string admin = std::getenv("VMGATE_ADMIN") ? std::getenv("VMGATE_ADMIN") : "";
+  if (admin.empty()) admin = default_admin;
+  bool as_json = false;
+  long timeout_s = 30;
+  std::vector<std::string> positional;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const auto& a = args[i];
+    if (a == "--admin" && i + 1 < args.size()) {
+      admin = args[++i];
+    } else if (a.starts_with("--admin=")) {
+      admin = a.substr(8);
+    } else if (a == "--json") {
+      as_json = true;
+    } else if (a == "--timeout" && i + 1 < args.size()) {
+      char* end = nullptr;
+      timeout_s = std::strtol(args[++i].c_str(), &end, 10);
+      if (*end != '\0' || timeout_s < 1 || timeout_s > 3600) {
+        std::cerr << "vmgatectl: --timeout takes seconds, 1..3600\n";
+        return exit_usage;
+      }
+    } else if (a == "--version") {
+      std::cout << "vmgatectl " << VMGATE_VERSION << "\n";
+      return exit_ok;
+    } else if (a == "--help" || a == "-h") {
+      std::cout << usage;
+      return exit_ok;
+    } else if (a == "--admin" || a == "--timeout") {
+      std::cerr << "vmgatectl: " << a << " needs a value\n" << usage;
+      return exit_usage;
+    } else if (a.starts_with("-") && a != "-") {
+      std::cerr << "vmgatectl: unknown option '" << a << "'\n" << usage;
+      return exit_usage;
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.empty()) {
+    std::cerr << "vmgatectl: a command is needed\n" << usage;
+    return exit_usage;
+  }
+  const std::string& command = positional[0];
+  const std::size_t operands = positional.size() - 1;
+  std::string path;
+  if (command == "vms" && operands == 0) {
+    path = "/v1/vms";
+  } else if (command == "resolve" && operands == 1) {
+    path = "/v1/resolve?target=" + percent_encode(positional[1]);
+  } else if (command == "check" && (operands == 1 || operands == 2)) {
+    path = "/v1/check?target=" + percent_encode(positional[1]);
+    if (operands == 2) path += "&port=" + percent_encode(positional[2]);
+  } else {
+    std::cerr << "vmgatectl: "
+              << (command == "vms" || command == "resolve" || command == "check"
+                      ? "wrong number of arguments for '" + command + "'"
+                      : "unknown command '" + command + "'")
+              << "\n"
+              << usage;
+    return exit_usage;
+  }
+
+  try {
+    Answer answer = get(parse_admin_url(admin), path, std::chrono::seconds(timeout_s));
+    if (as_json) {
+      std::cout << answer.body.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+      if (command == "vms") return answer.status == 200 ? exit_ok : exit_usage;
+      if (answer.status == 200) return exit_ok;
+      return answer.status == 400 ? exit_usage : exit_failed;
+    }
+    if (command == "vms") return show_vms(answer);
+    if (command == "resolve") return show_resolve(answer, positional[1]);
+    return show_check(answer, positional[1]);
+  } catch (const UsageError& e) {
+    std::cerr << "vmgatectl: " << e.what() << "\n";
+    return exit_usage;
+  }
+}
