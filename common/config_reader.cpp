@@ -126,7 +126,8 @@ std::vector<Section> Section::sections(std::string_view key) const {
 
 std::vector<std::string> Section::keys() const {
   std::vector<std::string> out;
-  for (const auto& [k, v] : *table_) out.emplace_back(k.str());
+  for (const auto& [k, v] : *table_)
+    out.emplace_back(k.str());
   return out;
 }
 

@@ -22,10 +22,14 @@ bool want_timestamp() {
 
 std::string_view level_name(Level level) {
   switch (level) {
-    case Level::debug: return "debug";
-    case Level::info: return "info";
-    case Level::warn: return "warn";
-    case Level::error: return "error";
+    case Level::debug:
+      return "debug";
+    case Level::info:
+      return "info";
+    case Level::warn:
+      return "warn";
+    case Level::error:
+      return "error";
   }
   return "info";
 }
@@ -40,7 +44,9 @@ bool needs_quotes(std::string_view v) {
 
 }  // namespace
 
-void set_min_level(Level level) { g_min_level = level; }
+void set_min_level(Level level) {
+  g_min_level = level;
+}
 
 std::string escape_value(std::string_view v) {
   if (!needs_quotes(v)) return std::string(v);

@@ -21,13 +21,19 @@ class Line {
   // characters, so nothing a client sent can forge a field or a line.
   Line& kv(std::string_view key, std::string_view value);
   Line& kv(std::string_view key, const char* value) { return kv(key, std::string_view(value)); }
-  Line& kv(std::string_view key, const std::string& value) { return kv(key, std::string_view(value)); }
+  Line& kv(std::string_view key, const std::string& value) {
+    return kv(key, std::string_view(value));
+  }
   Line& kv(std::string_view key, long long value);
   Line& kv(std::string_view key, unsigned long long value);
   Line& kv(std::string_view key, long value) { return kv(key, static_cast<long long>(value)); }
-  Line& kv(std::string_view key, unsigned long value) { return kv(key, static_cast<unsigned long long>(value)); }
+  Line& kv(std::string_view key, unsigned long value) {
+    return kv(key, static_cast<unsigned long long>(value));
+  }
   Line& kv(std::string_view key, int value) { return kv(key, static_cast<long long>(value)); }
-  Line& kv(std::string_view key, unsigned value) { return kv(key, static_cast<unsigned long long>(value)); }
+  Line& kv(std::string_view key, unsigned value) {
+    return kv(key, static_cast<unsigned long long>(value));
+  }
   Line& kv(std::string_view key, bool value) { return kv(key, value ? "true" : "false"); }
 
  private:
@@ -35,10 +41,18 @@ class Line {
   bool enabled_;
 };
 
-inline Line debug(std::string_view event) { return Line(Level::debug, event); }
-inline Line info(std::string_view event) { return Line(Level::info, event); }
-inline Line warn(std::string_view event) { return Line(Level::warn, event); }
-inline Line error(std::string_view event) { return Line(Level::error, event); }
+inline Line debug(std::string_view event) {
+  return Line(Level::debug, event);
+}
+inline Line info(std::string_view event) {
+  return Line(Level::info, event);
+}
+inline Line warn(std::string_view event) {
+  return Line(Level::warn, event);
+}
+inline Line error(std::string_view event) {
+  return Line(Level::error, event);
+}
 
 void set_min_level(Level level);
 // Escapes a value for a log line (exposed for tests).

@@ -64,8 +64,10 @@ bool parse_fields(const std::vector<std::string_view>& lines, Fields& fields) {
     if (colon == std::string_view::npos) return false;
     auto name = line.substr(0, colon);
     auto value = line.substr(colon + 1);
-    while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-    while (!value.empty() && value.back() == ' ') value.remove_suffix(1);
+    while (!value.empty() && value.front() == ' ')
+      value.remove_prefix(1);
+    while (!value.empty() && value.back() == ' ')
+      value.remove_suffix(1);
     if (!valid_field_name(name) || !valid_field_value(value)) return false;
     if (fields.size() >= 32) return false;
     fields.emplace_back(std::string(name), std::string(value));
@@ -87,23 +89,32 @@ void append_fields(std::string& out, const Fields& fields) {
 
 std::string_view verb_name(Verb verb) {
   switch (verb) {
-    case Verb::connect: return "CONNECT";
-    case Verb::send: return "SEND";
-    case Verb::join: return "JOIN";
-    case Verb::leave: return "LEAVE";
+    case Verb::connect:
+      return "CONNECT";
+    case Verb::send:
+      return "SEND";
+    case Verb::join:
+      return "JOIN";
+    case Verb::leave:
+      return "LEAVE";
   }
   return "CONNECT";
 }
 
 std::string_view error_reason(Error e) {
   switch (e) {
-    case Error::too_large: return "preamble-too-large";
-    case Error::bad_version: return "unsupported-version";
-    case Error::unknown_verb: return "unknown-verb";
-    case Error::bad_port: return "bad-port";
+    case Error::too_large:
+      return "preamble-too-large";
+    case Error::bad_version:
+      return "unsupported-version";
+    case Error::unknown_verb:
+      return "unknown-verb";
+    case Error::bad_port:
+      return "bad-port";
     case Error::bad_request_line:
     case Error::bad_field:
-    case Error::bad_status_line: return "bad-preamble";
+    case Error::bad_status_line:
+      return "bad-preamble";
   }
   return "bad-preamble";
 }
@@ -126,8 +137,7 @@ bool valid_field_value(std::string_view value) {
 
 std::optional<std::string_view> Request::field(std::string_view name) const {
   for (const auto& [k, v] : fields) {
-    if (k.size() == name.size() &&
-        std::equal(k.begin(), k.end(), name.begin(), [](char a, char b) {
+    if (k.size() == name.size() && std::equal(k.begin(), k.end(), name.begin(), [](char a, char b) {
           return std::tolower(static_cast<unsigned char>(a)) ==
                  std::tolower(static_cast<unsigned char>(b));
         }))
@@ -136,7 +146,9 @@ std::optional<std::string_view> Request::field(std::string_view name) const {
   return std::nullopt;
 }
 
-std::uint16_t Request::port() const { return parse_port(argument).value_or(0); }
+std::uint16_t Request::port() const {
+  return parse_port(argument).value_or(0);
+}
 
 std::optional<std::size_t> find_end(std::string_view buffered) {
   auto pos = buffered.find(terminator);

@@ -52,13 +52,13 @@ struct Response {
 
 // Why a preamble was rejected; the names are the reasons guestd sends back.
 enum class Error {
-  too_large,            // no terminator within max_bytes
-  bad_version,          // not VMGATE/1
-  bad_request_line,     // verb or argument missing or malformed
-  unknown_verb,         // a verb this version does not define
-  bad_port,             // CONNECT port not in 1..65535
-  bad_field,            // a field line that is not "Name: value"
-  bad_status_line,      // a response line that is not "VMGATE/1 NNN reason"
+  too_large,         // no terminator within max_bytes
+  bad_version,       // not VMGATE/1
+  bad_request_line,  // verb or argument missing or malformed
+  unknown_verb,      // a verb this version does not define
+  bad_port,          // CONNECT port not in 1..65535
+  bad_field,         // a field line that is not "Name: value"
+  bad_status_line,   // a response line that is not "VMGATE/1 NNN reason"
 };
 std::string_view error_reason(Error e);  // "bad-preamble", "unsupported-version", ...
 

@@ -39,7 +39,9 @@ awaitable<void> relay_direction(From& from, To& to, Other& a, Other& b, std::uin
     if (!wait_ec && !buffer) buffer = std::make_unique<char[]>(relay_buffer_size);
     std::size_t n = 0;
     error_code ec = wait_ec;
-    if (!ec) std::tie(ec, n) = co_await from.async_read_some(asio::buffer(buffer.get(), relay_buffer_size), use_tuple);
+    if (!ec)
+      std::tie(ec, n) =
+          co_await from.async_read_some(asio::buffer(buffer.get(), relay_buffer_size), use_tuple);
     if (n > 0) {
       deadline.expires_after(idle);
       auto [write_ec, written] =

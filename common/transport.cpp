@@ -67,8 +67,10 @@ std::string Address::to_string() const {
     case Kind::vsock:
       return cid == vsock_cid_any ? fmt::format("vsock:ANY:{}", port)
                                   : fmt::format("vsock:{}:{}", cid, port);
-    case Kind::fcvsock: return fmt::format("fcvsock:{}:{}", path, port);
-    case Kind::unix_socket: return fmt::format("unix:{}", path);
+    case Kind::fcvsock:
+      return fmt::format("fcvsock:{}:{}", path, port);
+    case Kind::unix_socket:
+      return fmt::format("unix:{}", path);
     case Kind::tcp:
       return host.find(':') != std::string::npos ? fmt::format("tcp:[{}]:{}", host, port)
                                                  : fmt::format("tcp:{}:{}", host, port);
@@ -120,7 +122,8 @@ boost::system::result<Address, std::string> parse(std::string_view uri) {
     return a;
   }
   if (scheme == "tcp") {
-    if (head.size() >= 2 && head.front() == '[' && head.back() == ']') head = head.substr(1, head.size() - 2);
+    if (head.size() >= 2 && head.front() == '[' && head.back() == ']')
+      head = head.substr(1, head.size() - 2);
     if (head.empty()) return fmt::format("tcp transport '{}' has no host", uri);
     a.kind = Kind::tcp;
     a.host = std::string(head);
@@ -156,7 +159,8 @@ awaitable<error_code> fcvsock_handshake(Stream& socket, std::uint32_t port) {
     line.push_back(c);
     if (line.size() > 64) co_return asio::error::make_error_code(asio::error::connection_refused);
   }
-  if (!line.starts_with("OK ")) co_return asio::error::make_error_code(asio::error::connection_refused);
+  if (!line.starts_with("OK "))
+    co_return asio::error::make_error_code(asio::error::connection_refused);
   co_return error_code{};
 }
 
@@ -212,12 +216,16 @@ Acceptor listen(asio::any_io_executor executor, const Address& a, error_code& ec
   Acceptor acceptor(executor);
   std::optional<Endpoint> ep;
   switch (a.kind) {
-    case Kind::vsock: ep = vsock_endpoint(a.cid, a.port); break;
+    case Kind::vsock:
+      ep = vsock_endpoint(a.cid, a.port);
+      break;
     case Kind::unix_socket:
       ep = unix_endpoint(a.path);
       ::unlink(a.path.c_str());  // a socket file left by a previous run
       break;
-    case Kind::tcp: ep = numeric_tcp_endpoint(a.host, a.port); break;
+    case Kind::tcp:
+      ep = numeric_tcp_endpoint(a.host, a.port);
+      break;
     case Kind::fcvsock:
       ec = asio::error::make_error_code(asio::error::operation_not_supported);
       return acceptor;
@@ -284,7 +292,8 @@ std::string describe_peer(const Stream& stream) {
       const auto* sa = reinterpret_cast<const sockaddr_vm*>(&ss);
       return fmt::format("vsock:{}:{}", sa->svm_cid, sa->svm_port);
     }
-    case AF_UNIX: return "unix";
+    case AF_UNIX:
+      return "unix";
   }
   return "unknown";
 }

@@ -71,9 +71,11 @@ int run(const vmgate::hostd::HostdConfig& config) {
     drain.async_wait([&](error_code) { io.stop(); });
   });
 
-  unsigned threads = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  unsigned threads =
+      config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::jthread> pool;
-  for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
+  for (unsigned i = 1; i < threads; ++i)
+    pool.emplace_back([&io] { io.run(); });
   io.run();
   io.stop();
   pool.clear();
@@ -102,10 +104,14 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--log-level" && i + 1 < args.size()) {
       const auto& level = args[++i];
-      if (level == "debug") log::set_min_level(log::Level::debug);
-      else if (level == "info") log::set_min_level(log::Level::info);
-      else if (level == "warn") log::set_min_level(log::Level::warn);
-      else if (level == "error") log::set_min_level(log::Level::error);
+      if (level == "debug")
+        log::set_min_level(log::Level::debug);
+      else if (level == "info")
+        log::set_min_level(log::Level::info);
+      else if (level == "warn")
+        log::set_min_level(log::Level::warn);
+      else if (level == "error")
+        log::set_min_level(log::Level::error);
       else {
         std::cerr << "vmgate-hostd: unknown log level '" << level << "'\n" << usage;
         return 2;

@@ -42,8 +42,8 @@ Refusal from_guestd_answer(const preamble::Response& answer, const VmRecord& vm,
     case 503:
       return {503, fmt::format("guestd on vm {} is busy (guestd: {})", vm.name, answer.reason)};
     default:
-      return {502, fmt::format("guestd on vm {} refused the channel: {} {}", vm.name,
-                               answer.status, answer.reason)};
+      return {502, fmt::format("guestd on vm {} refused the channel: {} {}", vm.name, answer.status,
+                               answer.reason)};
   }
 }
 
@@ -104,7 +104,8 @@ boost::system::result<transport::Address, Refusal> channel_address(const Channel
   replace_all(uri, "{uuid}", vm.uuid);
   replace_all(uri, "{port}", std::to_string(config.guestd_port));
   auto address = transport::parse(uri);
-  if (!address) return Refusal{502, fmt::format("channel transport for vm {}: {}", vm.name, address.error())};
+  if (!address)
+    return Refusal{502, fmt::format("channel transport for vm {}: {}", vm.name, address.error())};
   return *address;
 }
 

@@ -15,7 +15,7 @@ namespace vmgate::hostd {
 
 struct Channel {
   Stream stream;
-  std::string leftover;  // bytes the agent sent right after guestd's answer
+  std::string leftover;   // bytes the agent sent right after guestd's answer
   std::string transport;  // for logs
 };
 

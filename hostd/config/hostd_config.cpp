@@ -19,7 +19,8 @@ bool is_loopback(const transport::Address& a) {
 bool valid_header_name(std::string_view name) {
   if (name.empty() || name.size() > 64) return false;
   for (char c : name) {
-    bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+    bool ok =
+        (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
     if (!ok) return false;
   }
   return true;
@@ -81,8 +82,10 @@ HostdConfig read(const Section& root) {
     c.libvirt.uri = s->get_string("uri", c.libvirt.uri);
     if (c.libvirt.uri.empty()) s->fail("uri", "must not be empty");
     c.libvirt.read_only = s->get_bool("read_only", c.libvirt.read_only);
-    c.libvirt.reconnect_min = s->get_ms("reconnect_min_ms", c.libvirt.reconnect_min, 10ms, 600'000ms);
-    c.libvirt.reconnect_max = s->get_ms("reconnect_max_ms", c.libvirt.reconnect_max, 10ms, 3'600'000ms);
+    c.libvirt.reconnect_min =
+        s->get_ms("reconnect_min_ms", c.libvirt.reconnect_min, 10ms, 600'000ms);
+    c.libvirt.reconnect_max =
+        s->get_ms("reconnect_max_ms", c.libvirt.reconnect_max, 10ms, 3'600'000ms);
     if (c.libvirt.reconnect_max < c.libvirt.reconnect_min)
       s->fail("reconnect_max_ms", "must not be smaller than reconnect_min_ms");
     s->reject_unknown_keys();
@@ -97,8 +100,8 @@ HostdConfig read(const Section& root) {
     s->reject_unknown_keys();
   }
   if (auto s = root.section("channel")) {
-    c.channel.guestd_port = static_cast<std::uint32_t>(
-        s->get_int("guestd_port", c.channel.guestd_port, 1, 0xFFFFFFFE));
+    c.channel.guestd_port =
+        static_cast<std::uint32_t>(s->get_int("guestd_port", c.channel.guestd_port, 1, 0xFFFFFFFE));
     c.channel.transport_template = s->get_string("transport", c.channel.transport_template);
     // Check the template's shape with sample values, so a typo fails at start-up.
     std::string sample = c.channel.transport_template;
@@ -111,7 +114,8 @@ HostdConfig read(const Section& root) {
     if (sample.find('{') != std::string::npos)
       s->fail("transport", "unknown placeholder (use {cid}, {name}, {uuid}, {port})");
     if (auto parsed = transport::parse(sample); !parsed) s->fail("transport", parsed.error());
-    c.channel.connect_timeout = s->get_ms("connect_timeout_ms", c.channel.connect_timeout, 10ms, 600'000ms);
+    c.channel.connect_timeout =
+        s->get_ms("connect_timeout_ms", c.channel.connect_timeout, 10ms, 600'000ms);
     s->reject_unknown_keys();
   }
   if (auto s = root.section("limits")) {
@@ -119,20 +123,24 @@ HostdConfig read(const Section& root) {
         s->get_int("header_bytes", c.limits.header_bytes, 1024, 1024 * 1024));
     c.limits.max_request_body = static_cast<std::uint64_t>(
         s->get_int("max_request_body", 0, 0, std::numeric_limits<std::int64_t>::max()));
-    c.limits.header_timeout = s->get_ms("header_timeout_ms", c.limits.header_timeout, 100ms, 3'600'000ms);
-    c.limits.idle_timeout = s->get_ms("idle_timeout_ms", c.limits.idle_timeout, 100ms, 86'400'000ms);
+    c.limits.header_timeout =
+        s->get_ms("header_timeout_ms", c.limits.header_timeout, 100ms, 3'600'000ms);
+    c.limits.idle_timeout =
+        s->get_ms("idle_timeout_ms", c.limits.idle_timeout, 100ms, 86'400'000ms);
     c.limits.max_connections = static_cast<std::uint32_t>(
         s->get_int("max_connections", c.limits.max_connections, 1, 1'000'000));
     s->reject_unknown_keys();
   }
   if (auto s = root.section("admin")) c.admin = read_admin(*s);
   c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
-  for (const auto& s : root.sections("listener")) c.listeners.push_back(read_listener(s));
+  for (const auto& s : root.sections("listener"))
+    c.listeners.push_back(read_listener(s));
   if (c.listeners.empty()) {
     // The agent ports, on loopback, until authentication is configured.
     for (std::uint16_t port : {5986, 8114}) {
       ListenerConfig l;
-      l.address = transport::Address{.kind = transport::Kind::tcp, .port = port, .host = "127.0.0.1"};
+      l.address =
+          transport::Address{.kind = transport::Kind::tcp, .port = port, .host = "127.0.0.1"};
       l.name = l.address.to_string();
       l.guest_port = port;
       l.trusted = true;
@@ -145,7 +153,9 @@ HostdConfig read(const Section& root) {
 
 }  // namespace
 
-HostdConfig load_hostd_config(const std::string& path) { return read(config::load_file(path)); }
+HostdConfig load_hostd_config(const std::string& path) {
+  return read(config::load_file(path));
+}
 
 HostdConfig parse_hostd_config(std::string_view text, const std::string& name) {
   return read(config::load_string(text, name));

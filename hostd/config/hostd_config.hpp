@@ -37,11 +37,11 @@ struct ChannelConfig {
 };
 
 struct LimitsConfig {
-  std::uint32_t header_bytes = 32 * 1024;          // request or response head → 431
-  std::uint64_t max_request_body = 0;              // 0: unlimited (BITS uploads) → 413
-  std::chrono::milliseconds header_timeout{60'000};    // idle keep-alive + head arrival
-  std::chrono::milliseconds idle_timeout{300'000};     // no progress during an exchange → 504
-  std::uint32_t max_connections = 4096;            // client connections per hostd
+  std::uint32_t header_bytes = 32 * 1024;            // request or response head → 431
+  std::uint64_t max_request_body = 0;                // 0: unlimited (BITS uploads) → 413
+  std::chrono::milliseconds header_timeout{60'000};  // idle keep-alive + head arrival
+  std::chrono::milliseconds idle_timeout{300'000};   // no progress during an exchange → 504
+  std::uint32_t max_connections = 4096;              // client connections per hostd
 };
 
 inline constexpr std::uint16_t default_admin_port = 9090;

@@ -6,8 +6,8 @@ namespace vmgate::hostd {
 namespace http = boost::beast::http;
 
 http::response<http::string_body> make_error_response(const Refusal& refusal,
-                                                      std::string_view request_id,
-                                                      unsigned version, bool keep_alive) {
+                                                      std::string_view request_id, unsigned version,
+                                                      bool keep_alive) {
   http::response<http::string_body> res{static_cast<http::status>(refusal.status),
                                         version >= 11 ? 11u : 10u};
   res.set(http::field::content_type, "text/plain; charset=utf-8");

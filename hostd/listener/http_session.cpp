@@ -7,9 +7,9 @@
 #include <optional>
 #include <random>
 
+#include <fmt/format.h>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
-#include <fmt/format.h>
 
 #include "common/log.hpp"
 #include "common/relay.hpp"
@@ -57,9 +57,18 @@ struct RequestRecord {
   ~RequestRecord() {
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
     auto line = (status >= 500 ? log::warn("request") : log::info("request"));
-    line.kv("req", id).kv("listener", listener).kv("client", client).kv("method", method)
-        .kv("form", form).kv("target", target).kv("vm", vm).kv("port", port).kv("status", status)
-        .kv("bytes_in", bytes_in).kv("bytes_out", bytes_out).kv("ms", static_cast<long long>(ms));
+    line.kv("req", id)
+        .kv("listener", listener)
+        .kv("client", client)
+        .kv("method", method)
+        .kv("form", form)
+        .kv("target", target)
+        .kv("vm", vm)
+        .kv("port", port)
+        .kv("status", status)
+        .kv("bytes_in", bytes_in)
+        .kv("bytes_out", bytes_out)
+        .kv("ms", static_cast<long long>(ms));
     if (reused_channel) line.kv("channel", "reused");
     if (!reason.empty()) line.kv("reason", reason);
     if (metrics) metrics->request_done(form, status, bytes_in, bytes_out);
@@ -84,14 +93,14 @@ bool still_open(Stream& stream) {
 // The state the two directions of one exchange share.
 struct Exchange {
   bool request_done = false;
-  bool request_failed = false;   // client stopped sending (error or cancelled)
+  bool request_failed = false;  // client stopped sending (error or cancelled)
   bool upstream_write_failed = false;
   bool response_started = false;
   bool response_done = false;
   bool upstream_reusable = false;
   bool client_keep_alive = false;
   bool timed_out = false;
-  bool stop_request = false;  // the response side ended the exchange early
+  bool stop_request = false;       // the response side ended the exchange early
   std::optional<Refusal> refusal;  // when no response was started
 };
 
@@ -143,7 +152,8 @@ class ClientSession {
     auto admitted = admit(rec, head);
     if (!admitted) {
       Refusal refusal = std::move(admitted.error());
-      co_return co_await refuse(rec, refusal, req.version(), keep_after_error && refusal.status != 413);
+      co_return co_await refuse(rec, refusal, req.version(),
+                                keep_after_error && refusal.status != 413);
     }
     const Route& route = admitted->route;
     const VmRecord& vm = admitted->vm;
@@ -162,8 +172,8 @@ class ClientSession {
   // Route, resolve and check limits; everything a request needs before a
   // channel is opened. (A plain function: GCC 12 mishandles temporaries built
   // inside co_await expressions, so refusals are made here, not inline.)
-  boost::system::result<Admitted, Refusal> admit(RequestRecord& rec,
-                                                 const http::request_parser<http::empty_body>& head) {
+  boost::system::result<Admitted, Refusal> admit(
+      RequestRecord& rec, const http::request_parser<http::empty_body>& head) {
     const auto& req = head.get();
     auto route = route_request(req, RouteOptions{.vm_header = ctx_.config.routing.vm_header,
                                                  .host_suffix = ctx_.config.routing.host_suffix,
@@ -173,18 +183,22 @@ class ClientSession {
     rec.target = route->target.to_string();
     rec.port = route->port;
     if (!route->target.single_vm())
-      return Refusal{501, "group, network, list and HOST/NAME targets are not served by this hostd yet"};
+      return Refusal{501,
+                     "group, network, list and HOST/NAME targets are not served by this hostd yet"};
     auto lookup = ctx_.directory.find(route->target.value);
     if (lookup.status == LookupStatus::not_found)
       return Refusal{404, fmt::format("vm '{}' is not known to this host", route->target.value)};
     if (lookup.status == LookupStatus::ambiguous) {
       std::string candidates;
-      for (const auto& c : lookup.candidates) candidates += (candidates.empty() ? "" : ", ") + c;
-      return Refusal{409, fmt::format("'{}' matches more than one VM: {}", route->target.value, candidates)};
+      for (const auto& c : lookup.candidates)
+        candidates += (candidates.empty() ? "" : ", ") + c;
+      return Refusal{
+          409, fmt::format("'{}' matches more than one VM: {}", route->target.value, candidates)};
     }
     rec.vm = lookup.vm->name;
     if (lookup.vm->state != VmState::running)
-      return Refusal{503, fmt::format("vm {} is {}", lookup.vm->name, state_name(lookup.vm->state))};
+      return Refusal{503,
+                     fmt::format("vm {} is {}", lookup.vm->name, state_name(lookup.vm->state))};
     if (limits().max_request_body > 0 && head.content_length() &&
         *head.content_length() > limits().max_request_body) {
       return Refusal{413, fmt::format("request body of {} bytes exceeds the limit of {}",
@@ -194,7 +208,8 @@ class ClientSession {
   }
 
   // A head that could not be read: EOF and timeouts end quietly, the rest get 400/431.
-  awaitable<bool> refuse_unreadable_head(error_code ec, http::request_parser<http::empty_body>& head) {
+  awaitable<bool> refuse_unreadable_head(error_code ec,
+                                         http::request_parser<http::empty_body>& head) {
     if (ec == http::error::end_of_stream || ec == asio::error::eof ||
         ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor ||
         ec == asio::error::connection_reset || ec == http::error::partial_message)
@@ -204,9 +219,10 @@ class ClientSession {
     rec.client = peer_;
     rec.metrics = ctx_.metrics;
     if (head.is_header_done()) rec.method = std::string(head.get().method_string());
-    Refusal refusal = ec == http::error::header_limit
-                          ? Refusal{431, fmt::format("request head exceeds {} bytes", limits().header_bytes)}
-                          : Refusal{400, fmt::format("malformed request: {}", ec.message())};
+    Refusal refusal =
+        ec == http::error::header_limit
+            ? Refusal{431, fmt::format("request head exceeds {} bytes", limits().header_bytes)}
+            : Refusal{400, fmt::format("malformed request: {}", ec.message())};
     co_await refuse(rec, refusal, 11, false);
     co_return false;
   }
@@ -272,7 +288,8 @@ class ClientSession {
       buffer_.consume(wn);
     }
     if (!channel->leftover.empty()) {
-      auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(channel->leftover), use_tuple);
+      auto [wec, wn] =
+          co_await asio::async_write(client_, asio::buffer(channel->leftover), use_tuple);
       if (wec) co_return;
       rec.bytes_out += wn;
     }
@@ -339,7 +356,7 @@ class ClientSession {
       co_return false;
     }
     if (!(ex.request_done && ex.response_done && ex.upstream_reusable)) upstream_.reset();
-    co_return ex.client_keep_alive && ex.request_done && ex.response_done;
+    co_return ex.client_keep_alive&& ex.request_done&& ex.response_done;
   }
 
   void arm_exchange_watchdog(Exchange& ex) {
@@ -358,8 +375,8 @@ class ClientSession {
   }
 
   awaitable<void> pump_request_body(http::request_parser<http::buffer_body>& request,
-                                    http::serializer<true, http::buffer_body>& writer,
-                                    Exchange& ex, RequestRecord& rec) {
+                                    http::serializer<true, http::buffer_body>& writer, Exchange& ex,
+                                    RequestRecord& rec) {
     auto& body = request.get().body();
     // Beast sizes each read by the buffer's free capacity (512 bytes at
     // least): without room reserved, a body streams in 512-byte reads.
@@ -408,14 +425,15 @@ class ClientSession {
     ex.request_done = true;
   }
 
-  awaitable<void> pump_response(Exchange& ex, RequestRecord& rec, const VmRecord& vm,
-                                bool is_head, unsigned client_version) {
+  awaitable<void> pump_response(Exchange& ex, RequestRecord& rec, const VmRecord& vm, bool is_head,
+                                unsigned client_version) {
     for (;;) {
       http::response_parser<http::buffer_body> response;
       response.header_limit(limits().header_bytes);
       response.body_limit(boost::none);
       if (is_head) response.skip(true);
-      auto [ec, n] = co_await http::async_read_header(upstream_->stream, upstream_->buffer, response, use_tuple);
+      auto [ec, n] = co_await http::async_read_header(upstream_->stream, upstream_->buffer,
+                                                      response, use_tuple);
       if (ec) {
         if (ex.request_failed && !ex.refusal) co_return;  // the client is gone
         if (!ex.refusal) {
@@ -423,8 +441,8 @@ class ClientSession {
             ex.refusal = Refusal{504, fmt::format("vm {} did not answer within {} ms", vm.name,
                                                   limits().idle_timeout.count())};
           } else if (ec == http::error::header_limit) {
-            ex.refusal = Refusal{502, fmt::format("agent response head exceeds {} bytes",
-                                                  limits().header_bytes)};
+            ex.refusal = Refusal{
+                502, fmt::format("agent response head exceeds {} bytes", limits().header_bytes)};
           } else {
             ex.refusal = Refusal{502, fmt::format("agent on vm {} port {} closed the connection "
                                                   "before answering ({})",
@@ -445,7 +463,8 @@ class ClientSession {
         // Interim responses (100 Continue) go to HTTP/1.1 clients only (RFC 9110 §15.2).
         if (client_version >= 11) {
           http::response<http::empty_body> interim{res.result(), 11};
-          for (const auto& f : res) interim.insert(f.name_string(), f.value());
+          for (const auto& f : res)
+            interim.insert(f.name_string(), f.value());
           rewrite_response(interim);
           auto [wec, wn] = co_await http::async_write(client_, interim, use_tuple);
           rec.bytes_out += wn;
@@ -462,8 +481,8 @@ class ClientSession {
   }
 
   awaitable<void> stream_response(Exchange& ex, RequestRecord& rec,
-                                  http::response_parser<http::buffer_body>& response,
-                                  bool is_head, unsigned client_version) {
+                                  http::response_parser<http::buffer_body>& response, bool is_head,
+                                  unsigned client_version) {
     auto& res = response.get();
     rec.status = res.result_int();
     ex.upstream_reusable = res.keep_alive() && !response.need_eof();
@@ -500,7 +519,8 @@ class ClientSession {
           char* chunk = body_buffer(response_chunk_).get();
           body.data = chunk;
           body.size = body_chunk;
-          auto [ec, n] = co_await http::async_read(upstream_->stream, upstream_->buffer, response, use_tuple);
+          auto [ec, n] =
+              co_await http::async_read(upstream_->stream, upstream_->buffer, response, use_tuple);
           if (ec == http::error::need_buffer) ec = {};
           if (ec) {
             // Mid-body failure: the client sees a truncated message and a closed connection.

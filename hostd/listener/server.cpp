@@ -28,13 +28,16 @@ void Server::start() {
     error_code ec;
     auto acceptor = transport::listen(io_.get_executor(), lc.address, ec);
     if (ec) {
-      throw std::runtime_error(
-          fmt::format("listener {}: cannot listen on {}: {}", lc.name, lc.address.to_string(), ec.message()));
+      throw std::runtime_error(fmt::format("listener {}: cannot listen on {}: {}", lc.name,
+                                           lc.address.to_string(), ec.message()));
     }
     auto bound = transport::local_uri(acceptor, lc.address);
     listeners_.push_back(std::make_unique<Listener>(Listener{
         lc, std::move(acceptor), SessionContext{config_, lc, directory_, metrics_}, bound}));
-    log::info("listening").kv("listener", lc.name).kv("addr", bound).kv("guest_port", lc.guest_port)
+    log::info("listening")
+        .kv("listener", lc.name)
+        .kv("addr", bound)
+        .kv("guest_port", lc.guest_port)
         .kv("trusted", lc.trusted);
   }
   for (auto& l : listeners_) {
@@ -58,7 +61,8 @@ void Server::stop_accepting() {
 
 std::vector<std::string> Server::bound_addresses() const {
   std::vector<std::string> out;
-  for (const auto& l : listeners_) out.push_back(l->bound);
+  for (const auto& l : listeners_)
+    out.push_back(l->bound);
   return out;
 }
 
@@ -76,8 +80,10 @@ awaitable<void> Server::accept_loop(Listener& listener) {
       continue;
     }
     if (connections_.load() >= config_.limits.max_connections) {
-      log::warn("connection_refused").kv("listener", listener.config.name)
-          .kv("client", transport::describe_peer(socket)).kv("reason", "max_connections");
+      log::warn("connection_refused")
+          .kv("listener", listener.config.name)
+          .kv("client", transport::describe_peer(socket))
+          .kv("reason", "max_connections");
       error_code ignored;
       socket.close(ignored);
       continue;

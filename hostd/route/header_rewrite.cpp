@@ -2,9 +2,9 @@
 
 #include <vector>
 
+#include <fmt/format.h>
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/rfc7230.hpp>
-#include <fmt/format.h>
 
 namespace vmgate::hostd {
 namespace http = boost::beast::http;
@@ -23,15 +23,18 @@ bool is_framing(std::string_view name) {
 template <class Header>
 void remove_hop_by_hop(Header& h, std::initializer_list<http::field> always) {
   std::vector<std::string> named;
-  for (auto it = h.find(http::field::connection); it != h.end() && it->name() == http::field::connection; ++it) {
+  for (auto it = h.find(http::field::connection);
+       it != h.end() && it->name() == http::field::connection; ++it) {
     for (auto token : http::token_list(it->value())) {
       if (!is_framing(token)) named.emplace_back(token);
     }
   }
-  for (const auto& name : named) h.erase(name);
+  for (const auto& name : named)
+    h.erase(name);
   h.erase(http::field::connection);
   h.erase("Proxy-Connection");
-  for (auto f : always) h.erase(f);
+  for (auto f : always)
+    h.erase(f);
 }
 
 void append_field(http::fields& h, http::field f, std::string_view value) {

@@ -1,7 +1,7 @@
 #include "hostd/route/request_route.hpp"
 
-#include <boost/beast/http/field.hpp>
 #include <fmt/format.h>
+#include <boost/beast/http/field.hpp>
 
 namespace vmgate::hostd {
 namespace http = boost::beast::http;
@@ -37,10 +37,14 @@ boost::system::result<Target, std::string> single_target(std::string_view text) 
 
 std::string_view route_form_name(RouteForm form) {
   switch (form) {
-    case RouteForm::connect: return "connect";
-    case RouteForm::header: return "header";
-    case RouteForm::absolute: return "absolute";
-    case RouteForm::host_suffix: return "host";
+    case RouteForm::connect:
+      return "connect";
+    case RouteForm::header:
+      return "header";
+    case RouteForm::absolute:
+      return "absolute";
+    case RouteForm::host_suffix:
+      return "host";
   }
   return "header";
 }
@@ -72,7 +76,8 @@ boost::system::result<Route, std::string> route_request(const http::request_head
     auto rest = target.substr(7);
     auto slash = rest.find_first_of("/?");
     authority_text = rest.substr(0, slash);
-    std::string_view path = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+    std::string_view path =
+        slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
     // "http://vm1?x" has an empty path: the origin form is "/?x".
     route.origin_target = path.front() == '?' ? fmt::format("/{}", path) : std::string(path);
   } else if (iequals_prefix(target, "https://")) {
@@ -110,7 +115,8 @@ boost::system::result<Route, std::string> route_request(const http::request_head
   // 4. Host header ending in the configured suffix: vm1.vms.example.
   if (!options.host_suffix.empty()) {
     std::string_view host = req[http::field::host];
-    if (auto colon = host.rfind(':'); colon != std::string_view::npos && host.find(']') == std::string_view::npos)
+    if (auto colon = host.rfind(':');
+        colon != std::string_view::npos && host.find(']') == std::string_view::npos)
       host = host.substr(0, colon);
     if (host.ends_with('.')) host.remove_suffix(1);
     if (host.size() > options.host_suffix.size() && iends_with(host, options.host_suffix)) {
@@ -124,13 +130,15 @@ boost::system::result<Route, std::string> route_request(const http::request_head
   }
 
   if (options.host_suffix.empty()) {
-    return fmt::format("no target VM: send a {} header, use CONNECT VM:PORT, or use hostd as an "
-                       "HTTP proxy",
-                       options.vm_header);
+    return fmt::format(
+        "no target VM: send a {} header, use CONNECT VM:PORT, or use hostd as an "
+        "HTTP proxy",
+        options.vm_header);
   }
-  return fmt::format("no target VM: send a {} header, use CONNECT VM:PORT, use hostd as an HTTP "
-                     "proxy, or a Host name ending in {}",
-                     options.vm_header, options.host_suffix);
+  return fmt::format(
+      "no target VM: send a {} header, use CONNECT VM:PORT, use hostd as an HTTP "
+      "proxy, or a Host name ending in {}",
+      options.vm_header, options.host_suffix);
 }
 
 }  // namespace vmgate::hostd

@@ -37,14 +37,19 @@ boost::system::result<Target, std::string> parse_one(std::string_view text) {
   }
   if (!valid_simple_name(t.value)) {
     return t.value.empty() ? std::string("empty target")
-                           : fmt::format("invalid name in target (printable, no spaces, '/', ',' or quotes, at most {} bytes)", max_name);
+                           : fmt::format(
+                                 "invalid name in target (printable, no spaces, '/', ',' or "
+                                 "quotes, at most {} bytes)",
+                                 max_name);
   }
   return t;
 }
 
 }  // namespace
 
-bool valid_vm_name(std::string_view name) { return valid_simple_name(name); }
+bool valid_vm_name(std::string_view name) {
+  return valid_simple_name(name);
+}
 
 bool looks_like_uuid(std::string_view s) {
   if (s.size() != 36) return false;
@@ -60,10 +65,14 @@ bool looks_like_uuid(std::string_view s) {
 
 std::string Target::to_string() const {
   switch (kind) {
-    case Kind::vm: return value;
-    case Kind::host_vm: return host + "/" + value;
-    case Kind::group: return "group:" + value;
-    case Kind::network: return "net:" + value;
+    case Kind::vm:
+      return value;
+    case Kind::host_vm:
+      return host + "/" + value;
+    case Kind::group:
+      return "group:" + value;
+    case Kind::network:
+      return "net:" + value;
     case Kind::list: {
       std::string out;
       for (const auto& m : members) {
@@ -77,8 +86,10 @@ std::string Target::to_string() const {
 }
 
 boost::system::result<Target, std::string> parse_target(std::string_view text) {
-  while (!text.empty() && text.front() == ' ') text.remove_prefix(1);
-  while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
+  while (!text.empty() && text.front() == ' ')
+    text.remove_prefix(1);
+  while (!text.empty() && text.back() == ' ')
+    text.remove_suffix(1);
   if (text.empty()) return std::string("empty target");
   if (text.find(',') == std::string_view::npos) return parse_one(text);
   Target list;
@@ -86,12 +97,15 @@ boost::system::result<Target, std::string> parse_target(std::string_view text) {
   while (!text.empty()) {
     auto comma = text.find(',');
     auto item = text.substr(0, comma);
-    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    while (!item.empty() && item.front() == ' ')
+      item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ')
+      item.remove_suffix(1);
     auto parsed = parse_one(item);
     if (!parsed) return parsed.error();
     list.members.push_back(std::move(*parsed));
-    if (list.members.size() > max_list) return fmt::format("more than {} targets in a list", max_list);
+    if (list.members.size() > max_list)
+      return fmt::format("more than {} targets in a list", max_list);
     if (comma == std::string_view::npos) break;
     text.remove_prefix(comma + 1);
     if (text.empty()) return std::string("empty item at the end of a target list");
@@ -103,7 +117,8 @@ boost::system::result<Authority, std::string> parse_authority(std::string_view t
   Authority a;
   if (text.empty()) return std::string("empty authority");
   // Userinfo is deprecated in http URIs (RFC 9110 §4.2.4) and never meaningful here.
-  if (text.find('@') != std::string_view::npos) return std::string("userinfo is not allowed in the target");
+  if (text.find('@') != std::string_view::npos)
+    return std::string("userinfo is not allowed in the target");
   auto colon = text.rfind(':');
   std::string_view host = text;
   if (colon != std::string_view::npos) {

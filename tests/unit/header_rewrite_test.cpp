@@ -43,7 +43,7 @@ TEST_CASE("hop-by-hop headers and the routing header never reach the agent") {
     CHECK_MESSAGE(h.find(name) == h.end(), name);
   }
   CHECK(h[http::field::authorization] == "Basic dTpw");  // end-to-end, kept
-  CHECK(h[http::field::content_length] == "10");          // framing, kept
+  CHECK(h[http::field::content_length] == "10");         // framing, kept
   CHECK(h[http::field::host] == "kvm1:5986");
   CHECK(h[http::field::forwarded] == "for=\"203.0.113.7:51514\"");
   CHECK(h[http::field::via] == "1.1 vmgate");

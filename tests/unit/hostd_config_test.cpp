@@ -51,7 +51,8 @@ name = "wsman"
 address = "tcp:127.0.0.1:0"
 guest_port = 5986
 trusted = true
-)", "hostd.toml");
+)",
+                              "hostd.toml");
   CHECK(c.threads == 2);
   CHECK(c.libvirt.uri == "test:///tmp/node.xml");
   CHECK(c.routing.host_suffix == ".vms.example");
@@ -70,8 +71,9 @@ TEST_CASE("hostd config errors name file, line and key") {
             .starts_with("hostd.toml:2: channel.transport: unknown transport scheme"));
   CHECK(error_of("[routing]\nvm_heder = \"X\"\n") ==
         "hostd.toml:2: routing.vm_heder: unknown key (misspelt, or not valid here)");
-  CHECK(error_of("[[listener]]\naddress = \"tcp:127.0.0.1:1\"\nguest_port = 70000\ntrusted = true\n")
-            .starts_with("hostd.toml:3: listener[0].guest_port:"));
+  CHECK(
+      error_of("[[listener]]\naddress = \"tcp:127.0.0.1:1\"\nguest_port = 70000\ntrusted = true\n")
+          .starts_with("hostd.toml:3: listener[0].guest_port:"));
   CHECK(error_of("[libvirt]\nuri = 5\n") == "hostd.toml:2: libvirt.uri: must be a string");
   CHECK(error_of("[libvirt\n").starts_with("hostd.toml:1: syntax error"));
 }

@@ -5,9 +5,9 @@
 #include "hostd/route/request_route.hpp"
 
 namespace http = boost::beast::http;
+using vmgate::hostd::route_request;
 using vmgate::hostd::RouteForm;
 using vmgate::hostd::RouteOptions;
-using vmgate::hostd::route_request;
 
 namespace {
 
@@ -19,7 +19,8 @@ http::request_header<> make(http::verb verb, std::string_view target) {
   return h;
 }
 
-const RouteOptions options{.vm_header = "X-VM-Id", .host_suffix = ".vms.example", .guest_port = 5986};
+const RouteOptions options{
+    .vm_header = "X-VM-Id", .host_suffix = ".vms.example", .guest_port = 5986};
 
 }  // namespace
 
