@@ -21,6 +21,10 @@
 //    and polls the directory until it reflects each change:
 //      start    → running (routable)        destroy  → shut off (unroutable)
 //      define   → present                   undefine → absent
+//    read_serial_ms / read_4_threads_ms: the libvirt calls alone (list, then
+//    state + XML of every domain) on this program's connection, from one
+//    thread and from four: the floor under discovery, and what reading in
+//    parallel would give.
 //    `from_call_ms` counts from just before the libvirt call that makes the
 //    change; `after_return_ms` from when that call returned (the daemon has
 //    sent the event by then). Polling every 50 µs bounds the resolution.
@@ -29,6 +33,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -156,6 +161,36 @@ std::string measure_file(const std::string& dir, int domains) {
                      result.found, result.ms, open_ms);
 }
 
+// The floor under discovery through a daemon: the same libvirt calls the
+// inventory makes per domain (state, then XML), made directly on a connection
+// by `threads` threads at once, without parsing or the directory.
+double read_all_ms(virConnectPtr conn, int threads) {
+  auto start = Clock::now();
+  virDomainPtr* listed = nullptr;
+  int count = virConnectListAllDomains(conn, &listed, 0);
+  if (count < 0) fail("virConnectListAllDomains");
+  std::atomic<int> next{0};
+  auto work = [&] {
+    for (int i = next++; i < count; i = next++) {
+      int state = 0;
+      int reason = 0;
+      virDomainGetState(listed[i], &state, &reason, 0);
+      std::free(virDomainGetXMLDesc(listed[i], 0));
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t)
+    pool.emplace_back(work);
+  work();
+  for (auto& t : pool)
+    t.join();
+  double ms = ms_since(start);
+  for (int i = 0; i < count; ++i)
+    virDomainFree(listed[i]);
+  std::free(listed);
+  return ms;
+}
+
 std::string measure_daemon(const std::string& dir, int domains, int events) {
   vmgate::test::SessionLibvirtd libvirtd(dir);
   libvirtd.start();
@@ -182,6 +217,8 @@ std::string measure_daemon(const std::string& dir, int domains, int events) {
   if (!inventory.wait_first_sync(120s)) throw std::runtime_error("no first sync through libvirtd");
   double discovery_ms = ms_since(discovery_start);
   std::size_t found = directory.size();
+  double read_serial_ms = read_all_ms(conn, 1);
+  double read_parallel_ms = read_all_ms(conn, 4);
 
   auto state_is = [&](const std::string& name, VmState state) {
     return [&directory, name, state] {
@@ -254,9 +291,10 @@ std::string measure_daemon(const std::string& dir, int domains, int events) {
   };
   return fmt::format(
       R"({{"domains": {}, "found": {}, "populate_ms": {:.0f}, "discovery_ms": {:.1f}, )"
+      R"("read_serial_ms": {:.1f}, "read_4_threads_ms": {:.1f}, )"
       R"("events": {{"start": {}, "destroy": {}, "define": {}, "undefine": {}}}}})",
-      domains + 1, found, populate_ms, discovery_ms, both(start_samples), both(destroy_samples),
-      both(define_samples), both(undefine_samples));
+      domains + 1, found, populate_ms, discovery_ms, read_serial_ms, read_parallel_ms,
+      both(start_samples), both(destroy_samples), both(define_samples), both(undefine_samples));
 }
 
 int parse_count(std::string_view text, std::string_view flag) {
