@@ -415,6 +415,10 @@ class Connection {
     }
     http::request_parser<http::buffer_body> parser(std::move(head));
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+    // Beast sizes each read by the buffer's free capacity (512 bytes at least):
+    // without room reserved, an upload arrives in 512-byte reads and the agent,
+    // not the path in front of it, sets the pace.
+    buffer_.reserve(piece_size);
     std::uint64_t total = 0;
     while (!parser.is_done()) {
       parser.get().body().data = scratch_.get();
