@@ -116,6 +116,10 @@ HostdConfig read(const Section& root) {
     if (auto parsed = transport::parse(sample); !parsed) s->fail("transport", parsed.error());
     c.channel.connect_timeout =
         s->get_ms("connect_timeout_ms", c.channel.connect_timeout, 10ms, 600'000ms);
+    c.channel.pool_max_idle =
+        static_cast<std::uint32_t>(s->get_int("pool_max_idle", c.channel.pool_max_idle, 0, 65536));
+    c.channel.pool_idle_timeout =
+        s->get_ms("pool_idle_timeout_ms", c.channel.pool_idle_timeout, 100ms, 3'600'000ms);
     s->reject_unknown_keys();
   }
   if (auto s = root.section("limits")) {

@@ -34,6 +34,14 @@ struct ChannelConfig {
   std::string transport_template = "vsock:{cid}:{port}";
   std::uint32_t guestd_port = default_channel_port;
   std::chrono::milliseconds connect_timeout{3000};  // connect + guestd's answer
+  // Idle keep-alive channels kept for later requests of any client, per
+  // (VM, agent port); 0 turns the pool off.
+  std::uint32_t pool_max_idle = 32;
+  // How long a channel may sit idle before it is closed instead of reused.
+  // Shorter than agents' own keep-alive (WinRM's HTTP.sys: 120 s, Apache: 5 s
+  // is the short end) so that an agent rarely closes a channel just as a
+  // request with a body, which cannot be retried, is written to it.
+  std::chrono::milliseconds pool_idle_timeout{4000};
 };
 
 struct LimitsConfig {

@@ -116,3 +116,21 @@ TEST_CASE("an admin listener off loopback must be asked for twice") {
         std::string::npos);
   CHECK(error_of("[admin]\nport = 9090\n").find("admin.port") != std::string::npos);
 }
+
+TEST_CASE("the channel pool's size and idle timeout are read, and bad values name the line") {
+  auto d = parse_hostd_config("", "hostd.toml");
+  CHECK(d.channel.pool_max_idle == 32);
+  CHECK(d.channel.pool_idle_timeout.count() == 4000);
+
+  auto c = parse_hostd_config("[channel]\npool_max_idle = 0\npool_idle_timeout_ms = 1500\n",
+                              "hostd.toml");
+  CHECK(c.channel.pool_max_idle == 0);
+  CHECK(c.channel.pool_idle_timeout.count() == 1500);
+
+  CHECK(error_of("[channel]\npool_max_idle = -1\n") ==
+        "hostd.toml:2: channel.pool_max_idle: -1 is out of range (0..65536)");
+  CHECK(error_of("[channel]\n\npool_idle_timeout_ms = 5\n")
+            .starts_with("hostd.toml:3: channel.pool_idle_timeout_ms:"));
+  CHECK(error_of("[channel]\npool_max_idle = \"many\"\n") ==
+        "hostd.toml:2: channel.pool_max_idle: must be an integer");
+}

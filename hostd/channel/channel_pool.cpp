@@ -1,0 +1,151 @@
+#include "hostd/channel/channel_pool.hpp"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <functional>
+
+namespace vmgate::hostd {
+namespace {
+
+// Often enough that an entry outlives its timeout by at most half of it.
+std::chrono::milliseconds sweep_interval(std::chrono::milliseconds idle_timeout) {
+  return std::max(idle_timeout / 2, std::chrono::milliseconds(100));
+}
+
+void close_all(std::vector<Stream>& streams) {
+  for (auto& s : streams) {
+    error_code ignored;
+    s.close(ignored);
+  }
+}
+
+}  // namespace
+
+std::size_t ChannelKeyHash::operator()(const ChannelKey& key) const noexcept {
+  std::size_t h = std::hash<std::string>{}(key.uuid);
+  h ^= std::hash<std::uint64_t>{}((std::uint64_t{key.port} << 33) |
+                                  (key.cid ? (std::uint64_t{*key.cid} << 1) | 1 : 0)) +
+       0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+  return h;
+}
+
+bool idle_channel_usable(Stream& stream) {
+  char byte;
+  auto n = ::recv(stream.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+ChannelPool::ChannelPool(asio::any_io_executor executor, const ChannelConfig& config)
+    : max_idle_(config.pool_max_idle),
+      idle_timeout_(config.pool_idle_timeout),
+      sweep_timer_(std::move(executor)),
+      self_(std::make_shared<ChannelPool*>(this)) {
+  if (enabled()) arm_sweep();
+}
+
+ChannelPool::~ChannelPool() {
+  self_.reset();
+  sweep_timer_.cancel();
+  std::lock_guard lock(mutex_);
+  for (auto& [key, entries] : idle_) {
+    for (auto& e : entries) {
+      error_code ignored;
+      e.stream.close(ignored);
+    }
+  }
+}
+
+void ChannelPool::arm_sweep() {
+  sweep_timer_.expires_after(sweep_interval(idle_timeout_));
+  sweep_timer_.async_wait([weak = std::weak_ptr<ChannelPool*>(self_)](error_code ec) {
+    auto self = weak.lock();
+    if (ec || !self) return;
+    (*self)->sweep();
+    (*self)->arm_sweep();
+  });
+}
+
+std::optional<Stream> ChannelPool::take(const ChannelKey& key, clock::time_point now) {
+  if (!enabled()) return std::nullopt;
+  std::vector<Stream> dead;
+  std::optional<Stream> found;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = idle_.find(key);
+    if (it == idle_.end()) return std::nullopt;
+    auto& entries = it->second;
+    // Newest last: once the newest is expired, so is everything before it.
+    while (!entries.empty()) {
+      Entry entry = std::move(entries.back());
+      entries.pop_back();
+      if (now - entry.since >= idle_timeout_) {
+        ++stats_.expired;
+        dead.push_back(std::move(entry.stream));
+        for (auto& older : entries) {
+          ++stats_.expired;
+          dead.push_back(std::move(older.stream));
+        }
+        entries.clear();
+        break;
+      }
+      if (!idle_channel_usable(entry.stream)) {
+        ++stats_.closed;
+        dead.push_back(std::move(entry.stream));
+        continue;
+      }
+      found.emplace(std::move(entry.stream));
+      ++stats_.taken;
+      break;
+    }
+    if (entries.empty()) idle_.erase(it);
+    stats_.idle -= dead.size() + (found ? 1 : 0);
+  }
+  close_all(dead);
+  return found;
+}
+
+void ChannelPool::put(const ChannelKey& key, Stream stream, clock::time_point now) {
+  if (enabled() && idle_channel_usable(stream)) {
+    std::lock_guard lock(mutex_);
+    auto& entries = idle_[key];
+    if (entries.size() < max_idle_) {
+      entries.push_back(Entry{std::move(stream), now});
+      ++stats_.idle;
+      return;
+    }
+    ++stats_.full;
+  } else if (enabled()) {
+    ++stats_.closed;
+  }
+  error_code ignored;
+  stream.close(ignored);
+}
+
+void ChannelPool::sweep(clock::time_point now) {
+  std::vector<Stream> dead;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = idle_.begin(); it != idle_.end();) {
+      auto& entries = it->second;
+      std::erase_if(entries, [&](Entry& e) {
+        bool expired = now - e.since >= idle_timeout_;
+        bool closed = !expired && !idle_channel_usable(e.stream);
+        if (!expired && !closed) return false;
+        ++(expired ? stats_.expired : stats_.closed);
+        dead.push_back(std::move(e.stream));
+        return true;
+      });
+      it = entries.empty() ? idle_.erase(it) : std::next(it);
+    }
+    stats_.idle -= dead.size();
+  }
+  close_all(dead);
+}
+
+std::size_t ChannelPool::idle() const {
+  return stats_.idle.load();
+}
+
+}  // namespace vmgate::hostd

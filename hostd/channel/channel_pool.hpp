@@ -1,0 +1,109 @@
+// Idle channels kept across client connections, so a request does not pay for
+// a transport connect, a preamble round trip and guestd's agent connect when
+// an earlier request to the same VM and port left a channel open.
+//
+// A channel is only valid for the address it was opened to: entries are keyed
+// on everything the transport template can use (uuid, name, CID) plus the
+// agent port, so a VM restarted with a new CID (or renamed) never receives a
+// channel to its old self. Entries live at most `idle_timeout` and are checked
+// with a peek before use; a sweep closes expired and dead ones even when no
+// request comes, so a stopped VM leaves no descriptors behind.
+//
+// One pool for the whole hostd, behind a mutex: sessions are coroutines on
+// strands that move between the io_context's threads, so a per-thread pool
+// would be entered from whichever thread resumes a session and would split
+// the idle channels of one VM into per-thread halves that cannot serve each
+// other. The critical section is a hash lookup and a vector push or pop.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/asio.hpp"
+#include "hostd/config/hostd_config.hpp"
+#include "hostd/directory/directory.hpp"
+
+namespace vmgate::hostd {
+
+// What makes a channel's address valid: the inputs of the transport template
+// ({uuid}, {name}, {cid}) and the agent port the preamble named.
+struct ChannelKey {
+  std::string uuid;
+  std::string name;
+  std::optional<std::uint32_t> cid;
+  std::uint16_t port = 0;
+
+  static ChannelKey of(const VmRecord& vm, std::uint16_t port) {
+    return {vm.uuid, vm.name, vm.cid, port};
+  }
+  bool matches(const VmRecord& vm, std::uint16_t agent_port) const {
+    return port == agent_port && cid == vm.cid && uuid == vm.uuid && name == vm.name;
+  }
+  friend bool operator==(const ChannelKey&, const ChannelKey&) = default;
+};
+
+struct ChannelKeyHash {
+  std::size_t operator()(const ChannelKey& key) const noexcept;
+};
+
+// Read by the metrics at scrape time; written under the pool's lock.
+struct ChannelPoolStats {
+  std::atomic<std::uint64_t> idle{0};
+  std::atomic<std::uint64_t> taken{0};
+  std::atomic<std::uint64_t> expired{0};  // idle longer than idle_timeout
+  std::atomic<std::uint64_t> closed{0};   // the peer closed it (or sent bytes) while idle
+  std::atomic<std::uint64_t> full{0};     // returned when max_idle were already idle
+};
+
+class ChannelPool {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  ChannelPool(asio::any_io_executor executor, const ChannelConfig& config);
+  ~ChannelPool();
+  ChannelPool(const ChannelPool&) = delete;
+  ChannelPool& operator=(const ChannelPool&) = delete;
+
+  bool enabled() const { return max_idle_ > 0; }
+  std::chrono::milliseconds idle_timeout() const { return idle_timeout_; }
+
+  // The most recently returned live channel for `key`, if any.
+  std::optional<Stream> take(const ChannelKey& key, clock::time_point now = clock::now());
+  // Keeps a channel whose last exchange ended cleanly, with nothing unread on
+  // it; closes it instead when the pool is full for its key or it is dead.
+  void put(const ChannelKey& key, Stream stream, clock::time_point now = clock::now());
+  // Closes expired and dead entries; the periodic sweep calls it.
+  void sweep(clock::time_point now = clock::now());
+
+  std::size_t idle() const;
+  const ChannelPoolStats& stats() const { return stats_; }
+
+ private:
+  struct Entry {
+    Stream stream;
+    clock::time_point since;
+  };
+  void arm_sweep();
+
+  const std::size_t max_idle_;
+  const std::chrono::milliseconds idle_timeout_;
+  mutable std::mutex mutex_;
+  std::unordered_map<ChannelKey, std::vector<Entry>, ChannelKeyHash> idle_;
+  ChannelPoolStats stats_;
+  asio::steady_timer sweep_timer_;
+  // The sweep's handler may still be queued when the pool goes away.
+  std::shared_ptr<ChannelPool*> self_;
+};
+
+// Whether an idle channel is still usable: open, and nothing unread on it (an
+// idle agent has nothing to say; bytes or EOF mean it is closing or broken).
+bool idle_channel_usable(Stream& stream);
+
+}  // namespace vmgate::hostd
