@@ -14,6 +14,7 @@
 #include "common/log.hpp"
 #include "hostd/admin/admin_server.hpp"
 #include "hostd/admin/readiness.hpp"
+#include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
@@ -39,7 +40,10 @@ int run(const vmgate::hostd::HostdConfig& config) {
   inventory.start();
 
   asio::io_context io;
-  hostd::Server server(io, config, directory, &metrics);
+  // Declared after io: its idle channels are closed while io still exists.
+  hostd::ChannelPool channel_pool(io.get_executor(), config.channel);
+  metrics.set_channel_pool(&channel_pool.stats());
+  hostd::Server server(io, config, directory, &metrics, &channel_pool);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
@@ -79,6 +83,7 @@ int run(const vmgate::hostd::HostdConfig& config) {
   io.run();
   io.stop();
   pool.clear();
+  metrics.set_channel_pool(nullptr);
   first_sync.request_stop();
   first_sync.join();
   inventory.stop();

@@ -1,7 +1,5 @@
 #include "hostd/listener/http_session.hpp"
 
-#include <sys/socket.h>
-
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -75,20 +73,23 @@ struct RequestRecord {
   }
 };
 
-// An open channel to one agent port of one VM, kept between requests of the
-// same client connection when the agent keeps it alive.
+// An open channel to one agent port of one VM. The client connection keeps it
+// between its requests while the agent keeps it alive, and hands it to the
+// pool when the connection ends or its next request goes elsewhere.
+//
+// The preamble that opened it named the client connection and request that
+// opened it (Client, Request-Id): for a reused channel that is only its
+// origin, for guestd's log. Who sent each request reaches the agent in the
+// Forwarded field rewrite_request() adds to every request.
 struct Upstream {
   Stream stream;
   beast::flat_buffer buffer;  // agent bytes read past the current response head
-  std::string key;            // uuid:port
+  ChannelKey key;
+  // Set when an exchange ended cleanly with keep-alive: no request or response
+  // bytes are in flight, so the channel can carry another exchange.
+  bool idle = false;
+  clock::time_point idle_since{};
 };
-
-// Whether a kept channel is still open: the agent may have closed it while idle.
-bool still_open(Stream& stream) {
-  char byte;
-  auto n = ::recv(stream.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
 
 // The state the two directions of one exchange share.
 struct Exchange {
@@ -121,7 +122,7 @@ class ClientSession {
     error_code ignored;
     client_.shutdown(asio::socket_base::shutdown_send, ignored);
     client_.close(ignored);
-    if (upstream_) upstream_->stream.close(ignored);
+    release_upstream();
   }
 
  private:
@@ -242,18 +243,50 @@ class ClientSession {
     co_return !ec && keep_alive;
   }
 
-  awaitable<std::optional<Refusal>> ensure_upstream(RequestRecord& rec, const VmRecord& vm,
-                                                    std::uint16_t port) {
-    std::string key = fmt::format("{}:{}", vm.uuid, port);
-    if (upstream_ && upstream_->key == key && still_open(upstream_->stream)) {
-      rec.reused_channel = true;
-      co_return std::nullopt;
+  // The channel goes back to the pool if its last exchange ended cleanly and
+  // nothing arrived on it since; otherwise it is closed.
+  void release_upstream() {
+    if (!upstream_) return;
+    if (ctx_.pool && upstream_->idle && upstream_->buffer.size() == 0) {
+      ctx_.pool->put(upstream_->key, std::move(upstream_->stream), upstream_->idle_since);
+    } else {
+      error_code ignored;
+      upstream_->stream.close(ignored);
     }
     upstream_.reset();
+  }
+
+  bool idle_too_long(const Upstream& up, clock::time_point now) const {
+    return ctx_.pool && now - up.idle_since >= ctx_.pool->idle_timeout();
+  }
+
+  // `reuse` false: a retry after a reused channel failed, which wants a new one.
+  awaitable<std::optional<Refusal>> ensure_upstream(RequestRecord& rec, const VmRecord& vm,
+                                                    std::uint16_t port, bool reuse) {
+    const auto now = clock::now();
+    rec.reused_channel = false;
+    if (reuse && upstream_ && upstream_->idle && upstream_->key.matches(vm, port) &&
+        !idle_too_long(*upstream_, now) && idle_channel_usable(upstream_->stream)) {
+      upstream_->idle = false;
+      rec.reused_channel = true;
+      if (ctx_.metrics) ctx_.metrics->channel_used(true);
+      co_return std::nullopt;
+    }
+    release_upstream();
+    ChannelKey key = ChannelKey::of(vm, port);
+    if (ctx_.pool && reuse) {
+      if (auto pooled = ctx_.pool->take(key, now)) {
+        upstream_.emplace(Upstream{std::move(*pooled), {}, std::move(key)});
+        rec.reused_channel = true;
+        if (ctx_.metrics) ctx_.metrics->channel_used(true);
+        co_return std::nullopt;
+      }
+    }
     ChannelConnectTimer connect_timer(ctx_.metrics);
     auto channel = co_await open_channel(ctx_.config.channel, vm, port, peer_, rec.id);
     connect_timer.done(bool(channel));
     if (!channel) co_return channel.error();
+    if (ctx_.metrics) ctx_.metrics->channel_used(false);
     upstream_.emplace(Upstream{std::move(channel->stream), {}, std::move(key)});
     auto leftover = channel->leftover;
     if (!leftover.empty()) {
@@ -267,6 +300,8 @@ class ClientSession {
   // CONNECT: after "200 Connection established" the bytes are raw both ways.
   awaitable<void> tunnel(RequestRecord& rec, const VmRecord& vm, std::uint16_t port,
                          unsigned version) {
+    // The connection ends with the tunnel: its idle channel can serve others now.
+    release_upstream();
     ChannelConnectTimer connect_timer(ctx_.metrics);
     auto channel = co_await open_channel(ctx_.config.channel, vm, port, peer_, rec.id);
     connect_timer.done(bool(channel));
@@ -316,7 +351,7 @@ class ClientSession {
     // A kept channel the agent closed at the same moment fails on the first
     // write or read; a request without a body can safely go again on a new one.
     for (int attempt = 0;; ++attempt) {
-      std::optional<Refusal> refused = co_await ensure_upstream(rec, vm, route.port);
+      std::optional<Refusal> refused = co_await ensure_upstream(rec, vm, route.port, attempt == 0);
       if (refused) {
         bool keep = ex.client_keep_alive && !has_body;
         co_return co_await refuse(rec, *refused, client_version, keep);
@@ -355,7 +390,12 @@ class ClientSession {
       co_await refuse(rec, refusal, client_version, false);
       co_return false;
     }
-    if (!(ex.request_done && ex.response_done && ex.upstream_reusable)) upstream_.reset();
+    if (ex.request_done && ex.response_done && ex.upstream_reusable) {
+      upstream_->idle = true;
+      upstream_->idle_since = clock::now();
+    } else {
+      upstream_.reset();
+    }
     co_return ex.client_keep_alive&& ex.request_done&& ex.response_done;
   }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common/asio.hpp"
+#include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
@@ -14,6 +15,7 @@ struct SessionContext {
   const ListenerConfig& listener;
   Directory& directory;
   HostdMetrics* metrics = nullptr;  // null: not counted (tests)
+  ChannelPool* pool = nullptr;      // null: channels live only as long as their client connection
 };
 
 // Runs until the client closes, a request ends the connection, or a limit

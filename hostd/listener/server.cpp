@@ -18,8 +18,8 @@ struct Server::Listener {
 };
 
 Server::Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
-               HostdMetrics* metrics)
-    : io_(io), config_(config), directory_(directory), metrics_(metrics) {}
+               HostdMetrics* metrics, ChannelPool* pool)
+    : io_(io), config_(config), directory_(directory), metrics_(metrics), pool_(pool) {}
 
 Server::~Server() = default;
 
@@ -33,7 +33,7 @@ void Server::start() {
     }
     auto bound = transport::local_uri(acceptor, lc.address);
     listeners_.push_back(std::make_unique<Listener>(Listener{
-        lc, std::move(acceptor), SessionContext{config_, lc, directory_, metrics_}, bound}));
+        lc, std::move(acceptor), SessionContext{config_, lc, directory_, metrics_, pool_}, bound}));
     log::info("listening")
         .kv("listener", lc.name)
         .kv("addr", bound)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/asio.hpp"
+#include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
@@ -16,7 +17,7 @@ namespace vmgate::hostd {
 class Server {
  public:
   Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
-         HostdMetrics* metrics = nullptr);
+         HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
@@ -33,6 +34,7 @@ class Server {
   const HostdConfig& config_;
   Directory& directory_;
   HostdMetrics* metrics_;
+  ChannelPool* pool_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::atomic<std::uint32_t> connections_{0};
 };

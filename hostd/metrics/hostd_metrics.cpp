@@ -76,6 +76,31 @@ struct HostdMetrics::Impl {
           .Register(registry);
   prom::Histogram& connect_ok = connect_family.Add({{"result", "ok"}}, connect_buckets);
   prom::Histogram& connect_error = connect_family.Add({{"result", "error"}}, connect_buckets);
+  prom::Family<prom::Counter>& channel_requests =
+      prom::BuildCounter()
+          .Name("vmgate_channel_requests_total")
+          .Help("Requests forwarded over a newly opened channel or a reused one")
+          .Register(registry);
+  prom::Counter& channel_new = channel_requests.Add({{"channel", "new"}});
+  prom::Counter& channel_reused = channel_requests.Add({{"channel", "reused"}});
+
+  // Read from the channel pool at scrape time.
+  const ChannelPoolStats* pool = nullptr;
+  prom::Gauge& pool_idle = prom::BuildGauge()
+                               .Name("vmgate_channel_pool_idle")
+                               .Help("Idle channels kept in the pool now")
+                               .Register(registry)
+                               .Add({});
+  prom::Family<prom::Counter>& pool_discarded_family =
+      prom::BuildCounter()
+          .Name("vmgate_channel_pool_discarded_total")
+          .Help(
+              "Idle channels closed instead of reused: expired, closed by the peer, or "
+              "returned to a full pool")
+          .Register(registry);
+  prom::Counter& pool_expired = pool_discarded_family.Add({{"reason", "expired"}});
+  prom::Counter& pool_closed = pool_discarded_family.Add({{"reason", "closed"}});
+  prom::Counter& pool_full = pool_discarded_family.Add({{"reason", "full"}});
 
   // Read from the directory and the inventory at scrape time.
   prom::Gauge& directory_vms = prom::BuildGauge()
@@ -114,6 +139,9 @@ struct HostdMetrics::Impl {
   std::uint64_t seen_events = 0;
   std::uint64_t seen_reconnects = 0;
   std::uint64_t seen_syncs = 0;
+  std::uint64_t seen_expired = 0;
+  std::uint64_t seen_closed = 0;
+  std::uint64_t seen_full = 0;
 
   prom::Counter& request_counter(std::string_view form, unsigned status) {
     std::size_t form_i = form_index(form);
@@ -136,6 +164,12 @@ struct HostdMetrics::Impl {
   void refresh() {
     std::lock_guard lock(scrape_mutex);
     directory_vms.Set(static_cast<double>(directory.size()));
+    if (pool != nullptr) {
+      pool_idle.Set(static_cast<double>(pool->idle.load()));
+      add_new(pool_expired, pool->expired.load(), seen_expired);
+      add_new(pool_closed, pool->closed.load(), seen_closed);
+      add_new(pool_full, pool->full.load(), seen_full);
+    }
     if (inventory == nullptr) return;
     add_new(libvirt_events, inventory->events.load(), seen_events);
     add_new(libvirt_reconnects, inventory->reconnects.load(), seen_reconnects);
@@ -169,6 +203,15 @@ void HostdMetrics::tunnel_closed() {
 void HostdMetrics::channel_connected(std::chrono::steady_clock::duration elapsed, bool ok) {
   double seconds = std::chrono::duration<double>(elapsed).count();
   (ok ? impl_->connect_ok : impl_->connect_error).Observe(seconds);
+}
+
+void HostdMetrics::channel_used(bool reused) {
+  (reused ? impl_->channel_reused : impl_->channel_new).Increment();
+}
+
+void HostdMetrics::set_channel_pool(const ChannelPoolStats* pool) {
+  std::lock_guard lock(impl_->scrape_mutex);
+  impl_->pool = pool;
 }
 
 std::string HostdMetrics::render() {

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "hostd/channel/channel_pool.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 
@@ -35,6 +36,11 @@ class HostdMetrics {
   void tunnel_closed();
   // Transport connect + preamble + guestd's answer, successful or not.
   void channel_connected(std::chrono::steady_clock::duration elapsed, bool ok);
+  // A request is about to be forwarded over a channel opened for it, or over
+  // one reused (kept by its client connection or taken from the pool).
+  void channel_used(bool reused);
+  // The pool whose idle count and discards /metrics reports; null: none.
+  void set_channel_pool(const ChannelPoolStats* pool);
 
   // Every metric in the Prometheus text exposition format 0.0.4.
   std::string render();

@@ -26,7 +26,9 @@ def lab(libvirtd):
     # vm9 is not defined yet: its guestd and agent already run, waiting.
     with Lab([VM("vm9", cid=7)], libvirt_uri=libvirtd.uri, start_hostd=False) as lab:
         # The channel path follows the CID, so a changed CID is observable.
-        lab.hostd_overrides["channel"] = {"transport": "unix:" + lab.path("cid-{cid}.sock")}
+        lab.hostd_overrides["channel"] = {"transport": "unix:" + lab.path("cid-{cid}.sock"),
+                                          # pooled channels outlive the whole test
+                                          "pool_idle_timeout_ms": 600000}
         os.symlink(lab.socket_path("vm9"), lab.path("cid-7.sock"))
         lab.start_hostd()
         yield lab
@@ -83,6 +85,10 @@ def test_domain_lifecycle_is_followed_without_restarting_hostd(lab, libvirtd):
     define(lab, libvirtd, vm)
     libvirtd.virsh("start", "vm9")
     wait_for_status(lab, "vm9", 200)
+    # The pooled channel to CID 7 is still open (its guestd lives on here), but
+    # it leads to the VM's old address: the request went over a new channel.
+    last_ok = [r for r in lab.hostd_requests() if r.get("vm") == "vm9" and r["status"] == "200"]
+    assert "channel" not in last_ok[-1], last_ok[-1]
 
     # All of it through events: the same hostd, and one full sync (at start).
     assert lab.hostd.pid == pid and lab.hostd.alive()

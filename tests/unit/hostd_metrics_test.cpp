@@ -105,6 +105,30 @@ TEST_CASE("channel connect latency is a histogram in seconds, split by result") 
         doctest::Approx(3.0));
 }
 
+TEST_CASE("channel reuse and the pool's idle count and discards are reported") {
+  Directory directory;
+  HostdMetrics metrics(directory, nullptr);
+  metrics.channel_used(false);
+  metrics.channel_used(true);
+  metrics.channel_used(true);
+  auto text = metrics.render();
+  CHECK(sample(text, R"(vmgate_channel_requests_total{channel="new"})") == 1);
+  CHECK(sample(text, R"(vmgate_channel_requests_total{channel="reused"})") == 2);
+
+  ChannelPoolStats pool;
+  metrics.set_channel_pool(&pool);
+  pool.idle = 3;
+  pool.expired = 4;
+  pool.full = 1;
+  text = metrics.render();
+  CHECK(sample(text, "vmgate_channel_pool_idle") == 3);
+  CHECK(sample(text, R"(vmgate_channel_pool_discarded_total{reason="expired"})") == 4);
+  CHECK(sample(text, R"(vmgate_channel_pool_discarded_total{reason="closed"})") == 0);
+  CHECK(sample(text, R"(vmgate_channel_pool_discarded_total{reason="full"})") == 1);
+  pool.expired = 6;
+  CHECK(sample(metrics.render(), R"(vmgate_channel_pool_discarded_total{reason="expired"})") == 6);
+}
+
 TEST_CASE("open tunnels go up and down with OpenTunnel, and null metrics are a no-op") {
   Directory directory;
   HostdMetrics metrics(directory, nullptr);

@@ -1,0 +1,162 @@
+"""hostd keeps idle channels to guestd across client connections: a request
+from a new client connection is served over a channel an earlier connection
+left open, within the pool's limits, never over a channel that is dead or was
+a CONNECT tunnel, and the agent still learns each request's own client."""
+
+import http.client
+import socket
+
+import pytest
+
+from vmgate_lab import VM, Lab, parse_kv, wait_until
+
+# Long enough that nothing expires while a test runs: what is checked here is
+# what the pool does with live and dead channels, never how long they last.
+NO_EXPIRY = {"pool_idle_timeout_ms": 600000}
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=30):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+def metric(lab, name, **labels):
+    """One sample of hostd's /metrics (0 when absent)."""
+    c = UnixHTTPConnection(lab.path("admin.sock"))
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        series, _, value = line.rpartition(" ")
+        sample, _, label_text = series.partition("{")
+        if sample == name and ",".join(sorted(label_text.rstrip("}").split(","))) == want:
+            return float(value)
+    return 0.0
+
+
+def get(lab, path, headers=None, body=None, method=None):
+    """One request on a client connection of its own: (status, body, client port)."""
+    c = lab.connection()
+    try:
+        c.connect()
+        port = c.sock.getsockname()[1]
+        c.request(method or ("POST" if body is not None else "GET"), path, body=body,
+                  headers={"X-VM-Id": "vm1", **(headers or {})})
+        r = c.getresponse()
+        return r.status, r.read(), port
+    finally:
+        c.close()
+
+
+def guestd_channel_lines(lab, vm="vm1"):
+    return [parse_kv(l) for l in lab.guestds[vm].lines() if "event=channel " in l]
+
+
+def wait_pooled(lab, n=1):
+    """Until `n` channels are idle in the pool: a client's close reaches hostd
+    a moment after the client moves on."""
+    wait_until(lambda: metric(lab, "vmgate_channel_pool_idle") == n, 10,
+               "%d idle channel(s) in the pool" % n)
+
+
+def records(lab, n):
+    """The last `n` request records, once hostd has logged that many."""
+    return wait_until(lambda: lab.hostd_requests()[-n:] if len(lab.hostd_requests()) >= n
+                      else None, 10, "%d request records" % n)
+
+
+def test_sequential_client_connections_share_one_channel():
+    with Lab([VM("vm1")], hostd={"channel": NO_EXPIRY}) as lab:
+        s1, b1, port1 = get(lab, "/echo-headers")
+        wait_pooled(lab)
+        s2, b2, port2 = get(lab, "/echo-headers")
+        assert (s1, s2) == (200, 200)
+        first, second = records(lab, 2)
+        assert "channel" not in first
+        assert second.get("channel") == "reused"
+        assert metric(lab, "vmgate_channel_requests_total", channel="new") == 1
+        assert metric(lab, "vmgate_channel_requests_total", channel="reused") == 1
+        assert metric(lab, "vmgate_channel_connect_duration_seconds_count", result="ok") == 1
+        # The channel is still open: guestd has logged no channel end.
+        assert guestd_channel_lines(lab) == []
+        # The preamble named the first client; each request names its own.
+        assert 'Forwarded: for="127.0.0.1:%d"' % port1 in b1.decode()
+        assert 'Forwarded: for="127.0.0.1:%d"' % port2 in b2.decode()
+
+
+def test_a_pooled_channel_whose_guestd_went_away_is_not_used():
+    with Lab([VM("vm1")], hostd={"channel": NO_EXPIRY}) as lab:
+        assert get(lab, "/hello")[0] == 200
+        wait_pooled(lab)
+        # Its far end closes (as when a VM stops); a new guestd takes the socket.
+        lab.kill_guestd("vm1")
+        lab.start_guestd(lab.vms[0])
+        # A request with a body cannot be retried: it must not meet the dead channel.
+        status, body, _ = get(lab, "/discard", body=b"x" * 1000, method="PUT")
+        assert status == 200 and body == b"1000\n"
+        assert "channel" not in records(lab, 1)[0]
+        assert metric(lab, "vmgate_channel_pool_discarded_total", reason="closed") == 1
+
+
+def test_idle_channels_beyond_max_idle_are_closed():
+    with Lab([VM("vm1")], hostd={"channel": {"pool_max_idle": 1, **NO_EXPIRY}}) as lab:
+        # Three client connections open at once, each keeping its own channel ...
+        clients = [lab.connection() for _ in range(3)]
+        for c in clients:
+            c.request("GET", "/hello", headers={"X-VM-Id": "vm1"})
+            assert c.getresponse().read() == b"hello from vm1\n"
+        # ... then gone: one channel stays idle in the pool, the others close.
+        for c in clients:
+            c.close()
+        wait_until(lambda: len(guestd_channel_lines(lab)) == 2, 10, "two channels to close")
+        assert metric(lab, "vmgate_channel_pool_idle") == 1
+        assert metric(lab, "vmgate_channel_pool_discarded_total", reason="full") == 2
+        assert get(lab, "/hello")[0] == 200
+        assert records(lab, 1)[0].get("channel") == "reused"
+        assert metric(lab, "vmgate_channel_connect_duration_seconds_count", result="ok") == 3
+
+
+def test_with_the_pool_off_each_client_connection_opens_its_own_channel():
+    with Lab([VM("vm1")], hostd={"channel": {"pool_max_idle": 0}}) as lab:
+        assert get(lab, "/hello")[0] == 200
+        wait_until(lambda: len(guestd_channel_lines(lab)) == 1, 10, "the channel to close")
+        assert get(lab, "/hello")[0] == 200
+        assert "channel" not in records(lab, 1)[0]
+        assert metric(lab, "vmgate_channel_requests_total", channel="new") == 2
+
+
+def test_a_connect_tunnel_is_never_pooled():
+    with Lab([VM("vm1")], hostd={"channel": NO_EXPIRY}) as lab:
+        r = lab.curl("http://vm1:5986/hello", "-p", "-x", "http://127.0.0.1:%d" % lab.port)
+        assert r.status == 200 and r.text == "hello from vm1\n"
+        # hostd closed the tunnel's channel rather than keep it.
+        wait_until(lambda: len(guestd_channel_lines(lab)) == 1, 10, "the tunnel's channel to close")
+        assert get(lab, "/hello")[0] == 200
+        assert "channel" not in records(lab, 1)[0]
+
+
+def test_a_channel_is_not_reused_for_another_port():
+    with Lab([VM("vm1")], hostd={"channel": NO_EXPIRY},
+             listeners=[{"address": "tcp:127.0.0.1:0", "guest_port": 5986, "trusted": True},
+                        {"address": "tcp:127.0.0.1:0", "guest_port": 8114, "trusted": True}]
+             ) as lab:
+        assert get(lab, "/hello")[0] == 200
+        wait_pooled(lab)
+        c = http.client.HTTPConnection("127.0.0.1", lab.ports[1], timeout=30)
+        c.request("GET", "/hello", headers={"X-VM-Id": "vm1"})
+        assert c.getresponse().status == 200
+        c.close()
+        record = records(lab, 1)[0]
+        assert record["port"] == "8114" and "channel" not in record
