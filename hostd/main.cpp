@@ -2,6 +2,7 @@
 #include <csignal>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -39,11 +40,23 @@ int run(const vmgate::hostd::HostdConfig& config) {
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());
   inventory.start();
 
-  asio::io_context io;
-  // Declared after io: its idle channels are closed while io still exists.
+  // One io_context per I/O thread, each run by that thread alone: a client
+  // connection stays on one thread, needs no strand, and the threads do not
+  // wake each other for every completion as they do sharing one io_context.
+  // `io` (the first) also accepts, and runs the admin API and signals.
+  unsigned threads =
+      config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  asio::io_context io{1};
+  std::vector<std::unique_ptr<asio::io_context>> more_io;
+  std::vector<asio::any_io_executor> session_executors{io.get_executor()};
+  for (unsigned i = 1; i < threads; ++i) {
+    more_io.push_back(std::make_unique<asio::io_context>(1));
+    session_executors.push_back(more_io.back()->get_executor());
+  }
+  // Declared after the io_contexts: its idle channels are closed while they exist.
   hostd::ChannelPool channel_pool(io.get_executor(), config.channel);
   metrics.set_channel_pool(&channel_pool.stats());
-  hostd::Server server(io, config, directory, &metrics, &channel_pool);
+  hostd::Server server(io, config, directory, &metrics, &channel_pool, session_executors);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
@@ -72,17 +85,26 @@ int run(const vmgate::hostd::HostdConfig& config) {
     server.stop_accepting();
     // Sessions in progress get a moment to finish, then everything stops.
     drain.expires_after(std::chrono::seconds(2));
-    drain.async_wait([&](error_code) { io.stop(); });
+    drain.async_wait([&](error_code) {
+      io.stop();
+      for (auto& other : more_io)
+        other->stop();
+    });
   });
 
-  unsigned threads =
-      config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::jthread> pool;
-  for (unsigned i = 1; i < threads; ++i)
-    pool.emplace_back([&io] { io.run(); });
+  std::vector<std::jthread> io_threads;
+  for (auto& other : more_io) {
+    // Kept running while it has no connection, until stop().
+    io_threads.emplace_back([&other] {
+      auto work = asio::make_work_guard(*other);
+      other->run();
+    });
+  }
   io.run();
   io.stop();
-  pool.clear();
+  for (auto& other : more_io)
+    other->stop();
+  io_threads.clear();
   metrics.set_channel_pool(nullptr);
   first_sync.request_stop();
   first_sync.join();

@@ -1,6 +1,7 @@
 #include "hostd/channel/channel_pool.hpp"
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -19,6 +20,28 @@ void close_all(std::vector<Stream>& streams) {
     error_code ignored;
     s.close(ignored);
   }
+}
+
+// A socket is registered with the reactor of the io_context it was opened
+// on. Released and assigned again, it moves to `executor`'s context.
+std::optional<Stream> move_to(Stream stream, const asio::any_io_executor& executor) {
+  auto& from = asio::query(stream.get_executor(), asio::execution::context);
+  auto& to = asio::query(executor, asio::execution::context);
+  if (&from == &to) return stream;
+  int domain = 0;
+  socklen_t length = sizeof domain;
+  if (::getsockopt(stream.native_handle(), SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0)
+    return std::nullopt;
+  error_code ec;
+  auto fd = stream.release(ec);
+  if (ec) return std::nullopt;
+  Stream moved(executor);
+  moved.assign(asio::generic::stream_protocol(domain, 0), fd, ec);
+  if (ec) {
+    ::close(fd);
+    return std::nullopt;
+  }
+  return moved;
 }
 
 }  // namespace
@@ -67,7 +90,9 @@ void ChannelPool::arm_sweep() {
   });
 }
 
-std::optional<Stream> ChannelPool::take(const ChannelKey& key, clock::time_point now) {
+std::optional<Stream> ChannelPool::take(const ChannelKey& key,
+                                        const asio::any_io_executor& executor,
+                                        clock::time_point now) {
   if (!enabled()) return std::nullopt;
   std::vector<Stream> dead;
   std::optional<Stream> found;
@@ -103,7 +128,8 @@ std::optional<Stream> ChannelPool::take(const ChannelKey& key, clock::time_point
     stats_.idle -= dead.size() + (found ? 1 : 0);
   }
   close_all(dead);
-  return found;
+  if (!found) return std::nullopt;
+  return move_to(std::move(*found), executor);
 }
 
 void ChannelPool::put(const ChannelKey& key, Stream stream, clock::time_point now) {

@@ -9,11 +9,16 @@
 // with a peek before use; a sweep closes expired and dead ones even when no
 // request comes, so a stopped VM leaves no descriptors behind.
 //
-// One pool for the whole hostd, behind a mutex: sessions are coroutines on
-// strands that move between the io_context's threads, so a per-thread pool
-// would be entered from whichever thread resumes a session and would split
-// the idle channels of one VM into per-thread halves that cannot serve each
-// other. The critical section is a hash lookup and a vector push or pop.
+// One pool for the whole hostd, behind a mutex, rather than one per I/O
+// thread: hostd accepts on one thread and hands connections to the I/O threads
+// in turn, so a client's next connection usually lands on another thread, and
+// per-thread pools would split the idle channels of one VM into halves that
+// cannot serve each other (at low request rates, never). The critical section
+// is a hash lookup and a vector push or pop; the lock is rarely contended.
+// Each I/O thread runs its own io_context, and a socket belongs to the reactor
+// of the context it was opened on: take() moves a channel opened on another
+// thread to the taker's context (two epoll_ctl calls), so that its I/O does
+// not complete on one thread only to be handed to another for every read.
 #pragma once
 
 #include <atomic>
@@ -74,8 +79,9 @@ class ChannelPool {
   bool enabled() const { return max_idle_ > 0; }
   std::chrono::milliseconds idle_timeout() const { return idle_timeout_; }
 
-  // The most recently returned live channel for `key`, if any.
-  std::optional<Stream> take(const ChannelKey& key, clock::time_point now = clock::now());
+  // The most recently returned live channel for `key`, if any, on `executor`.
+  std::optional<Stream> take(const ChannelKey& key, const asio::any_io_executor& executor,
+                             clock::time_point now = clock::now());
   // Keeps a channel whose last exchange ended cleanly, with nothing unread on
   // it; closes it instead when the pool is full for its key or it is dead.
   void put(const ChannelKey& key, Stream stream, clock::time_point now = clock::now());

@@ -275,7 +275,7 @@ class ClientSession {
     release_upstream();
     ChannelKey key = ChannelKey::of(vm, port);
     if (ctx_.pool && reuse) {
-      if (auto pooled = ctx_.pool->take(key, now)) {
+      if (auto pooled = ctx_.pool->take(key, client_.get_executor(), now)) {
         upstream_.emplace(Upstream{std::move(*pooled), {}, std::move(key)});
         rec.reused_channel = true;
         if (ctx_.metrics) ctx_.metrics->channel_used(true);

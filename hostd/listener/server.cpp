@@ -1,5 +1,8 @@
 #include "hostd/listener/server.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -18,8 +21,16 @@ struct Server::Listener {
 };
 
 Server::Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
-               HostdMetrics* metrics, ChannelPool* pool)
-    : io_(io), config_(config), directory_(directory), metrics_(metrics), pool_(pool) {}
+               HostdMetrics* metrics, ChannelPool* pool,
+               std::vector<asio::any_io_executor> session_executors)
+    : io_(io),
+      config_(config),
+      directory_(directory),
+      metrics_(metrics),
+      pool_(pool),
+      session_executors_(std::move(session_executors)) {
+  if (session_executors_.empty()) session_executors_.push_back(io_.get_executor());
+}
 
 Server::~Server() = default;
 
@@ -69,8 +80,12 @@ std::vector<std::string> Server::bound_addresses() const {
 awaitable<void> Server::accept_loop(Listener& listener) {
   asio::steady_timer backoff(io_);
   for (;;) {
-    asio::any_io_executor strand = asio::make_strand(io_);
-    auto [ec, socket] = co_await listener.acceptor.async_accept(strand, use_tuple);
+    // The connection lives on one single-threaded io_context from here on, so
+    // it needs no strand, and its socket is registered with the reactor of the
+    // thread that serves it.
+    asio::any_io_executor executor = session_executors_[next_executor_];
+    next_executor_ = (next_executor_ + 1) % session_executors_.size();
+    auto [ec, socket] = co_await listener.acceptor.async_accept(executor, use_tuple);
     if (ec == asio::error::operation_aborted || !listener.acceptor.is_open()) co_return;
     if (ec) {
       // Out of descriptors or a transient network error: wait and go on, never exit.
@@ -88,9 +103,14 @@ awaitable<void> Server::accept_loop(Listener& listener) {
       socket.close(ignored);
       continue;
     }
-    transport::tune(socket);
+    if (listener.config.address.kind == transport::Kind::tcp) {
+      // What transport::tune() does, without asking the socket its family.
+      error_code ignored;
+      socket.set_option(asio::detail::socket_option::boolean<IPPROTO_TCP, TCP_NODELAY>(true),
+                        ignored);
+    }
     ++connections_;
-    asio::co_spawn(strand, run_http_session(std::move(socket), listener.context),
+    asio::co_spawn(executor, run_http_session(std::move(socket), listener.context),
                    [this, name = listener.config.name](std::exception_ptr e) {
                      --connections_;
                      if (!e) return;

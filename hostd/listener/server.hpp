@@ -16,8 +16,12 @@ namespace vmgate::hostd {
 
 class Server {
  public:
+  // Listeners accept on `io`; each client connection then runs on the next of
+  // `session_executors` in turn (each an io_context run by one thread), or on
+  // `io` when the list is empty.
   Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
-         HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr);
+         HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
+         std::vector<asio::any_io_executor> session_executors = {});
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
@@ -35,6 +39,8 @@ class Server {
   Directory& directory_;
   HostdMetrics* metrics_;
   ChannelPool* pool_;
+  std::vector<asio::any_io_executor> session_executors_;
+  std::size_t next_executor_ = 0;  // only the accept loops, all on io_, touch it
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::atomic<std::uint32_t> connections_{0};
 };

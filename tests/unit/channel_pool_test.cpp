@@ -61,11 +61,11 @@ TEST_CASE("a channel returned to the pool is taken again for the same VM and por
   auto p = make_pair(io);
   pool.put(key, std::move(p.ours), t0);
   CHECK(pool.idle() == 1);
-  auto taken = pool.take(key, t0 + 1s);
+  auto taken = pool.take(key, io.get_executor(), t0 + 1s);
   REQUIRE(taken.has_value());
   CHECK(is_peer_of(*taken, p.theirs));
   CHECK(pool.idle() == 0);
-  CHECK_FALSE(pool.take(key, t0 + 1s).has_value());
+  CHECK_FALSE(pool.take(key, io.get_executor(), t0 + 1s).has_value());
   ::close(p.theirs);
 }
 
@@ -75,15 +75,15 @@ TEST_CASE("a channel is never taken for another CID, port or VM") {
   auto p = make_pair(io);
   pool.put(ChannelKey::of(vm(3), 5986), std::move(p.ours), t0);
   // The same VM restarted with a new CID: the old channel leads to the old VM.
-  CHECK_FALSE(pool.take(ChannelKey::of(vm(4), 5986), t0).has_value());
-  CHECK_FALSE(pool.take(ChannelKey::of(vm(3), 8114), t0).has_value());
+  CHECK_FALSE(pool.take(ChannelKey::of(vm(4), 5986), io.get_executor(), t0).has_value());
+  CHECK_FALSE(pool.take(ChannelKey::of(vm(3), 8114), io.get_executor(), t0).has_value());
   auto other = vm(3);
   other.uuid = "6f1c0c9e-0000-4000-8000-000000000002";
-  CHECK_FALSE(pool.take(ChannelKey::of(other, 5986), t0).has_value());
+  CHECK_FALSE(pool.take(ChannelKey::of(other, 5986), io.get_executor(), t0).has_value());
   auto renamed = vm(3);
   renamed.name = "vm1-renamed";
-  CHECK_FALSE(pool.take(ChannelKey::of(renamed, 5986), t0).has_value());
-  CHECK(pool.take(ChannelKey::of(vm(3), 5986), t0).has_value());
+  CHECK_FALSE(pool.take(ChannelKey::of(renamed, 5986), io.get_executor(), t0).has_value());
+  CHECK(pool.take(ChannelKey::of(vm(3), 5986), io.get_executor(), t0).has_value());
   ::close(p.theirs);
 }
 
@@ -96,7 +96,7 @@ TEST_CASE("a pooled channel the peer closed is dropped, not taken") {
   pool.put(key, std::move(live.ours), t0);
   pool.put(key, std::move(dead.ours), t0);
   ::close(dead.theirs);  // the newer one, which take() tries first
-  auto taken = pool.take(key, t0);
+  auto taken = pool.take(key, io.get_executor(), t0);
   REQUIRE(taken.has_value());
   CHECK(is_peer_of(*taken, live.theirs));
   CHECK(pool.stats().closed == 1);
@@ -111,7 +111,7 @@ TEST_CASE("a pooled channel with unread bytes is not reused") {
   auto p = make_pair(io);
   pool.put(key, std::move(p.ours), t0);
   REQUIRE(::write(p.theirs, "x", 1) == 1);
-  CHECK_FALSE(pool.take(key, t0).has_value());
+  CHECK_FALSE(pool.take(key, io.get_executor(), t0).has_value());
   CHECK(pool.stats().closed == 1);
   ::close(p.theirs);
 }
@@ -148,7 +148,7 @@ TEST_CASE("idle channels expire after the pool's idle timeout, taken or swept") 
   auto b = make_pair(io);
   pool.put(key, std::move(a.ours), t0);
   pool.put(key, std::move(b.ours), t0 + 1s);
-  CHECK_FALSE(pool.take(key, t0 + 3s).has_value());
+  CHECK_FALSE(pool.take(key, io.get_executor(), t0 + 3s).has_value());
   CHECK(pool.stats().expired == 2);
   CHECK(pool.idle() == 0);
 
@@ -164,6 +164,27 @@ TEST_CASE("idle channels expire after the pool's idle timeout, taken or swept") 
     ::close(fd);
 }
 
+TEST_CASE("a channel opened on one I/O thread's context is handed over on the taker's") {
+  boost::asio::io_context io;
+  boost::asio::io_context other;
+  ChannelPool pool(io.get_executor(), config(4));
+  auto key = ChannelKey::of(vm(3), 5986);
+  auto p = make_pair(io);
+  pool.put(key, std::move(p.ours), t0);
+  auto taken = pool.take(key, other.get_executor(), t0);
+  REQUIRE(taken.has_value());
+  CHECK(&boost::asio::query(taken->get_executor(), boost::asio::execution::context) == &other);
+  CHECK(is_peer_of(*taken, p.theirs));
+  // And it works on its new context.
+  char out = 'y';
+  REQUIRE(::write(p.theirs, &out, 1) == 1);
+  char in = 0;
+  taken->async_read_some(boost::asio::buffer(&in, 1), [](vmgate::error_code, std::size_t) {});
+  other.run();
+  CHECK(in == 'y');
+  ::close(p.theirs);
+}
+
 TEST_CASE("a pool with max_idle 0 keeps nothing") {
   boost::asio::io_context io;
   ChannelPool pool(io.get_executor(), config(0));
@@ -172,6 +193,6 @@ TEST_CASE("a pool with max_idle 0 keeps nothing") {
   auto p = make_pair(io);
   pool.put(key, std::move(p.ours), t0);
   CHECK(pool.idle() == 0);
-  CHECK_FALSE(pool.take(key, t0).has_value());
+  CHECK_FALSE(pool.take(key, io.get_executor(), t0).has_value());
   ::close(p.theirs);
 }
