@@ -83,12 +83,16 @@ def test_domain_lifecycle_is_followed_without_restarting_hostd(lab, libvirtd):
     os.symlink(lab.socket_path("vm9"), lab.path("cid-8.sock"))
     vm.cid = 8
     define(lab, libvirtd, vm)
+    logged = len(lab.hostd_requests())
     libvirtd.virsh("start", "vm9")
     wait_for_status(lab, "vm9", 200)
     # The pooled channel to CID 7 is still open (its guestd lives on here), but
     # it leads to the VM's old address: the request went over a new channel.
-    last_ok = [r for r in lab.hostd_requests() if r.get("vm") == "vm9" and r["status"] == "200"]
-    assert "channel" not in last_ok[-1], last_ok[-1]
+    first_ok = wait_until(
+        lambda: next((r for r in lab.hostd_requests()[logged:]
+                      if r.get("vm") == "vm9" and r["status"] == "200"), None),
+        EVENT_WAIT, "the record of vm9's first answer at CID 8")
+    assert "channel" not in first_ok, first_ok
 
     # All of it through events: the same hostd, and one full sync (at start).
     assert lab.hostd.pid == pid and lab.hostd.alive()
