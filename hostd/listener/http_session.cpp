@@ -25,7 +25,11 @@ using namespace asio::experimental::awaitable_operators;
 
 std::string new_request_id() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
-  return fmt::format("{:08x}", static_cast<std::uint32_t>(rng()));
+  auto value = static_cast<std::uint32_t>(rng());
+  std::string id(8, '0');
+  for (int i = 7; i >= 0; --i, value >>= 4)
+    id[i] = "0123456789abcdef"[value & 0xf];
+  return id;
 }
 
 namespace {
@@ -347,6 +351,20 @@ class ClientSession {
     const bool is_head = msg.method() == http::verb::head;
     const bool has_body = !request.is_done();
     rewrite_request(msg, route, ctx_.config.routing.vm_header, peer_);
+    // A body that came whole with the head (a WS-Man envelope) is taken from
+    // the read buffer now: head and body then reach the channel in one write,
+    // and the response is read after it instead of beside a body pump.
+    BufferedBody whole;
+    if (has_body) {
+      whole = take_buffered_body(request);
+      if (whole.failed) {
+        Refusal refusal{400, "malformed request body"};
+        co_await refuse(rec, refusal, client_version, false);
+        co_return false;
+      }
+      rec.bytes_in += whole.size;
+    }
+    const bool one_write = !has_body || whole.taken;
 
     // A kept channel the agent closed at the same moment fails on the first
     // write or read; a request without a body can safely go again on a new one.
@@ -358,7 +376,18 @@ class ClientSession {
       }
       http::serializer<true, http::buffer_body> writer{msg};
       arm_exchange_watchdog(ex);
-      auto [ec, n] = co_await http::async_write_header(upstream_->stream, writer, use_tuple);
+      error_code ec;
+      if (one_write) {
+        auto& body = msg.body();
+        body.data = whole.taken ? request_chunk_.get() : nullptr;
+        body.size = whole.size;
+        body.more = false;
+        auto [wec, wn] = co_await http::async_write(upstream_->stream, writer, use_tuple);
+        ec = wec;
+      } else {
+        auto [wec, wn] = co_await http::async_write_header(upstream_->stream, writer, use_tuple);
+        ec = wec;
+      }
       if (ec) {
         upstream_.reset();
         if (rec.reused_channel && !has_body && attempt == 0) continue;
@@ -366,8 +395,13 @@ class ClientSession {
         co_await refuse(rec, refusal, client_version, false);
         co_return false;
       }
-      co_await (pump_request_body(request, writer, ex, rec) &&
-                pump_response(ex, rec, vm, is_head, client_version));
+      if (one_write) {
+        ex.request_done = true;
+        co_await pump_response(ex, rec, vm, is_head, client_version);
+      } else {
+        co_await (pump_request_body(request, writer, ex, rec) &&
+                  pump_response(ex, rec, vm, is_head, client_version));
+      }
       if (!ex.response_started && rec.reused_channel && !has_body && attempt == 0 &&
           !ex.timed_out && !ex.request_failed) {
         upstream_.reset();
@@ -399,6 +433,31 @@ class ClientSession {
     co_return ex.client_keep_alive&& ex.request_done&& ex.response_done;
   }
 
+  struct BufferedBody {
+    bool taken = false;
+    bool failed = false;
+    std::size_t size = 0;
+  };
+
+  // Moves a Content-Length body that is already in the read buffer, and fits
+  // one chunk, into request_chunk_. Anything else (still arriving, chunked,
+  // large) is left to pump_request_body.
+  BufferedBody take_buffered_body(http::request_parser<http::buffer_body>& request) {
+    auto left = request.content_length_remaining();
+    if (request.chunked() || !left || *left > body_chunk || *left > buffer_.size()) return {};
+    auto& body = request.get().body();
+    char* chunk = body_buffer(request_chunk_).get();
+    body.data = chunk;
+    body.size = body_chunk;
+    while (!request.is_done()) {
+      error_code ec;
+      auto used = request.put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (ec || used == 0) return {.failed = true};
+    }
+    return {.taken = true, .size = body_chunk - body.size};
+  }
+
   void arm_exchange_watchdog(Exchange& ex) {
     watchdog_->expires_after(limits().idle_timeout, [this, &ex] {
       ex.timed_out = true;
@@ -408,9 +467,11 @@ class ClientSession {
     });
   }
 
-  // Body buffers are allocated on first use and kept for the connection.
+  // Body buffers are allocated on first use and kept for the connection; not
+  // zeroed (make_unique would memset 64 KiB per connection, the largest single
+  // cost of a short request on a new connection).
   static std::unique_ptr<char[]>& body_buffer(std::unique_ptr<char[]>& slot) {
-    if (!slot) slot = std::make_unique<char[]>(body_chunk);
+    if (!slot) slot = std::make_unique_for_overwrite<char[]>(body_chunk);
     return slot;
   }
 

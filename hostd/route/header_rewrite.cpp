@@ -1,5 +1,6 @@
 #include "hostd/route/header_rewrite.hpp"
 
+#include <algorithm>
 #include <vector>
 
 #include <fmt/format.h>
@@ -22,6 +23,18 @@ bool is_framing(std::string_view name) {
 // hop-by-hop by definition.
 template <class Header>
 void remove_hop_by_hop(Header& h, std::initializer_list<http::field> always) {
+  // Most messages carry none of these; one pass over the fields is cheaper
+  // than a lookup per name.
+  bool present = false;
+  for (const auto& f : h) {
+    auto name = f.name();
+    if (name == http::field::connection || name == http::field::proxy_connection ||
+        std::find(always.begin(), always.end(), name) != always.end()) {
+      present = true;
+      break;
+    }
+  }
+  if (!present) return;
   std::vector<std::string> named;
   for (auto it = h.find(http::field::connection);
        it != h.end() && it->name() == http::field::connection; ++it) {
@@ -38,7 +51,12 @@ void remove_hop_by_hop(Header& h, std::initializer_list<http::field> always) {
 }
 
 void append_field(http::fields& h, http::field f, std::string_view value) {
-  auto existing = h[f];
+  auto it = h.find(f);
+  if (it == h.end()) {
+    h.insert(f, value);
+    return;
+  }
+  auto existing = it->value();
   if (existing.empty()) {
     h.set(f, value);
   } else {
