@@ -458,6 +458,32 @@ class ClientSession {
     return {.taken = true, .size = body_chunk - body.size};
   }
 
+  // Parses response body bytes already read with the head into
+  // response_chunk_, as much as fits, so they can leave with the head.
+  BufferedBody take_buffered_response_body(http::response_parser<http::buffer_body>& response) {
+    auto& buffer = upstream_->buffer;
+    if (response.is_done() || buffer.size() == 0) return {};
+    auto& body = response.get().body();
+    char* chunk = body_buffer(response_chunk_).get();
+    body.data = chunk;
+    body.size = body_chunk;
+    response.eager(true);
+    while (!response.is_done() && buffer.size() > 0 && body.size > 0) {
+      error_code ec;
+      auto used = response.put(buffer.data(), ec);
+      buffer.consume(used);
+      if (ec == http::error::need_buffer || ec == http::error::need_more) break;
+      if (ec) return {.failed = true};
+      if (used == 0) break;
+    }
+    const std::size_t taken = body_chunk - body.size;
+    body.data = chunk;
+    body.size = taken;
+    body.more = !response.is_done();
+    if (taken == 0 && body.more) return {};
+    return {.taken = true, .size = taken};
+  }
+
   void arm_exchange_watchdog(Exchange& ex) {
     watchdog_->expires_after(limits().idle_timeout, [this, &ex] {
       ex.timed_out = true;
@@ -604,9 +630,24 @@ class ClientSession {
     ex.client_keep_alive = keep;
 
     http::serializer<false, http::buffer_body> writer{res};
+    const auto prefilled = is_head ? BufferedBody{} : take_buffered_response_body(response);
+    if (prefilled.failed) {
+      ex.refusal = Refusal{502, "malformed response body from the agent"};
+      stop_reading_client(ex);
+      co_return;
+    }
     ex.response_started = true;
-    auto [hec, hn] = co_await http::async_write_header(client_, writer, use_tuple);
-    rec.bytes_out += hn;
+    error_code hec;
+    if (prefilled.taken) {
+      // Head and the body bytes that came with it, in one write.
+      auto [wec, wn] = co_await http::async_write(client_, writer, use_tuple);
+      hec = wec == http::error::need_buffer ? error_code{} : wec;
+      rec.bytes_out += wn;
+    } else {
+      auto [wec, wn] = co_await http::async_write_header(client_, writer, use_tuple);
+      hec = wec;
+      rec.bytes_out += wn;
+    }
     if (hec) {
       ex.request_failed = true;
       stop_reading_client(ex);
