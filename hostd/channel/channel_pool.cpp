@@ -101,20 +101,25 @@ std::optional<Stream> ChannelPool::take(const ChannelKey& key,
     auto it = idle_.find(key);
     if (it == idle_.end()) return std::nullopt;
     auto& entries = it->second;
-    // Newest last: once the newest is expired, so is everything before it.
+    std::erase_if(entries, [&](Entry& e) {
+      if (now - e.since < idle_timeout_) return false;
+      ++stats_.expired;
+      dead.push_back(std::move(e.stream));
+      return true;
+    });
+    auto& context = asio::query(executor, asio::execution::context);
     while (!entries.empty()) {
-      Entry entry = std::move(entries.back());
-      entries.pop_back();
-      if (now - entry.since >= idle_timeout_) {
-        ++stats_.expired;
-        dead.push_back(std::move(entry.stream));
-        for (auto& older : entries) {
-          ++stats_.expired;
-          dead.push_back(std::move(older.stream));
+      // The newest on the taker's own thread if there is one (no hand-over
+      // between reactors), else the newest.
+      auto pick = std::prev(entries.end());
+      for (auto e = entries.rbegin(); e != entries.rend(); ++e) {
+        if (&asio::query(e->stream.get_executor(), asio::execution::context) == &context) {
+          pick = std::prev(e.base());
+          break;
         }
-        entries.clear();
-        break;
       }
+      Entry entry = std::move(*pick);
+      entries.erase(pick);
       if (!idle_channel_usable(entry.stream)) {
         ++stats_.closed;
         dead.push_back(std::move(entry.stream));

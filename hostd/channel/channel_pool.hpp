@@ -79,7 +79,8 @@ class ChannelPool {
   bool enabled() const { return max_idle_ > 0; }
   std::chrono::milliseconds idle_timeout() const { return idle_timeout_; }
 
-  // The most recently returned live channel for `key`, if any, on `executor`.
+  // A live channel for `key`, if any, on `executor`: the most recently
+  // returned one of those already on `executor`'s context, else of all.
   std::optional<Stream> take(const ChannelKey& key, const asio::any_io_executor& executor,
                              clock::time_point now = clock::now());
   // Keeps a channel whose last exchange ended cleanly, with nothing unread on

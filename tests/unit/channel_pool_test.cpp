@@ -185,6 +185,25 @@ TEST_CASE("a channel opened on one I/O thread's context is handed over on the ta
   ::close(p.theirs);
 }
 
+TEST_CASE("a channel already on the taker's context is preferred to a newer one elsewhere") {
+  boost::asio::io_context io;
+  boost::asio::io_context other;
+  ChannelPool pool(io.get_executor(), config(4));
+  auto key = ChannelKey::of(vm(3), 5986);
+  auto here = make_pair(other);
+  auto there = make_pair(io);
+  pool.put(key, std::move(here.ours), t0);
+  pool.put(key, std::move(there.ours), t0 + 1s);
+  auto taken = pool.take(key, other.get_executor(), t0 + 1s);
+  REQUIRE(taken.has_value());
+  CHECK(is_peer_of(*taken, here.theirs));
+  auto next = pool.take(key, other.get_executor(), t0 + 1s);
+  REQUIRE(next.has_value());
+  CHECK(is_peer_of(*next, there.theirs));
+  ::close(here.theirs);
+  ::close(there.theirs);
+}
+
 TEST_CASE("a pool with max_idle 0 keeps nothing") {
   boost::asio::io_context io;
   ChannelPool pool(io.get_executor(), config(0));
