@@ -42,21 +42,25 @@ std::string_view state_name(VmState state) {
 }
 
 void Directory::replace_all(std::vector<VmRecord> vms) {
-  std::lock_guard lock(mutex_);
-  by_uuid_.clear();
-  uuid_by_name_.clear();
+  // Built and later freed outside the lock: at thousands of VMs that is
+  // milliseconds during which every lookup of a request would wait.
+  Index fresh;
   for (auto& vm : vms)
-    insert_locked(std::move(vm));
+    insert_into(fresh, std::move(vm));
+  {
+    std::lock_guard lock(mutex_);
+    std::swap(index_, fresh);
+  }
 }
 
 void Directory::upsert(VmRecord vm) {
   std::lock_guard lock(mutex_);
-  insert_locked(std::move(vm));
+  insert_into(index_, std::move(vm));
 }
 
 void Directory::remove(std::string_view uuid) {
   std::lock_guard lock(mutex_);
-  erase_locked(to_lower(uuid));
+  erase_from(index_, to_lower(uuid));
 }
 
 Lookup Directory::find(std::string_view name_or_uuid) const {
@@ -64,14 +68,14 @@ Lookup Directory::find(std::string_view name_or_uuid) const {
   // An exact name and a UUID (any case) are equally valid answers; if they
   // point at different VMs, saying so beats guessing.
   std::set<std::string> uuids;
-  auto [first, last] = uuid_by_name_.equal_range(name_or_uuid);
+  auto [first, last] = index_.uuid_by_name.equal_range(name_or_uuid);
   for (auto it = first; it != last; ++it)
     uuids.insert(it->second);
-  if (by_uuid_.contains(to_lower(name_or_uuid))) uuids.insert(to_lower(name_or_uuid));
+  if (index_.by_uuid.contains(to_lower(name_or_uuid))) uuids.insert(to_lower(name_or_uuid));
   // Host names (DNS form, TLS SNI) arrive case-folded; fall back to a name
   // match ignoring case only when nothing matched exactly.
   if (uuids.empty()) {
-    for (const auto& [name, uuid] : uuid_by_name_) {
+    for (const auto& [name, uuid] : index_.uuid_by_name) {
       if (equal_ignoring_case(name, name_or_uuid)) uuids.insert(uuid);
     }
   }
@@ -80,12 +84,12 @@ Lookup Directory::find(std::string_view name_or_uuid) const {
   if (uuids.empty()) return result;
   if (uuids.size() == 1) {
     result.status = LookupStatus::found;
-    result.vm = by_uuid_.find(*uuids.begin())->second;
+    result.vm = index_.by_uuid.find(*uuids.begin())->second;
     return result;
   }
   result.status = LookupStatus::ambiguous;
   for (const auto& uuid : uuids) {
-    const VmRecord& vm = by_uuid_.find(uuid)->second;
+    const VmRecord& vm = index_.by_uuid.find(uuid)->second;
     result.candidates.push_back(vm.name + " (" + vm.uuid + ")");
   }
   return result;
@@ -94,36 +98,36 @@ Lookup Directory::find(std::string_view name_or_uuid) const {
 std::vector<VmRecord> Directory::snapshot() const {
   std::lock_guard lock(mutex_);
   std::vector<VmRecord> out;
-  out.reserve(by_uuid_.size());
-  for (const auto& [uuid, vm] : by_uuid_)
+  out.reserve(index_.by_uuid.size());
+  for (const auto& [uuid, vm] : index_.by_uuid)
     out.push_back(vm);
   return out;
 }
 
 std::size_t Directory::size() const {
   std::lock_guard lock(mutex_);
-  return by_uuid_.size();
+  return index_.by_uuid.size();
 }
 
-void Directory::insert_locked(VmRecord vm) {
+void Directory::insert_into(Index& index, VmRecord vm) {
   vm.uuid = to_lower(vm.uuid);
-  erase_locked(vm.uuid);  // drops the old name too, when the VM was renamed
-  uuid_by_name_.emplace(vm.name, vm.uuid);
+  erase_from(index, vm.uuid);  // drops the old name too, when the VM was renamed
+  index.uuid_by_name.emplace(vm.name, vm.uuid);
   std::string uuid = vm.uuid;
-  by_uuid_.emplace(std::move(uuid), std::move(vm));
+  index.by_uuid.emplace(std::move(uuid), std::move(vm));
 }
 
-void Directory::erase_locked(const std::string& uuid) {
-  auto it = by_uuid_.find(uuid);
-  if (it == by_uuid_.end()) return;
-  auto [first, last] = uuid_by_name_.equal_range(it->second.name);
+void Directory::erase_from(Index& index, const std::string& uuid) {
+  auto it = index.by_uuid.find(uuid);
+  if (it == index.by_uuid.end()) return;
+  auto [first, last] = index.uuid_by_name.equal_range(it->second.name);
   for (auto name_it = first; name_it != last; ++name_it) {
     if (name_it->second == uuid) {
-      uuid_by_name_.erase(name_it);
+      index.uuid_by_name.erase(name_it);
       break;
     }
   }
-  by_uuid_.erase(it);
+  index.by_uuid.erase(it);
 }
 
 }  // namespace vmgate::hostd

@@ -54,14 +54,17 @@ class Directory {
   std::size_t size() const;
 
  private:
-  void insert_locked(VmRecord vm);
-  void erase_locked(const std::string& uuid);
+  struct Index {
+    std::map<std::string, VmRecord, std::less<>> by_uuid;  // key: lower-case UUID
+    // libvirt keeps names unique per host, but events can briefly show a new
+    // domain before the old one with the same name is gone: several entries.
+    std::multimap<std::string, std::string, std::less<>> uuid_by_name;
+  };
+  static void insert_into(Index& index, VmRecord vm);
+  static void erase_from(Index& index, const std::string& uuid);
 
   mutable std::mutex mutex_;
-  std::map<std::string, VmRecord, std::less<>> by_uuid_;  // key: lower-case UUID
-  // libvirt keeps names unique per host, but events can briefly show a new
-  // domain before the old one with the same name is gone: several entries.
-  std::multimap<std::string, std::string, std::less<>> uuid_by_name_;
+  Index index_;
 };
 
 }  // namespace vmgate::hostd
