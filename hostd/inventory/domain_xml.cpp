@@ -86,6 +86,7 @@ DomainFacts parse_domain_xml(std::string_view xml) {
     pugi::xml_document document;
     if (!document.load_buffer(xml.data(), xml.size())) return facts;
     pugi::xml_node domain = document.child("domain");
+    facts.uuid = domain.child("uuid").text().get();
     pugi::xml_node devices = domain.child("devices");
     facts.cid = extract_cid(devices);
     facts.networks = extract_networks(devices);

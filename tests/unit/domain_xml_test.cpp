@@ -118,7 +118,12 @@ TEST_CASE("domain XML from libvirt gives CID, networks and groups together") {
     </vsock>
   </devices>
 </domain>)");
+  CHECK(facts.uuid == "6e3c4f5a-1b2c-4d5e-8f90-a1b2c3d4e5f6");
   CHECK(facts.cid == 3u);
   CHECK(facts.networks == std::vector<std::string>{"default"});
   CHECK(facts.groups == std::vector<std::string>{"web"});
+}
+
+TEST_CASE("domain XML without a uuid element has an empty UUID") {
+  CHECK(parse_domain_xml(domain_with_devices("")).uuid.empty());
 }
