@@ -1,9 +1,10 @@
 // The libvirt inventory: keeps the directory current from libvirt.
 //
 // libvirt calls block, so all of them happen on the inventory's own thread,
-// which also runs libvirt's default event loop. On start it lists every
-// domain, then follows lifecycle events; if the connection closes it
-// reconnects with backoff and resynchronises.
+// which also runs libvirt's default event loop, and, while it synchronises,
+// on a few reader threads it starts and joins, sharing its connection. On
+// start it lists every domain, then follows lifecycle events; if the
+// connection closes it reconnects with backoff and resynchronises.
 //
 // One inventory per process: libvirt's default event loop is process-wide,
 // and a second thread running it could dispatch this inventory's events.

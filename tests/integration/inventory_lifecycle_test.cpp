@@ -2,14 +2,22 @@
 // real libvirtd, and surviving that libvirtd's restart.
 #include <doctest/doctest.h>
 
+#include <libvirt/libvirt.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "hostd/directory/directory.hpp"
+#include "hostd/inventory/domain_xml.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "libvirt_fixture.hpp"
 
@@ -38,6 +46,37 @@ bool holds(const Directory& directory, const std::string& name, VmState state,
 
 bool lacks(const Directory& directory, const std::string& name) {
   return directory.find(name).status == LookupStatus::not_found;
+}
+
+// What a directory entry should say of one domain.
+using Picture = std::map<std::string, std::pair<VmState, std::optional<std::uint32_t>>>;
+
+Picture picture_of(const Directory& directory) {
+  Picture picture;
+  for (const auto& vm : directory.snapshot())
+    picture[vm.name] = {vm.state, vm.cid};
+  return picture;
+}
+
+// The same, read from libvirt itself once nothing changes any more.
+Picture picture_of(virConnectPtr connection) {
+  Picture picture;
+  virDomainPtr* domains = nullptr;
+  int count = virConnectListAllDomains(connection, &domains, 0);
+  for (int i = 0; i < count; ++i) {
+    int state = 0;
+    int reason = 0;
+    virDomainGetState(domains[i], &state, &reason, 0);
+    std::unique_ptr<char, decltype(&std::free)> xml(virDomainGetXMLDesc(domains[i], 0), &std::free);
+    VmState vm_state = state == VIR_DOMAIN_RUNNING   ? VmState::running
+                       : state == VIR_DOMAIN_SHUTOFF ? VmState::shut_off
+                                                     : VmState::other;
+    picture[virDomainGetName(domains[i])] = {
+        vm_state, xml ? vmgate::hostd::parse_domain_xml(xml.get()).cid : std::nullopt};
+    virDomainFree(domains[i]);
+  }
+  std::free(domains);
+  return picture;
 }
 
 bool have_tools() {
@@ -132,5 +171,73 @@ TEST_CASE(
         [&] { return holds(directory, "fresh-vm", VmState::shut_off, 60); }));
   }
 
+  inventory.stop();
+}
+
+TEST_CASE("changes made while the first synchronisation reads the domains are not lost") {
+  if (geteuid() != 0 || !have_tools()) {
+    MESSAGE("skipped: needs root (setpriv runs libvirtd as nobody), libvirtd, virsh and setpriv");
+    return;
+  }
+  vmgate::test::TempDir dir;
+  vmgate::test::SessionLibvirtd libvirtd(dir.path());
+  libvirtd.start();
+  // test:///default forgets its domains when its last client leaves; this one
+  // stays from the first virsh to the last look.
+  std::unique_ptr<virConnect, decltype(&virConnectClose)> holder(
+      virConnectOpenReadOnly(libvirtd.uri().c_str()), &virConnectClose);
+  REQUIRE(holder != nullptr);
+
+  // Enough domains that the synchronisation reads them from several threads
+  // and lasts while the changes below are made.
+  constexpr int kDomains = 600;
+  constexpr int kChanged = 150;
+  auto name = [](const char* prefix, int i) { return prefix + std::to_string(i); };
+  auto uuid = [](int tag, int i) {
+    char text[37];
+    std::snprintf(text, sizeof text, "c%07x-0000-4000-8000-%012x", tag, i);
+    return std::string(text);
+  };
+  auto define_file = [&](const std::string& vm, const std::string& id, std::uint32_t cid) {
+    auto path = dir.path() / (vm + "-" + std::to_string(cid) + ".xml");
+    vmgate::test::write_file(path, domain_xml(vm, id, cid));
+    return "define " + path.string() + "; ";
+  };
+  std::string populate;
+  for (int i = 0; i < kDomains; ++i)
+    populate += define_file(name("d", i), uuid(0, i), 1000 + i) + "start " + name("d", i) + "; ";
+  INFO("virsh output:\n" << libvirtd.virsh_log());
+  REQUIRE(libvirtd.virsh({populate}) == 0);
+
+  // Stop, undefine, redefine with another CID, define and start new ones.
+  std::string changes;
+  for (int k = 0; k < kChanged; ++k) {
+    std::string vm = name("d", k);
+    changes += "destroy " + vm + "; ";
+    if (k % 3 == 0) changes += "undefine " + vm + "; ";
+    if (k % 3 == 1) changes += define_file(vm, uuid(0, k), 5000 + k);
+    changes += define_file(name("n", k), uuid(1, k), 9000 + k);
+    if (k % 2 == 0) changes += "start " + name("n", k) + "; ";
+  }
+  pid_t changer = vmgate::test::spawn({"virsh", "-q", "-c", libvirtd.uri(), changes},
+                                      dir.path() / "changer.log");
+
+  Directory directory;
+  InventoryOptions options;
+  options.uri = libvirtd.uri();
+  LibvirtInventory inventory(options, directory);
+  inventory.start();
+  bool synchronised = inventory.wait_first_sync(30s);
+  int status = 0;
+  waitpid(changer, &status, 0);
+  REQUIRE(synchronised);
+  INFO("changer output:\n" << vmgate::test::read_file(dir.path() / "changer.log"));
+  REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+
+  Picture truth = picture_of(holder.get());
+  REQUIRE(truth.size() == static_cast<std::size_t>(kDomains + 1 + kChanged - (kChanged + 2) / 3));
+  CHECK(vmgate::test::poll_until([&] { return picture_of(directory) == truth; }));
+  CHECK(picture_of(directory) == truth);
+  CHECK(inventory.stats().syncs == 1);
   inventory.stop();
 }

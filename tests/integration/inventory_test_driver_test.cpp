@@ -3,6 +3,10 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <optional>
+#include <string>
 
 #include "hostd/directory/directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
@@ -113,4 +117,54 @@ TEST_CASE("inventory keeps retrying a URI it cannot open, and stops while waitin
   REQUIRE(inventory.wait_first_sync(10s));
   CHECK(directory.size() == 3);
   inventory.stop();
+}
+
+TEST_CASE("inventory reads each of hundreds of domains with its own CID and state") {
+  // Enough domains to be read from several threads: every record must come
+  // out whole and under its own name, whichever thread read it.
+  constexpr int kDomains = 400;
+  auto cid_of = [](int i) -> std::optional<std::uint32_t> {
+    if (i % 5 == 0) return std::nullopt;  // every fifth has no vsock device
+    if (i % 7 == 0) return std::nullopt;  // auto='yes': the test driver assigns none
+    return 3 + i;
+  };
+  std::string node = "<node>\n";
+  for (int i = 0; i < kDomains; ++i) {
+    char uuid[37];
+    std::snprintf(uuid, sizeof uuid, "d0000000-0000-4000-8000-%012x", i);
+    bool shut_off = i % 3 == 0;
+    node += shut_off
+                ? "<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
+                : "<domain type='test'>";
+    node += "<name>vm" + std::to_string(i) + "</name><uuid>" + uuid +
+            "</uuid><memory unit='MiB'>64</memory><os><type>hvm</type></os><devices>";
+    if (i % 5 != 0 && i % 7 == 0) node += "<vsock model='virtio'><cid auto='yes'/></vsock>";
+    if (cid_of(i)) {
+      node += "<vsock model='virtio'><cid auto='no' address='" + std::to_string(*cid_of(i)) +
+              "'/></vsock>";
+    }
+    node += "</devices>";
+    if (shut_off) node += "<test:runstate>5</test:runstate>";
+    node += "</domain>\n";
+  }
+  node += "</node>\n";
+
+  vmgate::test::TempDir dir;
+  vmgate::test::write_file(dir.path() / "node.xml", node);
+  Directory directory;
+  InventoryOptions options;
+  options.uri = "test://" + (dir.path() / "node.xml").string();
+  LibvirtInventory inventory(options, directory);
+  inventory.start();
+  REQUIRE(inventory.wait_first_sync(30s));
+  inventory.stop();
+
+  REQUIRE(directory.size() == kDomains);
+  for (int i = 0; i < kDomains; ++i) {
+    INFO("vm" << i);
+    auto found = directory.find("vm" + std::to_string(i));
+    REQUIRE(found.status == LookupStatus::found);
+    CHECK(found.vm->cid == cid_of(i));
+    CHECK(found.vm->state == (i % 3 == 0 ? VmState::shut_off : VmState::running));
+  }
 }
