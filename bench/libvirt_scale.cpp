@@ -23,8 +23,10 @@
 //      define   → present                   undefine → absent
 //    read_serial_ms / read_4_threads_ms: the libvirt calls alone (list, then
 //    state + XML of every domain) on this program's connection, from one
-//    thread and from four: the floor under discovery, and what reading in
-//    parallel would give.
+//    thread and from four. read_stats_serial_ms / read_stats_4_threads_ms:
+//    the calls the inventory makes (every state in one
+//    virConnectGetAllDomainStats, then the XML of every domain), likewise:
+//    the floor under discovery.
 //    `from_call_ms` counts from just before the libvirt call that makes the
 //    change; `after_return_ms` from when that call returned (the daemon has
 //    sent the event by then). Polling every 50 µs bounds the resolution.
@@ -161,21 +163,38 @@ std::string measure_file(const std::string& dir, int domains) {
                      result.found, result.ms, open_ms);
 }
 
-// The floor under discovery through a daemon: the same libvirt calls the
-// inventory makes per domain (state, then XML), made directly on a connection
-// by `threads` threads at once, without parsing or the directory.
-double read_all_ms(virConnectPtr conn, int threads) {
+// The floor under discovery through a daemon: libvirt calls alone, without
+// parsing or the directory, made on a connection by `threads` threads at once.
+// How the domains and their states are listed:
+enum class Listing {
+  per_domain_state,  // virConnectListAllDomains, then virDomainGetState for each
+  stats,             // virConnectGetAllDomainStats(STATE): all states in one call
+};
+
+double read_all_ms(virConnectPtr conn, int threads, Listing listing) {
   auto start = Clock::now();
+  std::vector<virDomainPtr> domains;
+  virDomainStatsRecordPtr* records = nullptr;
   virDomainPtr* listed = nullptr;
-  int count = virConnectListAllDomains(conn, &listed, 0);
-  if (count < 0) fail("virConnectListAllDomains");
-  std::atomic<int> next{0};
+  if (listing == Listing::stats) {
+    int count = virConnectGetAllDomainStats(conn, VIR_DOMAIN_STATS_STATE, &records, 0);
+    if (count < 0) fail("virConnectGetAllDomainStats");
+    for (int i = 0; i < count; ++i)
+      domains.push_back(records[i]->dom);
+  } else {
+    int count = virConnectListAllDomains(conn, &listed, 0);
+    if (count < 0) fail("virConnectListAllDomains");
+    domains.assign(listed, listed + count);
+  }
+  std::atomic<std::size_t> next{0};
   auto work = [&] {
-    for (int i = next++; i < count; i = next++) {
-      int state = 0;
-      int reason = 0;
-      virDomainGetState(listed[i], &state, &reason, 0);
-      std::free(virDomainGetXMLDesc(listed[i], 0));
+    for (std::size_t i = next++; i < domains.size(); i = next++) {
+      if (listing == Listing::per_domain_state) {
+        int state = 0;
+        int reason = 0;
+        virDomainGetState(domains[i], &state, &reason, 0);
+      }
+      std::free(virDomainGetXMLDesc(domains[i], 0));
     }
   };
   std::vector<std::thread> pool;
@@ -185,9 +204,12 @@ double read_all_ms(virConnectPtr conn, int threads) {
   for (auto& t : pool)
     t.join();
   double ms = ms_since(start);
-  for (int i = 0; i < count; ++i)
-    virDomainFree(listed[i]);
-  std::free(listed);
+  if (records != nullptr) virDomainStatsRecordListFree(records);
+  if (listed != nullptr) {
+    for (auto* domain : domains)
+      virDomainFree(domain);
+    std::free(listed);
+  }
   return ms;
 }
 
@@ -217,8 +239,10 @@ std::string measure_daemon(const std::string& dir, int domains, int events) {
   if (!inventory.wait_first_sync(120s)) throw std::runtime_error("no first sync through libvirtd");
   double discovery_ms = ms_since(discovery_start);
   std::size_t found = directory.size();
-  double read_serial_ms = read_all_ms(conn, 1);
-  double read_parallel_ms = read_all_ms(conn, 4);
+  double read_serial_ms = read_all_ms(conn, 1, Listing::per_domain_state);
+  double read_parallel_ms = read_all_ms(conn, 4, Listing::per_domain_state);
+  double stats_serial_ms = read_all_ms(conn, 1, Listing::stats);
+  double stats_parallel_ms = read_all_ms(conn, 4, Listing::stats);
 
   auto state_is = [&](const std::string& name, VmState state) {
     return [&directory, name, state] {
@@ -292,9 +316,11 @@ std::string measure_daemon(const std::string& dir, int domains, int events) {
   return fmt::format(
       R"({{"domains": {}, "found": {}, "populate_ms": {:.0f}, "discovery_ms": {:.1f}, )"
       R"("read_serial_ms": {:.1f}, "read_4_threads_ms": {:.1f}, )"
+      R"("read_stats_serial_ms": {:.1f}, "read_stats_4_threads_ms": {:.1f}, )"
       R"("events": {{"start": {}, "destroy": {}, "define": {}, "undefine": {}}}}})",
       domains + 1, found, populate_ms, discovery_ms, read_serial_ms, read_parallel_ms,
-      both(start_samples), both(destroy_samples), both(define_samples), both(undefine_samples));
+      stats_serial_ms, stats_parallel_ms, both(start_samples), both(destroy_samples),
+      both(define_samples), both(undefine_samples));
 }
 
 int parse_count(std::string_view text, std::string_view flag) {
