@@ -1,0 +1,330 @@
+// The relay and the splice primitive over real sockets: unix socketpairs,
+// with the far ends driven by plain blocking threads. Every wait is bounded;
+// no assertion is about time.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "common/asio.hpp"
+#include "common/relay.hpp"
+#include "common/splice.hpp"
+
+using namespace std::chrono_literals;
+using namespace vmgate;
+
+namespace {
+
+constexpr auto bound = 20s;
+
+std::string pattern(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s)
+    c = static_cast<char>(rng());
+  return s;
+}
+
+struct Pair {
+  int ours;    // becomes a Stream
+  int theirs;  // driven by a test thread
+};
+
+Pair socket_pair() {
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  return {fds[0], fds[1]};
+}
+
+Stream adopt(asio::io_context& io, int fd) {
+  Stream s(io);
+  s.assign(asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM), fd);
+  return s;
+}
+
+void send_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    auto n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n <= 0) return;
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+}
+
+// Reads until EOF, at most `max` bytes, or until nothing arrives within the bound.
+std::string read_until_eof(int fd, std::size_t max = SIZE_MAX) {
+  std::string out;
+  char buffer[65536];
+  while (out.size() < max) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(bound).count())) <= 0) break;
+    auto n = ::recv(fd, buffer, std::min(sizeof buffer, max - out.size()), 0);
+    if (n <= 0) break;
+    out.append(buffer, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+// Runs `work` on a fresh io_context thread and returns its result.
+template <class T>
+T run_on_io(asio::io_context& io, awaitable<T> work) {
+  std::promise<T> promise;
+  auto future = promise.get_future();
+  asio::co_spawn(io, std::move(work), [&promise](std::exception_ptr e, T value) {
+    if (e)
+      promise.set_exception(e);
+    else
+      promise.set_value(std::move(value));
+  });
+  std::thread runner([&io] { io.run(); });
+  auto status = future.wait_for(bound * 2);
+  if (status != std::future_status::ready) io.stop();
+  runner.join();
+  REQUIRE(status == std::future_status::ready);
+  return future.get();
+}
+
+// client <-> [a relay b] <-> agent; each end sends its bytes, half-closes and
+// reads what the other sent.
+struct RelayRun {
+  RelayResult result;
+  std::string at_agent;
+  std::string at_client;
+};
+
+RelayRun relay_both_ways(const std::string& up, const std::string& down,
+                         bool agent_refuses_splice = false) {
+  asio::io_context io;
+  auto client = socket_pair();
+  auto agent = socket_pair();
+  if (agent_refuses_splice) {
+    // A real refusal: splice(2) into a file opened O_APPEND is EINVAL, and
+    // a socket can carry the flag (send(2) ignores it).
+    int flags = ::fcntl(agent.ours, F_GETFL);
+    REQUIRE(::fcntl(agent.ours, F_SETFL, flags | O_APPEND) == 0);
+  }
+  Stream a = adopt(io, client.ours);
+  Stream b = adopt(io, agent.ours);
+  RelayRun run;
+  std::thread client_thread([&] {
+    std::thread writer([&] {
+      send_all(client.theirs, up);
+      ::shutdown(client.theirs, SHUT_WR);
+    });
+    run.at_client = read_until_eof(client.theirs);
+    writer.join();
+  });
+  std::thread agent_thread([&] {
+    std::thread writer([&] {
+      send_all(agent.theirs, down);
+      ::shutdown(agent.theirs, SHUT_WR);
+    });
+    run.at_agent = read_until_eof(agent.theirs);
+    writer.join();
+  });
+  run.result = run_on_io(io, relay(a, b, bound));
+  client_thread.join();
+  agent_thread.join();
+  ::close(client.theirs);
+  ::close(agent.theirs);
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("the relay carries bytes intact both ways around and far over the pipe size") {
+  for (std::size_t size : {std::size_t{1}, std::size_t{65535}, std::size_t{65537},
+                           std::size_t{256 * 1024 + 7}, std::size_t{8 * 1024 * 1024 + 3}}) {
+    CAPTURE(size);
+    auto up = pattern(size, 1);
+    auto down = pattern(size + 11, 2);
+    auto run = relay_both_ways(up, down);
+    CHECK(run.at_agent == up);
+    CHECK(run.at_client == down);
+    CHECK(run.result.a_to_b == up.size());
+    CHECK(run.result.b_to_a == down.size());
+    CHECK(run.result.spliced);
+    CHECK_FALSE(run.result.error);
+    CHECK_FALSE(run.result.idle_timeout);
+  }
+}
+
+TEST_CASE("the relay copies where the kernel refuses splice, and the bytes still arrive intact") {
+  auto up = pattern(3 * 1024 * 1024 + 5, 3);
+  auto down = pattern(2 * 1024 * 1024 + 9, 4);
+  auto run = relay_both_ways(up, down, /*agent_refuses_splice=*/true);
+  CHECK(run.at_agent == up);
+  CHECK(run.at_client == down);
+  CHECK(run.result.a_to_b == up.size());
+  CHECK(run.result.b_to_a == down.size());
+  CHECK_FALSE(run.result.error);
+}
+
+TEST_CASE("half-close crosses the relay and the other direction keeps flowing") {
+  asio::io_context io;
+  auto client = socket_pair();
+  auto agent = socket_pair();
+  Stream a = adopt(io, client.ours);
+  Stream b = adopt(io, agent.ours);
+  auto reply = pattern(1024 * 1024, 5);
+  std::string agent_got;
+  // The agent answers only after it has seen the client's EOF.
+  std::thread agent_thread([&] {
+    agent_got = read_until_eof(agent.theirs);
+    send_all(agent.theirs, reply);
+    ::shutdown(agent.theirs, SHUT_WR);
+  });
+  std::string client_got;
+  std::thread client_thread([&] {
+    send_all(client.theirs, "request");
+    ::shutdown(client.theirs, SHUT_WR);
+    client_got = read_until_eof(client.theirs);
+  });
+  auto result = run_on_io(io, relay(a, b, bound));
+  agent_thread.join();
+  client_thread.join();
+  CHECK(agent_got == "request");
+  CHECK(client_got == reply);
+  CHECK(result.a_to_b == 7);
+  CHECK(result.b_to_a == reply.size());
+  ::close(client.theirs);
+  ::close(agent.theirs);
+}
+
+TEST_CASE("an idle relay ends at its idle timeout") {
+  asio::io_context io;
+  auto client = socket_pair();
+  auto agent = socket_pair();
+  Stream a = adopt(io, client.ours);
+  Stream b = adopt(io, agent.ours);
+  auto result = run_on_io(io, relay(a, b, 50ms));
+  CHECK(result.idle_timeout);
+  CHECK(result.a_to_b == 0);
+  CHECK(result.b_to_a == 0);
+  ::close(client.theirs);
+  ::close(agent.theirs);
+}
+
+TEST_CASE("move_exactly moves exactly the length and leaves what follows in the source") {
+  for (bool refuse : {false, true}) {
+    CAPTURE(refuse);
+    asio::io_context io;
+    auto source = socket_pair();
+    auto sink = socket_pair();
+    if (refuse) {
+      int flags = ::fcntl(sink.ours, F_GETFL);
+      REQUIRE(::fcntl(sink.ours, F_SETFL, flags | O_APPEND) == 0);
+    }
+    Stream from = adopt(io, source.ours);
+    Stream to = adopt(io, sink.ours);
+    const std::size_t length = 2 * 1024 * 1024 + 17;
+    auto body = pattern(length, 6);
+    std::string next = "GET /next HTTP/1.1\r\n\r\n";
+    std::thread writer([&] {
+      send_all(source.theirs, body);
+      send_all(source.theirs, next);
+    });
+    std::string got;
+    std::thread reader([&] { got = read_until_eof(sink.theirs, length); });
+    std::uint64_t progressed = 0;
+    auto count = [&progressed](std::size_t n) { progressed += n; };
+    OnMoved on_moved(count);
+    auto result = run_on_io(io, move_exactly(from, to, length, on_moved));
+    writer.join();
+    reader.join();
+    CHECK_FALSE(result.failed());
+    CHECK(result.bytes == length);
+    CHECK(progressed == length);
+    CHECK(got == body);
+    // The next message is still in the source, whole.
+    CHECK(read_until_eof(source.ours, next.size()) == next);
+    ::close(source.theirs);
+    ::close(sink.theirs);
+  }
+}
+
+TEST_CASE("move_exactly reports a source that ends before the length") {
+  asio::io_context io;
+  auto source = socket_pair();
+  auto sink = socket_pair();
+  Stream from = adopt(io, source.ours);
+  Stream to = adopt(io, sink.ours);
+  auto body = pattern(100000, 7);
+  std::thread writer([&] {
+    send_all(source.theirs, body);
+    ::shutdown(source.theirs, SHUT_WR);
+  });
+  std::string got;
+  std::thread reader([&] { got = read_until_eof(sink.theirs, body.size()); });
+  auto result = run_on_io(io, move_exactly(from, to, 1000000, OnMoved{}));
+  writer.join();
+  reader.join();
+  CHECK(result.read_error == asio::error::eof);
+  CHECK(result.bytes == body.size());
+  CHECK(got == body);
+  ::close(source.theirs);
+  ::close(sink.theirs);
+}
+
+TEST_CASE("pipes go back to the pool when a direction goes idle") {
+  // The relay's io thread is this test's helper thread, so look from there.
+  asio::io_context io;
+  auto source = socket_pair();
+  auto sink = socket_pair();
+  Stream from = adopt(io, source.ours);
+  Stream to = adopt(io, sink.ours);
+  send_all(source.theirs, "some bytes");
+  auto probe = [&]() -> awaitable<std::size_t> {
+    SpliceDirection direction;
+    auto moved = co_await move_available(from, to, direction, unlimited_bytes, OnMoved{});
+    CHECK(moved.bytes == 10);
+    CHECK(direction.spliced);
+    co_return splice_testing::pooled_pipes();
+  };
+  CHECK(run_on_io(io, probe()) >= 1);
+  CHECK(read_until_eof(sink.theirs, 10) == "some bytes");
+  ::close(source.theirs);
+  ::close(sink.theirs);
+}
+
+TEST_CASE("a destination that refuses splice is remembered and its bytes are copied") {
+  asio::io_context io;
+  auto source = socket_pair();
+  auto sink = socket_pair();
+  int flags = ::fcntl(sink.ours, F_GETFL);
+  REQUIRE(::fcntl(sink.ours, F_SETFL, flags | O_APPEND) == 0);
+  Stream from = adopt(io, source.ours);
+  Stream to = adopt(io, sink.ours);
+  auto body = pattern(300000, 8);
+  std::thread writer([&] { send_all(source.theirs, body); });
+  std::string got;
+  std::thread reader([&] { got = read_until_eof(sink.theirs, body.size()); });
+  auto probe = [&]() -> awaitable<SpliceDirection> {
+    SpliceDirection direction;
+    std::uint64_t total = 0;
+    while (total < body.size()) {
+      auto moved = co_await move_available(from, to, direction, unlimited_bytes, OnMoved{});
+      total += moved.bytes;
+      if (moved.failed()) break;
+      if (moved.bytes == 0) co_await from.async_wait(Stream::wait_read, use_tuple);
+    }
+    co_return direction;
+  };
+  auto direction = run_on_io(io, probe());
+  writer.join();
+  reader.join();
+  CHECK(direction.refused);
+  CHECK_FALSE(direction.spliced);
+  CHECK(got == body);
+  ::close(source.theirs);
+  ::close(sink.theirs);
+}
