@@ -101,6 +101,7 @@ struct ChannelSession::Outcome {
   std::string error;  // detail for the operator, never sent to the peer
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
+  bool spliced = false;  // the relay moved bytes with splice(2)
 };
 
 ChannelSession::ChannelSession(Stream channel, std::shared_ptr<const GuestdConfig> config,
@@ -116,7 +117,22 @@ void ChannelSession::close() {
 awaitable<void> ChannelSession::run() {
   Outcome outcome;
   outcome.peer = transport::describe_peer(channel_);
-  co_await serve(outcome);
+  // The relay runs here, after serve() has returned, so that serve's frame
+  // (the preamble buffer, the parsed request) is not held for the life of a
+  // tunnel that may sit idle for hours.
+  if (co_await serve(outcome)) {
+    relaying_ = true;
+    RelayResult relayed = co_await relay(channel_, *agent_, config_->limits.idle_timeout);
+    outcome.bytes_in += relayed.a_to_b;
+    outcome.bytes_out = relayed.b_to_a;
+    outcome.spliced = relayed.spliced;
+    if (relayed.idle_timeout) {
+      outcome.reason = "idle-timeout";
+    } else if (relayed.error) {
+      outcome.reason = "relay-error";
+      outcome.error = relayed.error.message();
+    }
+  }
   if (closing_ && (outcome.status == 0 || outcome.status == 200)) outcome.reason = "shutdown";
   close_stream(channel_);
   if (agent_) close_stream(*agent_);
@@ -139,7 +155,7 @@ awaitable<void> ChannelSession::refuse(Outcome& outcome, int status, std::string
                   [this] { close_stream(channel_); });
 }
 
-awaitable<void> ChannelSession::serve(Outcome& outcome) {
+awaitable<bool> ChannelSession::serve(Outcome& outcome) {
   const LimitsConfig& limits = config_->limits;
 
   PreambleBuffer buffer;
@@ -148,48 +164,48 @@ awaitable<void> ChannelSession::serve(Outcome& outcome) {
                               [this] { close_stream(channel_); });
   if (!read) {
     outcome.reason = "preamble-timeout";
-    co_return;
+    co_return false;
   }
   if (read->end == ReadEnd::closed) {
     outcome.reason = used == 0 ? "peer-closed" : "peer-closed-in-preamble";
     if (read->error != asio::error::eof) outcome.error = read->error.message();
-    co_return;
+    co_return false;
   }
   if (read->end == ReadEnd::too_large) {
     co_await refuse(outcome, 400, preamble::error_reason(preamble::Error::too_large));
-    co_return;
+    co_return false;
   }
 
   auto request = preamble::parse_request(std::string_view(buffer.data(), read->length));
   if (!request) {
     co_await refuse(outcome, 400, preamble::error_reason(request.error()));
-    co_return;
+    co_return false;
   }
   if (auto request_id = request->field("Request-Id")) outcome.request_id = *request_id;
   // SEND, JOIN and LEAVE travel guest → host; guestd does not serve them.
   if (request->verb != preamble::Verb::connect) {
     co_await refuse(outcome, 501, "not-implemented");
-    co_return;
+    co_return false;
   }
   outcome.port = request->port();
   if (!config_->port_allowed(outcome.port)) {
     co_await refuse(outcome, 403, "port-not-allowed");
-    co_return;
+    co_return false;
   }
 
   const transport::Address target = config_->agent_for(outcome.port);
   auto connected = co_await within(limits.agent_connect_timeout, transport::connect(target), {});
-  if (closing_) co_return;
+  if (closing_) co_return false;
   if (!connected) {
     outcome.error = fmt::format("connecting to {} timed out", target.to_string());
     co_await refuse(outcome, 504, "agent-timeout");
-    co_return;
+    co_return false;
   }
   auto& [connect_ec, agent] = *connected;
   if (connect_ec) {
     outcome.error = fmt::format("{}: {}", target.to_string(), connect_ec.message());
     co_await refuse(outcome, 502, "agent-unreachable");
-    co_return;
+    co_return false;
   }
   agent_.emplace(std::move(agent));
 
@@ -204,20 +220,10 @@ awaitable<void> ChannelSession::serve(Outcome& outcome) {
   if (!forwarded || *forwarded) {
     outcome.reason = forwarded ? "relay-error" : "idle-timeout";
     if (forwarded) outcome.error = forwarded->message();
-    co_return;
+    co_return false;
   }
   outcome.bytes_in = leftover.size();
-
-  relaying_ = true;
-  RelayResult relayed = co_await relay(channel_, *agent_, limits.idle_timeout);
-  outcome.bytes_in += relayed.a_to_b;
-  outcome.bytes_out = relayed.b_to_a;
-  if (relayed.idle_timeout) {
-    outcome.reason = "idle-timeout";
-  } else if (relayed.error) {
-    outcome.reason = "relay-error";
-    outcome.error = relayed.error.message();
-  }
+  co_return true;
 }
 
 void ChannelSession::log_end(const Outcome& outcome) const {
@@ -233,6 +239,7 @@ void ChannelSession::log_end(const Outcome& outcome) const {
       .kv("bytes_in", static_cast<unsigned long long>(outcome.bytes_in))
       .kv("bytes_out", static_cast<unsigned long long>(outcome.bytes_out))
       .kv("ms", static_cast<long long>(ms.count()));
+  if (outcome.status == 200) line.kv("relay", outcome.spliced ? "splice" : "copy");
   if (!outcome.error.empty()) line.kv("error", outcome.error);
 }
 

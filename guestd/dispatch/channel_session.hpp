@@ -13,6 +13,7 @@
 //             idle-timeout, relay-error, shutdown)
 //   bytes_in  bytes from the channel to the agent (after the preamble)
 //   bytes_out bytes from the agent to the channel (after the answer)
+//   relay     after a 200: splice (bytes moved inside the kernel) or copy
 //   ms        session duration
 #pragma once
 
@@ -47,7 +48,8 @@ class ChannelSession {
 
  private:
   struct Outcome;
-  awaitable<void> serve(Outcome& outcome);
+  // Everything up to the relay; true when the session is to relay.
+  awaitable<bool> serve(Outcome& outcome);
   awaitable<void> refuse(Outcome& outcome, int status, std::string_view reason);
   void log_end(const Outcome& outcome) const;
 
