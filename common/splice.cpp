@@ -260,6 +260,25 @@ awaitable<MoveResult> move_exactly(Stream& from, Stream& to, std::uint64_t lengt
   co_return total;
 }
 
+awaitable<MoveResult> move_exactly(Stream& from, Stream& to, std::uint64_t length,
+                                   asio::const_buffer already_read, OnMoved on_moved) {
+  MoveResult total;
+  if (already_read.size() > length) already_read = asio::const_buffer(already_read.data(), length);
+  if (already_read.size() > 0) {
+    auto [ec, n] = co_await asio::async_write(to, already_read, use_tuple);
+    total.bytes = n;
+    if (n > 0) on_moved(n);
+    if (ec) {
+      total.write_error = ec;
+      co_return total;
+    }
+  }
+  if (total.bytes == length) co_return total;
+  MoveResult rest = co_await move_exactly(from, to, length - total.bytes, on_moved);
+  rest.bytes += total.bytes;
+  co_return rest;
+}
+
 namespace splice_testing {
 std::size_t pooled_pipes() {
   return pool().size();

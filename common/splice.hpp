@@ -63,6 +63,10 @@ awaitable<MoveResult> move_available(Stream& from, Stream& to, SpliceDirection& 
 // read_error = eof. Cancelling either stream ends it with operation_aborted.
 awaitable<MoveResult> move_exactly(Stream& from, Stream& to, std::uint64_t length,
                                    OnMoved on_moved);
+// The same, when the first bytes of those `length` were already read from
+// `from` (with an HTTP head): `already_read` is written first, and counts.
+awaitable<MoveResult> move_exactly(Stream& from, Stream& to, std::uint64_t length,
+                                   asio::const_buffer already_read, OnMoved on_moved);
 
 namespace splice_testing {
 // Pipes currently parked in this thread's pool (for tests).

@@ -328,3 +328,29 @@ TEST_CASE("a destination that refuses splice is remembered and its bytes are cop
   ::close(source.theirs);
   ::close(sink.theirs);
 }
+
+TEST_CASE("move_exactly sends the bytes already read first and counts them in the length") {
+  asio::io_context io;
+  auto source = socket_pair();
+  auto sink = socket_pair();
+  Stream from = adopt(io, source.ours);
+  Stream to = adopt(io, sink.ours);
+  const std::string already = "first bytes, read with the head;";
+  auto rest = pattern(700000, 9);
+  std::thread writer([&] {
+    send_all(source.theirs, rest);
+    send_all(source.theirs, "next");
+  });
+  std::string got;
+  const std::size_t length = already.size() + rest.size();
+  std::thread reader([&] { got = read_until_eof(sink.theirs, length); });
+  auto result = run_on_io(io, move_exactly(from, to, length, asio::buffer(already), OnMoved{}));
+  writer.join();
+  reader.join();
+  CHECK_FALSE(result.failed());
+  CHECK(result.bytes == length);
+  CHECK(got == already + rest);
+  CHECK(read_until_eof(source.ours, 4) == "next");
+  ::close(source.theirs);
+  ::close(sink.theirs);
+}
