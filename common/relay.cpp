@@ -55,7 +55,8 @@ void watch_idle(std::shared_ptr<RelayState> state) {
   });
 }
 
-awaitable<void> relay_direction(RelayState& state, Stream& from, Stream& to, std::uint64_t& count) {
+awaitable<void> relay_direction(RelayState& state, Stream& from, Stream& to, std::uint64_t& count,
+                                bool& spliced) {
   SpliceDirection direction;
   auto moved = [&state, &count](std::size_t n) {
     count += n;
@@ -71,7 +72,7 @@ awaitable<void> relay_direction(RelayState& state, Stream& from, Stream& to, std
           co_await move_available(from, to, direction, unlimited_bytes, OnMoved(moved));
       ec = step.write_error ? step.write_error : step.read_error;
     }
-    if (direction.spliced) state.result.spliced = true;
+    if (direction.spliced) spliced = true;
     if (ec == asio::error::eof) {
       error_code ignored;
       to.shutdown(asio::socket_base::shutdown_send, ignored);
@@ -101,9 +102,10 @@ awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idl
     state->second_finished = true;
     state->second_done.cancel();
   };
-  asio::co_spawn(executor, relay_direction(*state, b, a, state->result.b_to_a),
+  asio::co_spawn(executor,
+                 relay_direction(*state, b, a, state->result.b_to_a, state->result.b_to_a_spliced),
                  std::move(on_second_done));
-  co_await relay_direction(*state, a, b, state->result.a_to_b);
+  co_await relay_direction(*state, a, b, state->result.a_to_b, state->result.a_to_b_spliced);
   if (!state->second_finished) co_await state->second_done.async_wait(use_tuple);
   state->finished = true;
   state->idle_timer.cancel();

@@ -23,8 +23,11 @@ struct RelayResult {
   std::uint64_t a_to_b = 0;
   std::uint64_t b_to_a = 0;
   bool idle_timeout = false;
-  bool spliced = false;  // some bytes went through the kernel without a userspace copy
-  error_code error;      // the first error that was not an orderly EOF
+  // Which directions moved bytes with splice(2), inside the kernel; a
+  // direction that carried bytes and is not set here copied them.
+  bool a_to_b_spliced = false;
+  bool b_to_a_spliced = false;
+  error_code error;  // the first error that was not an orderly EOF
 };
 
 // Relays until both directions have ended (EOF both ways), an error, or

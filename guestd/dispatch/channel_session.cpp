@@ -101,7 +101,8 @@ struct ChannelSession::Outcome {
   std::string error;  // detail for the operator, never sent to the peer
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
-  bool spliced = false;  // the relay moved bytes with splice(2)
+  bool spliced_in = false;  // the relay moved bytes_in with splice(2)
+  bool spliced_out = false;
 };
 
 ChannelSession::ChannelSession(Stream channel, std::shared_ptr<const GuestdConfig> config,
@@ -125,7 +126,8 @@ awaitable<void> ChannelSession::run() {
     RelayResult relayed = co_await relay(channel_, *agent_, config_->limits.idle_timeout);
     outcome.bytes_in += relayed.a_to_b;
     outcome.bytes_out = relayed.b_to_a;
-    outcome.spliced = relayed.spliced;
+    outcome.spliced_in = relayed.a_to_b_spliced;
+    outcome.spliced_out = relayed.b_to_a_spliced;
     if (relayed.idle_timeout) {
       outcome.reason = "idle-timeout";
     } else if (relayed.error) {
@@ -239,7 +241,8 @@ void ChannelSession::log_end(const Outcome& outcome) const {
       .kv("bytes_in", static_cast<unsigned long long>(outcome.bytes_in))
       .kv("bytes_out", static_cast<unsigned long long>(outcome.bytes_out))
       .kv("ms", static_cast<long long>(ms.count()));
-  if (outcome.status == 200) line.kv("relay", outcome.spliced ? "splice" : "copy");
+  if (outcome.bytes_in > 0) line.kv("relay_in", outcome.spliced_in ? "splice" : "copy");
+  if (outcome.bytes_out > 0) line.kv("relay_out", outcome.spliced_out ? "splice" : "copy");
   if (!outcome.error.empty()) line.kv("error", outcome.error);
 }
 

@@ -13,7 +13,7 @@
 //             idle-timeout, relay-error, shutdown)
 //   bytes_in  bytes from the channel to the agent (after the preamble)
 //   bytes_out bytes from the agent to the channel (after the answer)
-//   relay     after a 200: splice (bytes moved inside the kernel) or copy
+//   relay_in, relay_out  how the bytes moved: splice (inside the kernel) or copy
 //   ms        session duration
 #pragma once
 

@@ -152,7 +152,8 @@ TEST_CASE("the relay carries bytes intact both ways around and far over the pipe
     CHECK(run.at_client == down);
     CHECK(run.result.a_to_b == up.size());
     CHECK(run.result.b_to_a == down.size());
-    CHECK(run.result.spliced);
+    CHECK(run.result.a_to_b_spliced);
+    CHECK(run.result.b_to_a_spliced);
     CHECK_FALSE(run.result.error);
     CHECK_FALSE(run.result.idle_timeout);
   }
@@ -166,6 +167,8 @@ TEST_CASE("the relay copies where the kernel refuses splice, and the bytes still
   CHECK(run.at_client == down);
   CHECK(run.result.a_to_b == up.size());
   CHECK(run.result.b_to_a == down.size());
+  CHECK_FALSE(run.result.a_to_b_spliced);  // into the agent: refused, copied
+  CHECK(run.result.b_to_a_spliced);        // out of it: spliced
   CHECK_FALSE(run.result.error);
 }
 
