@@ -3,6 +3,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
+#include <unistd.h>
+
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -13,9 +15,14 @@
 
 namespace vmgate::hostd {
 
+// One listening socket, watched by one acceptor per I/O thread: each thread
+// accepts for itself, so a connection is served where it was accepted and no
+// thread wakes another to hand it over. The extra acceptors hold dup()s of the
+// same socket rather than SO_REUSEPORT siblings, which any process of the same
+// user could join.
 struct Server::Listener {
   const ListenerConfig& config;
-  Acceptor acceptor;
+  std::vector<Acceptor> acceptors;  // [0] on io_, then one per other session executor
   SessionContext context;
   std::string bound;
 };
@@ -43,8 +50,27 @@ void Server::start() {
                                            lc.address.to_string(), ec.message()));
     }
     auto bound = transport::local_uri(acceptor, lc.address);
-    listeners_.push_back(std::make_unique<Listener>(Listener{
-        lc, std::move(acceptor), SessionContext{config_, lc, directory_, metrics_, pool_}, bound}));
+    std::vector<Acceptor> acceptors;
+    for (const auto& executor : session_executors_) {
+      if (executor == io_.get_executor()) continue;
+      int fd = ::dup(acceptor.native_handle());
+      if (fd < 0) {
+        throw std::runtime_error(
+            fmt::format("listener {}: dup: {}", lc.name,
+                        error_code(errno, asio::error::get_system_category()).message()));
+      }
+      Acceptor& extra = acceptors.emplace_back(executor);
+      extra.assign(acceptor.local_endpoint().protocol(), fd, ec);
+      if (ec) {
+        ::close(fd);
+        throw std::runtime_error(fmt::format("listener {}: cannot watch the listening socket: {}",
+                                             lc.name, ec.message()));
+      }
+    }
+    acceptors.insert(acceptors.begin(), std::move(acceptor));
+    listeners_.push_back(std::make_unique<Listener>(
+        Listener{lc, std::move(acceptors), SessionContext{config_, lc, directory_, metrics_, pool_},
+                 bound}));
     log::info("listening")
         .kv("listener", lc.name)
         .kv("addr", bound)
@@ -52,21 +78,30 @@ void Server::start() {
         .kv("trusted", lc.trusted);
   }
   for (auto& l : listeners_) {
-    asio::co_spawn(io_, accept_loop(*l), [name = l->config.name](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        log::error("accept_loop_failed").kv("listener", name).kv("error", ex.what());
-      }
-    });
+    for (auto& acceptor : l->acceptors) {
+      asio::co_spawn(
+          acceptor.get_executor(), accept_loop(*l, acceptor),
+          [name = l->config.name](std::exception_ptr e) {
+            if (!e) return;
+            try {
+              std::rethrow_exception(e);
+            } catch (const std::exception& ex) {
+              log::error("accept_loop_failed").kv("listener", name).kv("error", ex.what());
+            }
+          });
+    }
   }
 }
 
 void Server::stop_accepting() {
+  // Each acceptor belongs to its thread's io_context: it is closed there.
   for (auto& l : listeners_) {
-    error_code ignored;
-    l->acceptor.close(ignored);
+    for (auto& acceptor : l->acceptors) {
+      asio::post(acceptor.get_executor(), [&acceptor] {
+        error_code ignored;
+        acceptor.close(ignored);
+      });
+    }
   }
 }
 
@@ -77,16 +112,14 @@ std::vector<std::string> Server::bound_addresses() const {
   return out;
 }
 
-awaitable<void> Server::accept_loop(Listener& listener) {
-  asio::steady_timer backoff(io_);
+awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
+  // The connection lives on this single-threaded io_context from here on, so
+  // it needs no strand, and its socket is registered with this thread's reactor.
+  asio::any_io_executor executor = acceptor.get_executor();
+  asio::steady_timer backoff(executor);
   for (;;) {
-    // The connection lives on one single-threaded io_context from here on, so
-    // it needs no strand, and its socket is registered with the reactor of the
-    // thread that serves it.
-    asio::any_io_executor executor = session_executors_[next_executor_];
-    next_executor_ = (next_executor_ + 1) % session_executors_.size();
-    auto [ec, socket] = co_await listener.acceptor.async_accept(executor, use_tuple);
-    if (ec == asio::error::operation_aborted || !listener.acceptor.is_open()) co_return;
+    auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       // Out of descriptors or a transient network error: wait and go on, never exit.
       log::warn("accept_failed").kv("listener", listener.config.name).kv("error", ec.message());

@@ -1,5 +1,5 @@
-// hostd's listeners: accept loops that hand each client connection to its
-// own session coroutine on its own strand.
+// hostd's listeners: accept loops, one per I/O thread and listener, that run
+// each client connection's session on the thread that accepted it.
 #pragma once
 
 #include <atomic>
@@ -16,9 +16,9 @@ namespace vmgate::hostd {
 
 class Server {
  public:
-  // Listeners accept on `io`; each client connection then runs on the next of
-  // `session_executors` in turn (each an io_context run by one thread), or on
-  // `io` when the list is empty.
+  // Each listener is accepted from on every one of `session_executors` (each
+  // an io_context run by one thread; `io` alone when the list is empty), and a
+  // client connection runs on the executor that accepted it.
   Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
          HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
          std::vector<asio::any_io_executor> session_executors = {});
@@ -32,7 +32,7 @@ class Server {
 
  private:
   struct Listener;
-  awaitable<void> accept_loop(Listener& listener);
+  awaitable<void> accept_loop(Listener& listener, Acceptor& acceptor);
 
   asio::io_context& io_;
   const HostdConfig& config_;
@@ -40,7 +40,6 @@ class Server {
   HostdMetrics* metrics_;
   ChannelPool* pool_;
   std::vector<asio::any_io_executor> session_executors_;
-  std::size_t next_executor_ = 0;  // only the accept loops, all on io_, touch it
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::atomic<std::uint32_t> connections_{0};
 };

@@ -412,6 +412,9 @@ class Lab:
 
     def hostd_config_text(self):
         base = {
+            # Two I/O threads on any machine: each thread accepts and serves its
+            # own connections, and pooled channels move between threads.
+            None: {"threads": 2},
             "libvirt": {"uri": self.libvirt_uri or "test://" + self.path("node.xml")},
             "channel": {"transport": "unix:" + self.dir + "/{name}.sock",
                         "connect_timeout_ms": 3000},
