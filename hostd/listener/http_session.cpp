@@ -11,6 +11,7 @@
 
 #include "common/log.hpp"
 #include "common/relay.hpp"
+#include "common/splice.hpp"
 #include "common/transport.hpp"
 #include "common/watchdog.hpp"
 #include "hostd/channel/channel.hpp"
@@ -513,6 +514,34 @@ class ClientSession {
         ex.request_failed = true;
         co_return;
       }
+      if (!request.is_done() && !request.chunked() && request.content_length_remaining()) {
+        // Known length: the rest of the body goes client -> channel inside the
+        // kernel (splice), after the bytes already read with the head.
+        const std::uint64_t left = *request.content_length_remaining();
+        const std::size_t ahead =
+            static_cast<std::size_t>(std::min<std::uint64_t>(buffer_.size(), left));
+        auto count = [this, &rec](std::size_t n) {
+          rec.bytes_in += n;
+          watchdog_->extend(limits().idle_timeout);
+        };
+        const OnMoved on_moved(count);
+        const asio::const_buffer already_read(buffer_.data().data(), ahead);
+        MoveResult moved =
+            co_await move_exactly(client_, upstream_->stream, left, already_read, on_moved);
+        buffer_.consume(ahead);
+        if (moved.write_error) {
+          // The agent may have answered early and closed; the response side decides.
+          ex.upstream_write_failed = true;
+          co_return;
+        }
+        if (moved.read_error) {
+          ex.request_failed = true;
+          error_code ignored;
+          if (upstream_) upstream_->stream.cancel(ignored);
+          co_return;
+        }
+        break;
+      }
       if (!request.is_done()) {
         char* chunk = body_buffer(request_chunk_).get();
         body.data = chunk;
@@ -653,7 +682,32 @@ class ClientSession {
       stop_reading_client(ex);
       co_return;
     }
-    if (!is_head) {
+    if (!is_head && !response.is_done() && !response.chunked() &&
+        response.content_length_remaining()) {
+      // Known length: the rest of the body goes channel -> client inside the
+      // kernel (splice), after the bytes already read with the head. Exactly
+      // that many, so the channel stays usable for the next response.
+      auto& buffer = upstream_->buffer;
+      const std::uint64_t left = *response.content_length_remaining();
+      const std::size_t ahead =
+          static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), left));
+      auto count = [this, &rec](std::size_t n) {
+        rec.bytes_out += n;
+        watchdog_->extend(limits().idle_timeout);
+      };
+      const OnMoved on_moved(count);
+      const asio::const_buffer already_read(buffer.data().data(), ahead);
+      MoveResult moved =
+          co_await move_exactly(upstream_->stream, client_, left, already_read, on_moved);
+      buffer.consume(ahead);
+      if (moved.failed()) {
+        // Mid-body failure: the client sees a truncated message and a closed connection.
+        if (moved.write_error) ex.request_failed = true;
+        ex.client_keep_alive = false;
+        stop_reading_client(ex);
+        co_return;
+      }
+    } else if (!is_head) {
       auto& body = res.body();
       if (!response.is_done()) upstream_->buffer.reserve(read_buffer_size);
       for (;;) {
