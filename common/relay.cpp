@@ -10,13 +10,37 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
-// Shared by the relay, its second direction and the idle timer's handler,
-// whichever ends last.
+struct RelayState;
+
+// One direction. While it waits for its source it is a pending readiness
+// wait and nothing else: a coroutine runs only while bytes move.
+struct Direction {
+  struct Counter {
+    RelayState* state;
+    std::uint64_t* count;
+    void operator()(std::size_t n) const;
+  };
+  Direction(RelayState& state, Stream& from_, Stream& to_, std::uint64_t& count, bool& spliced_)
+      : from(from_), to(to_), spliced(spliced_), counter{&state, &count} {}
+
+  Stream& from;
+  Stream& to;
+  bool& spliced;
+  Counter counter;
+  SpliceDirection splice;
+  bool done = false;
+};
+
+// Shared by both directions and the idle timer's handler, whichever ends last.
 struct RelayState {
-  RelayState(Stream& a_, Stream& b_, std::chrono::milliseconds idle_)
-      : a(a_), b(b_), idle(idle_), idle_timer(a_.get_executor()), second_done(a_.get_executor()) {
-    second_done.expires_at(clock::time_point::max());
-  }
+  RelayState(Stream& a_, Stream& b_, std::chrono::milliseconds idle_, RelayCallback done_)
+      : a(a_),
+        b(b_),
+        idle(idle_),
+        idle_timer(a_.get_executor()),
+        a_to_b(*this, a_, b_, result.a_to_b, result.a_to_b_spliced),
+        b_to_a(*this, b_, a_, result.b_to_a, result.b_to_a_spliced),
+        on_done(std::move(done_)) {}
 
   void touch() { deadline = clock::now() + idle; }
   void cancel_both() {
@@ -30,16 +54,21 @@ struct RelayState {
   Stream& b;
   std::chrono::milliseconds idle;
   clock::time_point deadline;
-  // A plain timer wait, not a coroutine: moving the deadline on every chunk
-  // costs a clock read, and only an expired wait looks at it again.
+  // A plain timer wait: moving the deadline on every chunk costs a clock
+  // read, and only an expired wait looks at it again.
   asio::steady_timer idle_timer;
-  // Woken (cancelled) when the spawned direction ends.
-  asio::steady_timer second_done;
-  bool second_finished = false;
-  bool finished = false;
-  bool stopping = false;
   RelayResult result;
+  Direction a_to_b;
+  Direction b_to_a;
+  RelayCallback on_done;
+  bool stopping = false;
+  bool finished = false;
 };
+
+void Direction::Counter::operator()(std::size_t n) const {
+  *count += n;
+  state->touch();
+}
 
 void watch_idle(std::shared_ptr<RelayState> state) {
   auto& timer = state->idle_timer;
@@ -55,61 +84,74 @@ void watch_idle(std::shared_ptr<RelayState> state) {
   });
 }
 
-awaitable<void> relay_direction(RelayState& state, Stream& from, Stream& to, std::uint64_t& count,
-                                bool& spliced) {
-  SpliceDirection direction;
-  auto moved = [&state, &count](std::size_t n) {
-    count += n;
-    state.touch();
-  };
-  for (;;) {
-    // Waiting for readiness first keeps an idle direction free of pipes and buffers.
-    auto [wait_ec] = co_await from.async_wait(Stream::wait_read, use_tuple);
-    error_code ec = wait_ec;
-    if (!ec && state.stopping) ec = asio::error::operation_aborted;
-    if (!ec) {
-      MoveResult step =
-          co_await move_available(from, to, direction, unlimited_bytes, OnMoved(moved));
-      ec = step.write_error ? step.write_error : step.read_error;
-    }
-    if (direction.spliced) spliced = true;
-    if (ec == asio::error::eof) {
-      error_code ignored;
-      to.shutdown(asio::socket_base::shutdown_send, ignored);
-      co_return;
-    }
-    if (ec) {
-      if (!state.result.error && ec != asio::error::operation_aborted) state.result.error = ec;
-      // The relay is broken: stop the other direction too.
-      state.cancel_both();
-      co_return;
-    }
+void end_direction(const std::shared_ptr<RelayState>& state, Direction& d, error_code ec) {
+  if (ec == asio::error::eof) {
+    error_code ignored;
+    d.to.shutdown(asio::socket_base::shutdown_send, ignored);
+  } else if (ec) {
+    if (!state->result.error && ec != asio::error::operation_aborted) state->result.error = ec;
+    // The relay is broken: stop the other direction too.
+    state->cancel_both();
   }
+  d.done = true;
+  if (!state->a_to_b.done || !state->b_to_a.done) return;
+  state->finished = true;
+  state->idle_timer.cancel();
+  auto on_done = std::move(state->on_done);
+  on_done(state->result);
+}
+
+void wait_readable(std::shared_ptr<RelayState> state, Direction& d) {
+  // Waiting for readiness first keeps an idle direction free of pipes,
+  // buffers and coroutine frames.
+  d.from.async_wait(Stream::wait_read, [state = std::move(state), &d](error_code ec) mutable {
+    if (!ec && state->stopping) ec = asio::error::operation_aborted;
+    if (ec) {
+      end_direction(state, d, ec);
+      return;
+    }
+    auto executor = d.from.get_executor();
+    asio::co_spawn(executor,
+                   move_available(d.from, d.to, d.splice, unlimited_bytes, OnMoved(d.counter)),
+                   [state = std::move(state), &d](std::exception_ptr e, MoveResult step) mutable {
+                     if (d.splice.spliced) d.spliced = true;
+                     error_code end = step.write_error ? step.write_error : step.read_error;
+                     if (e && !end) end = asio::error::make_error_code(asio::error::fault);
+                     if (!end && state->stopping) end = asio::error::operation_aborted;
+                     if (end) {
+                       end_direction(state, d, end);
+                       return;
+                     }
+                     wait_readable(std::move(state), d);
+                   });
+  });
 }
 
 }  // namespace
 
-awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle) {
-  auto state = std::make_shared<RelayState>(a, b, idle);
+void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, RelayCallback done) {
+  auto state = std::make_shared<RelayState>(a, b, idle, std::move(done));
   state->touch();
   watch_idle(state);
-  // b→a runs as its own coroutine, a→b in this one; no parallel group, so an
-  // idle relay costs two frames rather than a tree of them.
+  wait_readable(state, state->a_to_b);
+  wait_readable(state, state->b_to_a);
+}
+
+awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle) {
+  // The callback wakes this coroutine through a timer that never expires on
+  // its own.
   auto executor = co_await asio::this_coro::executor;
-  auto on_second_done = [state](std::exception_ptr e) {
-    if (e && !state->result.error)
-      state->result.error = asio::error::make_error_code(asio::error::fault);
-    state->second_finished = true;
-    state->second_done.cancel();
-  };
-  asio::co_spawn(executor,
-                 relay_direction(*state, b, a, state->result.b_to_a, state->result.b_to_a_spliced),
-                 std::move(on_second_done));
-  co_await relay_direction(*state, a, b, state->result.a_to_b, state->result.a_to_b_spliced);
-  if (!state->second_finished) co_await state->second_done.async_wait(use_tuple);
-  state->finished = true;
-  state->idle_timer.cancel();
-  co_return state->result;
+  asio::steady_timer finished(executor, clock::time_point::max());
+  RelayResult result;
+  bool ended = false;
+  start_relay(a, b, idle, [&](const RelayResult& r) {
+    result = r;
+    ended = true;
+    finished.cancel();
+  });
+  while (!ended)
+    co_await finished.async_wait(use_tuple);
+  co_return result;
 }
 
 }  // namespace vmgate

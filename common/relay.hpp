@@ -8,12 +8,14 @@
 // both when neither direction moves.
 //
 // Bytes move with splice(2) where the kernel allows it (common/splice.hpp).
-// An idle relay holds two small coroutine frames, a timer and no buffer or
-// pipe: a host keeps tens of thousands of idle tunnels open.
+// An idle relay is two pending readiness waits, a timer and a small shared
+// state: no coroutine frame, buffer or pipe. A coroutine runs only while
+// bytes move, so a host keeps tens of thousands of idle tunnels open.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 
 #include "common/asio.hpp"
 
@@ -33,5 +35,12 @@ struct RelayResult {
 // Relays until both directions have ended (EOF both ways), an error, or
 // `idle` passes without a byte moving. Does not close the streams.
 awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle);
+
+using RelayCallback = std::function<void(const RelayResult&)>;
+// The same relay, started and left to run: `done` is called once, on the
+// streams' executor, when it has ended. Nothing waits on it meanwhile, so the
+// caller's coroutine frames can be gone; `a` and `b` must live until `done`.
+// Call it on the streams' executor, which must be single-threaded (or a strand).
+void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, RelayCallback done);
 
 }  // namespace vmgate
