@@ -56,8 +56,10 @@ struct RequestRecord {
   std::uint64_t bytes_out = 0;
   HostdMetrics* metrics = nullptr;
   clock::time_point start = clock::now();
+  bool handed_over = false;  // a copy logs it instead (an established tunnel)
 
   ~RequestRecord() {
+    if (handed_over) return;
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
     auto line = (status >= 500 ? log::warn("request") : log::info("request"));
     line.kv("req", id)
@@ -124,6 +126,7 @@ class ClientSession {
     } stop{*watchdog_};
     while (co_await serve_one()) {
     }
+    if (tunnel_) co_await relay_tunnel();
     error_code ignored;
     client_.shutdown(asio::socket_base::shutdown_send, ignored);
     client_.close(ignored);
@@ -303,6 +306,17 @@ class ClientSession {
   }
 
   // CONNECT: after "200 Connection established" the bytes are raw both ways.
+  // A CONNECT tunnel once established. The session holds it, not the frames
+  // that set it up: an idle tunnel then keeps no request parser, route or VM
+  // record alive, only this and the relay's own small state.
+  struct EstablishedTunnel {
+    RequestRecord record;
+    Stream channel;
+    OpenTunnel gauge;
+  };
+
+  // CONNECT: opens the channel and answers "200 Connection established"; the
+  // raw relay runs from run() once this request's frames are gone.
   awaitable<void> tunnel(RequestRecord& rec, const VmRecord& vm, std::uint16_t port,
                          unsigned version) {
     // The connection ends with the tunnel: its idle channel can serve others now.
@@ -316,29 +330,43 @@ class ClientSession {
       co_return;
     }
     rec.status = 200;
-    OpenTunnel open_tunnel(ctx_.metrics);
+    tunnel_.reset(new EstablishedTunnel{rec, std::move(channel->stream), OpenTunnel(ctx_.metrics)});
+    rec.handed_over = true;
+    RequestRecord& record = tunnel_->record;
     static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
     auto [ec, n] = co_await asio::async_write(client_, asio::buffer(established), use_tuple);
-    if (ec) co_return;
+    if (ec) {
+      tunnel_.reset();
+      co_return;
+    }
     // Bytes that arrived with the head belong to the tunnel.
     if (buffer_.size() > 0) {
-      auto [wec, wn] = co_await asio::async_write(channel->stream, buffer_.data(), use_tuple);
-      if (wec) co_return;
-      rec.bytes_in += wn;
+      auto [wec, wn] = co_await asio::async_write(tunnel_->channel, buffer_.data(), use_tuple);
+      if (wec) {
+        tunnel_.reset();
+        co_return;
+      }
+      record.bytes_in += wn;
       buffer_.consume(wn);
     }
+    buffer_.shrink_to_fit();  // the relay reads on its own from here
     if (!channel->leftover.empty()) {
       auto [wec, wn] =
           co_await asio::async_write(client_, asio::buffer(channel->leftover), use_tuple);
-      if (wec) co_return;
-      rec.bytes_out += wn;
+      if (wec) {
+        tunnel_.reset();
+        co_return;
+      }
+      record.bytes_out += wn;
     }
-    auto result = co_await relay(client_, channel->stream, limits().idle_timeout);
-    rec.bytes_in += result.a_to_b;
-    rec.bytes_out += result.b_to_a;
-    if (result.idle_timeout) rec.reason = "idle timeout";
-    error_code ignored;
-    channel->stream.close(ignored);
+  }
+
+  awaitable<void> relay_tunnel() {
+    auto result = co_await relay(client_, tunnel_->channel, limits().idle_timeout);
+    tunnel_->record.bytes_in += result.a_to_b;
+    tunnel_->record.bytes_out += result.b_to_a;
+    if (result.idle_timeout) tunnel_->record.reason = "idle timeout";
+    tunnel_.reset();  // closes the channel, logs the request
   }
 
   awaitable<bool> forward(RequestRecord& rec, const VmRecord& vm, const Route& route,
@@ -770,6 +798,7 @@ class ClientSession {
   beast::flat_buffer buffer_;
   std::shared_ptr<Watchdog> watchdog_;
   std::optional<Upstream> upstream_;
+  std::unique_ptr<EstablishedTunnel> tunnel_;
   std::unique_ptr<char[]> request_chunk_;
   std::unique_ptr<char[]> response_chunk_;
 };
