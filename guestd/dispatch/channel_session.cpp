@@ -118,23 +118,32 @@ void ChannelSession::close() {
 awaitable<void> ChannelSession::run() {
   Outcome outcome;
   outcome.peer = transport::describe_peer(channel_);
-  // The relay runs here, after serve() has returned, so that serve's frame
-  // (the preamble buffer, the parsed request) is not held for the life of a
-  // tunnel that may sit idle for hours.
-  if (co_await serve(outcome)) {
-    relaying_ = true;
-    RelayResult relayed = co_await relay(channel_, *agent_, config_->limits.idle_timeout);
-    outcome.bytes_in += relayed.a_to_b;
-    outcome.bytes_out = relayed.b_to_a;
-    outcome.spliced_in = relayed.a_to_b_spliced;
-    outcome.spliced_out = relayed.b_to_a_spliced;
-    if (relayed.idle_timeout) {
-      outcome.reason = "idle-timeout";
-    } else if (relayed.error) {
-      outcome.reason = "relay-error";
-      outcome.error = relayed.error.message();
-    }
+  if (!co_await serve(outcome)) {
+    end(outcome);
+    co_return;
   }
+  // The relay is handed off and this coroutine ends: a tunnel that sits idle
+  // for hours then holds the relay's small state and this session, not
+  // serve()'s frame (the preamble buffer, the parsed request) nor this one.
+  relaying_ = true;
+  start_relay(channel_, *agent_, config_->limits.idle_timeout,
+              [self = shared_from_this(), outcome](const RelayResult& relayed) mutable {
+                outcome.bytes_in += relayed.a_to_b;
+                outcome.bytes_out = relayed.b_to_a;
+                outcome.spliced_in = relayed.a_to_b_spliced;
+                outcome.spliced_out = relayed.b_to_a_spliced;
+                if (relayed.idle_timeout) {
+                  outcome.reason = "idle-timeout";
+                } else if (relayed.error) {
+                  outcome.reason = "relay-error";
+                  outcome.error = relayed.error.message();
+                }
+                self->end(outcome);
+                self->notify_end();
+              });
+}
+
+void ChannelSession::end(Outcome& outcome) {
   if (closing_ && (outcome.status == 0 || outcome.status == 200)) outcome.reason = "shutdown";
   close_stream(channel_);
   if (agent_) close_stream(*agent_);

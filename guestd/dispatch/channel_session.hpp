@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,14 +28,24 @@
 
 namespace vmgate::guestd {
 
-class ChannelSession {
+class ChannelSession : public std::enable_shared_from_this<ChannelSession> {
  public:
   ChannelSession(Stream channel, std::shared_ptr<const GuestdConfig> config, std::uint64_t id);
   ChannelSession(const ChannelSession&) = delete;
   ChannelSession& operator=(const ChannelSession&) = delete;
 
-  // Serves the connection to its end, closes it and logs it.
+  // Serves the connection: reads the preamble, answers, and either ends the
+  // session (closed and logged) or hands the relay off and returns at once;
+  // the relay then ends the session on its own. Either way on_end's callback
+  // learns when it is over. Owned by a shared_ptr while it runs.
   awaitable<void> run();
+  // Called once when the session is over, after run() or its relay.
+  void on_end(std::function<void()> callback) { on_end_ = std::move(callback); }
+  // For the caller when run() or refuse_busy() returned (or failed) without
+  // handing off a relay: runs the on_end callback.
+  void ended_without_relay() {
+    if (!relaying_) notify_end();
+  }
   // Answers "503 busy" without reading the preamble, closes and logs: the
   // session limit is reached.
   awaitable<void> refuse_busy();
@@ -51,12 +62,17 @@ class ChannelSession {
   // Everything up to the relay; true when the session is to relay.
   awaitable<bool> serve(Outcome& outcome);
   awaitable<void> refuse(Outcome& outcome, int status, std::string_view reason);
+  void end(Outcome& outcome);
   void log_end(const Outcome& outcome) const;
+  void notify_end() {
+    if (auto callback = std::move(on_end_)) callback();
+  }
 
   Stream channel_;
   std::optional<Stream> agent_;
   std::shared_ptr<const GuestdConfig> config_;
   std::uint64_t id_;
+  std::function<void()> on_end_;
   bool relaying_ = false;
   bool closing_ = false;
 };

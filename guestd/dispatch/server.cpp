@@ -95,18 +95,21 @@ void Server::State::spawn(std::shared_ptr<ChannelSession> session, bool counts, 
   const std::uint64_t id = session->id();
   sessions.emplace(id, session);
   if (counts) ++counted;
+  session->on_end([self = shared_from_this(), id, counts] {
+    self->sessions.erase(id);
+    if (counts) --self->counted;
+    self->check_stopped();
+  });
   auto work = busy ? session->refuse_busy() : session->run();
-  asio::co_spawn(executor, std::move(work),
-                 [self = shared_from_this(), session, id, counts](std::exception_ptr e) {
-                   if (e) {
-                     log::error("session_failed")
-                         .kv("conn", static_cast<unsigned long long>(id))
-                         .kv("error", describe_exception(e));
-                   }
-                   self->sessions.erase(id);
-                   if (counts) --self->counted;
-                   self->check_stopped();
-                 });
+  asio::co_spawn(executor, std::move(work), [session, id](std::exception_ptr e) {
+    if (e) {
+      log::error("session_failed")
+          .kv("conn", static_cast<unsigned long long>(id))
+          .kv("error", describe_exception(e));
+    }
+    // A session that relays ends when its relay does.
+    session->ended_without_relay();
+  });
 }
 
 void Server::State::close_sessions(bool relaying_too) {
