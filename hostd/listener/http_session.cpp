@@ -112,10 +112,18 @@ struct Exchange {
   std::optional<Refusal> refusal;  // when no response was started
 };
 
-class ClientSession {
+class ClientSession : public std::enable_shared_from_this<ClientSession> {
  public:
-  ClientSession(Stream client, const SessionContext& context)
-      : client_(std::move(client)), ctx_(context), peer_(transport::describe_peer(client_)) {}
+  ClientSession(Stream client, const SessionContext& context, std::function<void()> on_end)
+      : client_(std::move(client)),
+        ctx_(context),
+        peer_(transport::describe_peer(client_)),
+        on_end_(std::move(on_end)) {}
+  ClientSession(const ClientSession&) = delete;
+  ClientSession& operator=(const ClientSession&) = delete;
+  ~ClientSession() {
+    if (on_end_) on_end_();
+  }
 
   awaitable<void> run() {
     watchdog_ = Watchdog::start(client_.get_executor());
@@ -126,11 +134,11 @@ class ClientSession {
     } stop{*watchdog_};
     while (co_await serve_one()) {
     }
-    if (tunnel_) co_await relay_tunnel();
-    error_code ignored;
-    client_.shutdown(asio::socket_base::shutdown_send, ignored);
-    client_.close(ignored);
-    release_upstream();
+    if (tunnel_) {
+      hand_off_tunnel();
+      co_return;
+    }
+    close_client();
   }
 
  private:
@@ -361,12 +369,25 @@ class ClientSession {
     }
   }
 
-  awaitable<void> relay_tunnel() {
-    auto result = co_await relay(client_, tunnel_->channel, limits().idle_timeout);
-    tunnel_->record.bytes_in += result.a_to_b;
-    tunnel_->record.bytes_out += result.b_to_a;
-    if (result.idle_timeout) tunnel_->record.reason = "idle timeout";
-    tunnel_.reset();  // closes the channel, logs the request
+  // The relay holds the session (and so the connection's slot) until the
+  // tunnel ends; no coroutine of this session waits meanwhile.
+  void hand_off_tunnel() {
+    start_relay(client_, tunnel_->channel, limits().idle_timeout,
+                [self = shared_from_this()](const RelayResult& result) {
+                  auto& record = self->tunnel_->record;
+                  record.bytes_in += result.a_to_b;
+                  record.bytes_out += result.b_to_a;
+                  if (result.idle_timeout) record.reason = "idle timeout";
+                  self->tunnel_.reset();  // closes the channel, logs the request
+                  self->close_client();
+                });
+  }
+
+  void close_client() {
+    error_code ignored;
+    client_.shutdown(asio::socket_base::shutdown_send, ignored);
+    client_.close(ignored);
+    release_upstream();
   }
 
   awaitable<bool> forward(RequestRecord& rec, const VmRecord& vm, const Route& route,
@@ -801,13 +822,15 @@ class ClientSession {
   std::unique_ptr<EstablishedTunnel> tunnel_;
   std::unique_ptr<char[]> request_chunk_;
   std::unique_ptr<char[]> response_chunk_;
+  std::function<void()> on_end_;
 };
 
 }  // namespace
 
-awaitable<void> run_http_session(Stream client, const SessionContext& context) {
-  ClientSession session(std::move(client), context);
-  co_await session.run();
+awaitable<void> run_http_session(Stream client, const SessionContext& context,
+                                 std::function<void()> on_end) {
+  auto session = std::make_shared<ClientSession>(std::move(client), context, std::move(on_end));
+  co_await session->run();
 }
 
 }  // namespace vmgate::hostd

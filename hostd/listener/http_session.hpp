@@ -2,6 +2,8 @@
 // resolve the VM, open its channel, and stream the exchange both ways.
 #pragma once
 
+#include <functional>
+
 #include "common/asio.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
@@ -19,8 +21,11 @@ struct SessionContext {
 };
 
 // Runs until the client closes, a request ends the connection, or a limit
-// is hit. Never throws for anything a client or guest does.
-awaitable<void> run_http_session(Stream client, const SessionContext& context);
+// is hit. Never throws for anything a client or guest does. A CONNECT tunnel
+// is handed off to a relay and this returns while it runs: `on_end` is called
+// once the connection is really over (it may run after this returns).
+awaitable<void> run_http_session(Stream client, const SessionContext& context,
+                                 std::function<void()> on_end = {});
 
 // A short random request id ("5b2c0e9a"), unique enough to find a log line.
 std::string new_request_id();

@@ -127,7 +127,7 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
       co_await backoff.async_wait(use_tuple);
       continue;
     }
-    if (connections_.load() >= config_.limits.max_connections) {
+    if (connections_->load() >= config_.limits.max_connections) {
       log::warn("connection_refused")
           .kv("listener", listener.config.name)
           .kv("client", transport::describe_peer(socket))
@@ -142,10 +142,11 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
       socket.set_option(asio::detail::socket_option::boolean<IPPROTO_TCP, TCP_NODELAY>(true),
                         ignored);
     }
-    ++connections_;
-    asio::co_spawn(executor, run_http_session(std::move(socket), listener.context),
-                   [this, name = listener.config.name](std::exception_ptr e) {
-                     --connections_;
+    ++*connections_;
+    auto give_back_slot = [connections = connections_] { --*connections; };
+    asio::co_spawn(executor,
+                   run_http_session(std::move(socket), listener.context, std::move(give_back_slot)),
+                   [name = listener.config.name](std::exception_ptr e) {
                      if (!e) return;
                      try {
                        std::rethrow_exception(e);

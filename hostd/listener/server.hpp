@@ -41,7 +41,10 @@ class Server {
   ChannelPool* pool_;
   std::vector<asio::any_io_executor> session_executors_;
   std::vector<std::unique_ptr<Listener>> listeners_;
-  std::atomic<std::uint32_t> connections_{0};
+  // Shared with the sessions: a handed-off tunnel may end (and give its slot
+  // back) while the server itself is being torn down.
+  std::shared_ptr<std::atomic<std::uint32_t>> connections_ =
+      std::make_shared<std::atomic<std::uint32_t>>(0);
 };
 
 }  // namespace vmgate::hostd
