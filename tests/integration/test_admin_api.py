@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import vmgate_lab
-from vmgate_lab import VM, Lab, parse_kv, wait_until
+from vmgate_lab import VM, Lab, UnixHTTPConnection, parse_kv, wait_until
 
 VMGATECTL = os.environ.get(
     "VMGATECTL", os.path.join(vmgate_lab.SOURCE_DIR, "build", "dev", "tools", "vmgatectl",
@@ -25,18 +25,6 @@ VMGATECTL = os.environ.get(
 
 # vm3 is shut off; vm4 runs but has no guestd behind its channel.
 VMS = [VM("vm1"), VM("vm2"), VM("vm3", running=False), VM("vm4", agent=None)]
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=30):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
 
 
 def admin_get(lab, path, admin=None):

@@ -8,23 +8,11 @@ import socket
 
 import pytest
 
-from vmgate_lab import VM, Lab, parse_kv, wait_until
+from vmgate_lab import VM, Lab, UnixHTTPConnection, parse_kv, wait_until
 
 # Long enough that nothing expires while a test runs: what is checked here is
 # what the pool does with live and dead channels, never how long they last.
 NO_EXPIRY = {"pool_idle_timeout_ms": 600000}
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=30):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
 
 
 def metric(lab, name, **labels):

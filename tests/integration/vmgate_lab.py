@@ -236,6 +236,20 @@ def merge(base, override):
     return out
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (hostd's admin listener in the labs)."""
+
+    def __init__(self, path, timeout=30):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
 # -- HTTP results ------------------------------------------------------------
 
 @dataclasses.dataclass
