@@ -4,7 +4,6 @@ left open, within the pool's limits, never over a channel that is dead or was
 a CONNECT tunnel, and the agent still learns each request's own client."""
 
 import http.client
-import socket
 
 import pytest
 
