@@ -10,11 +10,11 @@
 // request comes, so a stopped VM leaves no descriptors behind.
 //
 // One pool for the whole hostd, behind a mutex, rather than one per I/O
-// thread: hostd accepts on one thread and hands connections to the I/O threads
-// in turn, so a client's next connection usually lands on another thread, and
-// per-thread pools would split the idle channels of one VM into halves that
-// cannot serve each other (at low request rates, never). The critical section
-// is a hash lookup and a vector push or pop; the lock is rarely contended.
+// thread: every I/O thread accepts, so a client's next connection may land on
+// either, and per-thread pools would split the idle channels of one VM into
+// parts that cannot serve each other (at low request rates, never). The
+// critical section is a hash lookup and a vector push or pop; the lock is
+// rarely contended.
 // Each I/O thread runs its own io_context, and a socket belongs to the reactor
 // of the context it was opened on: take() moves a channel opened on another
 // thread to the taker's context (two epoll_ctl calls), so that its I/O does
