@@ -313,7 +313,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     co_return std::nullopt;
   }
 
-  // CONNECT: after "200 Connection established" the bytes are raw both ways.
   // A CONNECT tunnel once established. The session holds it, not the frames
   // that set it up: an idle tunnel then keeps no request parser, route or VM
   // record alive, only this and the relay's own small state.
@@ -534,6 +533,25 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     return {.taken = true, .size = taken};
   }
 
+  // Moves the last `left` bytes of a body of known length from `from` to `to`:
+  // first those already read into `buffer` with the head, then the rest inside
+  // the kernel (splice). Exactly that many, so both connections can carry the
+  // next message. Counts into `counted`; progress keeps the watchdog away.
+  awaitable<MoveResult> splice_rest_of_body(Stream& from, beast::flat_buffer& buffer, Stream& to,
+                                            std::uint64_t left, std::uint64_t& counted) {
+    const std::size_t ahead =
+        static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), left));
+    auto count = [this, &counted](std::size_t n) {
+      counted += n;
+      watchdog_->extend(limits().idle_timeout);
+    };
+    const OnMoved on_moved(count);
+    const asio::const_buffer already_read(buffer.data().data(), ahead);
+    MoveResult moved = co_await move_exactly(from, to, left, already_read, on_moved);
+    buffer.consume(ahead);
+    co_return moved;
+  }
+
   void arm_exchange_watchdog(Exchange& ex) {
     watchdog_->expires_after(limits().idle_timeout, [this, &ex] {
       ex.timed_out = true;
@@ -566,18 +584,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       if (!request.is_done() && !request.chunked() && request.content_length_remaining()) {
         // Known length: the rest of the body goes client -> channel inside the
         // kernel (splice), after the bytes already read with the head.
-        const std::uint64_t left = *request.content_length_remaining();
-        const std::size_t ahead =
-            static_cast<std::size_t>(std::min<std::uint64_t>(buffer_.size(), left));
-        auto count = [this, &rec](std::size_t n) {
-          rec.bytes_in += n;
-          watchdog_->extend(limits().idle_timeout);
-        };
-        const OnMoved on_moved(count);
-        const asio::const_buffer already_read(buffer_.data().data(), ahead);
-        MoveResult moved =
-            co_await move_exactly(client_, upstream_->stream, left, already_read, on_moved);
-        buffer_.consume(ahead);
+        MoveResult moved = co_await splice_rest_of_body(
+            client_, buffer_, upstream_->stream, *request.content_length_remaining(), rec.bytes_in);
         if (moved.write_error) {
           // The agent may have answered early and closed; the response side decides.
           ex.upstream_write_failed = true;
@@ -736,19 +744,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       // Known length: the rest of the body goes channel -> client inside the
       // kernel (splice), after the bytes already read with the head. Exactly
       // that many, so the channel stays usable for the next response.
-      auto& buffer = upstream_->buffer;
-      const std::uint64_t left = *response.content_length_remaining();
-      const std::size_t ahead =
-          static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), left));
-      auto count = [this, &rec](std::size_t n) {
-        rec.bytes_out += n;
-        watchdog_->extend(limits().idle_timeout);
-      };
-      const OnMoved on_moved(count);
-      const asio::const_buffer already_read(buffer.data().data(), ahead);
       MoveResult moved =
-          co_await move_exactly(upstream_->stream, client_, left, already_read, on_moved);
-      buffer.consume(ahead);
+          co_await splice_rest_of_body(upstream_->stream, upstream_->buffer, client_,
+                                       *response.content_length_remaining(), rec.bytes_out);
       if (moved.failed()) {
         // Mid-body failure: the client sees a truncated message and a closed connection.
         if (moved.write_error) ex.request_failed = true;
