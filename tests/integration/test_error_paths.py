@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vmgate_lab import HOSTD, VM, Lab
+from vmgate_lab import HOSTD, VM, Lab, wait_until
 
 CONNECT_TIMEOUT_MS = 500
 IDLE_TIMEOUT_MS = 1500
@@ -152,9 +152,10 @@ def test_port_not_allowlisted_by_guestd_is_403_saying_so(lab):
     # Raw, as curl does not show the body of a refused CONNECT.
     r = lab.raw_response(b"CONNECT vm1:22 HTTP/1.1\r\nHost: vm1:22\r\n\r\n")
     check_error(lab, r, 403, "port 22", "port-not-allowed")
-    guestd_lines = lab.guestds["vm1"].lines()
-    assert any("event=channel" in l and "port=22" in l and "status=403" in l
-               for l in guestd_lines), guestd_lines[-5:]
+    # guestd writes its record after the refusal, so the client can be first.
+    wait_until(lambda: any("event=channel" in l and "port=22" in l and "status=403" in l
+                           for l in lab.guestds["vm1"].lines()),
+               5, "guestd's record of the refused port")
 
 
 # -- channel failures -----------------------------------------------------------------

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from vmgate_lab import VM, Lab
+from vmgate_lab import VM, Lab, wait_until
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -157,5 +157,8 @@ def test_4_gib_streamed_upload_is_exact_with_bounded_hostd_memory():
         assert len(samples) > 0
         assert max(samples) < RSS_BOUND_KIB, max(samples)
         assert peak_kib < RSS_BOUND_KIB, peak_kib
-        record = lab.last_request(vm="vm1", status=200)
-        assert int(record["bytes_in"]) >= 4 * GIB
+        # Written when the exchange ends, possibly after curl has its answer.
+        wait_until(lambda: any(r.get("vm") == "vm1" and r["status"] == "200" and
+                               int(r.get("bytes_in", 0)) >= 4 * GIB
+                               for r in lab.hostd_requests()),
+                   10, "the record of the 4 GiB upload")

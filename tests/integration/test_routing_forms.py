@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from vmgate_lab import VM, Lab
+from vmgate_lab import VM, Lab, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,12 @@ def test_one_keep_alive_connection_carries_requests_to_two_vms(lab):
                           (200, b"hello from vm1\n")]
         assert len(peers) == 1  # http.client reconnects silently; it must not have
         client = "%s:%d" % peers.pop()
-        routed = [r["vm"] for r in lab.hostd_requests() if r.get("client") == client]
+        # A record is written when its exchange ends, which can be just after
+        # the client has read the response: wait for all three.
+        def routed_for_client():
+            routed = [r["vm"] for r in lab.hostd_requests() if r.get("client") == client]
+            return routed if len(routed) >= 3 else None
+        routed = wait_until(routed_for_client, 5, "three request records for " + client)
         assert routed == ["vm1", "vm2", "vm1"]
     finally:
         c.close()
