@@ -9,7 +9,7 @@
 
 #include "common/log.hpp"
 #include "hostd/channel/channel.hpp"
-#include "hostd/listener/http_session.hpp"
+#include "hostd/listener/request_record.hpp"
 #include "hostd/route/target.hpp"
 
 namespace vmgate::hostd {

@@ -1,5 +1,6 @@
 // One client connection on a hostd listener: read a request head, route it,
-// resolve the VM, open its channel, and stream the exchange both ways.
+// resolve the VM, take or open its channel, then run the exchange
+// (exchange.hpp) or hand a CONNECT tunnel to the relay.
 #pragma once
 
 #include <functional>
@@ -26,8 +27,5 @@ struct SessionContext {
 // once the connection is really over (it may run after this returns).
 awaitable<void> run_http_session(Stream client, const SessionContext& context,
                                  std::function<void()> on_end = {});
-
-// A short random request id ("5b2c0e9a"), unique enough to find a log line.
-std::string new_request_id();
 
 }  // namespace vmgate::hostd

@@ -1,0 +1,412 @@
+#include "hostd/listener/exchange.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <boost/beast/http.hpp>
+
+#include "common/splice.hpp"
+#include "hostd/route/header_rewrite.hpp"
+
+namespace vmgate::hostd {
+namespace beast = boost::beast;
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+constexpr std::size_t body_chunk = BodyChunks::size;
+constexpr std::size_t read_buffer_size = 64 * 1024;
+
+class Exchange {
+ public:
+  Exchange(const ExchangeEnds& ends, const ExchangeRequest& request, RequestRecord& record,
+           const VmRecord& vm)
+      : client_(ends.client),
+        client_buffer_(ends.client_buffer),
+        upstream_(ends.upstream),
+        watchdog_(ends.watchdog),
+        chunks_(ends.chunks),
+        limits_(ends.limits),
+        request_(request),
+        rec_(record),
+        vm_(vm) {
+    out_.client_keep_alive = request.client_keep_alive;
+    // Past the idle timeout both streams are cancelled; whatever is waiting
+    // then decides what the client sees (504 if no response started).
+    watchdog_.expires_after(limits_.idle_timeout, [this] {
+      out_.timed_out = true;
+      error_code ignored;
+      client_.cancel(ignored);
+      upstream_.stream.cancel(ignored);
+    });
+  }
+  Exchange(const Exchange&) = delete;
+  Exchange& operator=(const Exchange&) = delete;
+  // The watchdog's action names this exchange: it must not outlive it.
+  ~Exchange() { watchdog_.expires_never(); }
+
+  awaitable<ExchangeOutcome> run() {
+    auto& msg = request_.parser.get();
+    http::serializer<true, http::buffer_body> writer{msg};
+    const bool one_write = !request_.has_body || request_.whole.taken;
+    if (one_write) {
+      auto& body = msg.body();
+      body.data = request_.whole.taken ? chunks_.request() : nullptr;
+      body.size = request_.whole.size;
+      body.more = false;
+      auto [ec, n] = co_await http::async_write(upstream_.stream, writer, use_tuple);
+      out_.head_write_error = ec;
+    } else {
+      auto [ec, n] = co_await http::async_write_header(upstream_.stream, writer, use_tuple);
+      out_.head_write_error = ec;
+    }
+    if (out_.head_write_error) co_return out_;
+    if (one_write) {
+      // The response is read after the whole request, not beside a body pump.
+      out_.request_done = true;
+      co_await relay_response();
+    } else {
+      co_await (send_request_body(writer) && relay_response());
+    }
+    co_return out_;
+  }
+
+ private:
+  // Moves the last `left` bytes of a body of known length from `from` to `to`:
+  // first those already read into `buffer` with the head, then the rest inside
+  // the kernel (splice). Exactly that many, so both connections can carry the
+  // next message. Counts into `counted`; progress keeps the watchdog away.
+  awaitable<MoveResult> splice_rest_of_body(Stream& from, beast::flat_buffer& buffer, Stream& to,
+                                            std::uint64_t left, std::uint64_t& counted) {
+    const std::size_t ahead =
+        static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), left));
+    auto count = [this, &counted](std::size_t n) {
+      counted += n;
+      watchdog_.extend(limits_.idle_timeout);
+    };
+    const OnMoved on_moved(count);
+    const asio::const_buffer already_read(buffer.data().data(), ahead);
+    MoveResult moved = co_await move_exactly(from, to, left, already_read, on_moved);
+    buffer.consume(ahead);
+    co_return moved;
+  }
+
+  // The rest of the request body, after its head went alone.
+  awaitable<void> send_request_body(http::serializer<true, http::buffer_body>& writer) {
+    auto& request = request_.parser;
+    auto& body = request.get().body();
+    // Beast sizes each read by the buffer's free capacity (512 bytes at
+    // least): without room reserved, a body streams in 512-byte reads.
+    if (!request.is_done()) client_buffer_.reserve(read_buffer_size);
+    for (;;) {
+      if (stop_request_) {
+        out_.request_failed = true;
+        co_return;
+      }
+      if (!request.is_done() && !request.chunked() && request.content_length_remaining()) {
+        // Known length: the rest of the body goes client -> channel inside the
+        // kernel (splice), after the bytes already read with the head.
+        MoveResult moved =
+            co_await splice_rest_of_body(client_, client_buffer_, upstream_.stream,
+                                         *request.content_length_remaining(), rec_.bytes_in);
+        // A failed write: the agent may have answered early and closed; the
+        // response side decides.
+        if (moved.write_error) co_return;
+        if (moved.read_error) {
+          out_.request_failed = true;
+          error_code ignored;
+          upstream_.stream.cancel(ignored);
+          co_return;
+        }
+        break;
+      }
+      if (!request.is_done()) {
+        char* chunk = chunks_.request();
+        body.data = chunk;
+        body.size = body_chunk;
+        auto [ec, n] = co_await http::async_read(client_, client_buffer_, request, use_tuple);
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) {
+          out_.request_failed = true;
+          if (ec == http::error::body_limit && !out_.response_started) {
+            out_.refusal = Refusal{413, fmt::format("request body exceeds the limit of {} bytes",
+                                                    limits_.max_request_body)};
+          }
+          error_code ignored;
+          upstream_.stream.cancel(ignored);
+          co_return;
+        }
+        body.size = body_chunk - body.size;
+        body.data = chunk;
+        body.more = !request.is_done();
+      } else {
+        body.data = nullptr;
+        body.size = 0;
+        body.more = false;
+      }
+      rec_.bytes_in += body.size;
+      watchdog_.extend(limits_.idle_timeout);
+      if (writer.is_done()) break;
+      auto [wec, wn] = co_await http::async_write(upstream_.stream, writer, use_tuple);
+      if (wec == http::error::need_buffer) wec = {};
+      if (wec) co_return;  // as above: the response side decides
+      if (request.is_done() && writer.is_done()) break;
+    }
+    out_.request_done = true;
+  }
+
+  // Interim responses, then the final response head and its body.
+  awaitable<void> relay_response() {
+    for (;;) {
+      http::response_parser<http::buffer_body> response;
+      response.header_limit(limits_.header_bytes);
+      response.body_limit(boost::none);
+      if (request_.is_head) response.skip(true);
+      auto [ec, n] =
+          co_await http::async_read_header(upstream_.stream, upstream_.buffer, response, use_tuple);
+      if (ec) {
+        if (out_.request_failed && !out_.refusal) co_return;  // the client is gone
+        if (!out_.refusal) out_.refusal = unanswered(ec);
+        stop_reading_client();
+        co_return;
+      }
+      auto& res = response.get();
+      const unsigned code = res.result_int();
+      if (code == 101) {
+        out_.refusal =
+            Refusal{502, "agent switched protocols; use CONNECT for upgraded connections"};
+        stop_reading_client();
+        co_return;
+      }
+      if (code >= 100 && code < 200) {
+        if (!co_await relay_interim(res)) co_return;
+        continue;
+      }
+      co_await relay_final_response(response);
+      co_return;
+    }
+  }
+
+  // Why the agent's response head never came.
+  Refusal unanswered(error_code ec) const {
+    if (out_.timed_out)
+      return Refusal{504, fmt::format("vm {} did not answer within {} ms", vm_.name,
+                                      limits_.idle_timeout.count())};
+    if (ec == http::error::header_limit)
+      return Refusal{502,
+                     fmt::format("agent response head exceeds {} bytes", limits_.header_bytes)};
+    return Refusal{502, fmt::format("agent on vm {} port {} closed the connection before "
+                                    "answering ({})",
+                                    vm_.name, rec_.port, ec.message())};
+  }
+
+  // Interim responses (100 Continue) go to HTTP/1.1 clients only (RFC 9110 §15.2).
+  awaitable<bool> relay_interim(const http::response<http::buffer_body>& res) {
+    if (request_.client_version < 11) co_return true;
+    http::response<http::empty_body> interim{res.result(), 11};
+    for (const auto& f : res)
+      interim.insert(f.name_string(), f.value());
+    rewrite_response(interim);
+    auto [ec, n] = co_await http::async_write(client_, interim, use_tuple);
+    rec_.bytes_out += n;
+    if (ec) {
+      out_.request_failed = true;
+      co_return false;
+    }
+    co_return true;
+  }
+
+  awaitable<void> relay_final_response(http::response_parser<http::buffer_body>& response) {
+    auto& res = response.get();
+    rec_.status = res.result_int();
+    out_.upstream_reusable = res.keep_alive() && !response.need_eof();
+    rewrite_response(res);
+    bool keep = out_.client_keep_alive;
+    if (request_.client_version < 11) {
+      // No chunked coding for HTTP/1.0 clients: the body ends with the connection.
+      if (res.chunked() || response.need_eof()) {
+        res.chunked(false);
+        keep = false;
+      }
+      res.version(10);
+    } else {
+      res.version(11);
+      // Chunked keeps the client connection usable when the agent ends its body by closing.
+      if (response.need_eof() && !request_.is_head) res.chunked(true);
+    }
+    res.keep_alive(keep);
+    out_.client_keep_alive = keep;
+
+    http::serializer<false, http::buffer_body> writer{res};
+    const auto prefilled =
+        request_.is_head ? BufferedBody{} : take_buffered_response_body(response);
+    if (prefilled.failed) {
+      out_.refusal = Refusal{502, "malformed response body from the agent"};
+      stop_reading_client();
+      co_return;
+    }
+    out_.response_started = true;
+    error_code hec;
+    if (prefilled.taken) {
+      // Head and the body bytes that came with it, in one write.
+      auto [ec, n] = co_await http::async_write(client_, writer, use_tuple);
+      hec = ec == http::error::need_buffer ? error_code{} : ec;
+      rec_.bytes_out += n;
+    } else {
+      auto [ec, n] = co_await http::async_write_header(client_, writer, use_tuple);
+      hec = ec;
+      rec_.bytes_out += n;
+    }
+    if (hec) {
+      out_.request_failed = true;
+      stop_reading_client();
+      co_return;
+    }
+    if (!request_.is_head) {
+      if (!response.is_done() && !response.chunked() && response.content_length_remaining()) {
+        // Known length: the rest of the body goes channel -> client inside the
+        // kernel (splice), after the bytes already read with the head. Exactly
+        // that many, so the channel stays usable for the next response.
+        MoveResult moved =
+            co_await splice_rest_of_body(upstream_.stream, upstream_.buffer, client_,
+                                         *response.content_length_remaining(), rec_.bytes_out);
+        if (moved.failed()) {
+          // Mid-body failure: the client sees a truncated message and a closed connection.
+          if (moved.write_error) out_.request_failed = true;
+          out_.client_keep_alive = false;
+          stop_reading_client();
+          co_return;
+        }
+      } else if (!co_await stream_response_body(response, writer)) {
+        co_return;
+      }
+    }
+    out_.response_done = true;
+    if (!out_.request_done) stop_reading_client();
+  }
+
+  // A chunked body, one that ends with the connection, or one whose length
+  // the parser still has to find: through the response chunk.
+  awaitable<bool> stream_response_body(http::response_parser<http::buffer_body>& response,
+                                       http::serializer<false, http::buffer_body>& writer) {
+    auto& body = response.get().body();
+    if (!response.is_done()) upstream_.buffer.reserve(read_buffer_size);
+    for (;;) {
+      if (!response.is_done()) {
+        char* chunk = chunks_.response();
+        body.data = chunk;
+        body.size = body_chunk;
+        auto [ec, n] =
+            co_await http::async_read(upstream_.stream, upstream_.buffer, response, use_tuple);
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) {
+          // Mid-body failure: the client sees a truncated message and a closed connection.
+          out_.client_keep_alive = false;
+          stop_reading_client();
+          co_return false;
+        }
+        body.size = body_chunk - body.size;
+        body.data = chunk;
+        body.more = !response.is_done();
+      } else {
+        body.data = nullptr;
+        body.size = 0;
+        body.more = false;
+      }
+      watchdog_.extend(limits_.idle_timeout);
+      if (writer.is_done()) co_return true;
+      auto [wec, wn] = co_await http::async_write(client_, writer, use_tuple);
+      if (wec == http::error::need_buffer) wec = {};
+      if (wec) {
+        out_.request_failed = true;
+        out_.client_keep_alive = false;
+        stop_reading_client();
+        co_return false;
+      }
+      rec_.bytes_out += body.size;
+      if (response.is_done() && writer.is_done()) co_return true;
+    }
+  }
+
+  // Parses response body bytes already read with the head into the response
+  // chunk, as much as fits, so they can leave with the head.
+  BufferedBody take_buffered_response_body(http::response_parser<http::buffer_body>& response) {
+    auto& buffer = upstream_.buffer;
+    if (response.is_done() || buffer.size() == 0) return {};
+    auto& body = response.get().body();
+    char* chunk = chunks_.response();
+    body.data = chunk;
+    body.size = body_chunk;
+    response.eager(true);
+    while (!response.is_done() && buffer.size() > 0 && body.size > 0) {
+      error_code ec;
+      auto used = response.put(buffer.data(), ec);
+      buffer.consume(used);
+      if (ec == http::error::need_buffer || ec == http::error::need_more) break;
+      if (ec) return {.failed = true};
+      if (used == 0) break;
+    }
+    const std::size_t taken = body_chunk - body.size;
+    body.data = chunk;
+    body.size = taken;
+    body.more = !response.is_done();
+    if (taken == 0 && body.more) return {};
+    return {.taken = true, .size = taken};
+  }
+
+  // The response is over (or failed) while the request body is still coming:
+  // stop reading it; the connection cannot carry another request.
+  void stop_reading_client() {
+    if (out_.request_done) return;
+    stop_request_ = true;
+    out_.client_keep_alive = false;
+    error_code ignored;
+    client_.cancel(ignored);
+    // The channel has an unfinished request on it: it cannot be reused either.
+    upstream_.stream.cancel(ignored);
+  }
+
+  Stream& client_;
+  beast::flat_buffer& client_buffer_;
+  Upstream& upstream_;
+  Watchdog& watchdog_;
+  BodyChunks& chunks_;
+  const LimitsConfig& limits_;
+  const ExchangeRequest& request_;
+  RequestRecord& rec_;
+  const VmRecord& vm_;
+  ExchangeOutcome out_;
+  bool stop_request_ = false;  // the response side ended the exchange early
+};
+
+}  // namespace
+
+char* BodyChunks::get(std::unique_ptr<char[]>& slot) {
+  if (!slot) slot = std::make_unique_for_overwrite<char[]>(size);
+  return slot.get();
+}
+
+BufferedBody take_buffered_body(http::request_parser<http::buffer_body>& request,
+                                beast::flat_buffer& buffer, BodyChunks& chunks) {
+  auto left = request.content_length_remaining();
+  if (request.chunked() || !left || *left > body_chunk || *left > buffer.size()) return {};
+  auto& body = request.get().body();
+  char* chunk = chunks.request();
+  body.data = chunk;
+  body.size = body_chunk;
+  while (!request.is_done()) {
+    error_code ec;
+    auto used = request.put(buffer.data(), ec);
+    buffer.consume(used);
+    if (ec || used == 0) return {.failed = true};
+  }
+  return {.taken = true, .size = body_chunk - body.size};
+}
+
+awaitable<ExchangeOutcome> run_exchange(ExchangeEnds ends, ExchangeRequest request,
+                                        RequestRecord& record, const VmRecord& vm) {
+  Exchange exchange(ends, request, record, vm);
+  co_return co_await exchange.run();
+}
+
+}  // namespace vmgate::hostd

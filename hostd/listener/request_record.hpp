@@ -1,0 +1,44 @@
+// What one client request did, logged as one `event=request` line (and
+// counted in the metrics) when the record is destroyed: routed or refused,
+// forwarded or tunnelled, whichever way it ended.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "hostd/metrics/hostd_metrics.hpp"
+
+namespace vmgate::hostd {
+
+// A short random request id ("5b2c0e9a"), unique enough to find a log line.
+std::string new_request_id();
+
+struct RequestRecord {
+  using clock = std::chrono::steady_clock;
+
+  RequestRecord() = default;
+  RequestRecord(const RequestRecord&) = default;
+  RequestRecord& operator=(const RequestRecord&) = delete;
+  ~RequestRecord();
+
+  std::string id = new_request_id();
+  std::string_view listener;
+  std::string_view client;
+  std::string method;
+  std::string form = "-";
+  std::string target = "-";
+  std::string vm = "-";
+  unsigned port = 0;
+  unsigned status = 0;
+  std::string reason;
+  bool reused_channel = false;
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  HostdMetrics* metrics = nullptr;
+  clock::time_point start = clock::now();
+  bool handed_over = false;  // a copy logs it instead (an established tunnel)
+};
+
+}  // namespace vmgate::hostd
