@@ -188,11 +188,21 @@ class BlackholeListener {
   std::uint16_t port_ = 0;
 };
 
+// guestd's preamble and agent-connect timeouts. They apply to every channel,
+// so by default they are far above what a loaded machine needs to send a
+// preamble or connect to a unix socket; only a test of a timeout itself makes
+// its own short, where nothing that should succeed depends on it.
+struct Timeouts {
+  std::chrono::milliseconds preamble = 10s;
+  std::chrono::milliseconds agent_connect = 10s;
+};
+
 // guestd on unix:DIR/channel.sock; port 5986 → the echo agent, 8114 → a
 // socket nobody listens on, 9000 → `blackhole_port` when given.
 class GuestdFixture {
  public:
-  explicit GuestdFixture(std::uint32_t max_connections = 64, std::uint16_t blackhole_port = 0) {
+  explicit GuestdFixture(std::uint32_t max_connections = 64, std::uint16_t blackhole_port = 0,
+                         Timeouts timeouts = {}) {
     log::set_min_level(log::Level::warn);
     char templ[] = "/tmp/vmgate-guestd-test-XXXXXX";
     REQUIRE(::mkdtemp(templ) != nullptr);
@@ -206,8 +216,8 @@ class GuestdFixture {
     config.agents[8114] = *transport::parse(fmt::format("unix:{}/nobody.sock", dir_));
     if (blackhole_port != 0)
       config.agents[9000] = *transport::parse(fmt::format("tcp:127.0.0.1:{}", blackhole_port));
-    config.limits.preamble_timeout = 200ms;
-    config.limits.agent_connect_timeout = 200ms;
+    config.limits.preamble_timeout = timeouts.preamble;
+    config.limits.agent_connect_timeout = timeouts.agent_connect;
     config.limits.idle_timeout = 10s;
     config.limits.max_connections = max_connections;
 
@@ -323,7 +333,7 @@ TEST_CASE("a garbage preamble is answered 400 and closed, and guestd keeps servi
 }
 
 TEST_CASE("a preamble that never completes is closed after the preamble timeout") {
-  GuestdFixture guestd;  // preamble_timeout_ms = 200
+  GuestdFixture guestd(64, 0, Timeouts{.preamble = 200ms});
   Client client = guestd.connect();
   client.send("VMGATE/1 CONN");
   auto answer = client.read_to_eof();  // bounded far above the timeout
@@ -341,7 +351,7 @@ TEST_CASE("an agent that is down is answered 502 agent-unreachable") {
 
 TEST_CASE("an agent that does not accept in time is answered 504 agent-timeout") {
   BlackholeListener blackhole;
-  GuestdFixture guestd(64, blackhole.port());  // agent_connect_timeout_ms = 200
+  GuestdFixture guestd(64, blackhole.port(), Timeouts{.agent_connect = 200ms});
   auto answer = guestd.exchange("VMGATE/1 CONNECT 9000\r\n\r\n");
   CHECK(answer.eof);
   CHECK(answer.data == "VMGATE/1 504 agent-timeout\r\n\r\n");
