@@ -18,12 +18,13 @@ step "generating $SIZE random bytes"
 head -c "$SIZE" /dev/urandom >/tmp/src || fail "cannot write /tmp/src"
 want=$(sha256sum /tmp/src | cut -d' ' -f1)
 
-# retry CMD...: run CMD until it succeeds, at most 50 times 0.1 s apart (the
-# listener started in the background may not be bound yet)
+# retry CMD...: run CMD until it succeeds, at most 300 times 0.1 s apart (the
+# listener started in the background may not be bound yet; under emulation on
+# a busy host starting socat alone can take seconds, so the bound is generous)
 retry() {
   i=0
   until "$@" 2>/tmp/retry.err; do
-    i=$((i + 1)); [ $i -lt 50 ] || { cat /tmp/retry.err; return 1; }
+    i=$((i + 1)); [ $i -lt 300 ] || { cat /tmp/retry.err; return 1; }
     sleep 0.1
   done
 }
