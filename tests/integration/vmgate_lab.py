@@ -75,6 +75,14 @@ def wait_until(predicate, timeout, what, interval=0.02):
 
 # -- processes ---------------------------------------------------------------
 
+def complete_lines(text):
+    """The lines of `text` that end in a newline. Each daemon writes a log line
+    with one write(2), but a reader can still catch one half copied into the
+    file (a write crossing a page is copied page by page): such a last line is
+    left for the next read rather than parsed with fields missing."""
+    return text[:text.rfind("\n") + 1].splitlines()
+
+
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -113,7 +121,7 @@ class Process:
             return f.read()
 
     def lines(self):
-        return self.stderr().splitlines()
+        return complete_lines(self.stderr())
 
     def wait_for(self, pattern, timeout=START_TIMEOUT, stream="stderr", start=0):
         """The first match of `pattern` in the stream's lines from line `start` on."""
@@ -121,7 +129,7 @@ class Process:
 
         def find():
             text = self.stderr() if stream == "stderr" else self.stdout()
-            for line in text.splitlines()[start:]:
+            for line in complete_lines(text)[start:]:
                 m = regex.search(line)
                 if m:
                     return m
