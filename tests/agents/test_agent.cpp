@@ -32,7 +32,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -40,18 +39,14 @@
 #include <exception>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
@@ -59,20 +54,14 @@
 #include "common/deadline.hpp"
 #include "common/log.hpp"
 #include "common/transport.hpp"
+#include "tests/agents/agent_content.hpp"
 
 namespace vmgate::test_agent {
 namespace {
 
 namespace beast = boost::beast;
-namespace http = beast::http;
 using namespace asio::experimental::awaitable_operators;
 
-constexpr std::size_t pattern_block = 64 * 1024;
-// Bodies move in pieces of this size: one read or write per piece. A multiple
-// of pattern_block, so every piece of a /bytes body starts at offset 0 of the
-// pattern.
-constexpr std::size_t piece_size = 256 * 1024;
-static_assert(piece_size % pattern_block == 0);
 constexpr std::uint32_t header_limit = 64 * 1024;
 constexpr std::uint64_t max_bytes_length = std::uint64_t{1} << 40;
 constexpr long max_slow_ms = 60000;
@@ -90,152 +79,6 @@ struct Options {
   bool verbose = false;
 };
 
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) {
-    if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1)
-      throw std::runtime_error("OpenSSL: cannot initialise SHA-256");
-  }
-  void update(const void* data, std::size_t size) { EVP_DigestUpdate(ctx_.get(), data, size); }
-  std::string hex() {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    EVP_DigestFinal_ex(ctx_.get(), digest, &length);
-    std::string out;
-    out.reserve(2 * length);
-    for (unsigned int i = 0; i < length; ++i)
-      fmt::format_to(std::back_inserter(out), "{:02x}", digest[i]);
-    return out;
-  }
-
- private:
-  struct Free {
-    void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
-  };
-  std::unique_ptr<EVP_MD_CTX, Free> ctx_;
-};
-
-// One piece of the /bytes pattern: pattern_block bytes repeated.
-std::span<const char> pattern_piece() {
-  static const std::vector<char> piece = [] {
-    std::vector<char> v(piece_size);
-    for (std::size_t k = 0; k < piece_size; ++k) {
-      std::size_t i = k % pattern_block;
-      v[k] = static_cast<char>((i * 131 + (i >> 8) * 7) & 0xFF);
-    }
-    return v;
-  }();
-  return piece;
-}
-
-// The SHA-256 of the first N pattern bytes. Hashing a large N costs a pass
-// over it, so digests are remembered: benchmarks ask for the same N again
-// and again.
-class PatternDigests {
- public:
-  std::string get(std::uint64_t length) {
-    {
-      std::lock_guard lock(mutex_);
-      if (auto it = digests_.find(length); it != digests_.end()) return it->second;
-    }
-    Sha256 sha;
-    auto piece = pattern_piece();
-    for (std::uint64_t left = length; left > 0;) {
-      auto n = static_cast<std::size_t>(std::min<std::uint64_t>(left, piece.size()));
-      sha.update(piece.data(), n);
-      left -= n;
-    }
-    std::string hex = sha.hex();
-    std::lock_guard lock(mutex_);
-    if (digests_.size() >= max_entries) digests_.clear();
-    digests_.emplace(length, hex);
-    return hex;
-  }
-
- private:
-  static constexpr std::size_t max_entries = 1024;
-  std::mutex mutex_;
-  std::unordered_map<std::uint64_t, std::string> digests_;
-};
-
-PatternDigests g_pattern_digests;
-
-std::string wsman_envelope(const std::string& name) {
-  std::string body = R"(<?xml version="1.0" encoding="UTF-8"?>
-<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"
-  xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"
-  xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
-  xmlns:n="http://schemas.xmlsoap.org/ws/2004/09/enumeration">
-<s:Header>
-<a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>
-<a:Action>http://schemas.xmlsoap.org/ws/2004/09/enumeration/PullResponse</a:Action>
-<a:MessageID>uuid:00000000-0000-0000-0000-000000000001</a:MessageID>
-<a:RelatesTo>uuid:00000000-0000-0000-0000-000000000000</a:RelatesTo>
-</s:Header>
-<s:Body>
-<n:PullResponse>
-<n:Items>
-)";
-  const std::string footer =
-      "</n:Items>\n<n:EndOfSequence/>\n</n:PullResponse>\n</s:Body>\n</s:Envelope>\n";
-  constexpr std::size_t target_size = 8 * 1024;
-  for (int i = 0;; ++i) {
-    std::string item = fmt::format(
-        "<p:Win32_Service xmlns:p=\"http://schemas.microsoft.com/wbem/wsman/1/wmi/root/cimv2/"
-        "Win32_Service\"><p:Name>svc{:03}</p:Name><p:SystemName>{}</p:SystemName>"
-        "<p:State>Running</p:State></p:Win32_Service>\n",
-        i, name);
-    if (body.size() + item.size() + footer.size() > target_size) break;
-    body += item;
-  }
-  // Pad to exactly target_size with a comment, so every reply is the same size.
-  std::size_t pad = target_size - body.size() - footer.size();
-  if (pad >= 8)
-    body += "<!--" + std::string(pad - 8, ' ') + "-->\n";
-  else
-    body.append(pad, '\n');
-  return body + footer;
-}
-
-std::optional<std::uint64_t> parse_u64(std::string_view s) {
-  std::uint64_t v = 0;
-  if (s.empty()) return std::nullopt;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
-  return v;
-}
-
-// The value of `key` in a query string, if present.
-std::optional<std::string_view> query_value(std::string_view query, std::string_view key) {
-  while (!query.empty()) {
-    auto amp = query.find('&');
-    std::string_view pair = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    auto eq = pair.find('=');
-    if (pair.substr(0, eq) == key)
-      return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
-  }
-  return std::nullopt;
-}
-
-std::optional<std::string> percent_decode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out.push_back(s[i]);
-      continue;
-    }
-    unsigned value = 0;
-    if (i + 2 >= s.size()) return std::nullopt;
-    auto [p, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, value, 16);
-    if (ec != std::errc() || p != s.data() + i + 3) return std::nullopt;
-    out.push_back(static_cast<char>(value));
-    i += 2;
-  }
-  return out;
-}
-
 struct FileDescriptor {
   explicit FileDescriptor(int f) : fd(f) {}
   FileDescriptor(const FileDescriptor&) = delete;
@@ -245,50 +88,6 @@ struct FileDescriptor {
   }
   int fd;
 };
-
-// What the handlers need from the request head; copied out because reading
-// the body moves the head into another parser.
-struct RequestInfo {
-  http::verb method;
-  std::string method_name;
-  std::string target;
-  std::string path;  // without the query
-  std::string query;
-  unsigned version = 11;
-  bool keep_alive = true;
-  bool expect_continue = false;
-};
-
-RequestInfo describe(const http::request<http::empty_body>& req) {
-  RequestInfo info;
-  info.method = req.method();
-  info.method_name = std::string(req.method_string());
-  info.target = std::string(req.target());
-  info.version = req.version();
-  info.keep_alive = req.keep_alive();
-  info.expect_continue =
-      req.version() >= 11 && beast::iequals(req[http::field::expect], "100-continue");
-  std::string_view target = info.target;
-  // Absolute form (RFC 9112 §3.2.2), in case a proxy passes it through.
-  if (auto scheme = target.find("://");
-      scheme != std::string_view::npos && target.substr(0, 1) != "/") {
-    auto slash = target.find('/', scheme + 3);
-    target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
-  }
-  auto q = target.find('?');
-  info.path = std::string(target.substr(0, q));
-  info.query = q == std::string_view::npos ? std::string() : std::string(target.substr(q + 1));
-  return info;
-}
-
-// The request line, then every header as it reached the agent.
-std::string echo_text(const RequestInfo& info, const http::request<http::empty_body>& req) {
-  std::string text = fmt::format("{} {} HTTP/{}.{}\n", info.method_name, info.target,
-                                 info.version / 10, info.version % 10);
-  for (const auto& field : req.base())
-    fmt::format_to(std::back_inserter(text), "{}: {}\n", field.name_string(), field.value());
-  return text;
-}
 
 bool is_parse_error(const error_code& ec) {
   return ec.category() == http::make_error_code(http::error::bad_method).category() &&
@@ -528,8 +327,7 @@ class Connection {
           fmt::format("/bytes/N needs N between 0 and {}\n", max_bytes_length));
     http::response<http::buffer_body> res{http::status::ok, info.version};
     res.set(http::field::content_type, "application/octet-stream");
-    if (query_value(info.query, "sha") != "0")
-      res.set("X-Content-SHA256", g_pattern_digests.get(*length));
+    if (query_value(info.query, "sha") != "0") res.set("X-Content-SHA256", pattern_digest(*length));
     // HTTP/1.0 has no chunked coding (RFC 9112 §7): a 1.0 client gets a length.
     if (query_value(info.query, "chunked") == "1" && info.version >= 11)
       res.chunked(true);
