@@ -253,12 +253,13 @@ def test_vmgatectl_check(lab):
 
 
 def test_vmgatectl_errors_name_the_admin_url_and_use_exit_code_2(lab):
-    # A port nothing listens on: bind one, then close it.
+    # A port nothing listens on: bound, never listening, and kept bound while
+    # vmgatectl runs, so no listener of a test running beside this one can be
+    # given the same port (connecting to it is refused all the same).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = "http://127.0.0.1:%d" % port
-    code, out, err = ctl(lab, "vms", admin=url)
+        url = "http://127.0.0.1:%d" % s.getsockname()[1]
+        code, out, err = ctl(lab, "vms", admin=url)
     assert code == 2 and out == ""
     assert url in err and "[admin]" in err
     code, _, err = ctl(lab, "check", "vm1", "notaport")
