@@ -230,10 +230,14 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // A CONNECT tunnel once established. The session holds it, not the frames
   // that set it up: an idle tunnel then keeps no request parser, route or VM
   // record alive, only this and the relay's own small state.
+  //
+  // Members end in reverse order: the record is logged before the channel
+  // closes and the open-tunnels gauge drops, so either of those (or guestd's
+  // line for the channel) means hostd's record of the tunnel is written.
   struct EstablishedTunnel {
-    RequestRecord record;
-    Stream channel;
     OpenTunnel gauge;
+    Stream channel;
+    RequestRecord record;
   };
 
   // CONNECT: opens the channel and answers "200 Connection established"; the
@@ -251,7 +255,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       co_return;
     }
     rec.status = 200;
-    tunnel_.reset(new EstablishedTunnel{rec, std::move(channel->stream), OpenTunnel(ctx_.metrics)});
+    tunnel_.reset(new EstablishedTunnel{OpenTunnel(ctx_.metrics), std::move(channel->stream), rec});
     rec.handed_over = true;
     RequestRecord& record = tunnel_->record;
     static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";

@@ -18,21 +18,25 @@ std::string new_request_id() {
 RequestRecord::~RequestRecord() {
   if (handed_over) return;
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
-  auto line = (status >= 500 ? log::warn("request") : log::info("request"));
-  line.kv("req", id)
-      .kv("listener", listener)
-      .kv("client", client)
-      .kv("method", method)
-      .kv("form", form)
-      .kv("target", target)
-      .kv("vm", vm)
-      .kv("port", port)
-      .kv("status", status)
-      .kv("bytes_in", bytes_in)
-      .kv("bytes_out", bytes_out)
-      .kv("ms", static_cast<long long>(ms));
-  if (reused_channel) line.kv("channel", "reused");
-  if (!reason.empty()) line.kv("reason", reason);
+  {
+    // The line is written when `line` goes out of scope; it comes before the
+    // count, so whoever sees the request counted can also find its record.
+    auto line = (status >= 500 ? log::warn("request") : log::info("request"));
+    line.kv("req", id)
+        .kv("listener", listener)
+        .kv("client", client)
+        .kv("method", method)
+        .kv("form", form)
+        .kv("target", target)
+        .kv("vm", vm)
+        .kv("port", port)
+        .kv("status", status)
+        .kv("bytes_in", bytes_in)
+        .kv("bytes_out", bytes_out)
+        .kv("ms", static_cast<long long>(ms));
+    if (reused_channel) line.kv("channel", "reused");
+    if (!reason.empty()) line.kv("reason", reason);
+  }
   if (metrics) metrics->request_done(form, status, bytes_in, bytes_out);
 }
 

@@ -112,6 +112,16 @@ std::vector<std::string> Server::bound_addresses() const {
   return out;
 }
 
+// The acceptors of all I/O threads share the count: a compare-and-swap, so
+// two of them cannot both take the last slot.
+bool Server::take_connection_slot() {
+  std::uint32_t open = connections_->load();
+  do {
+    if (open >= config_.limits.max_connections) return false;
+  } while (!connections_->compare_exchange_weak(open, open + 1));
+  return true;
+}
+
 awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
   // The connection lives on this single-threaded io_context from here on, so
   // it needs no strand, and its socket is registered with this thread's reactor.
@@ -127,7 +137,7 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
       co_await backoff.async_wait(use_tuple);
       continue;
     }
-    if (connections_->load() >= config_.limits.max_connections) {
+    if (!take_connection_slot()) {
       log::warn("connection_refused")
           .kv("listener", listener.config.name)
           .kv("client", transport::describe_peer(socket))
@@ -142,7 +152,6 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
       socket.set_option(asio::detail::socket_option::boolean<IPPROTO_TCP, TCP_NODELAY>(true),
                         ignored);
     }
-    ++*connections_;
     auto give_back_slot = [connections = connections_] { --*connections; };
     asio::co_spawn(executor,
                    run_http_session(std::move(socket), listener.context, std::move(give_back_slot)),

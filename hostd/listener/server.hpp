@@ -33,6 +33,7 @@ class Server {
  private:
   struct Listener;
   awaitable<void> accept_loop(Listener& listener, Acceptor& acceptor);
+  bool take_connection_slot();
 
   asio::io_context& io_;
   const HostdConfig& config_;
