@@ -91,67 +91,87 @@ class Exchange {
     co_return moved;
   }
 
-  // The rest of the request body, after its head went alone.
-  awaitable<void> send_request_body(http::serializer<true, http::buffer_body>& writer) {
-    auto& request = request_.parser;
-    auto& body = request.get().body();
+  // Streams the rest of a body whose end the parser finds as it goes (chunked,
+  // or ended by the connection) through `chunk`: a piece parsed from `from`,
+  // then serialized to `to`, until parser and serializer are both done. Bytes
+  // written are added to `counted`; progress keeps the watchdog away. `stop`
+  // set between pieces ends it as a cancelled read would.
+  template <bool isRequest>
+  awaitable<MoveResult> pump_body(http::parser<isRequest, http::buffer_body>& parser, Stream& from,
+                                  beast::flat_buffer& from_buffer,
+                                  http::serializer<isRequest, http::buffer_body>& writer,
+                                  Stream& to, char* chunk, std::uint64_t& counted,
+                                  const bool& stop) {
+    MoveResult result;
+    auto& body = parser.get().body();
     // Beast sizes each read by the buffer's free capacity (512 bytes at
     // least): without room reserved, a body streams in 512-byte reads.
-    if (!request.is_done()) client_buffer_.reserve(read_buffer_size);
+    if (!parser.is_done()) from_buffer.reserve(read_buffer_size);
     for (;;) {
-      if (stop_request_) {
-        out_.request_failed = true;
-        co_return;
+      if (stop) {
+        result.read_error = asio::error::operation_aborted;
+        co_return result;
       }
-      if (!request.is_done() && !request.chunked() && request.content_length_remaining()) {
-        // Known length: the rest of the body goes client -> channel inside the
-        // kernel (splice), after the bytes already read with the head.
-        MoveResult moved =
-            co_await splice_rest_of_body(client_, client_buffer_, upstream_.stream,
-                                         *request.content_length_remaining(), rec_.bytes_in);
-        // A failed write: the agent may have answered early and closed; the
-        // response side decides.
-        if (moved.write_error) co_return;
-        if (moved.read_error) {
-          out_.request_failed = true;
-          error_code ignored;
-          upstream_.stream.cancel(ignored);
-          co_return;
-        }
-        break;
-      }
-      if (!request.is_done()) {
-        char* chunk = chunks_.request();
+      if (!parser.is_done()) {
         body.data = chunk;
         body.size = body_chunk;
-        auto [ec, n] = co_await http::async_read(client_, client_buffer_, request, use_tuple);
-        if (ec == http::error::need_buffer) ec = {};
-        if (ec) {
-          out_.request_failed = true;
-          if (ec == http::error::body_limit && !out_.response_started) {
-            out_.refusal = Refusal{413, fmt::format("request body exceeds the limit of {} bytes",
-                                                    limits_.max_request_body)};
-          }
-          error_code ignored;
-          upstream_.stream.cancel(ignored);
-          co_return;
+        auto [ec, n] = co_await http::async_read(from, from_buffer, parser, use_tuple);
+        if (ec && ec != http::error::need_buffer) {
+          result.read_error = ec;
+          co_return result;
         }
         body.size = body_chunk - body.size;
         body.data = chunk;
-        body.more = !request.is_done();
+        body.more = !parser.is_done();
       } else {
         body.data = nullptr;
         body.size = 0;
         body.more = false;
       }
-      rec_.bytes_in += body.size;
       watchdog_.extend(limits_.idle_timeout);
-      if (writer.is_done()) break;
-      auto [wec, wn] = co_await http::async_write(upstream_.stream, writer, use_tuple);
-      if (wec == http::error::need_buffer) wec = {};
-      if (wec) co_return;  // as above: the response side decides
-      if (request.is_done() && writer.is_done()) break;
+      if (writer.is_done()) co_return result;
+      const std::size_t piece = body.size;
+      auto [ec, n] = co_await http::async_write(to, writer, use_tuple);
+      if (ec && ec != http::error::need_buffer) {
+        result.write_error = ec;
+        co_return result;
+      }
+      result.bytes += piece;
+      counted += piece;
+      if (parser.is_done() && writer.is_done()) co_return result;
     }
+  }
+
+  // The rest of the request body, after its head went alone.
+  awaitable<void> send_request_body(http::serializer<true, http::buffer_body>& writer) {
+    auto& request = request_.parser;
+    MoveResult moved;
+    if (!request.is_done() && !request.chunked() && request.content_length_remaining()) {
+      // Known length: the rest of the body goes client -> channel inside the
+      // kernel (splice), after the bytes already read with the head.
+      moved = co_await splice_rest_of_body(client_, client_buffer_, upstream_.stream,
+                                           *request.content_length_remaining(), rec_.bytes_in);
+    } else {
+      moved = co_await pump_body(request, client_, client_buffer_, writer, upstream_.stream,
+                                 chunks_.request(), rec_.bytes_in, stop_request_);
+    }
+    if (stop_request_) {  // the response side ended the exchange
+      out_.request_failed = true;
+      co_return;
+    }
+    if (moved.read_error) {
+      out_.request_failed = true;
+      if (moved.read_error == http::error::body_limit && !out_.response_started) {
+        out_.refusal = Refusal{413, fmt::format("request body exceeds the limit of {} bytes",
+                                                limits_.max_request_body)};
+      }
+      error_code ignored;
+      upstream_.stream.cancel(ignored);
+      co_return;
+    }
+    // A failed write: the agent may have answered early and closed; the
+    // response side decides.
+    if (moved.write_error) co_return;
     out_.request_done = true;
   }
 
@@ -263,69 +283,27 @@ class Exchange {
       co_return;
     }
     if (!request_.is_head) {
+      MoveResult moved;
       if (!response.is_done() && !response.chunked() && response.content_length_remaining()) {
         // Known length: the rest of the body goes channel -> client inside the
         // kernel (splice), after the bytes already read with the head. Exactly
         // that many, so the channel stays usable for the next response.
-        MoveResult moved =
-            co_await splice_rest_of_body(upstream_.stream, upstream_.buffer, client_,
-                                         *response.content_length_remaining(), rec_.bytes_out);
-        if (moved.failed()) {
-          // Mid-body failure: the client sees a truncated message and a closed connection.
-          if (moved.write_error) out_.request_failed = true;
-          out_.client_keep_alive = false;
-          stop_reading_client();
-          co_return;
-        }
-      } else if (!co_await stream_response_body(response, writer)) {
+        moved = co_await splice_rest_of_body(upstream_.stream, upstream_.buffer, client_,
+                                             *response.content_length_remaining(), rec_.bytes_out);
+      } else {
+        moved = co_await pump_body(response, upstream_.stream, upstream_.buffer, writer, client_,
+                                   chunks_.response(), rec_.bytes_out, never_stop);
+      }
+      if (moved.failed()) {
+        // Mid-body failure: the client sees a truncated message and a closed connection.
+        if (moved.write_error) out_.request_failed = true;
+        out_.client_keep_alive = false;
+        stop_reading_client();
         co_return;
       }
     }
     out_.response_done = true;
     if (!out_.request_done) stop_reading_client();
-  }
-
-  // A chunked body, one that ends with the connection, or one whose length
-  // the parser still has to find: through the response chunk.
-  awaitable<bool> stream_response_body(http::response_parser<http::buffer_body>& response,
-                                       http::serializer<false, http::buffer_body>& writer) {
-    auto& body = response.get().body();
-    if (!response.is_done()) upstream_.buffer.reserve(read_buffer_size);
-    for (;;) {
-      if (!response.is_done()) {
-        char* chunk = chunks_.response();
-        body.data = chunk;
-        body.size = body_chunk;
-        auto [ec, n] =
-            co_await http::async_read(upstream_.stream, upstream_.buffer, response, use_tuple);
-        if (ec == http::error::need_buffer) ec = {};
-        if (ec) {
-          // Mid-body failure: the client sees a truncated message and a closed connection.
-          out_.client_keep_alive = false;
-          stop_reading_client();
-          co_return false;
-        }
-        body.size = body_chunk - body.size;
-        body.data = chunk;
-        body.more = !response.is_done();
-      } else {
-        body.data = nullptr;
-        body.size = 0;
-        body.more = false;
-      }
-      watchdog_.extend(limits_.idle_timeout);
-      if (writer.is_done()) co_return true;
-      auto [wec, wn] = co_await http::async_write(client_, writer, use_tuple);
-      if (wec == http::error::need_buffer) wec = {};
-      if (wec) {
-        out_.request_failed = true;
-        out_.client_keep_alive = false;
-        stop_reading_client();
-        co_return false;
-      }
-      rec_.bytes_out += body.size;
-      if (response.is_done() && writer.is_done()) co_return true;
-    }
   }
 
   // Parses response body bytes already read with the head into the response
@@ -377,6 +355,7 @@ class Exchange {
   const VmRecord& vm_;
   ExchangeOutcome out_;
   bool stop_request_ = false;  // the response side ended the exchange early
+  static constexpr bool never_stop = false;
 };
 
 }  // namespace
