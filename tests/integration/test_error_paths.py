@@ -2,6 +2,7 @@
 one-line body naming the request id, and the same id in hostd's log; no
 failure hangs, and none takes a daemon down."""
 
+import hashlib
 import re
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from vmgate_lab import HOSTD, VM, Lab, wait_until
 CONNECT_TIMEOUT_MS = 3000
 IDLE_TIMEOUT_MS = 5000
 HEADER_BYTES = 4096
+MAX_REQUEST_BODY = 1024 * 1024
 NOT_A_HANG = 10.0  # seconds: a generous bound, only to tell "answered" from "hung"
 
 
@@ -60,7 +62,8 @@ def lab():
     ]
     hostd = {
         "channel": {"connect_timeout_ms": CONNECT_TIMEOUT_MS},
-        "limits": {"header_bytes": HEADER_BYTES, "idle_timeout_ms": IDLE_TIMEOUT_MS},
+        "limits": {"header_bytes": HEADER_BYTES, "idle_timeout_ms": IDLE_TIMEOUT_MS,
+                   "max_request_body": MAX_REQUEST_BODY},
     }
     with Lab(vms, hostd=hostd) as lab:
         silent = SilentGuestd(lab.socket_path("vm-silent"))
@@ -151,6 +154,27 @@ def test_request_head_over_header_bytes_is_431(lab):
     # Just under the limit still passes.
     r = lab.curl("/hello", "-H", "X-VM-Id: vm1", "-H", "X-Padding: " + "a" * (HEADER_BYTES // 2))
     assert (r.status, r.text) == (200, "hello from vm1\n")
+
+
+def test_request_body_declared_over_max_request_body_is_413_before_the_body(lab):
+    # Refused from the head alone: no body byte is sent, none is waited for.
+    r = lab.raw_response(b"POST /sha256 HTTP/1.1\r\nHost: x\r\nX-VM-Id: vm1\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (MAX_REQUEST_BODY + 1))
+    check_error(lab, r, 413, str(MAX_REQUEST_BODY))
+    # At the limit it is served.
+    body = b"y" * MAX_REQUEST_BODY
+    r = lab.curl("/sha256", "--data-binary", "@-", "-H", "X-VM-Id: vm1", input=body)
+    assert (r.status, r.text) == (200, "%s %d\n" % (hashlib.sha256(body).hexdigest(), len(body)))
+
+
+def test_chunked_request_body_over_max_request_body_is_413(lab):
+    # A chunked body's size shows only as it streams: the request is already
+    # on its way to the agent when the chunk that crosses the limit is read.
+    r = lab.raw_response(b"POST /sha256 HTTP/1.1\r\nHost: x\r\nX-VM-Id: vm1\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n"
+                         b"10\r\n0123456789abcdef\r\n%x\r\nabc" % MAX_REQUEST_BODY)
+    check_error(lab, r, 413, str(MAX_REQUEST_BODY))
+    assert r.headers.get("connection") == "close", r.headers
 
 
 def test_port_not_allowlisted_by_guestd_is_403_saying_so(lab):
