@@ -20,12 +20,11 @@ struct Direction {
     std::uint64_t* count;
     void operator()(std::size_t n) const;
   };
-  Direction(RelayState& state, Stream& from_, Stream& to_, std::uint64_t& count, bool& spliced_)
-      : from(from_), to(to_), spliced(spliced_), counter{&state, &count} {}
+  Direction(RelayState& state, Stream& from_, Stream& to_, std::uint64_t& count)
+      : from(from_), to(to_), counter{&state, &count} {}
 
   Stream& from;
   Stream& to;
-  bool& spliced;
   Counter counter;
   SpliceDirection splice;
   bool done = false;
@@ -38,8 +37,8 @@ struct RelayState {
         b(b_),
         idle(idle_),
         idle_timer(a_.get_executor()),
-        a_to_b(*this, a_, b_, result.a_to_b, result.a_to_b_spliced),
-        b_to_a(*this, b_, a_, result.b_to_a, result.b_to_a_spliced),
+        a_to_b(*this, a_, b_, result.a_to_b),
+        b_to_a(*this, b_, a_, result.b_to_a),
         on_done(std::move(done_)) {}
 
   void touch() { deadline = clock::now() + idle; }
@@ -97,6 +96,8 @@ void end_direction(const std::shared_ptr<RelayState>& state, Direction& d, error
   if (!state->a_to_b.done || !state->b_to_a.done) return;
   state->finished = true;
   state->idle_timer.cancel();
+  state->result.a_to_b_spliced = state->a_to_b.splice.spliced;
+  state->result.b_to_a_spliced = state->b_to_a.splice.spliced;
   auto on_done = std::move(state->on_done);
   on_done(state->result);
 }
@@ -114,7 +115,6 @@ void wait_readable(std::shared_ptr<RelayState> state, Direction& d) {
     asio::co_spawn(executor,
                    move_available(d.from, d.to, d.splice, unlimited_bytes, OnMoved(d.counter)),
                    [state = std::move(state), &d](std::exception_ptr e, MoveResult step) mutable {
-                     if (d.splice.spliced) d.spliced = true;
                      error_code end = step.write_error ? step.write_error : step.read_error;
                      if (e && !end) end = asio::error::make_error_code(asio::error::fault);
                      if (!end && state->stopping) end = asio::error::operation_aborted;
