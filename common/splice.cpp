@@ -191,7 +191,7 @@ awaitable<MoveResult> move_available(Stream& from, Stream& to, SpliceDirection& 
         // The destination refuses splice with bytes already in the pipe:
         // they leave through userspace, then this direction copies.
         direction.refused = true;
-        buffer = std::make_unique<char[]>(copy_buffer_bytes);
+        buffer = std::make_unique_for_overwrite<char[]>(copy_buffer_bytes);
         while (lease.buffered > 0) {
           ssize_t got = ::read(lease.pipe.read_end, buffer.get(),
                                std::min(lease.buffered, copy_buffer_bytes));
@@ -215,7 +215,7 @@ awaitable<MoveResult> move_available(Stream& from, Stream& to, SpliceDirection& 
   }
 
   // Copy path: splice refused, or no pipe to be had (out of descriptors).
-  if (!buffer) buffer = std::make_unique<char[]>(copy_buffer_bytes);
+  if (!buffer) buffer = std::make_unique_for_overwrite<char[]>(copy_buffer_bytes);
   while (result.bytes < budget) {
     const std::size_t want =
         static_cast<std::size_t>(std::min<std::uint64_t>(copy_buffer_bytes, budget - result.bytes));
