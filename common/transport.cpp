@@ -208,7 +208,7 @@ awaitable<std::tuple<error_code, Stream>> connect(const Address& a) {
       break;
     }
   }
-  if (!ec) tune(socket);
+  if (!ec) tune(socket, a.kind);
   co_return std::make_tuple(ec, std::move(socket));
 }
 
@@ -301,15 +301,10 @@ std::string describe_peer(const Stream& stream) {
   return "unknown";
 }
 
-void tune(Stream& stream) {
-  error_code ec;
-  auto local = stream.local_endpoint(ec);
-  if (ec) return;
-  int family = local.protocol().family();
-  if (family == AF_INET || family == AF_INET6) {
-    int one = 1;
-    ::setsockopt(stream.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
+void tune(Stream& stream, Kind kind) {
+  if (kind != Kind::tcp) return;
+  int one = 1;
+  ::setsockopt(stream.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 }  // namespace vmgate::transport

@@ -53,7 +53,8 @@ std::optional<std::uint32_t> peer_vsock_cid(const Stream& stream);
 // "203.0.113.7:51514", "[2001:db8::1]:443", "vsock:3:1034", "unix".
 std::string describe_peer(const Stream& stream);
 
-// Sets TCP_NODELAY on TCP sockets; a no-op for other families.
-void tune(Stream& stream);
+// Sets TCP_NODELAY on a TCP socket; a no-op for other kinds. The caller names
+// the kind it connected or accepted on, so no system call asks the socket.
+void tune(Stream& stream, Kind kind);
 
 }  // namespace vmgate::transport

@@ -1,8 +1,5 @@
 #include "hostd/listener/server.hpp"
 
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-
 #include <unistd.h>
 
 #include <stdexcept>
@@ -146,12 +143,7 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
       socket.close(ignored);
       continue;
     }
-    if (listener.config.address.kind == transport::Kind::tcp) {
-      // What transport::tune() does, without asking the socket its family.
-      error_code ignored;
-      socket.set_option(asio::detail::socket_option::boolean<IPPROTO_TCP, TCP_NODELAY>(true),
-                        ignored);
-    }
+    transport::tune(socket, listener.config.address.kind);
     auto give_back_slot = [connections = connections_] { --*connections; };
     asio::co_spawn(executor,
                    run_http_session(std::move(socket), listener.context, std::move(give_back_slot)),

@@ -423,7 +423,7 @@ awaitable<void> serve(Stream socket, const Options& options, std::uint64_t id) {
   }));
 }
 
-awaitable<void> accept_loop(Acceptor& acceptor, const Options& options) {
+awaitable<void> accept_loop(Acceptor& acceptor, transport::Kind kind, const Options& options) {
   std::uint64_t next_id = 1;
   for (;;) {
     // One strand per connection: the deadline and the work may otherwise run
@@ -438,7 +438,7 @@ awaitable<void> accept_loop(Acceptor& acceptor, const Options& options) {
       co_await pause.async_wait(use_tuple);
       continue;
     }
-    transport::tune(socket);
+    transport::tune(socket, kind);
     std::uint64_t id = next_id++;
     auto executor = socket.get_executor();
     asio::co_spawn(executor, serve(std::move(socket), options, id), [id](std::exception_ptr e) {
@@ -528,7 +528,7 @@ int run(int argc, char** argv) {
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const error_code&, int) { io.stop(); });
-  asio::co_spawn(io, accept_loop(acceptor, options), [](std::exception_ptr e) {
+  asio::co_spawn(io, accept_loop(acceptor, address->kind, options), [](std::exception_ptr e) {
     if (!e) return;
     try {
       std::rethrow_exception(e);
