@@ -137,21 +137,4 @@ void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, RelayCall
   wait_readable(state, state->b_to_a);
 }
 
-awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle) {
-  // The callback wakes this coroutine through a timer that never expires on
-  // its own.
-  auto executor = co_await asio::this_coro::executor;
-  asio::steady_timer finished(executor, clock::time_point::max());
-  RelayResult result;
-  bool ended = false;
-  start_relay(a, b, idle, [&](const RelayResult& r) {
-    result = r;
-    ended = true;
-    finished.cancel();
-  });
-  while (!ended)
-    co_await finished.async_wait(use_tuple);
-  co_return result;
-}
-
 }  // namespace vmgate

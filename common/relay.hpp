@@ -32,15 +32,13 @@ struct RelayResult {
   error_code error;  // the first error that was not an orderly EOF
 };
 
-// Relays until both directions have ended (EOF both ways), an error, or
-// `idle` passes without a byte moving. Does not close the streams.
-awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle);
-
 using RelayCallback = std::function<void(const RelayResult&)>;
-// The same relay, started and left to run: `done` is called once, on the
-// streams' executor, when it has ended. Nothing waits on it meanwhile, so the
-// caller's coroutine frames can be gone; `a` and `b` must live until `done`.
-// Call it on the streams' executor, which must be single-threaded (or a strand).
+// Relays until both directions have ended (EOF both ways), an error, or
+// `idle` passes without a byte moving; does not close the streams. Started and
+// left to run: `done` is called once, on the streams' executor, when it has
+// ended. Nothing waits on it meanwhile, so the caller's coroutine frames can
+// be gone; `a` and `b` must live until `done`. Call it on the streams'
+// executor, which must be single-threaded (or a strand).
 void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, RelayCallback done);
 
 }  // namespace vmgate
