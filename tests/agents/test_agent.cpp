@@ -20,6 +20,10 @@
 //   POST /wsman              a fixed 8 KiB SOAP envelope
 //   GET  /slow?ms=N          "slow\n" after N ms (at most 60000)
 //   GET  /close              "bye\n", then the connection is closed
+//   GET  /hang-up-next       "ok\n"; the connection's next request is read,
+//                            not answered, and the connection closed (an
+//                            agent dropping a kept-alive connection just as
+//                            a request arrives)
 //
 // GET endpoints answer HEAD too. Every response carries X-Agent-Name: NAME.
 //
@@ -113,6 +117,11 @@ class Connection {
       auto [ec, n] = co_await http::async_read_header(socket_, buffer_, head, use_tuple);
       if (ec) {
         if (is_parse_error(ec)) co_await reject_malformed(ec);
+        co_return;
+      }
+      if (hang_up_next_) {
+        error_code ignored;
+        socket_.close(ignored);
         co_return;
       }
       if (!co_await handle(head)) {
@@ -291,6 +300,11 @@ class Connection {
       if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
       co_return co_await slow(info);
     }
+    if (path == "/hang-up-next") {
+      if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
+      hang_up_next_ = info.keep_alive;
+      co_return co_await reply(info, http::status::ok, "ok\n");
+    }
     if (path == "/close") {
       info.keep_alive = false;
       co_await reply(info, http::status::ok, "bye\n");
@@ -412,6 +426,7 @@ class Connection {
   beast::flat_buffer buffer_;
   // Body pieces in and out: one allocation per connection.
   std::unique_ptr<char[]> scratch_;
+  bool hang_up_next_ = false;  // set by /hang-up-next
 };
 
 awaitable<void> serve(Stream socket, const Options& options, std::uint64_t id) {

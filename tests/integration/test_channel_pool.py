@@ -156,3 +156,55 @@ def test_a_channel_is_not_reused_for_another_port():
         c.close()
         second = record(lab, port)
         assert second["port"] == "8114" and "channel" not in second
+
+
+def records_of(lab, port, n):
+    """hostd's records of the first `n` requests from client port `port`, once logged."""
+    client = "127.0.0.1:%d" % port
+
+    def logged():
+        found = [r for r in lab.hostd_requests() if r.get("client") == client]
+        return found[:n] if len(found) >= n else None
+    return wait_until(logged, 10, "%d request records of client %s" % (n, client))
+
+
+def test_a_kept_channel_the_agent_drops_under_a_request_without_body_is_retried():
+    # The agent reads the request and closes without answering, as one that
+    # times out a kept-alive connection just as a request arrives does.
+    with Lab([VM("vm1")], hostd={"channel": NO_EXPIRY}) as lab:
+        c = lab.connection()
+        try:
+            c.connect()
+            port = c.sock.getsockname()[1]
+            c.request("GET", "/hang-up-next", headers={"X-VM-Id": "vm1"})
+            r = c.getresponse()
+            assert (r.status, r.read()) == (200, b"ok\n")
+            c.request("GET", "/hello", headers={"X-VM-Id": "vm1"})
+            r = c.getresponse()
+            assert (r.status, r.read()) == (200, b"hello from vm1\n")
+        finally:
+            c.close()
+        first, second = records_of(lab, port, 2)
+        # Served on a new channel: the retry cleared the first attempt's reuse.
+        assert "channel" not in first and "channel" not in second, (first, second)
+        assert second["status"] == "200"
+        assert metric(lab, "vmgate_channel_requests_total", channel="new") == 2
+        assert metric(lab, "vmgate_channel_requests_total", channel="reused") == 1
+
+
+def test_a_kept_channel_the_agent_drops_under_a_request_with_a_body_is_502():
+    # A body may have reached the agent already: it is never sent twice.
+    with Lab([VM("vm1")], hostd={"channel": NO_EXPIRY}) as lab:
+        c = lab.connection()
+        try:
+            c.request("GET", "/hang-up-next", headers={"X-VM-Id": "vm1"})
+            r = c.getresponse()
+            assert (r.status, r.read()) == (200, b"ok\n")
+            c.request("PUT", "/discard", body=b"x" * 1000, headers={"X-VM-Id": "vm1"})
+            r = c.getresponse()
+            body = r.read()
+        finally:
+            c.close()
+        assert r.status == 502, (r.status, body)
+        assert b"closed the connection before answering" in body, body
+        assert metric(lab, "vmgate_channel_requests_total", channel="new") == 1
