@@ -51,15 +51,15 @@
 #include <fmt/format.h>
 
 #include "common/log.hpp"
-#include "hostd/directory/directory.hpp"
+#include "hostd/directory/embedded_directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "tests/integration/libvirt_fixture.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
-using vmgate::hostd::Directory;
-using vmgate::hostd::InventoryOptions;
+using vmgate::hostd::EmbeddedDirectory;
+using vmgate::hostd::LibvirtConfig;
 using vmgate::hostd::LibvirtInventory;
 using vmgate::hostd::LookupStatus;
 using vmgate::hostd::VmState;
@@ -135,8 +135,8 @@ struct DiscoveryResult {
 };
 
 DiscoveryResult discover(const std::string& uri) {
-  Directory directory;
-  InventoryOptions options;
+  EmbeddedDirectory directory;
+  LibvirtConfig options;
   options.uri = uri;
   LibvirtInventory inventory(options, directory);
   auto start = Clock::now();
@@ -230,8 +230,8 @@ std::string measure_daemon(const std::string& dir, int domains, int events) {
   }
   double populate_ms = ms_since(populate_start);
 
-  Directory directory;
-  InventoryOptions options;
+  EmbeddedDirectory directory;
+  LibvirtConfig options;
   options.uri = uri;
   LibvirtInventory inventory(options, directory);
   auto discovery_start = Clock::now();

@@ -1,16 +1,22 @@
-// A per-connection deadline. Phases set how long the next step may take
-// (`expires_after`); `watch()` runs beside the work and, once the deadline
-// passes, calls `on_expire` (which closes the sockets, so every pending
-// operation finishes) and returns. Joined with the work through `||`:
+// The one way vmgate bounds the time of an operation (docs/architecture.md,
+// "Deadlines").
 //
-//   auto outcome = co_await (work() || deadline.watch([&] { close_all(); }));
+// A Deadline belongs to a connection and moves with it: each phase sets how
+// long it may take (`expires_after`, with what to do if it passes), progress
+// pushes it later (`extend`, a clock read and no timer operation, which keeps
+// an idle timeout cheap on a busy stream), and `expires_never` clears it.
+// When it passes it runs its action once — typically closing or cancelling
+// the connection's streams, so that every pending operation finishes and the
+// owner can still answer (a 504 after an agent timed out).
 //
-// Moving the deadline later costs no timer operation, which keeps the
-// per-read cost of an idle timeout on a busy relay to one clock read.
+// `within()` bounds one operation with a Deadline: the operation is cancelled
+// if the limit passes first.
 #pragma once
 
 #include <chrono>
 #include <functional>
+#include <memory>
+#include <optional>
 
 #include "common/asio.hpp"
 
@@ -20,35 +26,39 @@ class Deadline {
  public:
   using clock = std::chrono::steady_clock;
 
-  explicit Deadline(asio::any_io_executor executor) : timer_(std::move(executor)) {}
+  // Watches on `executor` (the connection's; the action runs there).
+  explicit Deadline(asio::any_io_executor executor);
+  // The action never runs after this.
+  ~Deadline();
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
 
-  void expires_after(clock::duration d) {
-    deadline_ = clock::now() + d;
-    // Only an earlier deadline needs the sleeping watcher woken.
-    if (deadline_ < timer_.expiry()) timer_.expires_at(deadline_);
-  }
-  void expires_never() { deadline_ = clock::time_point::max(); }
-  bool expired() const { return expired_; }
-
-  awaitable<void> watch(std::function<void()> on_expire) {
-    for (;;) {
-      timer_.expires_at(deadline_);
-      auto [ec] = co_await timer_.async_wait(use_tuple);
-      auto cs = co_await asio::this_coro::cancellation_state;
-      if (cs.cancelled() != asio::cancellation_type::none) co_return;
-      if (ec && ec != asio::error::operation_aborted) co_return;
-      if (clock::now() >= deadline_) {
-        expired_ = true;
-        if (on_expire) on_expire();
-        co_return;
-      }
-    }
-  }
+  // Runs `on_expire` once if `d` passes before the deadline is moved again.
+  void expires_after(clock::duration d, std::function<void()> on_expire);
+  // Moves the deadline later without changing the action (progress on a stream).
+  void extend(clock::duration d);
+  void expires_never();
+  // Whether the last action set has run.
+  bool expired() const;
 
  private:
-  asio::steady_timer timer_;
-  clock::time_point deadline_ = clock::time_point::max();
-  bool expired_ = false;
+  struct State;
+  std::shared_ptr<State> state_;
 };
+
+// Runs `work` for at most `limit`: empty when the limit passed first, and
+// then `work`'s pending operation was cancelled.
+template <class T>
+awaitable<std::optional<T>> within(Deadline::clock::duration limit, awaitable<T> work) {
+  using namespace asio::experimental::awaitable_operators;
+  auto executor = co_await asio::this_coro::executor;
+  // Waits until the deadline's action cancels it.
+  asio::steady_timer expiry(executor, asio::steady_timer::time_point::max());
+  Deadline deadline(executor);
+  deadline.expires_after(limit, [&expiry] { expiry.cancel(); });
+  auto outcome = co_await (std::move(work) || expiry.async_wait(use_tuple));
+  if (outcome.index() != 0) co_return std::nullopt;
+  co_return std::get<0>(std::move(outcome));
+}
 
 }  // namespace vmgate

@@ -108,4 +108,14 @@ Line& Line::kv(std::string_view key, unsigned long long value) {
   return *this;
 }
 
+std::string describe(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    return ex.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
+
 }  // namespace vmgate::log

@@ -1,6 +1,7 @@
 // Logs: one line per event on stderr, `key=value` fields, journald-friendly.
 #pragma once
 
+#include <exception>
 #include <string>
 #include <string_view>
 
@@ -55,6 +56,8 @@ inline Line error(std::string_view event) {
 }
 
 void set_min_level(Level level);
+// What an exception that ended a coroutine says, for its one log line.
+std::string describe(const std::exception_ptr& e);
 // Escapes a value for a log line (exposed for tests).
 std::string escape_value(std::string_view value);
 

@@ -1,5 +1,5 @@
 // The channel preamble: the small, versioned header at the start of every
-// channel connection between hostd and guestd (DESIGN.md, "The channel
+// channel connection between hostd and guestd (docs/architecture.md, "The channel
 // preamble"). After it, the connection carries raw bytes.
 //
 //   VMGATE/1 CONNECT 5986\r\n          request line: version, verb, argument

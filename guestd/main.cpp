@@ -10,6 +10,7 @@
 
 #include "common/asio.hpp"
 #include "common/config_reader.hpp"
+#include "common/hangup.hpp"
 #include "common/log.hpp"
 #include "guestd/config/guestd_config.hpp"
 #include "guestd/dispatch/server.hpp"
@@ -117,9 +118,12 @@ int main(int argc, char** argv) {
     signals.async_wait(on_signal);
   };
   signals.async_wait(on_signal);
+  asio::signal_set hangup(io, SIGHUP);
+  warn_on_each_hangup(hangup);
   server.on_stopped([&] {
     error_code ignored;
     signals.cancel(ignored);
+    hangup.cancel(ignored);
   });
 
   io.run();

@@ -1,5 +1,6 @@
 // vmgate-hostd: the KVM host's gateway into its guests' agents.
 #include <malloc.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstring>
@@ -14,12 +15,14 @@
 #include <fmt/format.h>
 
 #include "common/config_reader.hpp"
+#include "common/hangup.hpp"
 #include "common/log.hpp"
 #include "hostd/admin/admin_server.hpp"
 #include "hostd/admin/readiness.hpp"
+#include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
-#include "hostd/directory/directory.hpp"
+#include "hostd/directory/embedded_directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "hostd/listener/server.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
@@ -30,13 +33,21 @@
 
 namespace {
 
+// This host's name in the directory (a VM's `host`).
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
+}
+
 constexpr std::string_view usage =
     "usage: vmgate-hostd --config FILE [--check-config] [--log-level debug|info|warn|error]\n"
     "       vmgate-hostd --version\n";
 
 int run(const vmgate::hostd::HostdConfig& config) {
   using namespace vmgate;
-  hostd::Directory directory;
+  hostd::EmbeddedDirectory directory(host_name());
+  hostd::AccessPolicy policy;
   hostd::LibvirtInventory inventory(config.libvirt, directory);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());
@@ -58,11 +69,12 @@ int run(const vmgate::hostd::HostdConfig& config) {
   // Declared after the io_contexts: its idle channels are closed while they exist.
   hostd::ChannelPool channel_pool(io.get_executor(), config.channel);
   metrics.set_channel_pool(&channel_pool.stats());
-  hostd::Server server(io, config, directory, &metrics, &channel_pool, session_executors);
+  hostd::Server server(io, config, directory, policy, &metrics, &channel_pool, session_executors);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
-    admin.emplace(io, config.admin, hostd::AdminContext{config, directory, metrics, readiness});
+    admin.emplace(io, config.admin,
+                  hostd::AdminContext{config, directory, metrics, readiness, policy});
     admin->start();
   }
   readiness.listeners_bound();
@@ -80,9 +92,13 @@ int run(const vmgate::hostd::HostdConfig& config) {
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer drain(io);
+  asio::signal_set hangup(io, SIGHUP);
+  warn_on_each_hangup(hangup);
   signals.async_wait([&](error_code ec, int signal) {
     if (ec) return;
     log::info("stopping").kv("signal", signal);
+    error_code ignored;
+    hangup.cancel(ignored);
     readiness.stopping();  // /readyz answers 503 while sessions drain
     server.stop_accepting();
     // Sessions in progress get a moment to finish, then everything stops.
@@ -174,6 +190,9 @@ int main(int argc, char** argv) {
     std::cout << "vmgate-hostd: " << config_path << " is valid\n";
     return 0;
   }
+  // Process-wide, and so here: a write (or splice) to a connection whose peer
+  // has gone must come back as EPIPE, not kill the daemon.
+  std::signal(SIGPIPE, SIG_IGN);
   try {
     return run(config);
   } catch (const std::exception& e) {

@@ -1,5 +1,5 @@
 // Why a request cannot be served: the HTTP status and a one-line reason the
-// client sees (DESIGN.md, "Errors a client can see").
+// client sees (docs/architecture.md, "Errors a client can see").
 #pragma once
 
 #include <string>

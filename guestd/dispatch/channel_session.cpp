@@ -2,8 +2,6 @@
 
 #include <array>
 #include <chrono>
-#include <functional>
-#include <variant>
 
 #include <fmt/format.h>
 
@@ -15,8 +13,6 @@
 
 namespace vmgate::guestd {
 namespace {
-
-using namespace asio::experimental::awaitable_operators;
 
 // After a refusal, what the peer still sends is read and dropped, up to this
 // much, so that closing does not reset the connection and destroy the answer
@@ -44,18 +40,6 @@ awaitable<PreambleRead> read_preamble(Stream& channel, PreambleBuffer& buffer, s
     if (ec) co_return PreambleRead{ReadEnd::closed, 0, ec};
     if (used == buffer.size()) co_return PreambleRead{ReadEnd::too_large, 0, {}};
   }
-}
-
-// Runs `work` under a deadline. Empty when the deadline passed first; then
-// `on_expire` has run (and `work` was cancelled).
-template <class T>
-awaitable<std::optional<T>> within(std::chrono::milliseconds limit, awaitable<T> work,
-                                   std::function<void()> on_expire) {
-  Deadline deadline(co_await asio::this_coro::executor);
-  deadline.expires_after(limit);
-  auto outcome = co_await (std::move(work) || deadline.watch(std::move(on_expire)));
-  if (deadline.expired() || outcome.index() != 0) co_return std::nullopt;
-  co_return std::get<0>(std::move(outcome));
 }
 
 awaitable<error_code> answer_and_linger(Stream& channel, std::string answer) {
@@ -89,9 +73,7 @@ void close_stream(Stream& stream) {
   stream.close(ignored);
 }
 
-}  // namespace
-
-struct ChannelSession::Outcome {
+struct Outcome {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::string peer;
   std::string request_id = "-";
@@ -105,154 +87,178 @@ struct ChannelSession::Outcome {
   bool spliced_out = false;
 };
 
-ChannelSession::ChannelSession(Stream channel, std::shared_ptr<const GuestdConfig> config,
-                               std::uint64_t id)
-    : channel_(std::move(channel)), config_(std::move(config)), id_(id) {}
-
-void ChannelSession::close() {
-  closing_ = true;
-  close_stream(channel_);
-  if (agent_) close_stream(*agent_);
-}
-
-awaitable<void> ChannelSession::run() {
-  Outcome outcome;
-  outcome.peer = transport::describe_peer(channel_);
-  if (!co_await serve(outcome)) {
-    end(outcome);
-    co_return;
+class ChannelSession {
+ public:
+  ChannelSession(Stream channel, const GuestdConfig& config, std::uint64_t id,
+                 SessionHandle& handle)
+      : channel_(std::move(channel)), config_(config), id_(id), handle_(handle) {
+    handle_.channel = &channel_;
+    outcome_.peer = transport::describe_peer(channel_);
   }
-  // The relay is handed off and this coroutine ends: a tunnel that sits idle
-  // for hours then holds the relay's small state and this session, not
-  // serve()'s frame (the preamble buffer, the parsed request) nor this one.
-  relaying_ = true;
-  start_relay(channel_, *agent_, config_->limits.idle_timeout,
-              [self = shared_from_this(), outcome](const RelayResult& relayed) mutable {
-                outcome.bytes_in += relayed.a_to_b;
-                outcome.bytes_out = relayed.b_to_a;
-                outcome.spliced_in = relayed.a_to_b_spliced;
-                outcome.spliced_out = relayed.b_to_a_spliced;
-                if (relayed.idle_timeout) {
-                  outcome.reason = "idle-timeout";
-                } else if (relayed.error) {
-                  outcome.reason = "relay-error";
-                  outcome.error = relayed.error.message();
-                }
-                self->end(outcome);
-                self->notify_end();
-              });
-}
+  ChannelSession(const ChannelSession&) = delete;
+  ChannelSession& operator=(const ChannelSession&) = delete;
+  ~ChannelSession() {
+    handle_.channel = nullptr;
+    handle_.agent = nullptr;
+  }
 
-void ChannelSession::end(Outcome& outcome) {
-  if (closing_ && (outcome.status == 0 || outcome.status == 200)) outcome.reason = "shutdown";
+  // Everything up to the answer, then the relay. The relay runs here, after
+  // serve()'s frame (the preamble buffer, the parsed request) is gone: a
+  // tunnel that sits idle for hours holds only this and the relay's state.
+  awaitable<void> run() {
+    if (co_await serve()) {
+      handle_.relaying = true;
+      RelayResult relayed = co_await relay(channel_, *agent_, config_.limits.idle_timeout);
+      outcome_.bytes_in += relayed.a_to_b;
+      outcome_.bytes_out = relayed.b_to_a;
+      outcome_.spliced_in = relayed.a_to_b_spliced;
+      outcome_.spliced_out = relayed.b_to_a_spliced;
+      if (relayed.idle_timeout) {
+        outcome_.reason = "idle-timeout";
+      } else if (relayed.error) {
+        outcome_.reason = "relay-error";
+        outcome_.error = relayed.error.message();
+      }
+    }
+    end();
+  }
+
+  awaitable<void> refuse_busy() {
+    co_await refuse(503, "busy");
+    end();
+  }
+
+ private:
+  // True when the session is to relay.
+  awaitable<bool> serve();
+  awaitable<void> refuse(int status, std::string_view reason);
+  void end();
+
+  Stream channel_;
+  std::optional<Stream> agent_;
+  const GuestdConfig& config_;
+  const std::uint64_t id_;
+  SessionHandle& handle_;
+  Outcome outcome_;
+};
+
+void ChannelSession::end() {
+  if (handle_.closing && (outcome_.status == 0 || outcome_.status == 200))
+    outcome_.reason = "shutdown";
   close_stream(channel_);
   if (agent_) close_stream(*agent_);
-  log_end(outcome);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                  outcome_.start);
+  auto line = log::info("channel");
+  line.kv("conn", static_cast<unsigned long long>(id_))
+      .kv("req", outcome_.request_id)
+      .kv("peer", outcome_.peer)
+      .kv("port", static_cast<unsigned>(outcome_.port))
+      .kv("status", outcome_.status)
+      .kv("reason", outcome_.reason)
+      .kv("bytes_in", static_cast<unsigned long long>(outcome_.bytes_in))
+      .kv("bytes_out", static_cast<unsigned long long>(outcome_.bytes_out))
+      .kv("ms", static_cast<long long>(ms.count()));
+  if (outcome_.bytes_in > 0) line.kv("relay_in", outcome_.spliced_in ? "splice" : "copy");
+  if (outcome_.bytes_out > 0) line.kv("relay_out", outcome_.spliced_out ? "splice" : "copy");
+  if (!outcome_.error.empty()) line.kv("error", outcome_.error);
 }
 
-awaitable<void> ChannelSession::refuse_busy() {
-  Outcome outcome;
-  outcome.peer = transport::describe_peer(channel_);
-  co_await refuse(outcome, 503, "busy");
-  close_stream(channel_);
-  log_end(outcome);
+awaitable<void> ChannelSession::refuse(int status, std::string_view reason) {
+  outcome_.status = status;
+  outcome_.reason = std::string(reason);
+  auto answer = preamble::encode(preamble::Response{.status = status, .reason = outcome_.reason});
+  auto answered = co_await within(config_.limits.preamble_timeout,
+                                  answer_and_linger(channel_, std::move(answer)));
+  if (!answered) close_stream(channel_);
 }
 
-awaitable<void> ChannelSession::refuse(Outcome& outcome, int status, std::string_view reason) {
-  outcome.status = status;
-  outcome.reason = std::string(reason);
-  auto answer = preamble::encode(preamble::Response{.status = status, .reason = outcome.reason});
-  co_await within(config_->limits.preamble_timeout, answer_and_linger(channel_, std::move(answer)),
-                  [this] { close_stream(channel_); });
-}
-
-awaitable<bool> ChannelSession::serve(Outcome& outcome) {
-  const LimitsConfig& limits = config_->limits;
+awaitable<bool> ChannelSession::serve() {
+  const LimitsConfig& limits = config_.limits;
 
   PreambleBuffer buffer;
   std::size_t used = 0;
-  auto read = co_await within(limits.preamble_timeout, read_preamble(channel_, buffer, used),
-                              [this] { close_stream(channel_); });
+  auto read = co_await within(limits.preamble_timeout, read_preamble(channel_, buffer, used));
   if (!read) {
-    outcome.reason = "preamble-timeout";
+    outcome_.reason = "preamble-timeout";
     co_return false;
   }
   if (read->end == ReadEnd::closed) {
-    outcome.reason = used == 0 ? "peer-closed" : "peer-closed-in-preamble";
-    if (read->error != asio::error::eof) outcome.error = read->error.message();
+    outcome_.reason = used == 0 ? "peer-closed" : "peer-closed-in-preamble";
+    if (read->error != asio::error::eof) outcome_.error = read->error.message();
     co_return false;
   }
   if (read->end == ReadEnd::too_large) {
-    co_await refuse(outcome, 400, preamble::error_reason(preamble::Error::too_large));
+    co_await refuse(400, preamble::error_reason(preamble::Error::too_large));
     co_return false;
   }
 
   auto request = preamble::parse_request(std::string_view(buffer.data(), read->length));
   if (!request) {
-    co_await refuse(outcome, 400, preamble::error_reason(request.error()));
+    co_await refuse(400, preamble::error_reason(request.error()));
     co_return false;
   }
-  if (auto request_id = request->field("Request-Id")) outcome.request_id = *request_id;
+  if (auto request_id = request->field("Request-Id")) outcome_.request_id = *request_id;
   // SEND, JOIN and LEAVE travel guest → host; guestd does not serve them.
   if (request->verb != preamble::Verb::connect) {
-    co_await refuse(outcome, 501, "not-implemented");
+    co_await refuse(501, "not-implemented");
     co_return false;
   }
-  outcome.port = request->port();
-  if (!config_->port_allowed(outcome.port)) {
-    co_await refuse(outcome, 403, "port-not-allowed");
+  outcome_.port = request->port();
+  if (!config_.port_allowed(outcome_.port)) {
+    co_await refuse(403, "port-not-allowed");
     co_return false;
   }
 
-  const transport::Address target = config_->agent_for(outcome.port);
-  auto connected = co_await within(limits.agent_connect_timeout, transport::connect(target), {});
-  if (closing_) co_return false;
+  const transport::Address target = config_.agent_for(outcome_.port);
+  auto connected = co_await within(limits.agent_connect_timeout, transport::connect(target));
+  if (handle_.closing) co_return false;
   if (!connected) {
-    outcome.error = fmt::format("connecting to {} timed out", target.to_string());
-    co_await refuse(outcome, 504, "agent-timeout");
+    outcome_.error = fmt::format("connecting to {} timed out", target.to_string());
+    co_await refuse(504, "agent-timeout");
     co_return false;
   }
   auto& [connect_ec, agent] = *connected;
   if (connect_ec) {
-    outcome.error = fmt::format("{}: {}", target.to_string(), connect_ec.message());
-    co_await refuse(outcome, 502, "agent-unreachable");
+    outcome_.error = fmt::format("{}: {}", target.to_string(), connect_ec.message());
+    co_await refuse(502, "agent-unreachable");
     co_return false;
   }
   agent_.emplace(std::move(agent));
+  handle_.agent = &*agent_;
 
-  outcome.status = 200;
-  outcome.reason = "closed";
+  outcome_.status = 200;
+  outcome_.reason = "closed";
   std::string_view leftover(buffer.data() + read->length, used - read->length);
   auto forwarded =
-      co_await within(limits.idle_timeout, answer_and_forward(channel_, *agent_, leftover), [this] {
-        close_stream(channel_);
-        close_stream(*agent_);
-      });
+      co_await within(limits.idle_timeout, answer_and_forward(channel_, *agent_, leftover));
   if (!forwarded || *forwarded) {
-    outcome.reason = forwarded ? "relay-error" : "idle-timeout";
-    if (forwarded) outcome.error = forwarded->message();
+    outcome_.reason = forwarded ? "relay-error" : "idle-timeout";
+    if (forwarded) outcome_.error = forwarded->message();
     co_return false;
   }
-  outcome.bytes_in = leftover.size();
+  outcome_.bytes_in = leftover.size();
   co_return true;
 }
 
-void ChannelSession::log_end(const Outcome& outcome) const {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                                  outcome.start);
-  auto line = log::info("channel");
-  line.kv("conn", static_cast<unsigned long long>(id_))
-      .kv("req", outcome.request_id)
-      .kv("peer", outcome.peer)
-      .kv("port", static_cast<unsigned>(outcome.port))
-      .kv("status", outcome.status)
-      .kv("reason", outcome.reason)
-      .kv("bytes_in", static_cast<unsigned long long>(outcome.bytes_in))
-      .kv("bytes_out", static_cast<unsigned long long>(outcome.bytes_out))
-      .kv("ms", static_cast<long long>(ms.count()));
-  if (outcome.bytes_in > 0) line.kv("relay_in", outcome.spliced_in ? "splice" : "copy");
-  if (outcome.bytes_out > 0) line.kv("relay_out", outcome.spliced_out ? "splice" : "copy");
-  if (!outcome.error.empty()) line.kv("error", outcome.error);
+}  // namespace
+
+void SessionHandle::close() {
+  closing = true;
+  if (channel) close_stream(*channel);
+  if (agent) close_stream(*agent);
+}
+
+awaitable<void> serve_channel(Stream channel, const GuestdConfig& config, std::uint64_t id,
+                              SessionHandle& handle) {
+  ChannelSession session(std::move(channel), config, id, handle);
+  co_await session.run();
+}
+
+awaitable<void> refuse_busy(Stream channel, const GuestdConfig& config, std::uint64_t id,
+                            SessionHandle& handle) {
+  ChannelSession session(std::move(channel), config, id, handle);
+  co_await session.refuse_busy();
 }
 
 }  // namespace vmgate::guestd

@@ -19,16 +19,6 @@ namespace {
 // rather than spin or exit.
 constexpr std::chrono::milliseconds accept_retry_delay{200};
 
-std::string describe_exception(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    return ex.what();
-  } catch (...) {
-    return "unknown exception";
-  }
-}
-
 }  // namespace
 
 // Shared with every coroutine the server starts, so none can outlive it.
@@ -45,7 +35,8 @@ struct Server::State : std::enable_shared_from_this<State> {
   Acceptor acceptor;
   asio::steady_timer retry_timer;
   asio::steady_timer grace_timer;
-  std::map<std::uint64_t, std::weak_ptr<ChannelSession>> sessions;
+  // The running sessions, each registered by its own coroutine for its life.
+  std::map<std::uint64_t, SessionHandle*> sessions;
   std::size_t counted = 0;  // sessions that count against max_connections
   std::uint64_t next_id = 0;
   bool accepting = false;
@@ -56,7 +47,7 @@ struct Server::State : std::enable_shared_from_this<State> {
 
   awaitable<void> accept_loop();
   void admit(Stream socket);
-  void spawn(std::shared_ptr<ChannelSession> session, bool counts, bool busy);
+  awaitable<void> run_session(Stream socket, std::uint64_t id, bool busy);
   void close_sessions(bool relaying_too);
   void check_stopped();
 };
@@ -84,38 +75,48 @@ void Server::State::admit(Stream socket) {
     socket.close(ignored);
     return;
   }
-  auto session = std::make_shared<ChannelSession>(std::move(socket), config, ++next_id);
   // Counted here, before the next accept, so the limit holds however fast
   // connections arrive.
-  bool busy = counted >= config->limits.max_connections;
-  spawn(std::move(session), !busy, busy);
-}
-
-void Server::State::spawn(std::shared_ptr<ChannelSession> session, bool counts, bool busy) {
-  const std::uint64_t id = session->id();
-  sessions.emplace(id, session);
-  if (counts) ++counted;
-  session->on_end([self = shared_from_this(), id, counts] {
-    self->sessions.erase(id);
-    if (counts) --self->counted;
-    self->check_stopped();
-  });
-  auto work = busy ? session->refuse_busy() : session->run();
-  asio::co_spawn(executor, std::move(work), [session, id](std::exception_ptr e) {
+  const bool busy = counted >= config->limits.max_connections;
+  if (!busy) ++counted;
+  const std::uint64_t id = ++next_id;
+  // The session's coroutine owns it to its end; this handler only hears of
+  // an end nothing expected (an exception), once, with its id.
+  asio::co_spawn(executor, run_session(std::move(socket), id, busy), [id](std::exception_ptr e) {
     if (e) {
       log::error("session_failed")
           .kv("conn", static_cast<unsigned long long>(id))
-          .kv("error", describe_exception(e));
+          .kv("error", log::describe(e));
     }
-    // A session that relays ends when its relay does.
-    session->ended_without_relay();
   });
 }
 
+// One session, registered while it runs. Holds the state, so the server's
+// bookkeeping outlives every session.
+awaitable<void> Server::State::run_session(Stream socket, std::uint64_t id, bool busy) {
+  auto self = shared_from_this();
+  SessionHandle handle;
+  sessions.emplace(id, &handle);
+  struct Unregister {
+    State& state;
+    std::uint64_t id;
+    bool counts;
+    ~Unregister() {
+      state.sessions.erase(id);
+      if (counts) --state.counted;
+      state.check_stopped();
+    }
+  } unregister{*this, id, !busy};
+  if (busy) {
+    co_await refuse_busy(std::move(socket), *config, id, handle);
+  } else {
+    co_await serve_channel(std::move(socket), *config, id, handle);
+  }
+}
+
 void Server::State::close_sessions(bool relaying_too) {
-  for (auto& [id, weak] : sessions) {
-    if (auto session = weak.lock(); session && (relaying_too || !session->relaying()))
-      session->close();
+  for (auto& [id, handle] : sessions) {
+    if (relaying_too || !handle->relaying) handle->close();
   }
 }
 
@@ -156,7 +157,7 @@ error_code Server::start() {
     if (!e) return;
     // Not expected: accept errors are handled in the loop. Say so and stop
     // cleanly rather than leave a daemon that silently accepts nothing.
-    log::error("accept_loop_failed").kv("error", describe_exception(e));
+    log::error("accept_loop_failed").kv("error", log::describe(e));
     self->accepting = false;
     self->check_stopped();
   });

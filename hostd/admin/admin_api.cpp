@@ -7,10 +7,12 @@
 
 #include <fmt/format.h>
 
+#include <boost/beast/http/message.hpp>
+
 #include "common/log.hpp"
+#include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
-#include "hostd/listener/request_record.hpp"
-#include "hostd/route/target.hpp"
+#include "hostd/request_id.hpp"
 
 namespace vmgate::hostd {
 namespace {
@@ -66,13 +68,29 @@ std::string percent_decode(std::string_view in) {
   return out;
 }
 
-// Why a request to this VM would not be served before a channel is opened,
-// as the request path says it (503), or nothing.
-std::optional<std::string> not_routable(const VmRecord& vm, const ChannelConfig& channel) {
-  if (vm.state != VmState::running)
-    return fmt::format("vm {} is {}", vm.name, state_name(vm.state));
-  if (auto address = channel_address(channel, vm); !address) return address.error().reason;
-  return std::nullopt;
+// The admin API speaks for the operator on its own listener.
+const Identity& operator_identity() {
+  static const Identity identity{Identity::Kind::trusted_listener, "admin"};
+  return identity;
+}
+
+// Admits `target` as a request naming it in the VM header, to `port`, would be.
+boost::system::result<Admitted, Refused> admit_target(const AdminContext& context,
+                                                      std::string_view target, std::uint16_t port) {
+  namespace http = boost::beast::http;
+  http::request_header<> head;
+  head.method(http::verb::get);
+  head.target("/");
+  head.version(11);
+  head.set(context.config.routing.vm_header, target);
+  const AdmissionContext admission{context.config.routing, context.config.channel,
+                                   context.config.limits, context.directory, context.policy};
+  return admit(AdmissionRequest{.head = head, .guest_port = port, .identity = operator_identity()},
+               admission);
+}
+
+std::uint16_t first_guest_port(const HostdConfig& config) {
+  return config.listeners.empty() ? 0 : config.listeners[0].guest_port;
 }
 
 // The parts of a check, in the order they happen; the first failure ends it.
@@ -114,6 +132,7 @@ json vm_json(const VmRecord& vm, const ChannelConfig& channel) {
               {"uuid", vm.uuid},
               {"cid", vm.cid ? json(*vm.cid) : json(nullptr)},
               {"state", state_name(vm.state)},
+              {"host", vm.host},
               {"transport", nullptr},
               {"networks", vm.networks},
               {"groups", vm.groups}};
@@ -138,45 +157,40 @@ AdminResponse vms_response(const AdminContext& context) {
 
 AdminResponse resolve_response(const AdminContext& context, std::string_view target) {
   json out = {{"target", target}};
-  auto parsed = parse_target(target);
-  if (!parsed) {
-    out["result"] = "invalid";
-    out["error"] = parsed.error();
-    return json_response(400, out);
+  auto admitted = admit_target(context, target, first_guest_port(context.config));
+  if (admitted) {
+    out["result"] = "found";
+    out["vm"] = vm_json(admitted->destination.vm, context.config.channel);
+    out["routable"] = true;
+    return json_response(200, out);
   }
-  if (!parsed->single_vm()) {
-    out["result"] = "unsupported";
-    out["error"] = "group, network, list and HOST/NAME targets are not served by this hostd yet";
-    return json_response(501, out);
-  }
-  auto lookup = context.directory.find(parsed->value);
-  switch (lookup.status) {
-    case LookupStatus::found: {
-      out["result"] = "found";
-      out["vm"] = vm_json(*lookup.vm, context.config.channel);
-      auto why_not = not_routable(*lookup.vm, context.config.channel);
-      out["routable"] = !why_not;
-      if (why_not) out["reason"] = *why_not;
-      return json_response(200, out);
-    }
-    case LookupStatus::ambiguous:
-      out["result"] = "ambiguous";
-      out["candidates"] = lookup.candidates;
-      out["error"] = fmt::format("'{}' matches more than one VM", parsed->value);
-      return json_response(409, out);
-    case LookupStatus::not_found:
+  const Refused& refused = admitted.error();
+  switch (refused.step) {
+    case AdmissionStep::route:
+      out["result"] = "invalid";
       break;
+    case AdmissionStep::select:
+      out["result"] = refused.refusal.status == 501   ? "unsupported"
+                      : refused.refusal.status == 409 ? "ambiguous"
+                                                      : "not_found";
+      if (!refused.candidates.empty()) out["candidates"] = refused.candidates;
+      break;
+    default:
+      // Found, but a request would not be served now: say why, as it would.
+      out["result"] = "found";
+      out["vm"] = vm_json(*refused.vm, context.config.channel);
+      out["routable"] = false;
+      out["reason"] = refused.refusal.reason;
+      return json_response(200, out);
   }
-  out["result"] = "not_found";
-  out["error"] = fmt::format("vm '{}' is not known to this host", parsed->value);
-  return json_response(404, out);
+  out["error"] = refused.refusal.reason;
+  return json_response(refused.refusal.status, out);
 }
 
 awaitable<AdminResponse> check_response(const AdminContext& context, const std::string& target,
                                         const std::string& port_text, std::string_view client) {
   const auto start = clock::now();
-  std::uint16_t port =
-      context.config.listeners.empty() ? 0 : context.config.listeners[0].guest_port;
+  std::uint16_t port = first_guest_port(context.config);
   if (!port_text.empty()) {
     unsigned value = 0;
     auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), value);
@@ -194,60 +208,51 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
   CheckReport report;
   std::string vm_name = "-";
 
-  // 1. The directory, as the request path asks it.
+  // 1. Admission, as the request path does it: the directory's answer, then
+  //    whether a request would be let through, then the channel's transport.
   auto t = clock::now();
-  auto parsed = parse_target(target);
-  if (!parsed) {
-    report.hop("directory", false, ms_since(t))["error"] = parsed.error();
-    report.fail(400, parsed.error());
-  } else if (!parsed->single_vm()) {
-    std::string why = "group, network, list and HOST/NAME targets are not served by this hostd yet";
-    report.hop("directory", false, ms_since(t))["error"] = why;
-    report.fail(501, why);
+  auto admitted = admit_target(context, target, port);
+  const double admit_ms = ms_since(t);
+  std::optional<Destination> destination;
+  std::optional<Refused> refused;
+  if (!admitted) refused = admitted.error();
+  if (admitted) {
+    destination = admitted->destination;
+  } else {
+    report.fail(refused->refusal.status, refused->refusal.reason);
   }
-  std::optional<VmRecord> vm;
-  if (report.status == 200) {
-    auto lookup = context.directory.find(parsed->value);
-    json& hop = report.hop("directory", lookup.status == LookupStatus::found, ms_since(t));
-    if (lookup.status == LookupStatus::not_found) {
-      hop["result"] = "not_found";
-      report.fail(404, fmt::format("vm '{}' is not known to this host", parsed->value));
-    } else if (lookup.status == LookupStatus::ambiguous) {
-      hop["result"] = "ambiguous";
-      hop["candidates"] = lookup.candidates;
-      report.fail(409, fmt::format("'{}' matches more than one VM", parsed->value));
-    } else {
+  const VmRecord* vm = destination ? &destination->vm : (refused->vm ? &*refused->vm : nullptr);
+  auto refused_at = [&refused](AdmissionStep step) { return refused && refused->step == step; };
+  {
+    json& hop = report.hop("directory", vm && !refused_at(AdmissionStep::state), admit_ms);
+    if (vm) {
       hop["result"] = "found";
-      hop["vm"] = vm_json(*lookup.vm, context.config.channel);
-      vm_name = lookup.vm->name;
-      if (lookup.vm->state != VmState::running) {
-        hop["ok"] = false;
-        report.fail(503, fmt::format("vm {} is {}", lookup.vm->name, state_name(lookup.vm->state)));
-      } else {
-        vm = std::move(lookup.vm);
-      }
+      hop["vm"] = vm_json(*vm, context.config.channel);
+      vm_name = vm->name;
+    } else if (refused_at(AdmissionStep::select)) {
+      hop["result"] = report.status == 409 ? "ambiguous" : "not_found";
+      if (!refused->candidates.empty()) hop["candidates"] = refused->candidates;
     }
-    if (report.status != 200) hop["error"] = report.reason;
+    if (!hop["ok"].get<bool>()) hop["error"] = report.reason;
   }
+  if (refused_at(AdmissionStep::authorize))
+    report.hop("authorize", false, admit_ms)["error"] = report.reason;
 
   // 2. The transport the channel template gives this VM.
-  if (vm) {
-    t = clock::now();
-    auto address = channel_address(context.config.channel, *vm);
-    json& hop = report.hop("transport", bool(address), ms_since(t));
-    if (address) {
-      hop["address"] = address->to_string();
+  if (destination || refused_at(AdmissionStep::channel)) {
+    json& hop = report.hop("transport", bool(destination), admit_ms);
+    if (destination) {
+      hop["address"] = destination->address.to_string();
     } else {
-      hop["error"] = address.error().reason;
-      report.fail(address.error().status, address.error().reason);
-      vm.reset();
+      hop["error"] = report.reason;
     }
   }
 
   // 3. Connect, preamble, guestd's answer: exactly what a request does.
-  if (vm) {
+  if (destination) {
     t = clock::now();
-    auto channel = co_await open_channel(context.config.channel, *vm, port, client, request_id);
+    auto channel = co_await open_channel(context.config.channel, destination->vm,
+                                         destination->address, port, client, request_id);
     json& hop = report.hop("channel", bool(channel), ms_since(t));
     if (channel) {
       hop["status"] = 200;

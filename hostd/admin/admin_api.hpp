@@ -1,6 +1,8 @@
-// The admin API: what hostd's admin listener answers (DESIGN.md,
-// "Observability"). Plain functions from a request target to a response, so
+// The admin API: what hostd's admin listener answers (docs/architecture.md,
+// "Admin API"). Plain functions from a request target to a response, so
 // tests reach them without a socket; admin_server.cpp does the HTTP.
+// /v1/resolve and /v1/check admit the target exactly as a request naming it
+// in the VM header would be admitted (hostd/admission).
 //
 //   GET /healthz                      200 "ok"
 //   GET /readyz                       200 "ready", or 503 with the reason
@@ -18,6 +20,7 @@
 
 #include "common/asio.hpp"
 #include "hostd/admin/readiness.hpp"
+#include "hostd/authz/access_policy.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
@@ -29,6 +32,7 @@ struct AdminContext {
   const Directory& directory;
   HostdMetrics& metrics;
   const Readiness& readiness;
+  const AccessPolicy& policy;
 };
 
 struct AdminResponse {
@@ -43,8 +47,9 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
                                               std::string_view target, std::string_view client);
 
 // The pieces, for tests.
-// {"name", "uuid", "cid" (null: none), "state", "transport" (null when the
-// template cannot be filled, with "transport_error"), "networks", "groups"}
+// {"name", "uuid", "cid" (null: none), "state", "host", "transport" (null
+// when the template cannot be filled, with "transport_error"), "networks",
+// "groups"}
 nlohmann::json vm_json(const VmRecord& vm, const ChannelConfig& channel);
 AdminResponse vms_response(const AdminContext& context);
 AdminResponse resolve_response(const AdminContext& context, std::string_view target);

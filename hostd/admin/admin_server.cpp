@@ -3,10 +3,10 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
-#include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include "common/deadline.hpp"
 #include "common/log.hpp"
 #include "common/transport.hpp"
 
@@ -25,15 +25,8 @@ constexpr auto admin_read_timeout = std::chrono::seconds(30);
 // /v1/check may wait for the channel's connect timeout; the answer is small.
 constexpr auto admin_write_timeout = std::chrono::seconds(30);
 
-using AdminStream = beast::basic_stream<asio::generic::stream_protocol>;
-
 void log_failure(std::string_view event, std::exception_ptr e) {
-  if (!e) return;
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    log::error(event).kv("error", ex.what());
-  }
+  if (e) log::error(event).kv("error", log::describe(e));
 }
 
 }  // namespace
@@ -89,21 +82,27 @@ awaitable<void> AdminServer::accept_loop() {
   }
 }
 
-awaitable<void> AdminServer::session(Stream socket) {
-  const std::string peer = transport::describe_peer(socket);
-  AdminStream stream(std::move(socket));
+awaitable<void> AdminServer::session(Stream stream) {
+  const std::string peer = transport::describe_peer(stream);
   beast::flat_buffer buffer;  // bytes read past one request belong to the next
+  Deadline deadline(stream.get_executor());
+  auto close_after = [&](Deadline::clock::duration d) {
+    deadline.expires_after(d, [&stream] {
+      error_code ignored;
+      stream.close(ignored);
+    });
+  };
   for (;;) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(admin_header_bytes);
     parser.body_limit(admin_body_bytes);
-    stream.expires_after(admin_read_timeout);
+    close_after(admin_read_timeout);
     auto [ec, n] = co_await http::async_read(stream, buffer, parser, use_tuple);
     if (ec) break;  // EOF, timeout, or a request that is not worth answering
     const auto& req = parser.get();
     const std::string method(req.method_string());
     const std::string target(req.target());
-    stream.expires_never();
+    deadline.expires_never();
     AdminResponse answer = co_await handle_admin_request(context_, method, target, peer);
     log::debug("admin_request")
         .kv("client", peer)
@@ -121,13 +120,14 @@ awaitable<void> AdminServer::session(Stream socket) {
     res.prepare_payload();
     if (head) res.body().clear();  // Content-Length stays that of the GET (RFC 9110 §9.3.2)
     res.keep_alive(req.keep_alive());
-    stream.expires_after(admin_write_timeout);
+    close_after(admin_write_timeout);
     auto [wec, wn] = co_await http::async_write(stream, res, use_tuple);
     if (wec || !res.keep_alive()) break;
   }
+  deadline.expires_never();
   error_code ignored;
-  stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
-  stream.socket().close(ignored);
+  stream.shutdown(asio::socket_base::shutdown_send, ignored);
+  stream.close(ignored);
 }
 
 }  // namespace vmgate::hostd

@@ -4,12 +4,10 @@
 
 #include "common/deadline.hpp"
 #include "common/preamble.hpp"
-#include "hostd/route/target.hpp"
 
 namespace vmgate::hostd {
 namespace {
 
-using namespace asio::experimental::awaitable_operators;
 using ChannelResult = boost::system::result<Channel, Refusal>;
 
 void replace_all(std::string& s, std::string_view key, std::string_view value) {
@@ -78,7 +76,14 @@ awaitable<ChannelResult> connect_and_handshake(const transport::Address& address
                                        preamble::error_reason(answer.error()))};
   }
   if (!answer->ok()) co_return from_guestd_answer(*answer, vm, port);
-  co_return Channel{std::move(stream), in.substr(n), address.to_string()};
+  Channel channel{std::move(stream), {}, ChannelKey::of(vm, port)};
+  // What the agent sent right behind guestd's answer is the start of its reply.
+  if (in.size() > n) {
+    auto leftover = std::string_view(in).substr(n);
+    channel.buffer.commit(
+        asio::buffer_copy(channel.buffer.prepare(leftover.size()), asio::buffer(leftover)));
+  }
+  co_return channel;
 }
 
 }  // namespace
@@ -110,19 +115,15 @@ boost::system::result<transport::Address, Refusal> channel_address(const Channel
 }
 
 awaitable<ChannelResult> open_channel(const ChannelConfig& config, const VmRecord& vm,
-                                      std::uint16_t port, std::string_view client,
-                                      std::string_view request_id) {
-  auto address = channel_address(config, vm);
-  if (!address) co_return address.error();
-  Deadline deadline(co_await asio::this_coro::executor);
-  deadline.expires_after(config.connect_timeout);
-  auto outcome = co_await (connect_and_handshake(*address, vm, port, client, request_id) ||
-                           deadline.watch(nullptr));
-  if (outcome.index() == 1) {
+                                      const transport::Address& address, std::uint16_t port,
+                                      std::string_view client, std::string_view request_id) {
+  auto outcome = co_await within(config.connect_timeout,
+                                 connect_and_handshake(address, vm, port, client, request_id));
+  if (!outcome) {
     co_return Refusal{504, fmt::format("guestd on vm {} did not answer within {} ms ({})", vm.name,
-                                       config.connect_timeout.count(), address->to_string())};
+                                       config.connect_timeout.count(), address.to_string())};
   }
-  co_return std::move(std::get<0>(outcome));
+  co_return std::move(*outcome);
 }
 
 }  // namespace vmgate::hostd

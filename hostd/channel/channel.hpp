@@ -1,9 +1,14 @@
-// Opening a channel to a VM's guestd: transport connect, preamble, answer.
+// A channel: one connection to a VM's guestd that guestd has handed to one
+// agent port (docs/architecture.md, "Channel"). Opening one is a transport
+// connect, the preamble, and guestd's answer.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+
+#include <boost/beast/core/flat_buffer.hpp>
 
 #include "common/asio.hpp"
 #include "common/transport.hpp"
@@ -13,23 +18,44 @@
 
 namespace vmgate::hostd {
 
+// What makes a channel's address valid: the inputs of the transport template
+// ({uuid}, {name}, {cid}) and the agent port the preamble named. A pooled
+// channel is only ever used for the same key, so a VM restarted with a new
+// CID (or renamed) never receives a channel to its old self.
+struct ChannelKey {
+  std::string uuid;
+  std::string name;
+  std::optional<std::uint32_t> cid;
+  std::uint16_t port = 0;
+
+  static ChannelKey of(const VmRecord& vm, std::uint16_t port) {
+    return {vm.uuid, vm.name, vm.cid, port};
+  }
+  friend bool operator==(const ChannelKey&, const ChannelKey&) = default;
+};
+
+// The preamble that opened a channel named the client connection and the
+// request that opened it (Client, Request-Id): for a reused channel that is
+// only its origin, for guestd's log. Who sent each request reaches the agent
+// in the Forwarded field every request gets.
 struct Channel {
   Stream stream;
-  std::string leftover;   // bytes the agent sent right after guestd's answer
-  std::string transport;  // for logs
+  // Agent bytes read past guestd's answer or the last response head; it must
+  // outlive every read on the channel.
+  boost::beast::flat_buffer buffer;
+  ChannelKey key;
 };
 
 // The transport that reaches this VM's guestd, from the configured template.
 boost::system::result<transport::Address, Refusal> channel_address(const ChannelConfig& config,
                                                                    const VmRecord& vm);
 
-// Connects, sends `VMGATE/1 CONNECT port`, and waits for guestd's answer,
-// all within config.connect_timeout. Refusals map guestd's answer and
-// transport errors to the status the client should see (502/503/504/403).
-awaitable<boost::system::result<Channel, Refusal>> open_channel(const ChannelConfig& config,
-                                                                const VmRecord& vm,
-                                                                std::uint16_t port,
-                                                                std::string_view client,
-                                                                std::string_view request_id);
+// Connects to `address`, sends `VMGATE/1 CONNECT port`, and waits for
+// guestd's answer, all within config.connect_timeout. Refusals map guestd's
+// answer and transport errors to the status the client should see
+// (502/503/504/403).
+awaitable<boost::system::result<Channel, Refusal>> open_channel(
+    const ChannelConfig& config, const VmRecord& vm, const transport::Address& address,
+    std::uint16_t port, std::string_view client, std::string_view request_id);
 
 }  // namespace vmgate::hostd

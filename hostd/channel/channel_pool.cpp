@@ -94,43 +94,49 @@ std::optional<Stream> ChannelPool::take(const ChannelKey& key,
                                         const asio::any_io_executor& executor,
                                         clock::time_point now) {
   if (!enabled()) return std::nullopt;
+  auto& context = asio::query(executor, asio::execution::context);
   std::vector<Stream> dead;
   std::optional<Stream> found;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = idle_.find(key);
-    if (it == idle_.end()) return std::nullopt;
-    auto& entries = it->second;
-    std::erase_if(entries, [&](Entry& e) {
-      if (now - e.since < idle_timeout_) return false;
-      ++stats_.expired;
-      dead.push_back(std::move(e.stream));
-      return true;
-    });
-    auto& context = asio::query(executor, asio::execution::context);
-    while (!entries.empty()) {
-      // The newest on the taker's own thread if there is one (no hand-over
-      // between reactors), else the newest.
-      auto pick = std::prev(entries.end());
-      for (auto e = entries.rbegin(); e != entries.rend(); ++e) {
-        if (&asio::query(e->stream.get_executor(), asio::execution::context) == &context) {
-          pick = std::prev(e.base());
-          break;
+  // One candidate at a time under the lock; whether it is still alive is
+  // asked outside it.
+  while (!found) {
+    std::optional<Stream> candidate;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = idle_.find(key);
+      if (it == idle_.end()) break;
+      auto& entries = it->second;
+      const std::size_t before = entries.size();
+      std::erase_if(entries, [&](Entry& e) {
+        if (now - e.since < idle_timeout_) return false;
+        ++stats_.expired;
+        dead.push_back(std::move(e.stream));
+        return true;
+      });
+      if (!entries.empty()) {
+        // The newest on the taker's own thread if there is one (no hand-over
+        // between reactors), else the newest.
+        auto pick = std::prev(entries.end());
+        for (auto e = entries.rbegin(); e != entries.rend(); ++e) {
+          if (&asio::query(e->stream.get_executor(), asio::execution::context) == &context) {
+            pick = std::prev(e.base());
+            break;
+          }
         }
+        candidate.emplace(std::move(pick->stream));
+        entries.erase(pick);
       }
-      Entry entry = std::move(*pick);
-      entries.erase(pick);
-      if (!idle_channel_usable(entry.stream)) {
-        ++stats_.closed;
-        dead.push_back(std::move(entry.stream));
-        continue;
-      }
-      found.emplace(std::move(entry.stream));
-      ++stats_.taken;
-      break;
+      stats_.idle -= before - entries.size();
+      if (entries.empty()) idle_.erase(it);
     }
-    if (entries.empty()) idle_.erase(it);
-    stats_.idle -= dead.size() + (found ? 1 : 0);
+    if (!candidate) break;
+    if (idle_channel_usable(*candidate)) {
+      found = std::move(candidate);
+      ++stats_.taken;
+    } else {
+      ++stats_.closed;
+      dead.push_back(std::move(*candidate));
+    }
   }
   close_all(dead);
   if (!found) return std::nullopt;
@@ -155,22 +161,43 @@ void ChannelPool::put(const ChannelKey& key, Stream stream, clock::time_point no
 }
 
 void ChannelPool::sweep(clock::time_point now) {
-  std::vector<Stream> dead;
+  // Every entry leaves the pool for the check, made outside the lock; the
+  // live ones go back in front of whatever was returned meanwhile, which is
+  // newer. A take() in that moment may miss one and open a new channel.
+  std::unordered_map<ChannelKey, std::vector<Entry>, ChannelKeyHash> checked;
   {
     std::lock_guard lock(mutex_);
-    for (auto it = idle_.begin(); it != idle_.end();) {
-      auto& entries = it->second;
-      std::erase_if(entries, [&](Entry& e) {
-        bool expired = now - e.since >= idle_timeout_;
-        bool closed = !expired && !idle_channel_usable(e.stream);
-        if (!expired && !closed) return false;
-        ++(expired ? stats_.expired : stats_.closed);
-        dead.push_back(std::move(e.stream));
-        return true;
-      });
-      it = entries.empty() ? idle_.erase(it) : std::next(it);
+    checked.swap(idle_);
+  }
+  std::vector<Stream> dead;
+  std::size_t dropped = 0;
+  for (auto& [key, entries] : checked) {
+    std::erase_if(entries, [&](Entry& e) {
+      bool expired = now - e.since >= idle_timeout_;
+      bool closed = !expired && !idle_channel_usable(e.stream);
+      if (!expired && !closed) return false;
+      ++(expired ? stats_.expired : stats_.closed);
+      dead.push_back(std::move(e.stream));
+      ++dropped;
+      return true;
+    });
+  }
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [key, entries] : checked) {
+      if (entries.empty()) continue;
+      auto& now_idle = idle_[key];
+      now_idle.insert(now_idle.begin(), std::make_move_iterator(entries.begin()),
+                      std::make_move_iterator(entries.end()));
+      // Over the limit after the merge: the oldest go.
+      while (now_idle.size() > max_idle_) {
+        dead.push_back(std::move(now_idle.front().stream));
+        now_idle.erase(now_idle.begin());
+        ++stats_.full;
+        ++dropped;
+      }
     }
-    stats_.idle -= dead.size();
+    stats_.idle -= dropped;
   }
   close_all(dead);
 }

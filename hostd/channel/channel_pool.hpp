@@ -13,8 +13,9 @@
 // thread: every I/O thread accepts, so a client's next connection may land on
 // either, and per-thread pools would split the idle channels of one VM into
 // parts that cannot serve each other (at low request rates, never). The
-// critical section is a hash lookup and a vector push or pop; the lock is
-// rarely contended.
+// critical section is a hash lookup and a vector push or pop: the liveness
+// check of an entry (a recv(MSG_PEEK), a system call) is made outside it, so
+// the lock is rarely contended.
 // Each I/O thread runs its own io_context, and a socket belongs to the reactor
 // of the context it was opened on: take() moves a channel opened on another
 // thread to the taker's context (two epoll_ctl calls), so that its I/O does
@@ -32,27 +33,10 @@
 #include <vector>
 
 #include "common/asio.hpp"
+#include "hostd/channel/channel.hpp"
 #include "hostd/config/hostd_config.hpp"
-#include "hostd/directory/directory.hpp"
 
 namespace vmgate::hostd {
-
-// What makes a channel's address valid: the inputs of the transport template
-// ({uuid}, {name}, {cid}) and the agent port the preamble named.
-struct ChannelKey {
-  std::string uuid;
-  std::string name;
-  std::optional<std::uint32_t> cid;
-  std::uint16_t port = 0;
-
-  static ChannelKey of(const VmRecord& vm, std::uint16_t port) {
-    return {vm.uuid, vm.name, vm.cid, port};
-  }
-  bool matches(const VmRecord& vm, std::uint16_t agent_port) const {
-    return port == agent_port && cid == vm.cid && uuid == vm.uuid && name == vm.name;
-  }
-  friend bool operator==(const ChannelKey&, const ChannelKey&) = default;
-};
 
 struct ChannelKeyHash {
   std::size_t operator()(const ChannelKey& key) const noexcept;

@@ -8,11 +8,18 @@
 #include <vector>
 
 #include "common/transport.hpp"
-#include "hostd/inventory/libvirt_inventory.hpp"
 
 namespace vmgate::hostd {
 
 inline constexpr std::uint32_t default_channel_port = 5500;
+
+// The libvirt connection the inventory keeps.
+struct LibvirtConfig {
+  std::string uri = "qemu:///system";
+  bool read_only = true;
+  std::chrono::milliseconds reconnect_min{500};
+  std::chrono::milliseconds reconnect_max{30'000};
+};
 
 struct ListenerConfig {
   std::string name;              // for logs; defaults to the address
@@ -65,7 +72,7 @@ struct AdminConfig {
 };
 
 struct HostdConfig {
-  InventoryOptions libvirt;
+  LibvirtConfig libvirt;
   std::vector<ListenerConfig> listeners;
   RoutingConfig routing;
   ChannelConfig channel;

@@ -1,16 +1,22 @@
-// The embedded directory: the one place that answers "where is this VM".
-// Fed by the libvirt inventory (its own thread) and read by request
-// coroutines, so every member is safe to call from any thread.
+// The directory: the one place that answers "where is this VM, and which VMs
+// does this target name" (docs/architecture.md, "Resolve"). Callers see only
+// this interface; the backend behind it is the embedded one fed by this
+// host's libvirt inventory (embedded_directory.hpp), and a cluster backend
+// fits beside it without touching them.
+//
+// Every member is safe to call from any thread: request coroutines on every
+// I/O thread read it while the libvirt thread writes it.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
-#include <mutex>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "hostd/route/target.hpp"
 
 namespace vmgate::hostd {
 
@@ -25,6 +31,7 @@ struct VmRecord {
   VmState state = VmState::other;
   std::vector<std::string> networks;  // libvirt networks of its interfaces
   std::vector<std::string> groups;    // <vmgate:groups> metadata
+  std::string host;                   // the hostd that runs it (the directory fills it in)
 
   friend bool operator==(const VmRecord&, const VmRecord&) = default;
 };
@@ -37,34 +44,57 @@ struct Lookup {
   std::vector<std::string> candidates;  // when ambiguous: "name (uuid)"
 };
 
+// What a target names. A single VM is a Lookup; group, network, list and
+// HOST/NAME targets are `unsupported` until the directory can expand them.
+struct Selection {
+  enum class Status { found, not_found, ambiguous, unsupported };
+  Status status = Status::not_found;
+  std::vector<VmRecord> vms;            // found: one or more destinations
+  std::vector<std::string> candidates;  // ambiguous: "name (uuid)"
+  std::string name;                     // the name that was not found or ambiguous
+};
+
+// What changed, for observers: some VMs by UUID, or everything at once (a
+// full resynchronisation).
+struct DirectoryChange {
+  bool everything = false;
+  std::vector<std::string> uuids;
+};
+
 class Directory {
  public:
-  // A full resynchronisation (start-up, libvirt reconnect).
-  void replace_all(std::vector<VmRecord> vms);
-  void upsert(VmRecord vm);
-  void remove(std::string_view uuid);
+  using Observer = std::function<void(const DirectoryChange&)>;
+  using ObserverId = std::uint64_t;
+
+  virtual ~Directory() = default;
 
   // By libvirt name or UUID (any case). A name that equals another VM's UUID
   // is ambiguous rather than silently picking one. When nothing matches
   // exactly, a name is matched ignoring case (DNS names arrive case-folded);
   // several such matches are ambiguous too.
-  Lookup find(std::string_view name_or_uuid) const;
+  virtual Lookup find(std::string_view name_or_uuid) const = 0;
+  // Every VM a target names.
+  virtual Selection select(const Target& target) const = 0;
+  // The VM that holds a vsock CID, for traffic a guest starts: nothing when
+  // no VM or more than one claims it (during a restore, briefly).
+  virtual std::optional<VmRecord> by_cid(std::uint32_t cid) const = 0;
+  virtual std::vector<VmRecord> snapshot() const = 0;
+  virtual std::size_t size() const = 0;
 
-  std::vector<VmRecord> snapshot() const;
-  std::size_t size() const;
+  // Called after each change, on the thread that made it, outside any lock
+  // of the directory's. An observer must be quick and must not call observe().
+  virtual ObserverId observe(Observer observer) = 0;
+  virtual void unobserve(ObserverId id) = 0;
+};
 
- private:
-  struct Index {
-    std::map<std::string, VmRecord, std::less<>> by_uuid;  // key: lower-case UUID
-    // libvirt keeps names unique per host, but events can briefly show a new
-    // domain before the old one with the same name is gone: several entries.
-    std::multimap<std::string, std::string, std::less<>> uuid_by_name;
-  };
-  static void insert_into(Index& index, VmRecord vm);
-  static void erase_from(Index& index, const std::string& uuid);
-
-  mutable std::mutex mutex_;
-  Index index_;
+// What the libvirt inventory writes: this host's VMs.
+class DirectoryFeed {
+ public:
+  virtual ~DirectoryFeed() = default;
+  // A full resynchronisation (start-up, libvirt reconnect).
+  virtual void replace_all(std::vector<VmRecord> vms) = 0;
+  virtual void upsert(VmRecord vm) = 0;
+  virtual void remove(std::string_view uuid) = 0;
 };
 
 }  // namespace vmgate::hostd

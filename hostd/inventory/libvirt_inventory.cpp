@@ -265,7 +265,7 @@ void wake_event_loop(int, void*) {}
 }  // namespace
 
 struct LibvirtInventory::Impl {
-  Impl(InventoryOptions options_in, Directory& directory_in, InventoryStats& stats_in)
+  Impl(LibvirtConfig options_in, DirectoryFeed& directory_in, InventoryStats& stats_in)
       : options(std::move(options_in)), directory(directory_in), stats(stats_in) {}
 
   void run();
@@ -285,8 +285,8 @@ struct LibvirtInventory::Impl {
   static void on_device_change(virConnectPtr, virDomainPtr domain, const char*, void* opaque);
   static void on_close(virConnectPtr, int reason, void* opaque);
 
-  const InventoryOptions options;
-  Directory& directory;
+  const LibvirtConfig options;
+  DirectoryFeed& directory;
   InventoryStats& stats;
   std::thread thread;
 
@@ -499,7 +499,7 @@ void LibvirtInventory::Impl::on_close(virConnectPtr, int reason, void* opaque) {
   impl->closed = true;
 }
 
-LibvirtInventory::LibvirtInventory(InventoryOptions options, Directory& directory)
+LibvirtInventory::LibvirtInventory(LibvirtConfig options, DirectoryFeed& directory)
     : impl_(std::make_unique<Impl>(std::move(options), directory, stats_)) {}
 
 LibvirtInventory::~LibvirtInventory() {

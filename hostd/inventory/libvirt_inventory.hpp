@@ -19,16 +19,10 @@
 #include <string>
 #include <thread>
 
+#include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 
 namespace vmgate::hostd {
-
-struct InventoryOptions {
-  std::string uri = "qemu:///system";
-  bool read_only = true;
-  std::chrono::milliseconds reconnect_min{500};
-  std::chrono::milliseconds reconnect_max{30'000};
-};
 
 struct InventoryStats {
   std::atomic<std::uint64_t> events{0};      // domain events received
@@ -39,7 +33,7 @@ struct InventoryStats {
 
 class LibvirtInventory {
  public:
-  LibvirtInventory(InventoryOptions options, Directory& directory);
+  LibvirtInventory(LibvirtConfig options, DirectoryFeed& directory);
   ~LibvirtInventory();
   LibvirtInventory(const LibvirtInventory&) = delete;
   LibvirtInventory& operator=(const LibvirtInventory&) = delete;

@@ -8,7 +8,7 @@
 
 #include "common/log.hpp"
 #include "common/transport.hpp"
-#include "hostd/listener/http_session.hpp"
+#include "hostd/listener/client_connection.hpp"
 
 namespace vmgate::hostd {
 
@@ -20,16 +20,17 @@ namespace vmgate::hostd {
 struct Server::Listener {
   const ListenerConfig& config;
   std::vector<Acceptor> acceptors;  // [0] on io_, then one per other session executor
-  SessionContext context;
+  ConnectionContext context;
   std::string bound;
 };
 
-Server::Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
-               HostdMetrics* metrics, ChannelPool* pool,
+Server::Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
+               const AccessPolicy& policy, HostdMetrics* metrics, ChannelPool* pool,
                std::vector<asio::any_io_executor> session_executors)
     : io_(io),
       config_(config),
       directory_(directory),
+      policy_(policy),
       metrics_(metrics),
       pool_(pool),
       session_executors_(std::move(session_executors)) {
@@ -66,8 +67,8 @@ void Server::start() {
     }
     acceptors.insert(acceptors.begin(), std::move(acceptor));
     listeners_.push_back(std::make_unique<Listener>(
-        Listener{lc, std::move(acceptors), SessionContext{config_, lc, directory_, metrics_, pool_},
-                 bound}));
+        Listener{lc, std::move(acceptors),
+                 ConnectionContext{config_, lc, directory_, policy_, metrics_, pool_}, bound}));
     log::info("listening")
         .kv("listener", lc.name)
         .kv("addr", bound)
@@ -79,12 +80,8 @@ void Server::start() {
       asio::co_spawn(
           acceptor.get_executor(), accept_loop(*l, acceptor),
           [name = l->config.name](std::exception_ptr e) {
-            if (!e) return;
-            try {
-              std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-              log::error("accept_loop_failed").kv("listener", name).kv("error", ex.what());
-            }
+            if (e)
+              log::error("accept_loop_failed").kv("listener", name).kv("error", log::describe(e));
           });
     }
   }
@@ -144,17 +141,19 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
       continue;
     }
     transport::tune(socket, listener.config.address.kind);
-    auto give_back_slot = [connections = connections_] { --*connections; };
-    asio::co_spawn(executor,
-                   run_http_session(std::move(socket), listener.context, std::move(give_back_slot)),
-                   [name = listener.config.name](std::exception_ptr e) {
-                     if (!e) return;
-                     try {
-                       std::rethrow_exception(e);
-                     } catch (const std::exception& ex) {
-                       log::error("session_failed").kv("listener", name).kv("error", ex.what());
-                     }
-                   });
+    const std::uint64_t id = ++next_connection_id_;
+    // The connection's coroutine owns it to its end; this handler only hears
+    // of an end nothing expected (an exception), once, with its id.
+    asio::co_spawn(
+        executor,
+        serve_client(std::move(socket), listener.context, id, ConnectionSlot(connections_)),
+        [name = listener.config.name, id](std::exception_ptr e) {
+          if (!e) return;
+          log::error("connection_failed")
+              .kv("conn", static_cast<unsigned long long>(id))
+              .kv("listener", name)
+              .kv("error", log::describe(e));
+        });
   }
 }
 

@@ -1,5 +1,5 @@
 // hostd's listeners: accept loops, one per I/O thread and listener, that run
-// each client connection's session on the thread that accepted it.
+// each client connection on the thread that accepted it.
 #pragma once
 
 #include <atomic>
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/asio.hpp"
+#include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
@@ -19,13 +20,13 @@ class Server {
   // Each listener is accepted from on every one of `session_executors` (each
   // an io_context run by one thread; `io` alone when the list is empty), and a
   // client connection runs on the executor that accepted it.
-  Server(asio::io_context& io, const HostdConfig& config, Directory& directory,
-         HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
+  Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
+         const AccessPolicy& policy, HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
          std::vector<asio::any_io_executor> session_executors = {});
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
-  // Stops accepting; sessions in progress continue until they end.
+  // Stops accepting; connections in progress continue until they end.
   void stop_accepting();
   // "tcp:127.0.0.1:41234" for each listener, in config order (resolves port 0).
   std::vector<std::string> bound_addresses() const;
@@ -37,15 +38,17 @@ class Server {
 
   asio::io_context& io_;
   const HostdConfig& config_;
-  Directory& directory_;
+  const Directory& directory_;
+  const AccessPolicy& policy_;
   HostdMetrics* metrics_;
   ChannelPool* pool_;
   std::vector<asio::any_io_executor> session_executors_;
   std::vector<std::unique_ptr<Listener>> listeners_;
-  // Shared with the sessions: a handed-off tunnel may end (and give its slot
-  // back) while the server itself is being torn down.
+  // Shared with the connections (ConnectionSlot): one may end, and give its
+  // slot back, while the server itself is being torn down.
   std::shared_ptr<std::atomic<std::uint32_t>> connections_ =
       std::make_shared<std::atomic<std::uint32_t>>(0);
+  std::atomic<std::uint64_t> next_connection_id_{0};
 };
 
 }  // namespace vmgate::hostd

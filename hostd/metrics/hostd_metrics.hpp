@@ -1,4 +1,4 @@
-// hostd's Prometheus metrics (DESIGN.md, "Observability"): what the request
+// hostd's Prometheus metrics (docs/architecture.md, "Observability"): what the request
 // path counts, and what is read from the directory and the libvirt inventory
 // when /metrics is scraped.
 //

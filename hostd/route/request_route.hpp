@@ -1,4 +1,5 @@
-// Reading the target of one request, in DESIGN.md's order of precedence:
+// Reading the target of one request, in the order of precedence of
+// docs/architecture.md ("Naming the VM"):
 // CONNECT, the VM header, the absolute (forward-proxy) form, the Host suffix.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Targets: what a client names (DESIGN.md, "Route").
+// Targets: what a client names (docs/architecture.md, "Naming the VM").
 //   vm1 | 6f1c...-uuid | host1/vm1 | group:web | net:default | a,b,c
 #pragma once
 

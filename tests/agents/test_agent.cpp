@@ -106,6 +106,8 @@ class Connection {
         options_(options),
         id_(id),
         scratch_(std::make_unique<char[]>(piece_size)) {}
+  // The deadline's action names this connection: it must not outlive it.
+  ~Connection() { deadline_.expires_never(); }
 
   awaitable<void> run() {
     for (;;) {
@@ -113,7 +115,7 @@ class Connection {
       head.header_limit(header_limit);
       // Bodies are streamed, never held: no limit on their size.
       head.body_limit(std::numeric_limits<std::uint64_t>::max());
-      deadline_.expires_after(options_.idle_timeout);
+      deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
       auto [ec, n] = co_await http::async_read_header(socket_, buffer_, head, use_tuple);
       if (ec) {
         if (is_parse_error(ec)) co_await reject_malformed(ec);
@@ -140,7 +142,7 @@ class Connection {
     res.body() = fmt::format("malformed request: {}\n", ec.message());
     res.keep_alive(false);
     res.prepare_payload();
-    deadline_.expires_after(options_.idle_timeout);
+    deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
     co_await http::async_write(socket_, res, use_tuple);
     co_await close_gracefully();
   }
@@ -162,7 +164,7 @@ class Connection {
   awaitable<bool> send(const RequestInfo& info, http::response<http::string_body> res) {
     res.keep_alive(info.keep_alive);
     res.prepare_payload();
-    deadline_.expires_after(options_.idle_timeout);
+    deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
     if (info.method == http::verb::head) {
       // The head a GET would get, Content-Length included (RFC 9110 §9.3.2).
       http::response_serializer<http::string_body> serializer(res);
@@ -188,7 +190,7 @@ class Connection {
     res.keep_alive(info.keep_alive);
     http::response_serializer<http::buffer_body> serializer(res);
     if (info.method == http::verb::head) {
-      deadline_.expires_after(options_.idle_timeout);
+      deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
       auto [ec, n] = co_await http::async_write_header(socket_, serializer, use_tuple);
       co_return !ec && info.keep_alive;
     }
@@ -199,7 +201,7 @@ class Connection {
       res.body().data = piece->empty() ? nullptr : const_cast<char*>(piece->data());
       res.body().size = piece->size();
       res.body().more = !piece->empty();
-      deadline_.expires_after(options_.idle_timeout);
+      deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
       auto [ec, n] = co_await http::async_write(socket_, serializer, use_tuple);
       if (ec == http::error::need_buffer) continue;
       if (ec) co_return false;
@@ -217,7 +219,7 @@ class Connection {
     if (info.expect_continue) {
       // RFC 9110 §10.1.1: the client waits for this before sending the body.
       http::response<http::empty_body> go_on{http::status::continue_, 11};
-      deadline_.expires_after(options_.idle_timeout);
+      deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
       auto [ec, n] = co_await http::async_write(socket_, go_on, use_tuple);
       if (ec) co_return std::nullopt;
     }
@@ -231,7 +233,7 @@ class Connection {
     while (!parser.is_done()) {
       parser.get().body().data = scratch_.get();
       parser.get().body().size = piece_size;
-      deadline_.expires_after(options_.idle_timeout);
+      deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
       auto [ec, n] = co_await http::async_read(socket_, buffer_, parser, use_tuple);
       if (ec && ec != http::error::need_buffer) co_return std::nullopt;
       std::size_t got = piece_size - parser.get().body().size;
@@ -396,7 +398,7 @@ class Connection {
     if (!ms)
       co_return co_await reply(info, http::status::bad_request, "/slow?ms=N needs a number\n");
     auto wait = std::chrono::milliseconds(std::min<std::uint64_t>(*ms, max_slow_ms));
-    deadline_.expires_after(wait + options_.idle_timeout);
+    deadline_.expires_after(wait + options_.idle_timeout, [this] { close_socket(); });
     asio::steady_timer timer(socket_.get_executor(), wait);
     co_await timer.async_wait(use_tuple);
     co_return co_await reply(info, http::status::ok, "slow\n");
@@ -408,7 +410,7 @@ class Connection {
     error_code ec;
     socket_.shutdown(asio::socket_base::shutdown_send, ec);
     if (ec) co_return;
-    deadline_.expires_after(lingering_close_time);
+    deadline_.expires_after(lingering_close_time, [this] { close_socket(); });
     for (;;) {
       auto [read_ec, n] =
           co_await socket_.async_read_some(asio::buffer(scratch_.get(), piece_size), use_tuple);
@@ -427,15 +429,18 @@ class Connection {
   // Body pieces in and out: one allocation per connection.
   std::unique_ptr<char[]> scratch_;
   bool hang_up_next_ = false;  // set by /hang-up-next
+
+  // Past a deadline the socket closes, so the pending operation ends.
+  void close_socket() {
+    error_code ignored;
+    socket_.close(ignored);
+  }
 };
 
 awaitable<void> serve(Stream socket, const Options& options, std::uint64_t id) {
   Deadline deadline(socket.get_executor());
   Connection connection(socket, deadline, options, id);
-  co_await (connection.run() || deadline.watch([&socket] {
-    error_code ec;
-    socket.close(ec);
-  }));
+  co_await connection.run();
 }
 
 awaitable<void> accept_loop(Acceptor& acceptor, transport::Kind kind, const Options& options) {

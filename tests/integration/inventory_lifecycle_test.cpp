@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "hostd/directory/directory.hpp"
+#include "hostd/directory/embedded_directory.hpp"
 #include "hostd/inventory/domain_xml.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "libvirt_fixture.hpp"
@@ -24,8 +24,8 @@
 namespace {
 
 using namespace std::chrono_literals;
-using vmgate::hostd::Directory;
-using vmgate::hostd::InventoryOptions;
+using vmgate::hostd::EmbeddedDirectory;
+using vmgate::hostd::LibvirtConfig;
 using vmgate::hostd::LibvirtInventory;
 using vmgate::hostd::LookupStatus;
 using vmgate::hostd::VmState;
@@ -38,20 +38,20 @@ std::string domain_xml(const std::string& name, const std::string& uuid, std::ui
 }
 
 // True when the directory holds `name` with exactly this state and CID.
-bool holds(const Directory& directory, const std::string& name, VmState state,
+bool holds(const EmbeddedDirectory& directory, const std::string& name, VmState state,
            std::optional<std::uint32_t> cid) {
   auto lookup = directory.find(name);
   return lookup.status == LookupStatus::found && lookup.vm->state == state && lookup.vm->cid == cid;
 }
 
-bool lacks(const Directory& directory, const std::string& name) {
+bool lacks(const EmbeddedDirectory& directory, const std::string& name) {
   return directory.find(name).status == LookupStatus::not_found;
 }
 
 // What a directory entry should say of one domain.
 using Picture = std::map<std::string, std::pair<VmState, std::optional<std::uint32_t>>>;
 
-Picture picture_of(const Directory& directory) {
+Picture picture_of(const EmbeddedDirectory& directory) {
   Picture picture;
   for (const auto& vm : directory.snapshot())
     picture[vm.name] = {vm.state, vm.cid};
@@ -99,8 +99,8 @@ TEST_CASE(
   vmgate::test::SessionLibvirtd libvirtd(dir.path());
   libvirtd.start();
 
-  Directory directory;
-  InventoryOptions options;
+  EmbeddedDirectory directory;
+  LibvirtConfig options;
   options.uri = libvirtd.uri();
   options.reconnect_min = 50ms;
   options.reconnect_max = 400ms;
@@ -222,8 +222,8 @@ TEST_CASE("changes made while the first synchronisation reads the domains are no
   pid_t changer = vmgate::test::spawn({"virsh", "-q", "-c", libvirtd.uri(), changes},
                                       dir.path() / "changer.log");
 
-  Directory directory;
-  InventoryOptions options;
+  EmbeddedDirectory directory;
+  LibvirtConfig options;
   options.uri = libvirtd.uri();
   LibvirtInventory inventory(options, directory);
   inventory.start();

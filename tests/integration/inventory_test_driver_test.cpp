@@ -8,15 +8,15 @@
 #include <optional>
 #include <string>
 
-#include "hostd/directory/directory.hpp"
+#include "hostd/directory/embedded_directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "libvirt_fixture.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
-using vmgate::hostd::Directory;
-using vmgate::hostd::InventoryOptions;
+using vmgate::hostd::EmbeddedDirectory;
+using vmgate::hostd::LibvirtConfig;
 using vmgate::hostd::LibvirtInventory;
 using vmgate::hostd::LookupStatus;
 using vmgate::hostd::VmState;
@@ -63,8 +63,8 @@ constexpr const char* kNodeXml = R"(<node>
 TEST_CASE("inventory reads domains, CIDs, states, networks and groups from the test driver") {
   vmgate::test::TempDir dir;
   vmgate::test::write_file(dir.path() / "node.xml", kNodeXml);
-  Directory directory;
-  InventoryOptions options;
+  EmbeddedDirectory directory;
+  LibvirtConfig options;
   options.uri = "test://" + (dir.path() / "node.xml").string();
   LibvirtInventory inventory(options, directory);
   inventory.start();
@@ -100,8 +100,8 @@ TEST_CASE("inventory reads domains, CIDs, states, networks and groups from the t
 
 TEST_CASE("inventory keeps retrying a URI it cannot open, and stops while waiting") {
   vmgate::test::TempDir dir;
-  Directory directory;
-  InventoryOptions options;
+  EmbeddedDirectory directory;
+  LibvirtConfig options;
   options.uri = "test://" + (dir.path() / "missing.xml").string();
   options.reconnect_min = 10ms;
   options.reconnect_max = 20ms;
@@ -151,8 +151,8 @@ TEST_CASE("inventory reads each of hundreds of domains with its own CID and stat
 
   vmgate::test::TempDir dir;
   vmgate::test::write_file(dir.path() / "node.xml", node);
-  Directory directory;
-  InventoryOptions options;
+  EmbeddedDirectory directory;
+  LibvirtConfig options;
   options.uri = "test://" + (dir.path() / "node.xml").string();
   LibvirtInventory inventory(options, directory);
   inventory.start();

@@ -1,6 +1,6 @@
 """Bodies cross hostd + guestd byte for byte, in both directions, at any
 size and concurrency, and hostd streams them: its memory stays bounded
-whatever the body size (DESIGN: "a multi-gigabyte BITS upload flows through
+whatever the body size (docs/architecture.md: "a multi-gigabyte BITS upload flows through
 with bounded memory")."""
 
 import concurrent.futures

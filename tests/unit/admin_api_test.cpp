@@ -16,7 +16,7 @@
 #include "hostd/admin/admin_api.hpp"
 #include "hostd/admin/readiness.hpp"
 #include "hostd/config/hostd_config.hpp"
-#include "hostd/directory/directory.hpp"
+#include "hostd/directory/embedded_directory.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 
 using namespace vmgate;
@@ -59,7 +59,7 @@ struct Fixture {
     config.listeners.push_back(l);
     directory.replace_all({vm("vm2", uuid2, std::nullopt, VmState::shut_off), vm("vm1", uuid1, 3)});
   }
-  AdminContext context() { return AdminContext{config, directory, metrics, readiness}; }
+  AdminContext context() { return AdminContext{config, directory, metrics, readiness, policy}; }
 
   // Runs one request to completion on its own io_context, beside `extra`.
   AdminResponse request(std::string_view method, std::string_view target,
@@ -79,9 +79,10 @@ struct Fixture {
   }
 
   HostdConfig config;
-  Directory directory;
+  EmbeddedDirectory directory;
   HostdMetrics metrics{directory, nullptr};
   Readiness readiness{"test:///node.xml", nullptr};
+  AccessPolicy policy;
 };
 
 json body_of(const AdminResponse& r) {

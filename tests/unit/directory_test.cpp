@@ -1,11 +1,12 @@
-#include "hostd/directory/directory.hpp"
+#include "hostd/directory/embedded_directory.hpp"
 
 #include <doctest/doctest.h>
 
 namespace {
 
-using vmgate::hostd::Directory;
+using vmgate::hostd::EmbeddedDirectory;
 using vmgate::hostd::LookupStatus;
+using vmgate::hostd::Selection;
 using vmgate::hostd::VmRecord;
 using vmgate::hostd::VmState;
 
@@ -22,14 +23,14 @@ VmRecord vm(std::string name, std::string uuid, std::uint32_t cid,
   return record;
 }
 
-void fill_two_vms(Directory& directory) {
+void fill_two_vms(EmbeddedDirectory& directory) {
   directory.replace_all({vm("web1", kWebUuid, 3), vm("db1", kDbUuid, 4, VmState::shut_off)});
 }
 
 }  // namespace
 
 TEST_CASE("directory finds a VM by its libvirt name") {
-  Directory directory;
+  EmbeddedDirectory directory;
   directory.replace_all({vm("web1", kWebUuid, 3), vm("db1", kDbUuid, 4, VmState::shut_off)});
   auto found = directory.find("db1");
   REQUIRE(found.status == LookupStatus::found);
@@ -39,7 +40,7 @@ TEST_CASE("directory finds a VM by its libvirt name") {
 }
 
 TEST_CASE("directory finds a VM by UUID in any case") {
-  Directory directory;
+  EmbeddedDirectory directory;
   directory.replace_all({vm("web1", "6E3C4F5A-1B2C-4D5E-8F90-A1B2C3D4E5F6", 3)});
   for (const char* query :
        {kWebUuid, "6E3C4F5A-1B2C-4D5E-8F90-A1B2C3D4E5F6", "6e3C4f5A-1b2c-4D5E-8f90-a1B2c3D4e5F6"}) {
@@ -51,7 +52,7 @@ TEST_CASE("directory finds a VM by UUID in any case") {
 }
 
 TEST_CASE("directory matches a name ignoring case only when nothing matches exactly") {
-  Directory directory;
+  EmbeddedDirectory directory;
   directory.replace_all({vm("Web1", kWebUuid, 3)});
   auto found = directory.find("web1");
   REQUIRE(found.status == LookupStatus::found);
@@ -65,7 +66,7 @@ TEST_CASE("directory matches a name ignoring case only when nothing matches exac
 }
 
 TEST_CASE("directory reports an unknown VM as not found") {
-  Directory directory;
+  EmbeddedDirectory directory;
   fill_two_vms(directory);
   auto missing = directory.find("nope");
   CHECK(missing.status == LookupStatus::not_found);
@@ -75,7 +76,7 @@ TEST_CASE("directory reports an unknown VM as not found") {
 }
 
 TEST_CASE("a name equal to another VM's UUID is ambiguous and lists both candidates") {
-  Directory directory;
+  EmbeddedDirectory directory;
   fill_two_vms(directory);
   directory.upsert(vm(kWebUuid, "11111111-2222-3333-4444-555555555555", 9));
   auto lookup = directory.find(kWebUuid);
@@ -92,7 +93,7 @@ TEST_CASE("a name equal to another VM's UUID is ambiguous and lists both candida
 }
 
 TEST_CASE("upsert of a renamed VM drops the old name") {
-  Directory directory;
+  EmbeddedDirectory directory;
   fill_two_vms(directory);
   directory.upsert(vm("web2", kWebUuid, 7));
   CHECK(directory.find("web1").status == LookupStatus::not_found);
@@ -103,7 +104,7 @@ TEST_CASE("upsert of a renamed VM drops the old name") {
 }
 
 TEST_CASE("upsert replaces a VM's record, matched by UUID in any case") {
-  Directory directory;
+  EmbeddedDirectory directory;
   fill_two_vms(directory);
   directory.upsert(vm("web1", "6E3C4F5A-1B2C-4D5E-8F90-A1B2C3D4E5F6", 5, VmState::paused));
   CHECK(directory.size() == 2);
@@ -114,7 +115,7 @@ TEST_CASE("upsert replaces a VM's record, matched by UUID in any case") {
 }
 
 TEST_CASE("remove forgets a VM by UUID, name and UUID both") {
-  Directory directory;
+  EmbeddedDirectory directory;
   fill_two_vms(directory);
   directory.remove("6E3C4F5A-1B2C-4D5E-8F90-A1B2C3D4E5F6");
   CHECK(directory.size() == 1);
@@ -126,7 +127,7 @@ TEST_CASE("remove forgets a VM by UUID, name and UUID both") {
 }
 
 TEST_CASE("a stale record sharing a name does not hide the live one once removed") {
-  Directory directory;
+  EmbeddedDirectory directory;
   fill_two_vms(directory);
   const char* new_uuid = "22222222-3333-4444-5555-666666666666";
   directory.upsert(vm("web1", new_uuid, 8));  // redefined before the old one's event
@@ -138,7 +139,7 @@ TEST_CASE("a stale record sharing a name does not hide the live one once removed
 }
 
 TEST_CASE("replace_all drops VMs that are no longer listed") {
-  Directory directory;
+  EmbeddedDirectory directory;
   fill_two_vms(directory);
   VmRecord app = vm("app1", "33333333-4444-5555-6666-777777777777", 10);
   app.groups = {"web"};
@@ -149,10 +150,105 @@ TEST_CASE("replace_all drops VMs that are no longer listed") {
   CHECK(directory.find("db1").status == LookupStatus::not_found);
   auto snapshot = directory.snapshot();
   REQUIRE(snapshot.size() == 1);
+  app.host = "local";  // every VM of the embedded directory runs here
   CHECK(snapshot[0] == app);
   directory.replace_all({});
   CHECK(directory.size() == 0);
   CHECK(directory.snapshot().empty());
+}
+
+TEST_CASE("every VM of the embedded directory is on the host it was made for") {
+  EmbeddedDirectory directory("kvm7");
+  fill_two_vms(directory);
+  directory.upsert(vm("app1", "33333333-4444-5555-6666-777777777777", 10));
+  for (const auto& record : directory.snapshot())
+    CHECK(record.host == "kvm7");
+  CHECK(directory.find("web1").vm->host == "kvm7");
+}
+
+TEST_CASE("select gives the one VM a name or UUID target names") {
+  EmbeddedDirectory directory;
+  fill_two_vms(directory);
+  auto by_name = directory.select(*vmgate::hostd::parse_target("web1"));
+  REQUIRE(by_name.status == Selection::Status::found);
+  REQUIRE(by_name.vms.size() == 1);
+  CHECK(by_name.vms[0].uuid == kWebUuid);
+  auto by_uuid = directory.select(*vmgate::hostd::parse_target(kDbUuid));
+  REQUIRE(by_uuid.status == Selection::Status::found);
+  CHECK(by_uuid.vms[0].name == "db1");
+}
+
+TEST_CASE("select says which name is unknown or ambiguous") {
+  EmbeddedDirectory directory;
+  fill_two_vms(directory);
+  auto missing = directory.select(*vmgate::hostd::parse_target("nosuch"));
+  CHECK(missing.status == Selection::Status::not_found);
+  CHECK(missing.name == "nosuch");
+  CHECK(missing.vms.empty());
+  directory.upsert(vm(kWebUuid, "99999999-8888-7777-6666-555555555555", 11));
+  auto ambiguous = directory.select(*vmgate::hostd::parse_target(kWebUuid));
+  CHECK(ambiguous.status == Selection::Status::ambiguous);
+  CHECK(ambiguous.candidates.size() == 2);
+  CHECK(ambiguous.vms.empty());
+}
+
+TEST_CASE(
+    "select leaves group, network, list and HOST/NAME targets to a directory that expands "
+    "them") {
+  EmbeddedDirectory directory;
+  fill_two_vms(directory);
+  for (const char* text : {"group:web", "net:default", "web1,db1", "kvm1/web1"}) {
+    INFO(text);
+    auto target = vmgate::hostd::parse_target(text);
+    REQUIRE(target.has_value());
+    CHECK(directory.select(*target).status == Selection::Status::unsupported);
+  }
+}
+
+TEST_CASE("by_cid finds the VM that holds a CID, and follows a CID that changes") {
+  EmbeddedDirectory directory;
+  fill_two_vms(directory);
+  REQUIRE(directory.by_cid(3));
+  CHECK(directory.by_cid(3)->name == "web1");
+  CHECK(directory.by_cid(4)->name == "db1");
+  CHECK_FALSE(directory.by_cid(5));
+  // Restarted with another CID: the old one no longer names it.
+  directory.upsert(vm("web1", kWebUuid, 7));
+  CHECK_FALSE(directory.by_cid(3));
+  CHECK(directory.by_cid(7)->name == "web1");
+  directory.remove(kWebUuid);
+  CHECK_FALSE(directory.by_cid(7));
+  // A VM without a vsock device holds no CID.
+  VmRecord plain = vm("plain", "12121212-3434-5656-7878-909090909090", 0);
+  plain.cid.reset();
+  directory.upsert(plain);
+  CHECK(directory.size() == 2);
+}
+
+TEST_CASE("by_cid names nobody while two VMs claim one CID") {
+  EmbeddedDirectory directory;
+  fill_two_vms(directory);
+  directory.upsert(vm("web1-restored", "abababab-cdcd-efef-0101-232323232323", 3));
+  CHECK_FALSE(directory.by_cid(3));
+  directory.remove("abababab-cdcd-efef-0101-232323232323");
+  CHECK(directory.by_cid(3)->name == "web1");
+}
+
+TEST_CASE("observers hear of every change, and no more once they leave") {
+  EmbeddedDirectory directory;
+  std::vector<vmgate::hostd::DirectoryChange> heard;
+  auto id = directory.observe([&](const vmgate::hostd::DirectoryChange& c) { heard.push_back(c); });
+  fill_two_vms(directory);
+  directory.upsert(vm("web1", "6E3C4F5A-1B2C-4D5E-8F90-A1B2C3D4E5F6", 9));
+  directory.remove(kDbUuid);
+  REQUIRE(heard.size() == 3);
+  CHECK(heard[0].everything);
+  CHECK_FALSE(heard[1].everything);
+  CHECK(heard[1].uuids == std::vector<std::string>{kWebUuid});  // lower-cased, as stored
+  CHECK(heard[2].uuids == std::vector<std::string>{kDbUuid});
+  directory.unobserve(id);
+  directory.remove(kWebUuid);
+  CHECK(heard.size() == 3);
 }
 
 TEST_CASE("state names are stable for logs and the admin API") {

@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "hostd/directory/directory.hpp"
+#include "hostd/directory/embedded_directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 
@@ -45,7 +45,7 @@ double sample(const std::string& text, const std::string& series) {
 }  // namespace
 
 TEST_CASE("metrics text counts requests by route form and status") {
-  Directory directory;
+  EmbeddedDirectory directory;
   HostdMetrics metrics(directory, nullptr);
   metrics.request_done("header", 200, 10, 100);
   metrics.request_done("header", 200, 5, 50);
@@ -61,7 +61,7 @@ TEST_CASE("metrics text counts requests by route form and status") {
 }
 
 TEST_CASE("metrics text follows the exposition format: HELP, TYPE, then samples") {
-  Directory directory;
+  EmbeddedDirectory directory;
   HostdMetrics metrics(directory, nullptr);
   metrics.request_done("absolute", 404, 0, 10);
   metrics.channel_connected(3ms, true);
@@ -86,7 +86,7 @@ TEST_CASE("metrics text follows the exposition format: HELP, TYPE, then samples"
 }
 
 TEST_CASE("channel connect latency is a histogram in seconds, split by result") {
-  Directory directory;
+  EmbeddedDirectory directory;
   HostdMetrics metrics(directory, nullptr);
   metrics.channel_connected(2ms, true);
   metrics.channel_connected(3s, false);
@@ -106,7 +106,7 @@ TEST_CASE("channel connect latency is a histogram in seconds, split by result") 
 }
 
 TEST_CASE("channel reuse and the pool's idle count and discards are reported") {
-  Directory directory;
+  EmbeddedDirectory directory;
   HostdMetrics metrics(directory, nullptr);
   metrics.channel_used(false);
   metrics.channel_used(true);
@@ -130,7 +130,7 @@ TEST_CASE("channel reuse and the pool's idle count and discards are reported") {
 }
 
 TEST_CASE("open tunnels go up and down with OpenTunnel, and null metrics are a no-op") {
-  Directory directory;
+  EmbeddedDirectory directory;
   HostdMetrics metrics(directory, nullptr);
   {
     OpenTunnel a(&metrics);
@@ -143,7 +143,7 @@ TEST_CASE("open tunnels go up and down with OpenTunnel, and null metrics are a n
 }
 
 TEST_CASE("directory size and libvirt counters are read when scraped") {
-  Directory directory;
+  EmbeddedDirectory directory;
   InventoryStats stats;
   HostdMetrics metrics(directory, &stats);
   directory.replace_all({vm("vm1", "00000000-0000-0000-0000-000000000001"),
@@ -170,7 +170,7 @@ TEST_CASE("directory size and libvirt counters are read when scraped") {
 }
 
 TEST_CASE("process start time is the time the metrics were created") {
-  Directory directory;
+  EmbeddedDirectory directory;
   HostdMetrics metrics(directory, nullptr);
   auto now =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -179,7 +179,7 @@ TEST_CASE("process start time is the time the metrics were created") {
 }
 
 TEST_CASE("requests counted from many threads at once are all counted") {
-  Directory directory;
+  EmbeddedDirectory directory;
   HostdMetrics metrics(directory, nullptr);
   constexpr int threads = 4;
   constexpr int per_thread = 5000;

@@ -25,22 +25,6 @@ using namespace vmgate;
 
 namespace {
 
-// start_relay() as a coroutine, so a test can wait for its result.
-awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle) {
-  auto executor = co_await asio::this_coro::executor;
-  asio::steady_timer finished(executor, std::chrono::steady_clock::time_point::max());
-  RelayResult result;
-  bool ended = false;
-  start_relay(a, b, idle, [&](const RelayResult& r) {
-    result = r;
-    ended = true;
-    finished.cancel();
-  });
-  while (!ended)
-    co_await finished.async_wait(use_tuple);
-  co_return result;
-}
-
 constexpr auto bound = 20s;
 
 std::string pattern(std::size_t n, unsigned seed) {

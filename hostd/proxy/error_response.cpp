@@ -1,4 +1,4 @@
-#include "hostd/listener/error_response.hpp"
+#include "hostd/proxy/error_response.hpp"
 
 #include <fmt/format.h>
 

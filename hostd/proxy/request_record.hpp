@@ -1,6 +1,7 @@
 // What one client request did, logged as one `event=request` line (and
 // counted in the metrics) when the record is destroyed: routed or refused,
-// forwarded or tunnelled, whichever way it ended.
+// forwarded or tunnelled, whichever way it ended. It lives where the request
+// does (a tunnel's, as long as the tunnel), so it is neither copied nor moved.
 #pragma once
 
 #include <chrono>
@@ -9,21 +10,20 @@
 #include <string_view>
 
 #include "hostd/metrics/hostd_metrics.hpp"
+#include "hostd/request_id.hpp"
 
 namespace vmgate::hostd {
-
-// A short random request id ("5b2c0e9a"), unique enough to find a log line.
-std::string new_request_id();
 
 struct RequestRecord {
   using clock = std::chrono::steady_clock;
 
   RequestRecord() = default;
-  RequestRecord(const RequestRecord&) = default;
+  RequestRecord(const RequestRecord&) = delete;
   RequestRecord& operator=(const RequestRecord&) = delete;
   ~RequestRecord();
 
   std::string id = new_request_id();
+  std::uint64_t conn = 0;  // the client connection that made it
   std::string_view listener;
   std::string_view client;
   std::string method;
@@ -38,7 +38,6 @@ struct RequestRecord {
   std::uint64_t bytes_out = 0;
   HostdMetrics* metrics = nullptr;
   clock::time_point start = clock::now();
-  bool handed_over = false;  // a copy logs it instead (an established tunnel)
 };
 
 }  // namespace vmgate::hostd

@@ -1,8 +1,8 @@
 // One HTTP exchange on an open channel: the request head and body go to the
 // agent while its response (interim responses, head, body) comes back to the
 // client. Bodies of known length move inside the kernel (splice); the rest
-// stream through one chunk per direction. The outcome says whether the client
-// connection and the channel can each carry another exchange.
+// stream through one chunk per direction. How it ended says what the client
+// connection and the channel can each do next.
 #pragma once
 
 #include <cstddef>
@@ -14,34 +14,16 @@
 #include <boost/beast/http/parser.hpp>
 
 #include "common/asio.hpp"
-#include "common/watchdog.hpp"
-#include "hostd/channel/channel_pool.hpp"
+#include "common/deadline.hpp"
+#include "hostd/channel/channel.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
-#include "hostd/listener/request_record.hpp"
+#include "hostd/proxy/request_record.hpp"
 #include "hostd/refusal.hpp"
 
 namespace vmgate::hostd {
 
 namespace http = boost::beast::http;
-
-// An open channel to one agent port of one VM. The client connection keeps it
-// between its requests while the agent keeps it alive, and hands it to the
-// pool when the connection ends or its next request goes elsewhere.
-//
-// The preamble that opened it named the client connection and request that
-// opened it (Client, Request-Id): for a reused channel that is only its
-// origin, for guestd's log. Who sent each request reaches the agent in the
-// Forwarded field rewrite_request() adds to every request.
-struct Upstream {
-  Stream stream;
-  boost::beast::flat_buffer buffer;  // agent bytes read past the current response head
-  ChannelKey key;
-  // Set when an exchange ended cleanly with keep-alive: no request or response
-  // bytes are in flight, so the channel can carry another exchange.
-  bool idle = false;
-  std::chrono::steady_clock::time_point idle_since{};
-};
 
 // The two body chunks a client connection keeps for all its exchanges.
 // Allocated on first use and not zeroed: make_unique would memset 64 KiB per
@@ -73,17 +55,17 @@ BufferedBody take_buffered_body(http::request_parser<http::buffer_body>& request
                                 boost::beast::flat_buffer& buffer, BodyChunks& chunks);
 
 // What an exchange works with: the client connection, the channel, and the
-// connection's watchdog (armed for the exchange's idle timeout while it runs).
+// connection's deadline (set to the idle timeout while the exchange runs).
 struct ExchangeEnds {
   Stream& client;
   boost::beast::flat_buffer& client_buffer;  // client bytes read past the request head
-  Upstream& upstream;
-  Watchdog& watchdog;
+  Channel& channel;
+  Deadline& deadline;
   BodyChunks& chunks;
   const LimitsConfig& limits;
 };
 
-// The request as forward() prepared it: its head rewritten for the agent.
+// The request as the client connection prepared it: its head rewritten for the agent.
 struct ExchangeRequest {
   http::request_parser<http::buffer_body>& parser;
   BufferedBody whole;  // taken: the body is in chunks.request(), sent with the head
@@ -93,19 +75,36 @@ struct ExchangeRequest {
   unsigned client_version = 11;
 };
 
-struct ExchangeOutcome {
-  error_code head_write_error;  // the channel failed before the agent had the request
-  bool request_done = false;
-  bool request_failed = false;  // the client stopped sending (error or cancelled)
-  bool response_started = false;
-  bool response_done = false;
-  bool upstream_reusable = false;
-  bool client_keep_alive = false;
-  bool timed_out = false;
-  std::optional<Refusal> refusal;  // when no response was started
+// How an exchange ended.
+enum class ExchangeEnd {
+  // The agent's response reached the client whole:
+  keep_both,     // the client connection reads its next request; the channel is idle
+  keep_client,   // the client goes on; the channel is done (the agent closes it)
+  keep_channel,  // the client connection ends (it asked to); the channel is idle
+  // The response was cut, or could not be framed for another: both close.
+  close_both,
+  // No response reached the client; both close, and the client is answered
+  // `refusal`, unless it is gone:
+  channel_failed,  // the channel broke before the agent answered: a request
+                   // that carries no body may go again on a new channel
+  refused,         // the agent's answer cannot be relayed, or it timed out
+  client_gone,     // the client went away first
+};
 
-  // Both sides ended cleanly: the channel can carry another exchange.
-  bool channel_reusable() const { return request_done && response_done && upstream_reusable; }
+struct ExchangeOutcome {
+  ExchangeEnd end = ExchangeEnd::close_both;
+  Refusal refusal;  // channel_failed, refused
+
+  bool client_continues() const {
+    return end == ExchangeEnd::keep_both || end == ExchangeEnd::keep_client;
+  }
+  bool channel_reusable() const {
+    return end == ExchangeEnd::keep_both || end == ExchangeEnd::keep_channel;
+  }
+  bool answered() const {
+    return end != ExchangeEnd::channel_failed && end != ExchangeEnd::refused &&
+           end != ExchangeEnd::client_gone;
+  }
 };
 
 // Runs one exchange to its end. Status, byte counts and failures go into

@@ -1,4 +1,4 @@
-#include "hostd/listener/exchange.hpp"
+#include "hostd/proxy/exchange.hpp"
 
 #include <algorithm>
 
@@ -23,66 +23,71 @@ class Exchange {
            const VmRecord& vm)
       : client_(ends.client),
         client_buffer_(ends.client_buffer),
-        upstream_(ends.upstream),
-        watchdog_(ends.watchdog),
+        channel_(ends.channel),
+        deadline_(ends.deadline),
         chunks_(ends.chunks),
         limits_(ends.limits),
-        request_(request),
+        request_in_(request),
         rec_(record),
         vm_(vm) {
-    out_.client_keep_alive = request.client_keep_alive;
+    client_keep_alive_ = request.client_keep_alive;
     // Past the idle timeout both streams are cancelled; whatever is waiting
     // then decides what the client sees (504 if no response started).
-    watchdog_.expires_after(limits_.idle_timeout, [this] {
-      out_.timed_out = true;
+    deadline_.expires_after(limits_.idle_timeout, [this] {
+      timed_out_ = true;
       error_code ignored;
       client_.cancel(ignored);
-      upstream_.stream.cancel(ignored);
+      channel_.stream.cancel(ignored);
     });
   }
   Exchange(const Exchange&) = delete;
   Exchange& operator=(const Exchange&) = delete;
-  // The watchdog's action names this exchange: it must not outlive it.
-  ~Exchange() { watchdog_.expires_never(); }
+  // The deadline's action names this exchange: it must not outlive it.
+  ~Exchange() { deadline_.expires_never(); }
 
   awaitable<ExchangeOutcome> run() {
-    auto& msg = request_.parser.get();
+    auto& msg = request_in_.parser.get();
     http::serializer<true, http::buffer_body> writer{msg};
-    const bool one_write = !request_.has_body || request_.whole.taken;
+    error_code head_error;
+    const bool one_write = !request_in_.has_body || request_in_.whole.taken;
     if (one_write) {
       auto& body = msg.body();
-      body.data = request_.whole.taken ? chunks_.request() : nullptr;
-      body.size = request_.whole.size;
+      body.data = request_in_.whole.taken ? chunks_.request() : nullptr;
+      body.size = request_in_.whole.size;
       body.more = false;
-      auto [ec, n] = co_await http::async_write(upstream_.stream, writer, use_tuple);
-      out_.head_write_error = ec;
+      auto [ec, n] = co_await http::async_write(channel_.stream, writer, use_tuple);
+      head_error = ec;
     } else {
-      auto [ec, n] = co_await http::async_write_header(upstream_.stream, writer, use_tuple);
-      out_.head_write_error = ec;
+      auto [ec, n] = co_await http::async_write_header(channel_.stream, writer, use_tuple);
+      head_error = ec;
     }
-    if (out_.head_write_error) co_return out_;
+    if (head_error) {
+      co_return ExchangeOutcome{
+          ExchangeEnd::channel_failed,
+          Refusal{502, fmt::format("channel to vm {} failed: {}", vm_.name, head_error.message())}};
+    }
     if (one_write) {
       // The response is read after the whole request, not beside a body pump.
-      out_.request_done = true;
+      request_ = RequestSide::sent;
       co_await relay_response();
     } else {
       co_await (send_request_body(writer) && relay_response());
     }
-    co_return out_;
+    co_return outcome();
   }
 
  private:
   // Moves the last `left` bytes of a body of known length from `from` to `to`:
   // first those already read into `buffer` with the head, then the rest inside
   // the kernel (splice). Exactly that many, so both connections can carry the
-  // next message. Counts into `counted`; progress keeps the watchdog away.
+  // next message. Counts into `counted`; progress keeps the deadline away.
   awaitable<MoveResult> splice_rest_of_body(Stream& from, beast::flat_buffer& buffer, Stream& to,
                                             std::uint64_t left, std::uint64_t& counted) {
     const std::size_t ahead =
         static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), left));
     auto count = [this, &counted](std::size_t n) {
       counted += n;
-      watchdog_.extend(limits_.idle_timeout);
+      deadline_.extend(limits_.idle_timeout);
     };
     const OnMoved on_moved(count);
     const asio::const_buffer already_read(buffer.data().data(), ahead);
@@ -94,7 +99,7 @@ class Exchange {
   // Streams the rest of a body whose end the parser finds as it goes (chunked,
   // or ended by the connection) through `chunk`: a piece parsed from `from`,
   // then serialized to `to`, until parser and serializer are both done. Bytes
-  // written are added to `counted`; progress keeps the watchdog away. `stop`
+  // written are added to `counted`; progress keeps the deadline away. `stop`
   // set between pieces ends it as a cancelled read would.
   template <bool isRequest>
   awaitable<MoveResult> pump_body(http::parser<isRequest, http::buffer_body>& parser, Stream& from,
@@ -128,7 +133,7 @@ class Exchange {
         body.size = 0;
         body.more = false;
       }
-      watchdog_.extend(limits_.idle_timeout);
+      deadline_.extend(limits_.idle_timeout);
       if (writer.is_done()) co_return result;
       const std::size_t piece = body.size;
       auto [ec, n] = co_await http::async_write(to, writer, use_tuple);
@@ -144,35 +149,35 @@ class Exchange {
 
   // The rest of the request body, after its head went alone.
   awaitable<void> send_request_body(http::serializer<true, http::buffer_body>& writer) {
-    auto& request = request_.parser;
+    auto& request = request_in_.parser;
     MoveResult moved;
     if (!request.is_done() && !request.chunked() && request.content_length_remaining()) {
       // Known length: the rest of the body goes client -> channel inside the
       // kernel (splice), after the bytes already read with the head.
-      moved = co_await splice_rest_of_body(client_, client_buffer_, upstream_.stream,
+      moved = co_await splice_rest_of_body(client_, client_buffer_, channel_.stream,
                                            *request.content_length_remaining(), rec_.bytes_in);
     } else {
-      moved = co_await pump_body(request, client_, client_buffer_, writer, upstream_.stream,
+      moved = co_await pump_body(request, client_, client_buffer_, writer, channel_.stream,
                                  chunks_.request(), rec_.bytes_in, stop_request_);
     }
     if (stop_request_) {  // the response side ended the exchange
-      out_.request_failed = true;
+      request_ = RequestSide::stopped;
       co_return;
     }
     if (moved.read_error) {
-      out_.request_failed = true;
-      if (moved.read_error == http::error::body_limit && !out_.response_started) {
-        out_.refusal = Refusal{413, fmt::format("request body exceeds the limit of {} bytes",
-                                                limits_.max_request_body)};
+      request_ = RequestSide::stopped;
+      if (moved.read_error == http::error::body_limit && response_ == ResponseSide::awaited) {
+        refusal_ = Refusal{413, fmt::format("request body exceeds the limit of {} bytes",
+                                            limits_.max_request_body)};
       }
       error_code ignored;
-      upstream_.stream.cancel(ignored);
+      channel_.stream.cancel(ignored);
       co_return;
     }
     // A failed write: the agent may have answered early and closed; the
     // response side decides.
     if (moved.write_error) co_return;
-    out_.request_done = true;
+    request_ = RequestSide::sent;
   }
 
   // Interim responses, then the final response head and its body.
@@ -181,20 +186,19 @@ class Exchange {
       http::response_parser<http::buffer_body> response;
       response.header_limit(limits_.header_bytes);
       response.body_limit(boost::none);
-      if (request_.is_head) response.skip(true);
+      if (request_in_.is_head) response.skip(true);
       auto [ec, n] =
-          co_await http::async_read_header(upstream_.stream, upstream_.buffer, response, use_tuple);
+          co_await http::async_read_header(channel_.stream, channel_.buffer, response, use_tuple);
       if (ec) {
-        if (out_.request_failed && !out_.refusal) co_return;  // the client is gone
-        if (!out_.refusal) out_.refusal = unanswered(ec);
+        if (request_ == RequestSide::stopped && !refusal_) co_return;  // the client is gone
+        if (!refusal_) unanswered(ec, n);
         stop_reading_client();
         co_return;
       }
       auto& res = response.get();
       const unsigned code = res.result_int();
       if (code == 101) {
-        out_.refusal =
-            Refusal{502, "agent switched protocols; use CONNECT for upgraded connections"};
+        refusal_ = Refusal{502, "agent switched protocols; use CONNECT for upgraded connections"};
         stop_reading_client();
         co_return;
       }
@@ -207,22 +211,27 @@ class Exchange {
     }
   }
 
-  // Why the agent's response head never came.
-  Refusal unanswered(error_code ec) const {
-    if (out_.timed_out)
-      return Refusal{504, fmt::format("vm {} did not answer within {} ms", vm_.name,
-                                      limits_.idle_timeout.count())};
-    if (ec == http::error::header_limit)
-      return Refusal{502,
-                     fmt::format("agent response head exceeds {} bytes", limits_.header_bytes)};
-    return Refusal{502, fmt::format("agent on vm {} port {} closed the connection before "
-                                    "answering ({})",
-                                    vm_.name, rec_.port, ec.message())};
+  // Why the agent's response head never came. A channel that ended before
+  // any of it (`read` bytes) may have been closed by the agent as the request
+  // arrived: a failed channel, not a failed agent.
+  void unanswered(error_code ec, std::size_t read) {
+    if (timed_out_) {
+      refusal_ = Refusal{504, fmt::format("vm {} did not answer within {} ms", vm_.name,
+                                          limits_.idle_timeout.count())};
+    } else if (ec == http::error::header_limit) {
+      refusal_ =
+          Refusal{502, fmt::format("agent response head exceeds {} bytes", limits_.header_bytes)};
+    } else {
+      refusal_ = Refusal{502, fmt::format("agent on vm {} port {} closed the connection before "
+                                          "answering ({})",
+                                          vm_.name, rec_.port, ec.message())};
+      channel_failed_ = read == 0 && channel_.buffer.size() == 0;
+    }
   }
 
   // Interim responses (100 Continue) go to HTTP/1.1 clients only (RFC 9110 §15.2).
   awaitable<bool> relay_interim(const http::response<http::buffer_body>& res) {
-    if (request_.client_version < 11) co_return true;
+    if (request_in_.client_version < 11) co_return true;
     http::response<http::empty_body> interim{res.result(), 11};
     for (const auto& f : res)
       interim.insert(f.name_string(), f.value());
@@ -230,7 +239,7 @@ class Exchange {
     auto [ec, n] = co_await http::async_write(client_, interim, use_tuple);
     rec_.bytes_out += n;
     if (ec) {
-      out_.request_failed = true;
+      request_ = RequestSide::stopped;
       co_return false;
     }
     co_return true;
@@ -239,10 +248,10 @@ class Exchange {
   awaitable<void> relay_final_response(http::response_parser<http::buffer_body>& response) {
     auto& res = response.get();
     rec_.status = res.result_int();
-    out_.upstream_reusable = res.keep_alive() && !response.need_eof();
+    agent_keeps_channel_ = res.keep_alive() && !response.need_eof();
     rewrite_response(res);
-    bool keep = out_.client_keep_alive;
-    if (request_.client_version < 11) {
+    bool keep = client_keep_alive_;
+    if (request_in_.client_version < 11) {
       // No chunked coding for HTTP/1.0 clients: the body ends with the connection.
       if (res.chunked() || response.need_eof()) {
         res.chunked(false);
@@ -252,20 +261,20 @@ class Exchange {
     } else {
       res.version(11);
       // Chunked keeps the client connection usable when the agent ends its body by closing.
-      if (response.need_eof() && !request_.is_head) res.chunked(true);
+      if (response.need_eof() && !request_in_.is_head) res.chunked(true);
     }
     res.keep_alive(keep);
-    out_.client_keep_alive = keep;
+    client_keep_alive_ = keep;
 
     http::serializer<false, http::buffer_body> writer{res};
     const auto prefilled =
-        request_.is_head ? BufferedBody{} : take_buffered_response_body(response);
+        request_in_.is_head ? BufferedBody{} : take_buffered_response_body(response);
     if (prefilled.failed) {
-      out_.refusal = Refusal{502, "malformed response body from the agent"};
+      refusal_ = Refusal{502, "malformed response body from the agent"};
       stop_reading_client();
       co_return;
     }
-    out_.response_started = true;
+    response_ = ResponseSide::started;
     error_code hec;
     if (prefilled.taken) {
       // Head and the body bytes that came with it, in one write.
@@ -278,38 +287,38 @@ class Exchange {
       rec_.bytes_out += n;
     }
     if (hec) {
-      out_.request_failed = true;
+      request_ = RequestSide::stopped;
       stop_reading_client();
       co_return;
     }
-    if (!request_.is_head) {
+    if (!request_in_.is_head) {
       MoveResult moved;
       if (!response.is_done() && !response.chunked() && response.content_length_remaining()) {
         // Known length: the rest of the body goes channel -> client inside the
         // kernel (splice), after the bytes already read with the head. Exactly
         // that many, so the channel stays usable for the next response.
-        moved = co_await splice_rest_of_body(upstream_.stream, upstream_.buffer, client_,
+        moved = co_await splice_rest_of_body(channel_.stream, channel_.buffer, client_,
                                              *response.content_length_remaining(), rec_.bytes_out);
       } else {
-        moved = co_await pump_body(response, upstream_.stream, upstream_.buffer, writer, client_,
+        moved = co_await pump_body(response, channel_.stream, channel_.buffer, writer, client_,
                                    chunks_.response(), rec_.bytes_out, never_stop);
       }
       if (moved.failed()) {
         // Mid-body failure: the client sees a truncated message and a closed connection.
-        if (moved.write_error) out_.request_failed = true;
-        out_.client_keep_alive = false;
+        if (moved.write_error) request_ = RequestSide::stopped;
+        client_keep_alive_ = false;
         stop_reading_client();
         co_return;
       }
     }
-    out_.response_done = true;
-    if (!out_.request_done) stop_reading_client();
+    response_ = ResponseSide::complete;
+    if (request_ != RequestSide::sent) stop_reading_client();
   }
 
   // Parses response body bytes already read with the head into the response
   // chunk, as much as fits, so they can leave with the head.
   BufferedBody take_buffered_response_body(http::response_parser<http::buffer_body>& response) {
-    auto& buffer = upstream_.buffer;
+    auto& buffer = channel_.buffer;
     if (response.is_done() || buffer.size() == 0) return {};
     auto& body = response.get().body();
     char* chunk = chunks_.response();
@@ -335,25 +344,51 @@ class Exchange {
   // The response is over (or failed) while the request body is still coming:
   // stop reading it; the connection cannot carry another request.
   void stop_reading_client() {
-    if (out_.request_done) return;
+    if (request_ == RequestSide::sent) return;
     stop_request_ = true;
-    out_.client_keep_alive = false;
+    client_keep_alive_ = false;
     error_code ignored;
     client_.cancel(ignored);
     // The channel has an unfinished request on it: it cannot be reused either.
-    upstream_.stream.cancel(ignored);
+    channel_.stream.cancel(ignored);
   }
+
+  // What the client connection and the channel can do next, from how each
+  // side of the exchange ended.
+  ExchangeOutcome outcome() const {
+    if (response_ == ResponseSide::awaited) {
+      if (request_ == RequestSide::stopped && !refusal_) return {ExchangeEnd::client_gone, {}};
+      Refusal refusal = refusal_.value_or(Refusal{502, "no response from the agent"});
+      return {channel_failed_ ? ExchangeEnd::channel_failed : ExchangeEnd::refused,
+              std::move(refusal)};
+    }
+    const bool whole = response_ == ResponseSide::complete && request_ == RequestSide::sent;
+    if (!whole) return {ExchangeEnd::close_both, {}};
+    if (client_keep_alive_)
+      return {agent_keeps_channel_ ? ExchangeEnd::keep_both : ExchangeEnd::keep_client, {}};
+    return {agent_keeps_channel_ ? ExchangeEnd::keep_channel : ExchangeEnd::close_both, {}};
+  }
+
+  enum class RequestSide { sending, sent, stopped };  // stopped: the client stopped, or was
+  enum class ResponseSide { awaited, started, complete };
 
   Stream& client_;
   beast::flat_buffer& client_buffer_;
-  Upstream& upstream_;
-  Watchdog& watchdog_;
+  Channel& channel_;
+  Deadline& deadline_;
   BodyChunks& chunks_;
   const LimitsConfig& limits_;
-  const ExchangeRequest& request_;
+  const ExchangeRequest& request_in_;
   RequestRecord& rec_;
   const VmRecord& vm_;
-  ExchangeOutcome out_;
+
+  RequestSide request_ = RequestSide::sending;
+  ResponseSide response_ = ResponseSide::awaited;
+  std::optional<Refusal> refusal_;  // what to answer if no response starts
+  bool channel_failed_ = false;     // it ended before the agent said a thing
+  bool agent_keeps_channel_ = false;
+  bool client_keep_alive_ = false;
+  bool timed_out_ = false;
   bool stop_request_ = false;  // the response side ended the exchange early
   static constexpr bool never_stop = false;
 };

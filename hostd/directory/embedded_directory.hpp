@@ -1,0 +1,54 @@
+// The embedded directory: one host on its own, in process, fed by this
+// host's libvirt inventory. Every VM it holds runs on `host`.
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hostd/directory/directory.hpp"
+
+namespace vmgate::hostd {
+
+class EmbeddedDirectory final : public Directory, public DirectoryFeed {
+ public:
+  explicit EmbeddedDirectory(std::string host = "local") : host_(std::move(host)) {}
+
+  void replace_all(std::vector<VmRecord> vms) override;
+  void upsert(VmRecord vm) override;
+  void remove(std::string_view uuid) override;
+
+  Lookup find(std::string_view name_or_uuid) const override;
+  Selection select(const Target& target) const override;
+  std::optional<VmRecord> by_cid(std::uint32_t cid) const override;
+  std::vector<VmRecord> snapshot() const override;
+  std::size_t size() const override;
+
+  ObserverId observe(Observer observer) override;
+  void unobserve(ObserverId id) override;
+
+ private:
+  struct Index {
+    std::map<std::string, VmRecord, std::less<>> by_uuid;  // key: lower-case UUID
+    // libvirt keeps names unique per host, but events can briefly show a new
+    // domain before the old one with the same name is gone: several entries.
+    std::multimap<std::string, std::string, std::less<>> uuid_by_name;
+    // A restored or redefined domain can briefly share a CID with its old self.
+    std::multimap<std::uint32_t, std::string> uuid_by_cid;
+  };
+  void insert_into(Index& index, VmRecord vm) const;
+  static void erase_from(Index& index, const std::string& uuid);
+  void notify(const DirectoryChange& change);
+
+  const std::string host_;
+  mutable std::mutex mutex_;
+  Index index_;
+
+  std::mutex observers_mutex_;
+  std::vector<std::pair<ObserverId, Observer>> observers_;
+  ObserverId next_observer_ = 1;
+};
+
+}  // namespace vmgate::hostd

@@ -1,0 +1,54 @@
+// One client connection on a hostd listener, for its whole life: read a
+// request head, admit it (hostd/admission), then deliver it (hostd/proxy:
+// an exchange over a channel, or a CONNECT tunnel), and again while the
+// client keeps the connection (docs/architecture.md, "The path of one
+// request").
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "common/asio.hpp"
+#include "hostd/authz/access_policy.hpp"
+#include "hostd/channel/channel_pool.hpp"
+#include "hostd/config/hostd_config.hpp"
+#include "hostd/directory/directory.hpp"
+#include "hostd/metrics/hostd_metrics.hpp"
+
+namespace vmgate::hostd {
+
+struct ConnectionContext {
+  const HostdConfig& config;
+  const ListenerConfig& listener;
+  const Directory& directory;
+  const AccessPolicy& policy;
+  HostdMetrics* metrics = nullptr;  // null: not counted (tests)
+  ChannelPool* pool = nullptr;      // null: channels live only as long as their client connection
+};
+
+// A connection's place under max_connections, given back when the
+// connection's coroutine ends. The count is shared: a connection may end
+// while the server that accepted it is being torn down.
+class ConnectionSlot {
+ public:
+  ConnectionSlot() = default;
+  explicit ConnectionSlot(std::shared_ptr<std::atomic<std::uint32_t>> count)
+      : count_(std::move(count)) {}
+  ConnectionSlot(ConnectionSlot&&) = default;
+  ConnectionSlot& operator=(ConnectionSlot&&) = delete;
+  ~ConnectionSlot() {
+    if (count_) --*count_;
+  }
+
+ private:
+  std::shared_ptr<std::atomic<std::uint32_t>> count_;
+};
+
+// Runs until the client closes, a request ends the connection, a tunnel
+// ends, or a limit is hit; then closes the connection. Never throws for
+// anything a client or guest does. `id` names the connection in records.
+awaitable<void> serve_client(Stream client, const ConnectionContext& context, std::uint64_t id,
+                             ConnectionSlot slot);
+
+}  // namespace vmgate::hostd

@@ -1,0 +1,42 @@
+#include "hostd/proxy/tunnel.hpp"
+
+#include <string_view>
+
+#include "common/relay.hpp"
+
+namespace vmgate::hostd {
+
+awaitable<bool> establish_tunnel(Stream& client, boost::beast::flat_buffer& client_buffer,
+                                 Tunnel& tunnel, RequestRecord& record) {
+  record.status = 200;
+  static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
+  auto [ec, n] = co_await asio::async_write(client, asio::buffer(established), use_tuple);
+  if (ec) co_return false;
+  // Bytes that arrived with the head belong to the tunnel.
+  if (client_buffer.size() > 0) {
+    auto [wec, wn] = co_await asio::async_write(tunnel.stream, client_buffer.data(), use_tuple);
+    if (wec) co_return false;
+    record.bytes_in += wn;
+    client_buffer.consume(wn);
+  }
+  if (tunnel.early.size() > 0) {
+    auto [wec, wn] = co_await asio::async_write(client, tunnel.early.data(), use_tuple);
+    if (wec) co_return false;
+    record.bytes_out += wn;
+    tunnel.early.consume(wn);
+  }
+  // The relay reads on its own from here.
+  client_buffer.shrink_to_fit();
+  tunnel.early.shrink_to_fit();
+  co_return true;
+}
+
+awaitable<void> relay_tunnel(Stream& client, Tunnel& tunnel, RequestRecord& record,
+                             std::chrono::milliseconds idle) {
+  RelayResult result = co_await relay(client, tunnel.stream, idle);
+  record.bytes_in += result.a_to_b;
+  record.bytes_out += result.b_to_a;
+  if (result.idle_timeout) record.reason = "idle timeout";
+}
+
+}  // namespace vmgate::hostd
