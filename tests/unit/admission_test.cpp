@@ -1,0 +1,223 @@
+// admit(): one table of request heads, in every routing form, against one
+// directory: what a request is let through to, or why not, and what the
+// request's record learns either way.
+#include "hostd/admission/admission.hpp"
+
+#include <doctest/doctest.h>
+
+#include <boost/beast/http/message.hpp>
+
+#include "hostd/directory/embedded_directory.hpp"
+
+using namespace vmgate;
+using namespace vmgate::hostd;
+namespace http = boost::beast::http;
+
+namespace {
+
+constexpr const char* kVm1 = "11111111-2222-3333-4444-555555555555";
+constexpr const char* kVm2 = "22222222-3333-4444-5555-666666666666";
+constexpr const char* kNoVsock = "33333333-4444-5555-6666-777777777777";
+constexpr const char* kTwin = "44444444-5555-6666-7777-888888888888";
+
+VmRecord vm(std::string name, std::string uuid, std::optional<std::uint32_t> cid,
+            VmState state = VmState::running) {
+  VmRecord r;
+  r.name = std::move(name);
+  r.uuid = std::move(uuid);
+  r.cid = cid;
+  r.state = state;
+  return r;
+}
+
+// The routing forms, each naming `target`.
+enum class Form { connect, header, absolute, host };
+
+http::request_header<> head_for(Form form, const std::string& target) {
+  http::request_header<> h;
+  h.version(11);
+  switch (form) {
+    case Form::connect:
+      h.method(http::verb::connect);
+      h.target(target + ":5986");
+      break;
+    case Form::header:
+      h.method(http::verb::post);
+      h.target("/wsman");
+      h.set("X-VM-Id", target);
+      break;
+    case Form::absolute:
+      h.method(http::verb::post);
+      h.target("http://" + target + ":5986/wsman");
+      break;
+    case Form::host:
+      h.method(http::verb::post);
+      h.target("/wsman");
+      h.set(http::field::host, target + ".vms.example:5986");
+      break;
+  }
+  return h;
+}
+
+struct Fixture {
+  Fixture() {
+    config.routing.host_suffix = ".vms.example";
+    config.limits.max_request_body = 1000;
+    directory.replace_all({vm("vm1", kVm1, 3), vm("vm2", kVm2, 4, VmState::shut_off),
+                           vm("novsock", kNoVsock, std::nullopt),
+                           // named like vm1's UUID: a target naming that UUID is ambiguous
+                           vm(kVm1, kTwin, 5)});
+  }
+
+  boost::system::result<Admitted, Refused> admit(
+      const http::request_header<>& head, std::optional<std::uint64_t> length = {},
+      Identity::Kind who = Identity::Kind::trusted_listener) {
+    const Identity identity{who, "test"};
+    const AdmissionContext context{config.routing, config.channel, config.limits, directory,
+                                   policy};
+    return hostd::admit(
+        AdmissionRequest{
+            .head = head, .content_length = length, .guest_port = 5986, .identity = identity},
+        context);
+  }
+
+  HostdConfig config;
+  EmbeddedDirectory directory;
+  AccessPolicy policy;
+};
+
+constexpr Form all_forms[] = {Form::connect, Form::header, Form::absolute, Form::host};
+
+const char* name_of(Form f) {
+  switch (f) {
+    case Form::connect:
+      return "CONNECT";
+    case Form::header:
+      return "X-VM-Id";
+    case Form::absolute:
+      return "absolute";
+    case Form::host:
+      return "Host suffix";
+  }
+  return "?";
+}
+
+}  // namespace
+
+TEST_CASE("admission lets a request to a running VM through in every routing form") {
+  Fixture f;
+  for (Form form : all_forms) {
+    INFO(name_of(form));
+    auto admitted = f.admit(head_for(form, "vm1"));
+    REQUIRE(admitted.has_value());
+    CHECK(admitted->destination.vm.uuid == kVm1);
+    CHECK(admitted->destination.address.to_string() == "vsock:3:5500");
+    CHECK(admitted->route.port == 5986);
+  }
+}
+
+TEST_CASE("admission answers 404 naming the VM nobody knows, in every routing form") {
+  Fixture f;
+  for (Form form : all_forms) {
+    INFO(name_of(form));
+    auto refused = f.admit(head_for(form, "nosuch"));
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().step == AdmissionStep::select);
+    CHECK(refused.error().refusal.status == 404);
+    CHECK(refused.error().refusal.reason == "vm 'nosuch' is not known to this host");
+    REQUIRE(refused.error().route);  // the record still learns the form and target
+    CHECK(refused.error().route->target.value == "nosuch");
+    CHECK_FALSE(refused.error().vm);
+  }
+}
+
+TEST_CASE("admission answers 409 listing the candidates of an ambiguous name, in every form") {
+  Fixture f;
+  for (Form form : all_forms) {
+    INFO(name_of(form));
+    auto refused = f.admit(head_for(form, kVm1));
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().refusal.status == 409);
+    CHECK(refused.error().candidates.size() == 2);
+    const auto& reason = refused.error().refusal.reason;
+    CHECK(reason.find("matches more than one VM") != std::string::npos);
+    CHECK(reason.find(kTwin) != std::string::npos);
+  }
+}
+
+TEST_CASE("admission answers 503 for a VM that is shut off, and says so, in every form") {
+  Fixture f;
+  for (Form form : all_forms) {
+    INFO(name_of(form));
+    auto refused = f.admit(head_for(form, "vm2"));
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().step == AdmissionStep::state);
+    CHECK(refused.error().refusal.status == 503);
+    CHECK(refused.error().refusal.reason == "vm vm2 is shut_off");
+    REQUIRE(refused.error().vm);
+    CHECK(refused.error().vm->uuid == kVm2);
+  }
+}
+
+TEST_CASE("admission answers 413 for a declared body over max_request_body, in every form") {
+  Fixture f;
+  for (Form form : all_forms) {
+    INFO(name_of(form));
+    auto refused = f.admit(head_for(form, "vm1"), 1001);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().step == AdmissionStep::size);
+    CHECK(refused.error().refusal.status == 413);
+    CHECK(refused.error().refusal.reason == "request body of 1001 bytes exceeds the limit of 1000");
+    // Exactly at the limit is fine.
+    CHECK(f.admit(head_for(form, "vm1"), 1000).has_value());
+  }
+}
+
+TEST_CASE("admission answers 503 for a running VM without a vsock device") {
+  Fixture f;
+  auto refused = f.admit(head_for(Form::header, "novsock"));
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().step == AdmissionStep::channel);
+  CHECK(refused.error().refusal.status == 503);
+  CHECK(refused.error().refusal.reason.find("has no vsock device") != std::string::npos);
+}
+
+TEST_CASE("admission answers 501 for targets that name more than one VM") {
+  Fixture f;
+  for (const char* target : {"group:web", "net:default", "vm1,vm2"}) {
+    INFO(target);
+    auto refused = f.admit(head_for(Form::header, target));
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().refusal.status == 501);
+  }
+}
+
+TEST_CASE("admission answers 400 when the head names no usable target") {
+  Fixture f;
+  http::request_header<> none;
+  none.method(http::verb::get);
+  none.target("/wsman");
+  none.version(11);
+  auto refused = f.admit(none);
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().step == AdmissionStep::route);
+  CHECK(refused.error().refusal.status == 400);
+  CHECK(refused.error().refusal.reason.find("no target VM") != std::string::npos);
+  CHECK_FALSE(refused.error().route);
+
+  auto bad = f.admit(head_for(Form::header, "bad name"));
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(bad.error().refusal.status == 400);
+}
+
+TEST_CASE(
+    "admission refuses a client nobody vouches for with 403, before it learns the VM's state") {
+  Fixture f;
+  for (const char* target : {"vm1", "vm2"}) {
+    INFO(target);
+    auto refused = f.admit(head_for(Form::header, target), {}, Identity::Kind::anonymous);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().step == AdmissionStep::authorize);
+    CHECK(refused.error().refusal.status == 403);
+  }
+}
