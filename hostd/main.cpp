@@ -66,10 +66,14 @@ int run(const vmgate::hostd::HostdConfig& config) {
     more_io.push_back(std::make_unique<asio::io_context>(1));
     session_executors.push_back(more_io.back()->get_executor());
   }
-  // Declared after the io_contexts: its idle channels are closed while they exist.
+  // Declared after the io_contexts: its idle channels are closed while they
+  // exist. The budget outlives the pool, whose channels give their tickets back.
+  hostd::ChannelBudget channel_budget(config.channel);
   hostd::ChannelPool channel_pool(io.get_executor(), config.channel);
   metrics.set_channel_pool(&channel_pool.stats());
-  hostd::Server server(io, config, directory, policy, &metrics, &channel_pool, session_executors);
+  metrics.set_channel_budget(&channel_budget.stats());
+  hostd::Server server(io, config, directory, policy, channel_budget, &metrics, &channel_pool,
+                       session_executors);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
@@ -124,6 +128,7 @@ int run(const vmgate::hostd::HostdConfig& config) {
     other->stop();
   io_threads.clear();
   metrics.set_channel_pool(nullptr);
+  metrics.set_channel_budget(nullptr);
   first_sync.request_stop();
   first_sync.join();
   inventory.stop();

@@ -1,5 +1,8 @@
 #include "hostd/channel/channel.hpp"
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include "common/deadline.hpp"
@@ -87,6 +90,27 @@ awaitable<ChannelResult> connect_and_handshake(const transport::Address& address
 }
 
 }  // namespace
+
+std::optional<Channel> move_to(Channel channel, const asio::any_io_executor& executor) {
+  auto& from = asio::query(channel.stream.get_executor(), asio::execution::context);
+  auto& to = asio::query(executor, asio::execution::context);
+  if (&from == &to) return channel;
+  int domain = 0;
+  socklen_t length = sizeof domain;
+  if (::getsockopt(channel.stream.native_handle(), SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0)
+    return std::nullopt;
+  error_code ec;
+  auto fd = channel.stream.release(ec);
+  if (ec) return std::nullopt;
+  Stream moved(executor);
+  moved.assign(asio::generic::stream_protocol(domain, 0), fd, ec);
+  if (ec) {
+    ::close(fd);
+    return std::nullopt;
+  }
+  channel.stream = std::move(moved);
+  return channel;
+}
 
 boost::system::result<transport::Address, Refusal> channel_address(const ChannelConfig& config,
                                                                    const VmRecord& vm) {

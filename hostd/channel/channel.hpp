@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -34,6 +35,34 @@ struct ChannelKey {
   friend bool operator==(const ChannelKey&, const ChannelKey&) = default;
 };
 
+class ChannelBudget;
+
+// One open channel's place among its VM's channels (channel_budget.hpp),
+// given back when destroyed. It shares the budget's state: a channel still
+// open when hostd stops (its coroutine destroyed with the I/O threads'
+// contexts) gives it back safely.
+class ChannelTicket {
+ public:
+  ChannelTicket() = default;
+  ChannelTicket(ChannelTicket&& other) noexcept { *this = std::move(other); }
+  ChannelTicket& operator=(ChannelTicket&& other) noexcept;
+  ~ChannelTicket() { release(); }
+
+  explicit operator bool() const { return state_ != nullptr; }
+  bool is_private() const { return private_; }
+
+ private:
+  friend class ChannelBudget;
+  struct State;
+  ChannelTicket(std::shared_ptr<State> state, std::string uuid)
+      : state_(std::move(state)), uuid_(std::move(uuid)) {}
+  void release();
+
+  std::shared_ptr<State> state_;
+  std::string uuid_;
+  bool private_ = false;
+};
+
 // The preamble that opened a channel named the client connection and the
 // request that opened it (Client, Request-Id): for a reused channel that is
 // only its origin, for guestd's log. Who sent each request reaches the agent
@@ -44,7 +73,15 @@ struct Channel {
   // outlive every read on the channel.
   boost::beast::flat_buffer buffer;
   ChannelKey key;
+  // Its place among its VM's channels; none for a tunnel's.
+  ChannelTicket ticket;
 };
+
+// A socket belongs to the reactor of the io_context it was opened on: a
+// channel opened on another I/O thread is moved to `executor`'s (two
+// epoll_ctl calls), so its I/O does not complete on one thread only to be
+// handed to another. Empty when the socket cannot be moved (it is closed).
+std::optional<Channel> move_to(Channel channel, const asio::any_io_executor& executor);
 
 // The transport that reaches this VM's guestd, from the configured template.
 boost::system::result<transport::Address, Refusal> channel_address(const ChannelConfig& config,

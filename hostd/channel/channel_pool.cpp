@@ -15,33 +15,14 @@ std::chrono::milliseconds sweep_interval(std::chrono::milliseconds idle_timeout)
   return std::max(idle_timeout / 2, std::chrono::milliseconds(100));
 }
 
-void close_all(std::vector<Stream>& streams) {
-  for (auto& s : streams) {
+// Closing gives each channel's ticket back, which may wake a request
+// waiting for one: never under the pool's lock.
+void close_all(std::vector<Channel>& channels) {
+  for (auto& c : channels) {
     error_code ignored;
-    s.close(ignored);
+    c.stream.close(ignored);
   }
-}
-
-// A socket is registered with the reactor of the io_context it was opened
-// on. Released and assigned again, it moves to `executor`'s context.
-std::optional<Stream> move_to(Stream stream, const asio::any_io_executor& executor) {
-  auto& from = asio::query(stream.get_executor(), asio::execution::context);
-  auto& to = asio::query(executor, asio::execution::context);
-  if (&from == &to) return stream;
-  int domain = 0;
-  socklen_t length = sizeof domain;
-  if (::getsockopt(stream.native_handle(), SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0)
-    return std::nullopt;
-  error_code ec;
-  auto fd = stream.release(ec);
-  if (ec) return std::nullopt;
-  Stream moved(executor);
-  moved.assign(asio::generic::stream_protocol(domain, 0), fd, ec);
-  if (ec) {
-    ::close(fd);
-    return std::nullopt;
-  }
-  return moved;
+  channels.clear();
 }
 
 }  // namespace
@@ -75,7 +56,7 @@ ChannelPool::~ChannelPool() {
   for (auto& [key, entries] : idle_) {
     for (auto& e : entries) {
       error_code ignored;
-      e.stream.close(ignored);
+      e.channel.stream.close(ignored);
     }
   }
 }
@@ -90,17 +71,17 @@ void ChannelPool::arm_sweep() {
   });
 }
 
-std::optional<Stream> ChannelPool::take(const ChannelKey& key,
-                                        const asio::any_io_executor& executor,
-                                        clock::time_point now) {
+std::optional<Channel> ChannelPool::take(const ChannelKey& key,
+                                         const asio::any_io_executor& executor,
+                                         clock::time_point now) {
   if (!enabled()) return std::nullopt;
   auto& context = asio::query(executor, asio::execution::context);
-  std::vector<Stream> dead;
-  std::optional<Stream> found;
+  std::vector<Channel> dead;
+  std::optional<Channel> found;
   // One candidate at a time under the lock; whether it is still alive is
   // asked outside it.
   while (!found) {
-    std::optional<Stream> candidate;
+    std::optional<Channel> candidate;
     {
       std::lock_guard lock(mutex_);
       auto it = idle_.find(key);
@@ -110,7 +91,7 @@ std::optional<Stream> ChannelPool::take(const ChannelKey& key,
       std::erase_if(entries, [&](Entry& e) {
         if (now - e.since < idle_timeout_) return false;
         ++stats_.expired;
-        dead.push_back(std::move(e.stream));
+        dead.push_back(std::move(e.channel));
         return true;
       });
       if (!entries.empty()) {
@@ -118,19 +99,20 @@ std::optional<Stream> ChannelPool::take(const ChannelKey& key,
         // between reactors), else the newest.
         auto pick = std::prev(entries.end());
         for (auto e = entries.rbegin(); e != entries.rend(); ++e) {
-          if (&asio::query(e->stream.get_executor(), asio::execution::context) == &context) {
+          if (&asio::query(e->channel.stream.get_executor(), asio::execution::context) ==
+              &context) {
             pick = std::prev(e.base());
             break;
           }
         }
-        candidate.emplace(std::move(pick->stream));
+        candidate.emplace(std::move(pick->channel));
         entries.erase(pick);
       }
       stats_.idle -= before - entries.size();
       if (entries.empty()) idle_.erase(it);
     }
     if (!candidate) break;
-    if (idle_channel_usable(*candidate)) {
+    if (idle_channel_usable(candidate->stream)) {
       found = std::move(candidate);
       ++stats_.taken;
     } else {
@@ -143,21 +125,44 @@ std::optional<Stream> ChannelPool::take(const ChannelKey& key,
   return move_to(std::move(*found), executor);
 }
 
-void ChannelPool::put(const ChannelKey& key, Stream stream, clock::time_point now) {
-  if (enabled() && idle_channel_usable(stream)) {
-    std::lock_guard lock(mutex_);
-    auto& entries = idle_[key];
+void ChannelPool::put(Channel channel, clock::time_point now) {
+  if (enabled() && idle_channel_usable(channel.stream)) {
+    std::unique_lock lock(mutex_);
+    auto& entries = idle_[channel.key];
     if (entries.size() < max_idle_) {
-      entries.push_back(Entry{std::move(stream), now});
+      entries.push_back(Entry{std::move(channel), now});
       ++stats_.idle;
       return;
     }
+    lock.unlock();
     ++stats_.full;
   } else if (enabled()) {
     ++stats_.closed;
   }
   error_code ignored;
-  stream.close(ignored);
+  channel.stream.close(ignored);
+}
+
+bool ChannelPool::evict_one(const std::string& uuid) {
+  std::optional<Channel> evicted;
+  {
+    std::lock_guard lock(mutex_);
+    auto oldest = idle_.end();
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      if (it->first.uuid != uuid || it->second.empty()) continue;
+      if (oldest == idle_.end() || it->second.front().since < oldest->second.front().since)
+        oldest = it;
+    }
+    if (oldest == idle_.end()) return false;
+    evicted.emplace(std::move(oldest->second.front().channel));
+    oldest->second.erase(oldest->second.begin());
+    if (oldest->second.empty()) idle_.erase(oldest);
+    --stats_.idle;
+    ++stats_.evicted;
+  }
+  error_code ignored;
+  evicted->stream.close(ignored);
+  return true;
 }
 
 void ChannelPool::sweep(clock::time_point now) {
@@ -169,15 +174,15 @@ void ChannelPool::sweep(clock::time_point now) {
     std::lock_guard lock(mutex_);
     checked.swap(idle_);
   }
-  std::vector<Stream> dead;
+  std::vector<Channel> dead;
   std::size_t dropped = 0;
   for (auto& [key, entries] : checked) {
     std::erase_if(entries, [&](Entry& e) {
       bool expired = now - e.since >= idle_timeout_;
-      bool closed = !expired && !idle_channel_usable(e.stream);
+      bool closed = !expired && !idle_channel_usable(e.channel.stream);
       if (!expired && !closed) return false;
       ++(expired ? stats_.expired : stats_.closed);
-      dead.push_back(std::move(e.stream));
+      dead.push_back(std::move(e.channel));
       ++dropped;
       return true;
     });
@@ -191,7 +196,7 @@ void ChannelPool::sweep(clock::time_point now) {
                       std::make_move_iterator(entries.end()));
       // Over the limit after the merge: the oldest go.
       while (now_idle.size() > max_idle_) {
-        dead.push_back(std::move(now_idle.front().stream));
+        dead.push_back(std::move(now_idle.front().channel));
         now_idle.erase(now_idle.begin());
         ++stats_.full;
         ++dropped;

@@ -49,6 +49,7 @@ struct ChannelPoolStats {
   std::atomic<std::uint64_t> expired{0};  // idle longer than idle_timeout
   std::atomic<std::uint64_t> closed{0};   // the peer closed it (or sent bytes) while idle
   std::atomic<std::uint64_t> full{0};     // returned when max_idle were already idle
+  std::atomic<std::uint64_t> evicted{0};  // closed to make room for another port of its VM
 };
 
 class ChannelPool {
@@ -65,11 +66,15 @@ class ChannelPool {
 
   // A live channel for `key`, if any, on `executor`: the most recently
   // returned one of those already on `executor`'s context, else of all.
-  std::optional<Stream> take(const ChannelKey& key, const asio::any_io_executor& executor,
-                             clock::time_point now = clock::now());
+  std::optional<Channel> take(const ChannelKey& key, const asio::any_io_executor& executor,
+                              clock::time_point now = clock::now());
   // Keeps a channel whose last exchange ended cleanly, with nothing unread on
-  // it; closes it instead when the pool is full for its key or it is dead.
-  void put(const ChannelKey& key, Stream stream, clock::time_point now = clock::now());
+  // it, under its key; closes it instead when the pool is full for its key
+  // or it is dead.
+  void put(Channel channel, clock::time_point now = clock::now());
+  // Closes the longest idle channel of one VM (any agent port), to make room
+  // for a channel to another port of it; false when it has none idle.
+  bool evict_one(const std::string& uuid);
   // Closes expired and dead entries; the periodic sweep calls it.
   void sweep(clock::time_point now = clock::now());
 
@@ -78,7 +83,7 @@ class ChannelPool {
 
  private:
   struct Entry {
-    Stream stream;
+    Channel channel;
     clock::time_point since;
   };
   void arm_sweep();

@@ -1,5 +1,7 @@
 #include "hostd/config/hostd_config.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "common/config_reader.hpp"
@@ -120,6 +122,17 @@ HostdConfig read(const Section& root) {
         static_cast<std::uint32_t>(s->get_int("pool_max_idle", c.channel.pool_max_idle, 0, 65536));
     c.channel.pool_idle_timeout =
         s->get_ms("pool_idle_timeout_ms", c.channel.pool_idle_timeout, 100ms, 3'600'000ms);
+    c.channel.max_per_vm =
+        static_cast<std::uint32_t>(s->get_int("max_per_vm", c.channel.max_per_vm, 1, 1'000'000));
+    // Unset, it follows a smaller max_per_vm down.
+    c.channel.max_private_per_vm = static_cast<std::uint32_t>(
+        s->get_int("max_private_per_vm",
+                   std::min(c.channel.max_private_per_vm, c.channel.max_per_vm), 0, 1'000'000));
+    if (c.channel.max_private_per_vm > c.channel.max_per_vm)
+      s->fail("max_private_per_vm", "must not be larger than max_per_vm");
+    c.channel.wait_timeout = s->get_ms("wait_timeout_ms", c.channel.wait_timeout, 0ms, 600'000ms);
+    c.channel.max_waiting_per_vm = static_cast<std::uint32_t>(
+        s->get_int("max_waiting_per_vm", c.channel.max_waiting_per_vm, 0, 1'000'000));
     s->reject_unknown_keys();
   }
   if (auto s = root.section("limits")) {

@@ -42,13 +42,26 @@ struct ChannelConfig {
   std::uint32_t guestd_port = default_channel_port;
   std::chrono::milliseconds connect_timeout{3000};  // connect + guestd's answer
   // Idle keep-alive channels kept for later requests of any client, per
-  // (VM, agent port); 0 turns the pool off.
-  std::uint32_t pool_max_idle = 32;
+  // (VM, agent port); 0 turns the pool off. A client connection gives its
+  // channel back here as soon as its exchange is done, so this, not the
+  // number of connected clients, bounds the idle channels of a VM.
+  std::uint32_t pool_max_idle = 64;
   // How long a channel may sit idle before it is closed instead of reused.
   // Shorter than agents' own keep-alive (WinRM's HTTP.sys: 120 s, Apache: 5 s
   // is the short end) so that an agent rarely closes a channel just as a
   // request with a body, which cannot be retried, is written to it.
   std::chrono::milliseconds pool_idle_timeout{4000};
+  // Channels one VM may have open at once for HTTP requests, in use or idle:
+  // keep it below guestd's max_connections (1024 by default), which CONNECT
+  // tunnels share. A request that finds them all in use waits for one.
+  std::uint32_t max_per_vm = 512;
+  // Of those, how many may be private to one client connection at once,
+  // because the agent's authentication (NTLM, Negotiate) is bound to it.
+  std::uint32_t max_private_per_vm = 128;
+  // How long a request waits for a channel when all of its VM's are in use,
+  // and how many may wait at once; then 503.
+  std::chrono::milliseconds wait_timeout{10'000};
+  std::uint32_t max_waiting_per_vm = 4096;
 };
 
 struct LimitsConfig {

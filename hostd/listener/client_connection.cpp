@@ -11,6 +11,7 @@
 #include "common/transport.hpp"
 #include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/proxy/connection_auth.hpp"
 #include "hostd/proxy/error_response.hpp"
 #include "hostd/proxy/exchange.hpp"
 #include "hostd/proxy/request_record.hpp"
@@ -30,13 +31,6 @@ Identity identity_of(const ListenerConfig& listener) {
   if (listener.trusted) return Identity{Identity::Kind::trusted_listener, listener.name};
   return Identity{};
 }
-
-// A channel the connection keeps between its requests, while the agent
-// keeps it alive: the next request to the same VM and port goes on it.
-struct KeptChannel {
-  Channel channel;
-  clock::time_point since;
-};
 
 class ClientConnection {
  public:
@@ -172,43 +166,70 @@ class ClientConnection {
     co_return !ec && keep_alive;
   }
 
-  // The kept channel goes back to the pool if nothing arrived on it since its
-  // last exchange; otherwise it is closed.
-  void release_kept() {
-    if (!kept_) return;
-    KeptChannel kept = std::move(*kept_);
-    kept_.reset();
-    if (ctx_.pool && kept.channel.buffer.size() == 0) {
-      ctx_.pool->put(kept.channel.key, std::move(kept.channel.stream), kept.since);
-    } else {
-      error_code ignored;
-      kept.channel.stream.close(ignored);
+  // A channel whose exchange ended cleanly goes back to the pool at once, so
+  // an idle client connection holds none: the channels of a VM are bounded by
+  // the requests in flight and the pool's limit, never by connected clients.
+  // Only a channel bound to this connection's agent authentication stays.
+  void give_back(Channel channel, bool binds) {
+    if (binds && ctx_.budget.make_private(channel.ticket)) {
+      private_.emplace(std::move(channel));
+      return;
     }
+    if (!binds && channel.buffer.size() == 0 && !channel.ticket.is_private()) {
+      // A request waiting for a channel of this VM comes before the pool.
+      if (ctx_.budget.hand_over(channel)) return;
+      if (ctx_.pool) {
+        ctx_.pool->put(std::move(channel));
+        return;
+      }
+    }
+    // Bound, but over max_private_per_vm: closed, never shared.
+    error_code ignored;
+    channel.stream.close(ignored);
   }
 
-  // The connection's kept channel, else a pooled one, else a new one.
-  // `reuse` false: a retry after a reused channel failed, which wants a new one.
+  void drop_private() {
+    if (!private_) return;
+    error_code ignored;
+    private_->stream.close(ignored);
+    private_.reset();
+  }
+
+  // The connection's private channel when it goes to the same VM and port,
+  // else a pooled one, else a new one (waiting, if the VM has all its
+  // channels in use). `reuse` false: a retry after a reused channel failed,
+  // which wants a new one.
   awaitable<ChannelResult> take_channel(RequestRecord& rec, const Destination& destination,
                                         std::uint16_t port, bool reuse) {
     const auto now = clock::now();
     ChannelKey key = ChannelKey::of(destination.vm, port);
     rec.reused_channel = false;
-    if (reuse && kept_ && kept_->channel.key == key && !idle_too_long(kept_->since, now) &&
-        idle_channel_usable(kept_->channel.stream)) {
-      Channel channel = std::move(kept_->channel);
-      kept_.reset();
-      co_return reused(rec, std::move(channel));
+    if (private_ && private_->key == key) {
+      if (reuse && idle_channel_usable(private_->stream)) {
+        Channel channel = std::move(*private_);
+        private_.reset();
+        co_return reused(rec, std::move(channel));
+      }
+      // The agent ended it (or it failed): its authentication starts over.
+      drop_private();
     }
-    release_kept();
     if (ctx_.pool && reuse) {
       if (auto pooled = ctx_.pool->take(key, client_.get_executor(), now))
-        co_return reused(rec, Channel{std::move(*pooled), {}, std::move(key)});
+        co_return reused(rec, std::move(*pooled));
     }
+    const VmRecord& vm = destination.vm;
+    auto grant = co_await ctx_.budget.acquire(
+        vm, key, [this, &vm] { return ctx_.pool != nullptr && ctx_.pool->evict_one(vm.uuid); });
+    if (!grant) co_return grant.error();
+    // After a wait: the channel another request to the same port was done with.
+    if (grant->channel) co_return reused(rec, std::move(*grant->channel));
     ChannelConnectTimer connect_timer(ctx_.metrics);
-    auto channel = co_await open_channel(ctx_.config.channel, destination.vm, destination.address,
-                                         port, peer_, rec.id);
+    auto channel =
+        co_await open_channel(ctx_.config.channel, vm, destination.address, port, peer_, rec.id);
     connect_timer.done(bool(channel));
-    if (channel && ctx_.metrics) ctx_.metrics->channel_used(false);
+    if (!channel) co_return channel;
+    channel->ticket = std::move(grant->ticket);
+    if (ctx_.metrics) ctx_.metrics->channel_used(false);
     co_return channel;
   }
 
@@ -218,16 +239,12 @@ class ClientConnection {
     return channel;
   }
 
-  bool idle_too_long(clock::time_point since, clock::time_point now) const {
-    return ctx_.pool && now - since >= ctx_.pool->idle_timeout();
-  }
-
-  // CONNECT: a new channel (never a kept one: the agent sees a fresh
+  // CONNECT: a new channel (never a pooled one: the agent sees a fresh
   // connection), then "200 Connection established".
   awaitable<void> open_tunnel(RequestRecord& rec, const Admitted& admitted, unsigned version,
                               std::optional<Tunnel>& tunnel) {
-    // The connection ends with the tunnel: its idle channel can serve others now.
-    release_kept();
+    // The connection ends with the tunnel: a private channel has no use left.
+    drop_private();
     const Destination& destination = admitted.destination;
     ChannelConnectTimer connect_timer(ctx_.metrics);
     auto channel = co_await open_channel(ctx_.config.channel, destination.vm, destination.address,
@@ -252,6 +269,8 @@ class ClientConnection {
                             .is_head = msg.method() == http::verb::head,
                             .client_keep_alive = msg.keep_alive(),
                             .client_version = msg.version()};
+    // Read before the head is rewritten (Authorization passes through as is).
+    const bool request_binds = binds_connection(msg);
     rewrite_request(msg, admitted.route, ctx_.config.routing.vm_header, peer_);
     if (request.has_body) {
       request.whole = take_buffered_body(parser, buffer_, chunks_);
@@ -266,10 +285,17 @@ class ClientConnection {
     for (int attempt = 0;; ++attempt) {
       auto channel =
           co_await take_channel(rec, admitted.destination, admitted.route.port, attempt == 0);
+      const bool keep_after_refusal = request.client_keep_alive && !request.has_body;
       if (!channel) {
         Refusal refusal = std::move(channel.error());
-        const bool keep = request.client_keep_alive && !request.has_body;
-        co_return co_await refuse(rec, refusal, request.client_version, keep);
+        co_return co_await refuse(rec, refusal, request.client_version, keep_after_refusal);
+      }
+      // Its handshake must stay on this channel: refused now, before the
+      // agent sees a step it could never finish, when the VM has too many.
+      if (request_binds && !ctx_.budget.make_private(channel->ticket)) {
+        give_back(std::move(*channel), false);
+        Refusal refusal = too_many_private(admitted.destination.vm);
+        co_return co_await refuse(rec, refusal, request.client_version, keep_after_refusal);
       }
       ExchangeEnds ends{.client = client_,
                         .client_buffer = buffer_,
@@ -287,11 +313,23 @@ class ClientConnection {
     }
   }
 
-  // After an exchange: keep the channel if it can carry another, answer the
-  // client if the agent could not.
+  Refusal too_many_private(const VmRecord& vm) const {
+    return Refusal{503, fmt::format("vm {} has {} channels bound to their clients' NTLM or "
+                                    "Negotiate authentication already (channel.max_private_per_vm)",
+                                    vm.name, ctx_.config.channel.max_private_per_vm)};
+  }
+
+  // After an exchange: the channel goes back (or stays private) if it can
+  // carry another, the connection's body buffers are freed while it idles,
+  // and the client is answered if the agent could not be.
   awaitable<bool> conclude(RequestRecord& rec, const ExchangeRequest& request, Channel channel,
                            const ExchangeOutcome& outcome) {
-    if (outcome.channel_reusable()) kept_.emplace(KeptChannel{std::move(channel), clock::now()});
+    if (outcome.channel_reusable()) {
+      const bool binds = channel.ticket.is_private() || outcome.agent_binds_connection;
+      give_back(std::move(channel), binds);
+    }
+    chunks_.release();
+    if (buffer_.size() == 0) buffer_.shrink_to_fit();
     if (outcome.answered()) co_return outcome.client_continues();
     if (outcome.end == ExchangeEnd::client_gone) {
       rec.status = 499;
@@ -307,7 +345,7 @@ class ClientConnection {
     error_code ignored;
     client_.shutdown(asio::socket_base::shutdown_send, ignored);
     client_.close(ignored);
-    release_kept();
+    drop_private();
   }
 
   Stream client_;
@@ -320,7 +358,9 @@ class ClientConnection {
   // it must outlive every read on the connection.
   beast::flat_buffer buffer_;
   Deadline deadline_;
-  std::optional<KeptChannel> kept_;
+  // A channel bound to this connection's agent authentication (NTLM,
+  // Negotiate): never pooled, closed with the connection.
+  std::optional<Channel> private_;
   BodyChunks chunks_;
 };
 

@@ -11,6 +11,7 @@
 
 #include "common/asio.hpp"
 #include "hostd/authz/access_policy.hpp"
+#include "hostd/channel/channel_budget.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
@@ -23,8 +24,9 @@ struct ConnectionContext {
   const ListenerConfig& listener;
   const Directory& directory;
   const AccessPolicy& policy;
+  ChannelBudget& budget;
   HostdMetrics* metrics = nullptr;  // null: not counted (tests)
-  ChannelPool* pool = nullptr;      // null: channels live only as long as their client connection
+  ChannelPool* pool = nullptr;      // null: a channel closes when its exchange ends
 };
 
 // A connection's place under max_connections, given back when the

@@ -25,12 +25,13 @@ struct Server::Listener {
 };
 
 Server::Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
-               const AccessPolicy& policy, HostdMetrics* metrics, ChannelPool* pool,
-               std::vector<asio::any_io_executor> session_executors)
+               const AccessPolicy& policy, ChannelBudget& budget, HostdMetrics* metrics,
+               ChannelPool* pool, std::vector<asio::any_io_executor> session_executors)
     : io_(io),
       config_(config),
       directory_(directory),
       policy_(policy),
+      budget_(budget),
       metrics_(metrics),
       pool_(pool),
       session_executors_(std::move(session_executors)) {
@@ -66,9 +67,9 @@ void Server::start() {
       }
     }
     acceptors.insert(acceptors.begin(), std::move(acceptor));
-    listeners_.push_back(std::make_unique<Listener>(
-        Listener{lc, std::move(acceptors),
-                 ConnectionContext{config_, lc, directory_, policy_, metrics_, pool_}, bound}));
+    listeners_.push_back(std::make_unique<Listener>(Listener{
+        lc, std::move(acceptors),
+        ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_}, bound}));
     log::info("listening")
         .kv("listener", lc.name)
         .kv("addr", bound)

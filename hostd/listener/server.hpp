@@ -21,8 +21,8 @@ class Server {
   // an io_context run by one thread; `io` alone when the list is empty), and a
   // client connection runs on the executor that accepted it.
   Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
-         const AccessPolicy& policy, HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
-         std::vector<asio::any_io_executor> session_executors = {});
+         const AccessPolicy& policy, ChannelBudget& budget, HostdMetrics* metrics = nullptr,
+         ChannelPool* pool = nullptr, std::vector<asio::any_io_executor> session_executors = {});
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
@@ -40,6 +40,7 @@ class Server {
   const HostdConfig& config_;
   const Directory& directory_;
   const AccessPolicy& policy_;
+  ChannelBudget& budget_;
   HostdMetrics* metrics_;
   ChannelPool* pool_;
   std::vector<asio::any_io_executor> session_executors_;

@@ -1,5 +1,6 @@
 #include "hostd/metrics/hostd_metrics.hpp"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <mutex>
@@ -101,6 +102,35 @@ struct HostdMetrics::Impl {
   prom::Counter& pool_expired = pool_discarded_family.Add({{"reason", "expired"}});
   prom::Counter& pool_closed = pool_discarded_family.Add({{"reason", "closed"}});
   prom::Counter& pool_full = pool_discarded_family.Add({{"reason", "full"}});
+  prom::Counter& pool_evicted = pool_discarded_family.Add({{"reason", "evicted"}});
+
+  // Read from the channel budget at scrape time.
+  const ChannelBudgetStats* budget = nullptr;
+  prom::Family<prom::Gauge>& channels_family =
+      prom::BuildGauge()
+          .Name("vmgate_channels")
+          .Help(
+              "HTTP channels open now (tunnels excepted): in use by a request, idle in the "
+              "pool, or private to a client connection whose agent authentication is bound to it")
+          .Register(registry);
+  prom::Gauge& channels_in_use = channels_family.Add({{"state", "in_use"}});
+  prom::Gauge& channels_idle = channels_family.Add({{"state", "idle"}});
+  prom::Gauge& channels_private = channels_family.Add({{"state", "private"}});
+  prom::Gauge& channel_waiting = prom::BuildGauge()
+                                     .Name("vmgate_channel_waiting")
+                                     .Help("Requests waiting for a channel to their VM now")
+                                     .Register(registry)
+                                     .Add({});
+  prom::Family<prom::Counter>& channel_waits_family =
+      prom::BuildCounter()
+          .Name("vmgate_channel_waits_total")
+          .Help(
+              "Requests that found every channel to their VM in use and waited: granted one, "
+              "timed out, or refused because too many waited already")
+          .Register(registry);
+  prom::Counter& waits_granted = channel_waits_family.Add({{"result", "granted"}});
+  prom::Counter& waits_timed_out = channel_waits_family.Add({{"result", "timed_out"}});
+  prom::Counter& waits_refused = channel_waits_family.Add({{"result", "queue_full"}});
 
   // Read from the directory and the inventory at scrape time.
   prom::Gauge& directory_vms = prom::BuildGauge()
@@ -142,6 +172,10 @@ struct HostdMetrics::Impl {
   std::uint64_t seen_expired = 0;
   std::uint64_t seen_closed = 0;
   std::uint64_t seen_full = 0;
+  std::uint64_t seen_evicted = 0;
+  std::uint64_t seen_granted = 0;
+  std::uint64_t seen_timed_out = 0;
+  std::uint64_t seen_refused = 0;
 
   prom::Counter& request_counter(std::string_view form, unsigned status) {
     std::size_t form_i = form_index(form);
@@ -169,6 +203,19 @@ struct HostdMetrics::Impl {
       add_new(pool_expired, pool->expired.load(), seen_expired);
       add_new(pool_closed, pool->closed.load(), seen_closed);
       add_new(pool_full, pool->full.load(), seen_full);
+      add_new(pool_evicted, pool->evicted.load(), seen_evicted);
+    }
+    if (budget != nullptr) {
+      const double open = static_cast<double>(budget->open.load());
+      const double idle = pool ? static_cast<double>(pool->idle.load()) : 0;
+      const double priv = static_cast<double>(budget->private_.load());
+      channels_idle.Set(idle);
+      channels_private.Set(priv);
+      channels_in_use.Set(std::max(0.0, open - idle - priv));
+      channel_waiting.Set(static_cast<double>(budget->waiting.load()));
+      add_new(waits_granted, budget->waits_granted.load(), seen_granted);
+      add_new(waits_timed_out, budget->waits_timed_out.load(), seen_timed_out);
+      add_new(waits_refused, budget->waits_refused.load(), seen_refused);
     }
     if (inventory == nullptr) return;
     add_new(libvirt_events, inventory->events.load(), seen_events);
@@ -212,6 +259,11 @@ void HostdMetrics::channel_used(bool reused) {
 void HostdMetrics::set_channel_pool(const ChannelPoolStats* pool) {
   std::lock_guard lock(impl_->scrape_mutex);
   impl_->pool = pool;
+}
+
+void HostdMetrics::set_channel_budget(const ChannelBudgetStats* budget) {
+  std::lock_guard lock(impl_->scrape_mutex);
+  impl_->budget = budget;
 }
 
 std::string HostdMetrics::render() {

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "hostd/channel/channel_budget.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
@@ -37,10 +38,12 @@ class HostdMetrics {
   // Transport connect + preamble + guestd's answer, successful or not.
   void channel_connected(std::chrono::steady_clock::duration elapsed, bool ok);
   // A request is about to be forwarded over a channel opened for it, or over
-  // one reused (kept by its client connection or taken from the pool).
+  // one reused (taken from the pool, or its connection's private one).
   void channel_used(bool reused);
   // The pool whose idle count and discards /metrics reports; null: none.
   void set_channel_pool(const ChannelPoolStats* pool);
+  // The budget whose open channels and waits /metrics reports; null: none.
+  void set_channel_budget(const ChannelBudgetStats* budget);
 
   // Every metric in the Prometheus text exposition format 0.0.4.
   std::string render();

@@ -6,6 +6,7 @@
 #include <boost/beast/http.hpp>
 
 #include "common/splice.hpp"
+#include "hostd/proxy/connection_auth.hpp"
 #include "hostd/route/header_rewrite.hpp"
 
 namespace vmgate::hostd {
@@ -249,6 +250,7 @@ class Exchange {
     auto& res = response.get();
     rec_.status = res.result_int();
     agent_keeps_channel_ = res.keep_alive() && !response.need_eof();
+    agent_binds_connection_ = binds_connection(res);
     rewrite_response(res);
     bool keep = client_keep_alive_;
     if (request_in_.client_version < 11) {
@@ -363,10 +365,13 @@ class Exchange {
               std::move(refusal)};
     }
     const bool whole = response_ == ResponseSide::complete && request_ == RequestSide::sent;
-    if (!whole) return {ExchangeEnd::close_both, {}};
-    if (client_keep_alive_)
-      return {agent_keeps_channel_ ? ExchangeEnd::keep_both : ExchangeEnd::keep_client, {}};
-    return {agent_keeps_channel_ ? ExchangeEnd::keep_channel : ExchangeEnd::close_both, {}};
+    ExchangeEnd end = ExchangeEnd::close_both;
+    if (whole && client_keep_alive_) {
+      end = agent_keeps_channel_ ? ExchangeEnd::keep_both : ExchangeEnd::keep_client;
+    } else if (whole && agent_keeps_channel_) {
+      end = ExchangeEnd::keep_channel;
+    }
+    return {end, {}, agent_binds_connection_};
   }
 
   enum class RequestSide { sending, sent, stopped };  // stopped: the client stopped, or was
@@ -387,6 +392,7 @@ class Exchange {
   std::optional<Refusal> refusal_;  // what to answer if no response starts
   bool channel_failed_ = false;     // it ended before the agent said a thing
   bool agent_keeps_channel_ = false;
+  bool agent_binds_connection_ = false;
   bool client_keep_alive_ = false;
   bool timed_out_ = false;
   bool stop_request_ = false;  // the response side ended the exchange early

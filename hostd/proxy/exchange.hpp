@@ -25,14 +25,20 @@ namespace vmgate::hostd {
 
 namespace http = boost::beast::http;
 
-// The two body chunks a client connection keeps for all its exchanges.
-// Allocated on first use and not zeroed: make_unique would memset 64 KiB per
-// connection, the largest single cost of a short request on a new connection.
+// The two body chunks of a client connection's exchange. Allocated on first
+// use and not zeroed (make_unique would memset 64 KiB, the largest single
+// cost of a short request on a new connection), and released between
+// exchanges, so an idle connection holds neither: the allocator gives the
+// same memory to the next exchange on the thread.
 class BodyChunks {
  public:
   static constexpr std::size_t size = 64 * 1024;
   char* request() { return get(request_); }
   char* response() { return get(response_); }
+  void release() {
+    request_.reset();
+    response_.reset();
+  }
 
  private:
   static char* get(std::unique_ptr<char[]>& slot);
@@ -94,6 +100,9 @@ enum class ExchangeEnd {
 struct ExchangeOutcome {
   ExchangeEnd end = ExchangeEnd::close_both;
   Refusal refusal;  // channel_failed, refused
+  // The agent answered 401 offering NTLM or Negotiate: the client's next
+  // step must reach this same agent connection (proxy/connection_auth.hpp).
+  bool agent_binds_connection = false;
 
   bool client_continues() const {
     return end == ExchangeEnd::keep_both || end == ExchangeEnd::keep_client;

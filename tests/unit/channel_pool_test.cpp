@@ -52,6 +52,10 @@ ChannelConfig config(std::uint32_t max_idle, std::chrono::milliseconds idle_time
 
 const auto t0 = ChannelPool::clock::now();
 
+vmgate::hostd::Channel channel(ChannelKey key, Stream stream) {
+  return vmgate::hostd::Channel{std::move(stream), {}, std::move(key)};
+}
+
 }  // namespace
 
 TEST_CASE("a channel returned to the pool is taken again for the same VM and port") {
@@ -59,11 +63,11 @@ TEST_CASE("a channel returned to the pool is taken again for the same VM and por
   ChannelPool pool(io.get_executor(), config(4));
   auto key = ChannelKey::of(vm(3), 5986);
   auto p = make_pair(io);
-  pool.put(key, std::move(p.ours), t0);
+  pool.put(channel(key, std::move(p.ours)), t0);
   CHECK(pool.idle() == 1);
   auto taken = pool.take(key, io.get_executor(), t0 + 1s);
   REQUIRE(taken.has_value());
-  CHECK(is_peer_of(*taken, p.theirs));
+  CHECK(is_peer_of(taken->stream, p.theirs));
   CHECK(pool.idle() == 0);
   CHECK_FALSE(pool.take(key, io.get_executor(), t0 + 1s).has_value());
   ::close(p.theirs);
@@ -73,7 +77,7 @@ TEST_CASE("a channel is never taken for another CID, port or VM") {
   boost::asio::io_context io;
   ChannelPool pool(io.get_executor(), config(4));
   auto p = make_pair(io);
-  pool.put(ChannelKey::of(vm(3), 5986), std::move(p.ours), t0);
+  pool.put(channel(ChannelKey::of(vm(3), 5986), std::move(p.ours)), t0);
   // The same VM restarted with a new CID: the old channel leads to the old VM.
   CHECK_FALSE(pool.take(ChannelKey::of(vm(4), 5986), io.get_executor(), t0).has_value());
   CHECK_FALSE(pool.take(ChannelKey::of(vm(3), 8114), io.get_executor(), t0).has_value());
@@ -93,12 +97,12 @@ TEST_CASE("a pooled channel the peer closed is dropped, not taken") {
   auto key = ChannelKey::of(vm(3), 5986);
   auto live = make_pair(io);
   auto dead = make_pair(io);
-  pool.put(key, std::move(live.ours), t0);
-  pool.put(key, std::move(dead.ours), t0);
+  pool.put(channel(key, std::move(live.ours)), t0);
+  pool.put(channel(key, std::move(dead.ours)), t0);
   ::close(dead.theirs);  // the newer one, which take() tries first
   auto taken = pool.take(key, io.get_executor(), t0);
   REQUIRE(taken.has_value());
-  CHECK(is_peer_of(*taken, live.theirs));
+  CHECK(is_peer_of(taken->stream, live.theirs));
   CHECK(pool.stats().closed == 1);
   CHECK(pool.idle() == 0);
   ::close(live.theirs);
@@ -109,7 +113,7 @@ TEST_CASE("a pooled channel with unread bytes is not reused") {
   ChannelPool pool(io.get_executor(), config(4));
   auto key = ChannelKey::of(vm(3), 5986);
   auto p = make_pair(io);
-  pool.put(key, std::move(p.ours), t0);
+  pool.put(channel(key, std::move(p.ours)), t0);
   REQUIRE(::write(p.theirs, "x", 1) == 1);
   CHECK_FALSE(pool.take(key, io.get_executor(), t0).has_value());
   CHECK(pool.stats().closed == 1);
@@ -124,7 +128,7 @@ TEST_CASE("no more than max_idle channels are kept per VM and port") {
   for (int i = 0; i < 3; ++i) {
     auto p = make_pair(io);
     peers.push_back(p.theirs);
-    pool.put(key, std::move(p.ours), t0);
+    pool.put(channel(key, std::move(p.ours)), t0);
   }
   CHECK(pool.idle() == 2);
   CHECK(pool.stats().full == 1);
@@ -133,7 +137,7 @@ TEST_CASE("no more than max_idle channels are kept per VM and port") {
   CHECK(::read(peers[2], &byte, 1) == 0);
   // Another key has its own allowance.
   auto other = make_pair(io);
-  pool.put(ChannelKey::of(vm(3), 8114), std::move(other.ours), t0);
+  pool.put(channel(ChannelKey::of(vm(3), 8114), std::move(other.ours)), t0);
   CHECK(pool.idle() == 3);
   for (int fd : peers)
     ::close(fd);
@@ -146,16 +150,16 @@ TEST_CASE("idle channels expire after the pool's idle timeout, taken or swept") 
   auto key = ChannelKey::of(vm(3), 5986);
   auto a = make_pair(io);
   auto b = make_pair(io);
-  pool.put(key, std::move(a.ours), t0);
-  pool.put(key, std::move(b.ours), t0 + 1s);
+  pool.put(channel(key, std::move(a.ours)), t0);
+  pool.put(channel(key, std::move(b.ours)), t0 + 1s);
   CHECK_FALSE(pool.take(key, io.get_executor(), t0 + 3s).has_value());
   CHECK(pool.stats().expired == 2);
   CHECK(pool.idle() == 0);
 
   auto c = make_pair(io);
   auto d = make_pair(io);
-  pool.put(key, std::move(c.ours), t0);
-  pool.put(ChannelKey::of(vm(4), 5986), std::move(d.ours), t0 + 5s);
+  pool.put(channel(key, std::move(c.ours)), t0);
+  pool.put(channel(ChannelKey::of(vm(4), 5986), std::move(d.ours)), t0 + 5s);
   pool.sweep(t0 + 6s);  // no request needed: a stopped VM's channels go too
   CHECK(pool.idle() == 1);
   char byte;
@@ -170,16 +174,18 @@ TEST_CASE("a channel opened on one I/O thread's context is handed over on the ta
   ChannelPool pool(io.get_executor(), config(4));
   auto key = ChannelKey::of(vm(3), 5986);
   auto p = make_pair(io);
-  pool.put(key, std::move(p.ours), t0);
+  pool.put(channel(key, std::move(p.ours)), t0);
   auto taken = pool.take(key, other.get_executor(), t0);
   REQUIRE(taken.has_value());
-  CHECK(&boost::asio::query(taken->get_executor(), boost::asio::execution::context) == &other);
-  CHECK(is_peer_of(*taken, p.theirs));
+  CHECK(&boost::asio::query(taken->stream.get_executor(), boost::asio::execution::context) ==
+        &other);
+  CHECK(is_peer_of(taken->stream, p.theirs));
   // And it works on its new context.
   char out = 'y';
   REQUIRE(::write(p.theirs, &out, 1) == 1);
   char in = 0;
-  taken->async_read_some(boost::asio::buffer(&in, 1), [](vmgate::error_code, std::size_t) {});
+  taken->stream.async_read_some(boost::asio::buffer(&in, 1),
+                                [](vmgate::error_code, std::size_t) {});
   other.run();
   CHECK(in == 'y');
   ::close(p.theirs);
@@ -192,14 +198,14 @@ TEST_CASE("a channel already on the taker's context is preferred to a newer one 
   auto key = ChannelKey::of(vm(3), 5986);
   auto here = make_pair(other);
   auto there = make_pair(io);
-  pool.put(key, std::move(here.ours), t0);
-  pool.put(key, std::move(there.ours), t0 + 1s);
+  pool.put(channel(key, std::move(here.ours)), t0);
+  pool.put(channel(key, std::move(there.ours)), t0 + 1s);
   auto taken = pool.take(key, other.get_executor(), t0 + 1s);
   REQUIRE(taken.has_value());
-  CHECK(is_peer_of(*taken, here.theirs));
+  CHECK(is_peer_of(taken->stream, here.theirs));
   auto next = pool.take(key, other.get_executor(), t0 + 1s);
   REQUIRE(next.has_value());
-  CHECK(is_peer_of(*next, there.theirs));
+  CHECK(is_peer_of(next->stream, there.theirs));
   ::close(here.theirs);
   ::close(there.theirs);
 }
@@ -210,7 +216,7 @@ TEST_CASE("a pool with max_idle 0 keeps nothing") {
   CHECK_FALSE(pool.enabled());
   auto key = ChannelKey::of(vm(3), 5986);
   auto p = make_pair(io);
-  pool.put(key, std::move(p.ours), t0);
+  pool.put(channel(key, std::move(p.ours)), t0);
   CHECK(pool.idle() == 0);
   CHECK_FALSE(pool.take(key, io.get_executor(), t0).has_value());
   ::close(p.theirs);

@@ -119,7 +119,7 @@ TEST_CASE("an admin listener off loopback must be asked for twice") {
 
 TEST_CASE("the channel pool's size and idle timeout are read, and bad values name the line") {
   auto d = parse_hostd_config("", "hostd.toml");
-  CHECK(d.channel.pool_max_idle == 32);
+  CHECK(d.channel.pool_max_idle == 64);
   CHECK(d.channel.pool_idle_timeout.count() == 4000);
 
   auto c = parse_hostd_config("[channel]\npool_max_idle = 0\npool_idle_timeout_ms = 1500\n",
