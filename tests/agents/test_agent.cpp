@@ -24,6 +24,12 @@
 //                            not answered, and the connection closed (an
 //                            agent dropping a kept-alive connection just as
 //                            a request arrives)
+//   GET  /gather?n=N         "gathered\n" once N such requests wait at once
+//   ANY  /negotiate          a two-step handshake bound to the connection:
+//                            "Authorization: Negotiate start" gets a 401
+//                            challenge "Negotiate challenge-ID"; then
+//                            "Negotiate answer-to-challenge-ID" on the same
+//                            connection gets 200, on any other a 401
 //
 // GET endpoints answer HEAD too. Every response carries X-Agent-Name: NAME.
 //
@@ -43,6 +49,7 @@
 #include <exception>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -82,6 +89,33 @@ struct Options {
   std::chrono::seconds idle_timeout{120};
   bool verbose = false;
 };
+
+// /gather?n=N: requests wait here until N of them are waiting at once (on any
+// connections and threads), then all are answered; so a test can have N
+// requests in flight together without guessing at timing.
+class Gathering {
+ public:
+  // Waits (at most max_slow_ms) until `n` requests have arrived.
+  awaitable<void> arrive(std::size_t n) {
+    auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor,
+                                                      std::chrono::milliseconds(max_slow_ms));
+    std::vector<std::shared_ptr<asio::steady_timer>> release;
+    {
+      std::lock_guard lock(mutex_);
+      waiting_.push_back(timer);
+      if (waiting_.size() >= n) release.swap(waiting_);
+    }
+    for (auto& t : release)
+      asio::post(t->get_executor(), [t] { t->cancel(); });
+    co_await timer->async_wait(use_tuple);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::shared_ptr<asio::steady_timer>> waiting_;
+};
+
+Gathering gathering;
 
 struct FileDescriptor {
   explicit FileDescriptor(int f) : fd(f) {}
@@ -302,6 +336,16 @@ class Connection {
       if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
       co_return co_await slow(info);
     }
+    if (path == "/gather") {
+      auto n = parse_u64(query_value(info.query, "n").value_or(""));
+      if (!n || *n == 0 || *n > 10000)
+        co_return co_await reply(info, http::status::bad_request, "/gather?n=N needs 1..10000\n");
+      deadline_.expires_after(std::chrono::milliseconds(max_slow_ms) + options_.idle_timeout,
+                              [this] { close_socket(); });
+      co_await gathering.arrive(static_cast<std::size_t>(*n));
+      co_return co_await reply(info, http::status::ok, "gathered\n");
+    }
+    if (path == "/negotiate") co_return co_await negotiate(info, head.get());
     if (path == "/hang-up-next") {
       if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
       hang_up_next_ = info.keep_alive;
@@ -392,6 +436,31 @@ class Connection {
     });
   }
 
+  // A two-step connection-bound handshake, as Negotiate and NTLM are: the
+  // first step gets a 401 challenge naming this connection, and only its
+  // answer on the same connection is accepted. On another connection the
+  // answer fails, as it does against a real agent.
+  awaitable<bool> negotiate(const RequestInfo& info, const http::request_header<>& head) {
+    const std::string challenge = fmt::format("challenge-{}", id_);
+    std::string_view credentials = head[http::field::authorization];
+    if (credentials == "Negotiate answer-to-" + challenge && negotiate_pending_) {
+      negotiate_pending_ = false;
+      co_return co_await reply(info, http::status::ok,
+                               fmt::format("authenticated on connection {}\n", id_));
+    }
+    auto res = make_response(info, http::status::unauthorized,
+                             credentials.starts_with("Negotiate answer-to-")
+                                 ? "that answer is to a challenge of another connection\n"
+                                 : "authenticate\n");
+    if (credentials.starts_with("Negotiate start")) {
+      negotiate_pending_ = true;
+      res.set(http::field::www_authenticate, "Negotiate " + challenge);
+    } else {
+      res.set(http::field::www_authenticate, "Negotiate");
+    }
+    co_return co_await send(info, std::move(res));
+  }
+
   awaitable<bool> slow(const RequestInfo& info) {
     auto ms_text = query_value(info.query, "ms");
     auto ms = ms_text ? parse_u64(*ms_text) : std::optional<std::uint64_t>(0);
@@ -428,7 +497,8 @@ class Connection {
   beast::flat_buffer buffer_;
   // Body pieces in and out: one allocation per connection.
   std::unique_ptr<char[]> scratch_;
-  bool hang_up_next_ = false;  // set by /hang-up-next
+  bool hang_up_next_ = false;       // set by /hang-up-next
+  bool negotiate_pending_ = false;  // /negotiate challenged this connection
 
   // Past a deadline the socket closes, so the pending operation ends.
   void close_socket() {

@@ -3,34 +3,16 @@ from a new client connection is served over a channel an earlier connection
 left open, within the pool's limits, never over a channel that is dead or was
 a CONNECT tunnel, and the agent still learns each request's own client."""
 
+import concurrent.futures
 import http.client
 
 import pytest
 
-from vmgate_lab import VM, Lab, UnixHTTPConnection, parse_kv, wait_until
+from vmgate_lab import VM, Lab, metric, parse_kv, wait_until
 
 # Long enough that nothing expires while a test runs: what is checked here is
 # what the pool does with live and dead channels, never how long they last.
 NO_EXPIRY = {"pool_idle_timeout_ms": 600000}
-
-
-def metric(lab, name, **labels):
-    """One sample of hostd's /metrics (0 when absent)."""
-    c = UnixHTTPConnection(lab.path("admin.sock"))
-    try:
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-    finally:
-        c.close()
-    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        series, _, value = line.rpartition(" ")
-        sample, _, label_text = series.partition("{")
-        if sample == name and ",".join(sorted(label_text.rstrip("}").split(","))) == want:
-            return float(value)
-    return 0.0
 
 
 def get(lab, path, headers=None, body=None, method=None):
@@ -104,14 +86,12 @@ def test_a_pooled_channel_whose_guestd_went_away_is_not_used():
 
 def test_idle_channels_beyond_max_idle_are_closed():
     with Lab([VM("vm1")], hostd={"channel": {"pool_max_idle": 1, **NO_EXPIRY}}) as lab:
-        # Three client connections open at once, each keeping its own channel ...
-        clients = [lab.connection() for _ in range(3)]
-        for c in clients:
-            c.request("GET", "/hello", headers={"X-VM-Id": "vm1"})
-            assert c.getresponse().read() == b"hello from vm1\n"
-        # ... then gone: one channel stays idle in the pool, the others close.
-        for c in clients:
-            c.close()
+        # Three requests in flight at once, each on a channel of its own: the
+        # agent holds each until all three are there (no timing involved).
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: get(lab, "/gather?n=3")[0], range(3)))
+        assert answers == [200, 200, 200]
+        # Then all three come back: one stays idle in the pool, the others close.
         wait_until(lambda: len(guestd_channel_lines(lab)) == 2, 10, "two channels to close")
         assert metric(lab, "vmgate_channel_pool_idle") == 1
         assert metric(lab, "vmgate_channel_pool_discarded_total", reason="full") == 2

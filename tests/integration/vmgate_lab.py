@@ -568,6 +568,27 @@ class Lab:
 
 # -- libvirtd in session mode, unprivileged -----------------------------------
 
+# -- what hostd reports ---------------------------------------------------------
+
+def metric(lab, name, **labels):
+    """One sample of hostd's /metrics (0 when absent)."""
+    c = UnixHTTPConnection(lab.path("admin.sock"))
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        series, _, value = line.rpartition(" ")
+        sample, _, label_text = series.partition("{")
+        if sample == name and ",".join(sorted(label_text.rstrip("}").split(","))) == want:
+            return float(value)
+    return 0.0
+
+
 class SessionLibvirtd:
     """libvirtd run as nobody in session mode, sharing test:///default with
     every client of test+unix:///default?socket=... (needs root to drop to
