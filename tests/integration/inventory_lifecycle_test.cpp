@@ -20,6 +20,7 @@
 #include "hostd/inventory/domain_xml.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "libvirt_fixture.hpp"
+#include "tests/support/skip.hpp"
 
 namespace {
 
@@ -92,7 +93,7 @@ TEST_CASE(
     "inventory follows define, start, destroy, undefine from another process and "
     "resynchronises after libvirtd restarts") {
   if (geteuid() != 0 || !have_tools()) {
-    MESSAGE("skipped: needs root (setpriv runs libvirtd as nobody), libvirtd, virsh and setpriv");
+    vmgate::test::skip("needs root (setpriv runs libvirtd as nobody), libvirtd, virsh and setpriv");
     return;
   }
   vmgate::test::TempDir dir;
@@ -176,7 +177,7 @@ TEST_CASE(
 
 TEST_CASE("changes made while the first synchronisation reads the domains are not lost") {
   if (geteuid() != 0 || !have_tools()) {
-    MESSAGE("skipped: needs root (setpriv runs libvirtd as nobody), libvirtd, virsh and setpriv");
+    vmgate::test::skip("needs root (setpriv runs libvirtd as nobody), libvirtd, virsh and setpriv");
     return;
   }
   vmgate::test::TempDir dir;
