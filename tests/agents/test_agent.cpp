@@ -31,6 +31,16 @@
 //                            "Negotiate answer-to-challenge-ID" on the same
 //                            connection gets 200, on any other a 401
 //
+// Broken agents, for the error paths of what stands in front:
+//   GET  /big-head?bytes=N   "big\n", its head padded with an X-Padding header
+//                            of N bytes (at most 1 MiB)
+//   GET  /switch-protocols   "101 Switching Protocols", then the connection closes
+//   GET  /malformed-body     a chunked 200 whose first chunk size is not hex,
+//                            in the same write as its head; then closes
+//   GET  /die-mid-body?length=N&sent=M
+//                            a 200 head saying Content-Length N and the first
+//                            M pattern bytes (M < N), then the agent closes
+//
 // GET endpoints answer HEAD too. Every response carries X-Agent-Name: NAME.
 //
 // Byte k of every /bytes body is pattern_byte(k % 65536), so a test in any
@@ -351,6 +361,11 @@ class Connection {
       hang_up_next_ = info.keep_alive;
       co_return co_await reply(info, http::status::ok, "ok\n");
     }
+    if (path == "/big-head" || path == "/switch-protocols" || path == "/malformed-body" ||
+        path == "/die-mid-body") {
+      if (!is_get) co_return co_await method_not_allowed(info, "GET, HEAD");
+      co_return co_await misbehave(info);
+    }
     if (path == "/close") {
       info.keep_alive = false;
       co_await reply(info, http::status::ok, "bye\n");
@@ -459,6 +474,50 @@ class Connection {
       res.set(http::field::www_authenticate, "Negotiate");
     }
     co_return co_await send(info, std::move(res));
+  }
+
+  // The broken agents listed at the top; each ends the connection but /big-head.
+  awaitable<bool> misbehave(const RequestInfo& info) {
+    constexpr std::uint64_t max_padding = 1024 * 1024;
+    auto number = [&](std::string_view key) {
+      auto text = query_value(info.query, key);
+      return text ? parse_u64(*text) : std::nullopt;
+    };
+    std::string raw;
+    if (info.path == "/big-head") {
+      auto bytes = number("bytes");
+      if (!bytes || *bytes > max_padding)
+        co_return co_await reply(info, http::status::bad_request,
+                                 fmt::format("/big-head?bytes=N needs N up to {}\n", max_padding));
+      auto res = make_response(info, http::status::ok, "big\n");
+      res.set("X-Padding", std::string(*bytes, 'a'));
+      co_return co_await send(info, std::move(res));
+    }
+    if (info.path == "/switch-protocols") {
+      raw =
+          "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+          "Upgrade: vmgate-test\r\n\r\n";
+    } else if (info.path == "/malformed-body") {
+      raw =
+          "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+          "not-a-chunk-size\r\nbody\r\n0\r\n\r\n";
+    } else {
+      auto length = number("length");
+      auto sent = number("sent");
+      if (!length || !sent || *sent >= *length || *sent > pattern_block)
+        co_return co_await reply(
+            info, http::status::bad_request,
+            fmt::format("/die-mid-body needs length=N&sent=M with M < N, M <= {}\n",
+                        pattern_block));
+      raw = fmt::format(
+          "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+          "Content-Length: {}\r\n\r\n",
+          *length);
+      raw.append(pattern_piece().data(), *sent);
+    }
+    deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
+    co_await asio::async_write(socket_, asio::buffer(raw), use_tuple);
+    co_return false;
   }
 
   awaitable<bool> slow(const RequestInfo& info) {

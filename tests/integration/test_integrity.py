@@ -141,16 +141,24 @@ def test_4_gib_streamed_upload_is_exact_with_bounded_hostd_memory():
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
-            source = subprocess.Popen(["head", "-c", "4G", "/dev/zero"], stdout=subprocess.PIPE)
-            r = subprocess.run(curl_argv(lab, "/discard", "vm1", "-T", "-"),
+            # The agent's pattern, straight from the agent (not through hostd),
+            # with the digest it computed of it; hostd carries it up to /sha256.
+            source_headers = lab.path("source.h")
+            source = subprocess.Popen(
+                ["curl", "-sS", "--fail", "--max-time", "900", "-D", source_headers,
+                 "http://127.0.0.1:%d/bytes/%d" % (lab.agent_ports["vm1"], 4 * GIB)],
+                stdout=subprocess.PIPE)
+            r = subprocess.run(curl_argv(lab, "/sha256", "vm1", "-T", "-"),
                                stdin=source.stdout, capture_output=True, timeout=900)
             source.stdout.close()
-            source.wait()
+            assert source.wait() == 0
         finally:
             done.set()
             sampler.join()
         assert r.returncode == 0, r.stderr
-        assert r.stdout == b"%d\n" % (4 * GIB)
+        with open(source_headers) as f:
+            sent_digest = re.search(r"(?im)^x-content-sha256: *([0-9a-f]{64})", f.read()).group(1)
+        assert r.stdout.decode() == "%s %d\n" % (sent_digest, 4 * GIB)
         with open("/proc/%d/status" % lab.hostd.pid) as f:
             status = dict(l.split(":", 1) for l in f)
         peak_kib = int(status["VmHWM"].split()[0])

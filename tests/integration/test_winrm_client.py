@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from vmgate_lab import SYSTEM_PYTHON, VM, Lab
+from vmgate_lab import SYSTEM_PYTHON, VM, Lab, wait_until
 
 # No spaces: wsl pastes the password into a curl command line unquoted.
 USER, PASSWORD = "vmgate", "s3cret-pass"
@@ -81,13 +81,22 @@ def test_winrm_routing_header_overrides_the_host_in_the_url(lab):
     before = len(agent_requests(lab, "vm1"))
     out = run_winrm(lab, "http://vm1:5986/wsman", "hostname", vm_header="vm2")
     assert out.splitlines() == ["status=0", "vm2"]
-    assert len(agent_requests(lab, "vm1")) == before
+    # A request sent to vm1 afterwards is the only one vm1 logs since `before`:
+    # none of the shell's requests reached it, not merely none logged yet.
+    lab.curl("/routing-marker", "-H", "X-VM-Id: vm1")
+    seen = wait_until(lambda: (lambda new: new if any("/routing-marker" in l for l in new)
+                               else None)(agent_requests(lab, "vm1")[before:]),
+                      10, "vm1's record of the marker request")
+    assert len(seen) == 1, seen
     assert lab.last_request(form="header", vm="vm2")["status"] == "200"
 
 
 def test_winrm_command_output_and_exit_code_come_back_unchanged(lab):
     out = run_winrm(lab, "http://vm2:5986/wsman", "echo through vmgate")
     assert out.splitlines() == ["status=0", "through vmgate"]
+    # A non-zero exit code is the one a lossy path would turn into 0.
+    out = run_winrm(lab, "http://vm2:5986/wsman", "exit 37")
+    assert out.splitlines() == ["status=37"]
 
 
 @pytest.mark.skipif(shutil.which("wsl") is None, reason="wsl (Debian package wsl) not installed")
@@ -97,13 +106,18 @@ def test_wsl_enumerate_through_hostd_as_http_proxy(lab):
     env = proxy_env(lab, HOME=home, WSENDPOINT="vm2:5986", WSUSER=USER, WSPASS=PASSWORD,
                     WSNOSSL="true", WSDONTASK="y")
     before = len(agent_requests(lab, "vm2"))
+    records_before = len(lab.hostd_requests())
     r = subprocess.run(["wsl", "enum", "Win32_OperatingSystem"], cwd=home, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     assert "<p:CSName>vm2</p:CSName>" in r.stdout, r.stdout[-3000:]
     seen = agent_requests(lab, "vm2")[before:]
     assert any("action=Enumerate" in l and "status=200" in l for l in seen), seen
-    assert lab.last_request(form="absolute", vm="vm2")["status"] == "200"
+    # hostd's records of wsl's own requests, not of a winrm request before them.
+    wait_until(lambda: [q for q in lab.hostd_requests()[records_before:]
+                        if q.get("form") == "absolute" and q.get("vm") == "vm2"
+                        and q.get("status") == "200"],
+               10, "hostd's record of wsl's request to vm2")
 
 
 @pytest.mark.skipif(shutil.which("wsl") is None, reason="wsl (Debian package wsl) not installed")

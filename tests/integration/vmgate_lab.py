@@ -185,6 +185,10 @@ class VM:
     agent: str = "native"  # "native", "wsman" or None (no agent, no guestd)
     guestd: bool = True
     agent_args: tuple = ()  # extra arguments for the agent
+    # guestd's [agents] table instead of the lab's agent on both ports, e.g.
+    # {"5986": "tcp:127.0.0.1:PORT"}; guestd then runs even with agent=None.
+    guestd_agents: dict = None
+    vsock: bool = True  # False: the domain has no <vsock> device (and no CID)
 
 
 def toml_value(value):
@@ -223,11 +227,12 @@ def domain_xml(vm):
     else:
         head = "<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
         runstate = "<test:runstate>5</test:runstate>"
+    vsock = ("<vsock model='virtio'><cid auto='no' address='%d'/></vsock>" % vm.cid
+             if vm.vsock else "")
     return (
         "%s<name>%s</name><uuid>%s</uuid><memory>65536</memory>"
-        "<os><type>hvm</type></os><devices><vsock model='virtio'>"
-        "<cid auto='no' address='%d'/></vsock></devices>%s</domain>"
-        % (head, vm.name, vm.uuid, vm.cid, runstate))
+        "<os><type>hvm</type></os><devices>%s</devices>%s</domain>"
+        % (head, vm.name, vm.uuid, vsock, runstate))
 
 
 def node_xml(vms):
@@ -387,7 +392,7 @@ class Lab:
         for vm in self.vms:
             if vm.agent:
                 self.start_agent(vm)
-            if vm.guestd and vm.agent:
+            if vm.guestd and (vm.agent or vm.guestd_agents):
                 self.start_guestd(vm)
         if self.start_hostd_now:
             self.start_hostd()
@@ -412,9 +417,11 @@ class Lab:
         return self.path(vm_name + ".sock")
 
     def guestd_config(self, vm, port_map=None):
-        agent_port = self.agent_ports[vm.name]
-        agents = port_map or {"5986": "tcp:127.0.0.1:%d" % agent_port,
-                              "8114": "tcp:127.0.0.1:%d" % agent_port}
+        agents = port_map or vm.guestd_agents
+        if not agents:
+            agent_port = self.agent_ports[vm.name]
+            agents = {"5986": "tcp:127.0.0.1:%d" % agent_port,
+                      "8114": "tcp:127.0.0.1:%d" % agent_port}
         base = {
             None: {"listen": "unix:" + self.socket_path(vm.name), "allowed_ports": [5986, 8114]},
             "agents": agents,

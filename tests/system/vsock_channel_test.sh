@@ -200,10 +200,8 @@ big_out=$(awk -v s=$SIZE '{for(i=1;i<=NF;i++) if($i ~ /^bytes_out=/){split($i,a,
 big_in=$(awk -v s=$SIZE '{for(i=1;i<=NF;i++) if($i ~ /^bytes_in=/){split($i,a,"="); if(a[2]+0>=s) c++}} END{print c+0}' $T/channels.log)
 note "$vs/$n channel sessions from peer vsock:1:*, $big_out carried >= $SIZE bytes out, $big_in >= $SIZE in"
 sed 's/^/   /' $T/channels.log
-if grep -q 'bytes_out=' $T/channels.log; then
-  [ "$big_out" -ge 1 ] || fail "no channel session carried the $SIZE-byte download"
-  [ "$big_in" -ge 1 ] || fail "no channel session carried the $SIZE-byte upload"
-fi
+[ "$big_out" -ge 1 ] || fail "no channel session carried the $SIZE-byte download"
+[ "$big_in" -ge 1 ] || fail "no channel session carried the $SIZE-byte upload"
 
 if [ $have_ss = 1 ]; then
   step "ss --vsock sees hostd's connection to guestd while a transfer is in flight"
@@ -219,16 +217,76 @@ if [ $have_ss = 1 ]; then
 fi
 
 alive $agent_pid agent; alive $guestd_pid guestd; alive $hostd_pid hostd
-grep -E 'level=(error)' $T/hostd.log $T/guestd.log | head -5 | sed 's/^/   error logged: /'
 
 # ---------------------------------------------------------------------------------------
-step "stopping the daemons"
-kill $hostd_pid $guestd_pid $agent_pid 2>/dev/null
-n=0
-while [ $n -lt 50 ] && { kill -0 $hostd_pid || kill -0 $guestd_pid; } 2>/dev/null; do
-  sleep 0.1; n=$((n + 1))
-done
-kill -0 $hostd_pid 2>/dev/null && note "hostd did not exit within 5 s of SIGTERM"
-kill -0 $guestd_pid 2>/dev/null && note "guestd did not exit within 5 s of SIGTERM"
-echo "== PASS: hostd -> AF_VSOCK -> guestd -> agent, /hello + $SIZE bytes each way"
+step "a guestd that allows only CID 2 refuses CID 1: hostd answers 502, guestd logs it"
+REFUSE_PORT=$((VSOCK_PORT + 1))
+cat >$T/guestd-refuse.toml <<EOF
+listen = "vsock:ANY:$REFUSE_PORT"
+allowed_peer_cids = [2]      # the host only; hostd here connects from CID 1
+allowed_ports = [5986]
+
+[agents]
+"5986" = "tcp:127.0.0.1:15986"
+EOF
+cat >$T/hostd-refuse.toml <<EOF
+[libvirt]
+uri = "test:///tmp/node.xml"
+
+[channel]
+transport = "vsock:1:$REFUSE_PORT"
+
+[admin]
+enabled = false              # the first hostd holds the default admin port
+
+[[listener]]
+address = "tcp:127.0.0.1:8081"
+guest_port = 5986
+trusted = true
+EOF
+vmgate-guestd --config $T/guestd-refuse.toml 2>$T/guestd-refuse.log &
+guestd_refuse_pid=$!
+wait_for 20 "refusing guestd listening" grep -q 'event=listening' $T/guestd-refuse.log ||
+  { alive $guestd_refuse_pid "refusing guestd"; fail "refusing guestd logged no event=listening within 20 s"; }
+vmgate-hostd --config $T/hostd-refuse.toml 2>$T/hostd-refuse.log &
+hostd_refuse_pid=$!
+wait_for 30 "second hostd synced" grep -q 'event=libvirt_sync' $T/hostd-refuse.log ||
+  { alive $hostd_refuse_pid "second hostd"; fail "second hostd logged no event=libvirt_sync within 30 s"; }
+out=$(curl -sS --max-time 30 -H 'X-VM-Id: labvm' -w '\n%{http_code}' http://127.0.0.1:8081/hello 2>$T/curl.err) ||
+  fail "curl /hello to the second hostd failed: $(cat $T/curl.err)"
+code=$(echo "$out" | tail -n 1)
+body=$(echo "$out" | sed '$d')
+[ "$code" = 502 ] || fail "a refused CID: HTTP $code, body: $body (expected 502)"
+case "$body" in
+  "502 "*"guestd on vm labvm closed the channel"*) ;;
+  *) fail "a refused CID: the 502 does not say guestd closed the channel: $body" ;;
+esac
+note "$body"
+wait_for 10 "guestd logged the refusal" grep -q 'event=peer_refused.*peer=vsock:1:' $T/guestd-refuse.log ||
+  { cat $T/guestd-refuse.log; fail "guestd logged no event=peer_refused for peer vsock:1:*"; }
+note "$(grep 'event=peer_refused' $T/guestd-refuse.log | head -1)"
+if grep -q 'event=channel' $T/guestd-refuse.log; then
+  cat $T/guestd-refuse.log
+  fail "the refusing guestd served a channel from CID 1"
+fi
+alive $hostd_refuse_pid "second hostd"; alive $guestd_refuse_pid "refusing guestd"
+
+# ---------------------------------------------------------------------------------------
+step "no daemon logged an error"
+errors=$(grep -h 'level=error' $T/hostd.log $T/guestd.log $T/hostd-refuse.log $T/guestd-refuse.log)
+[ -z "$errors" ] || fail "errors logged: $(echo "$errors" | head -5)"
+
+# ---------------------------------------------------------------------------------------
+step "stopping the daemons: each exits on SIGTERM"
+daemons="$hostd_pid $guestd_pid $hostd_refuse_pid $guestd_refuse_pid"
+# shellcheck disable=SC2086  # one word per pid
+kill $daemons $agent_pid 2>/dev/null
+exited() { for pid in $daemons; do kill -0 $pid 2>/dev/null && return 1; done; return 0; }
+if ! wait_for 20 "all daemons exited" exited; then
+  for pid in $daemons; do
+    kill -0 $pid 2>/dev/null && echo "   still running: $(tr '\0' ' ' </proc/$pid/cmdline)"
+  done
+  fail "a daemon did not exit within 20 s of SIGTERM"
+fi
+echo "== PASS: hostd -> AF_VSOCK -> guestd -> agent, /hello + $SIZE bytes each way; CID 1 refused"
 exit 0

@@ -1,3 +1,4 @@
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,12 +28,23 @@ Pair make_pair(boost::asio::io_context& io) {
   return {Stream(io, boost::asio::generic::stream_protocol(AF_UNIX, 0), fds[0]), fds[1]};
 }
 
+constexpr int nothing_came = -2;
+
+// One read of `fd`: 1 with a byte, 0 at EOF, -1 on error, or nothing_came when
+// no byte and no EOF arrived within a bound far above any real wait, so that
+// a wrong channel fails the test instead of blocking it.
+int read_one(int fd, char& byte) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, 5000) <= 0) return nothing_came;
+  return static_cast<int>(::read(fd, &byte, 1));
+}
+
 // Which channel a Stream is: the peer writes its own fd number, we read it.
 bool is_peer_of(Stream& s, int theirs) {
   char out = static_cast<char>(theirs);
   REQUIRE(::write(theirs, &out, 1) == 1);
   char in = 0;
-  REQUIRE(::read(s.native_handle(), &in, 1) == 1);
+  REQUIRE(read_one(s.native_handle(), in) == 1);
   return in == out;
 }
 
@@ -134,7 +146,7 @@ TEST_CASE("no more than max_idle channels are kept per VM and port") {
   CHECK(pool.stats().full == 1);
   // The third was closed: its peer reads EOF.
   char byte;
-  CHECK(::read(peers[2], &byte, 1) == 0);
+  CHECK(read_one(peers[2], byte) == 0);
   // Another key has its own allowance.
   auto other = make_pair(io);
   pool.put(channel(ChannelKey::of(vm(3), 8114), std::move(other.ours)), t0);
@@ -163,7 +175,7 @@ TEST_CASE("idle channels expire after the pool's idle timeout, taken or swept") 
   pool.sweep(t0 + 6s);  // no request needed: a stopped VM's channels go too
   CHECK(pool.idle() == 1);
   char byte;
-  CHECK(::read(c.theirs, &byte, 1) == 0);
+  CHECK(read_one(c.theirs, byte) == 0);
   for (int fd : {a.theirs, b.theirs, c.theirs, d.theirs})
     ::close(fd);
 }

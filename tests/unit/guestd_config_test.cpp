@@ -158,7 +158,7 @@ TEST_CASE("guestd config: an unknown key is refused with its place") {
   CHECK(error_of("[limits.extra]\n").starts_with("guestd.toml:1: limits.extra: unknown key"));
 }
 
-TEST_CASE("guestd config: a syntax error names its line; a missing file says so") {
+TEST_CASE("guestd config: a syntax error names its line, and a missing file says so") {
   CHECK(error_of("listen = \"vsock:ANY:5500\"\nallowed_ports = [5986")
             .starts_with("guestd.toml:2: syntax error"));
   auto dir = std::filesystem::temp_directory_path();

@@ -188,6 +188,52 @@ class BlackholeListener {
   std::uint16_t port_ = 0;
 };
 
+// What the process writes to stderr (guestd's log lines) goes to a file
+// while this lives, so that a test can read why guestd ended a channel.
+class StderrCapture {
+ public:
+  StderrCapture() {
+    char templ[] = "/tmp/vmgate-guestd-log-XXXXXX";
+    file_ = ::mkstemp(templ);
+    REQUIRE(file_ >= 0);
+    path_ = templ;
+    saved_ = ::dup(STDERR_FILENO);
+    REQUIRE(::dup2(file_, STDERR_FILENO) >= 0);
+  }
+  ~StderrCapture() {
+    ::dup2(saved_, STDERR_FILENO);
+    ::close(saved_);
+    ::close(file_);
+    std::filesystem::remove(path_);
+  }
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+
+  std::string text() const {
+    std::string out;
+    int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    char buffer[4096];
+    for (ssize_t n; fd >= 0 && (n = ::read(fd, buffer, sizeof buffer)) > 0;)
+      out.append(buffer, static_cast<std::size_t>(n));
+    if (fd >= 0) ::close(fd);
+    return out;
+  }
+  // Waits (at most `bound`) for a line holding `needle`.
+  bool wait_for(std::string_view needle) const {
+    auto end = std::chrono::steady_clock::now() + bound;
+    while (text().find(needle) == std::string::npos) {
+      if (std::chrono::steady_clock::now() > end) return false;
+      std::this_thread::sleep_for(10ms);
+    }
+    return true;
+  }
+
+ private:
+  std::string path_;
+  int file_ = -1;
+  int saved_ = -1;
+};
+
 // guestd's preamble and agent-connect timeouts. They apply to every channel,
 // so by default they are far above what a loaded machine needs to send a
 // preamble or connect to a unix socket; only a test of a timeout itself makes
@@ -334,12 +380,31 @@ TEST_CASE("a garbage preamble is answered 400 and closed, and guestd keeps servi
 
 TEST_CASE("a preamble that never completes is closed after the preamble timeout") {
   GuestdFixture guestd(64, 0, Timeouts{.preamble = 200ms});
+  StderrCapture log_lines;
+  log::set_min_level(log::Level::info);
   Client client = guestd.connect();
   client.send("VMGATE/1 CONN");
   auto answer = client.read_to_eof();  // bounded far above the timeout
   CHECK(answer.eof);
   CHECK(answer.data.empty());
+  // Closed because the timeout passed, not for any other reason.
+  CHECK(log_lines.wait_for("reason=preamble-timeout"));
+  INFO("guestd's log: " << log_lines.text());
+  CHECK(log_lines.text().find("event=channel ") != std::string::npos);
   CHECK(guestd.agent_connections() == 0);
+}
+
+TEST_CASE("a preamble completed by a later write before the preamble timeout is served") {
+  GuestdFixture guestd;
+  Client client = guestd.connect();
+  client.send("VMGATE/1 CONN");
+  // Long enough for guestd to read the first part alone; far below the timeout.
+  std::this_thread::sleep_for(100ms);
+  client.send("ECT 5986\r\n\r\nlate");
+  client.shutdown_write();
+  auto answer = client.read_to_eof();
+  CHECK(answer.eof);
+  CHECK(answer.data == relayed_reply("late"));
 }
 
 TEST_CASE("an agent that is down is answered 502 agent-unreachable") {

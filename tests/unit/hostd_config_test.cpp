@@ -31,35 +31,106 @@ TEST_CASE("an empty hostd config gives loopback listeners on the agent ports") {
   CHECK(c.routing.vm_header == "X-VM-Id");
 }
 
-TEST_CASE("a full hostd config is read") {
+TEST_CASE("a full hostd config is read, every key into its field") {
   auto c = parse_hostd_config(R"(
 threads = 2
 [libvirt]
 uri = "test:///tmp/node.xml"
+read_only = false
 reconnect_min_ms = 100
+reconnect_max_ms = 7000
 [routing]
 vm_header = "X-Target"
 host_suffix = "vms.example"
 [channel]
 transport = "unix:/run/vmgate/{name}.sock"
+guestd_port = 6600
 connect_timeout_ms = 1500
+pool_max_idle = 3
+pool_idle_timeout_ms = 2500
 [limits]
 header_bytes = 8192
 max_request_body = 1048576
+header_timeout_ms = 750
+idle_timeout_ms = 9000
+max_connections = 12
+[admin]
+address = "unix:/run/vmgate/admin.sock"
 [[listener]]
 name = "wsman"
 address = "tcp:127.0.0.1:0"
-guest_port = 5986
+guest_port = 5985
 trusted = true
 )",
                               "hostd.toml");
   CHECK(c.threads == 2);
   CHECK(c.libvirt.uri == "test:///tmp/node.xml");
+  CHECK_FALSE(c.libvirt.read_only);
+  CHECK(c.libvirt.reconnect_min.count() == 100);
+  CHECK(c.libvirt.reconnect_max.count() == 7000);
+  CHECK(c.routing.vm_header == "X-Target");
   CHECK(c.routing.host_suffix == ".vms.example");
+  CHECK(c.channel.transport_template == "unix:/run/vmgate/{name}.sock");
+  CHECK(c.channel.guestd_port == 6600);
   CHECK(c.channel.connect_timeout.count() == 1500);
+  CHECK(c.channel.pool_max_idle == 3);
+  CHECK(c.channel.pool_idle_timeout.count() == 2500);
+  CHECK(c.limits.header_bytes == 8192);
   CHECK(c.limits.max_request_body == 1048576);
+  CHECK(c.limits.header_timeout.count() == 750);
+  CHECK(c.limits.idle_timeout.count() == 9000);
+  CHECK(c.limits.max_connections == 12);
+  CHECK(c.admin.address.to_string() == "unix:/run/vmgate/admin.sock");
   REQUIRE(c.listeners.size() == 1);
   CHECK(c.listeners[0].name == "wsman");
+  CHECK(c.listeners[0].address.to_string() == "tcp:127.0.0.1:0");
+  CHECK(c.listeners[0].guest_port == 5985);
+  CHECK(c.listeners[0].trusted);
+  CHECK_FALSE(c.listeners[0].trusted_remote);
+}
+
+TEST_CASE("the limits and timeouts an empty config leaves have their documented defaults") {
+  auto c = parse_hostd_config("", "hostd.toml");
+  CHECK(c.threads == 0);
+  CHECK(c.libvirt.reconnect_min.count() == 500);
+  CHECK(c.libvirt.reconnect_max.count() == 30000);
+  CHECK(c.channel.guestd_port == 5500);
+  CHECK(c.channel.connect_timeout.count() == 3000);
+  CHECK(c.limits.header_bytes == 32 * 1024);
+  CHECK(c.limits.max_request_body == 0);
+  CHECK(c.limits.header_timeout.count() == 60000);
+  CHECK(c.limits.idle_timeout.count() == 300000);
+  CHECK(c.limits.max_connections == 4096);
+}
+
+TEST_CASE("a libvirt reconnect_max_ms below reconnect_min_ms is refused at its line") {
+  CHECK(error_of("[libvirt]\nreconnect_min_ms = 1000\nreconnect_max_ms = 999\n") ==
+        "hostd.toml:3: libvirt.reconnect_max_ms: must not be smaller than reconnect_min_ms");
+  // Equal is fine: a fixed retry interval.
+  auto c = parse_hostd_config("[libvirt]\nreconnect_min_ms = 1000\nreconnect_max_ms = 1000\n",
+                              "hostd.toml");
+  CHECK(c.libvirt.reconnect_max.count() == 1000);
+}
+
+TEST_CASE("values out of their range are refused at their line and key") {
+  struct Case {
+    const char* text;
+    const char* error_start;
+  };
+  for (auto [text, error_start] : {
+           Case{"[limits]\nheader_timeout_ms = 99\n", "hostd.toml:2: limits.header_timeout_ms:"},
+           Case{"[limits]\nidle_timeout_ms = 99\n", "hostd.toml:2: limits.idle_timeout_ms:"},
+           Case{"[limits]\nmax_connections = 0\n", "hostd.toml:2: limits.max_connections:"},
+           Case{"[limits]\nmax_request_body = -1\n", "hostd.toml:2: limits.max_request_body:"},
+           Case{"[channel]\nguestd_port = 0\n", "hostd.toml:2: channel.guestd_port:"},
+           Case{"threads = 257\n", "hostd.toml:1: threads:"},
+           Case{"[libvirt]\nuri = \"\"\n", "hostd.toml:2: libvirt.uri: must not be empty"},
+           Case{"[routing]\nvm_header = \"X VM\"\n",
+                "hostd.toml:2: routing.vm_header: must be a header name"},
+       }) {
+    CAPTURE(text);
+    CHECK(error_of(text).starts_with(error_start));
+  }
 }
 
 TEST_CASE("hostd config errors name file, line and key") {

@@ -1,5 +1,8 @@
 #include <doctest/doctest.h>
 
+#include <string>
+#include <string_view>
+
 #include "hostd/route/target.hpp"
 
 using vmgate::hostd::parse_authority;
@@ -41,13 +44,23 @@ TEST_CASE("a target is a name, a UUID, HOST/NAME, group:, net: or a list") {
 }
 
 TEST_CASE("malformed targets are refused with a reason") {
-  CHECK_FALSE(parse_target("").has_value());
-  CHECK_FALSE(parse_target("group:").has_value());
-  CHECK_FALSE(parse_target("vm1,").has_value());
-  CHECK_FALSE(parse_target("a/b/c").has_value());
-  CHECK_FALSE(parse_target("vm 1").has_value());
-  CHECK_FALSE(parse_target(std::string(300, 'a')).has_value());
-  CHECK_FALSE(parse_target("vm\x01").has_value());
+  auto reason = [](std::string_view text) {
+    auto parsed = parse_target(text);
+    return parsed ? std::string("accepted") : parsed.error();
+  };
+  const std::string invalid_name = "invalid name in target (printable, no spaces";
+  CHECK(reason("") == "empty target");
+  CHECK(reason("group:") == "empty target");
+  CHECK(reason("vm1,") == "empty item at the end of a target list");
+  CHECK(reason("a/b/c").starts_with(invalid_name));
+  CHECK(reason("a b/c") == "invalid host name in target 'a b/c'");
+  CHECK(reason("vm 1").starts_with(invalid_name));
+  CHECK(reason(std::string(300, 'a')).starts_with(invalid_name));
+  CHECK(reason("vm\x01").starts_with(invalid_name));
+  std::string many = "vm0";
+  for (int i = 1; i <= 1000; ++i)
+    many += ",vm" + std::to_string(i);
+  CHECK(reason(many).starts_with("more than "));
 }
 
 TEST_CASE("authorities carry an optional port in 1..65535") {
