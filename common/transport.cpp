@@ -307,4 +307,10 @@ void tune(Stream& stream, Kind kind) {
   ::setsockopt(stream.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+void acknowledge_now(Stream& stream, Kind kind) {
+  if (kind != Kind::tcp) return;
+  int one = 1;
+  ::setsockopt(stream.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+}
+
 }  // namespace vmgate::transport

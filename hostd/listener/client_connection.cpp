@@ -104,6 +104,10 @@ class ClientConnection {
     auto& req = head.get();
     rec.method = std::string(req.method_string());
     const bool has_body = !head.is_done();
+    // A client that wrote its head alone (python requests through a proxy
+    // does) holds its body back until that head is ACKed: ACK it now.
+    if (has_body && !body_in_buffer(head))
+      transport::acknowledge_now(client_, ctx_.listener.address.kind);
     // An error answer can keep the connection only if no request body is left unread.
     const bool keep_after_error = req.keep_alive() && !has_body;
 
@@ -128,6 +132,12 @@ class ClientConnection {
       co_return false;
     }
     co_return co_await forward(rec, *admitted, head);
+  }
+
+  // Whether the whole body of a Content-Length request came with its head.
+  bool body_in_buffer(const http::request_parser<http::empty_body>& head) const {
+    auto length = head.content_length();
+    return length && *length <= buffer_.size();
   }
 
   static void note_route(RequestRecord& rec, const Route& route) {
