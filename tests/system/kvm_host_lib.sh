@@ -73,3 +73,60 @@ l2_up() { [ "$(l2ctl "$1" 'echo up')" = up ]; }
 
 # field NAME: the value of NAME= in the key=value line on stdin.
 field() { tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
+
+# libvirtd_prepare: the configuration libvirtd's QEMU driver needs in L1;
+# libvirtd_start: libvirtd with qemu:///system as root, its log in
+# $T/libvirtd.log, $libvirtd_pid. This machine has libvirt's QEMU driver but not
+# libvirt-daemon-system, whose postinst creates the libvirt-qemu user the
+# driver needs even when qemu.conf runs QEMU as root; L1's /etc is a
+# throw-away overlay, so create it there. No polkit or D-Bus in L1: sockets
+# without authentication. QEMU runs as root without a security driver: L1
+# is itself the sandbox.
+libvirtd_prepare() {
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  getent passwd libvirt-qemu >/dev/null ||
+    useradd --system --no-create-home --gid libvirt-qemu --home-dir /var/lib/libvirt libvirt-qemu
+  mkdir -p /etc/libvirt
+  printf '%s\n' 'user = "root"' 'group = "root"' 'dynamic_ownership = 0' 'security_driver = "none"' \
+    'stdio_handler = "file"' 'namespaces = [ ]' >/etc/libvirt/qemu.conf
+  printf '%s\n' 'auth_unix_ro = "none"' 'auth_unix_rw = "none"' 'log_outputs = "3:stderr"' \
+    >/etc/libvirt/libvirtd.conf
+}
+libvirtd_start() {
+  libvirtd_prepare
+  libvirtd 2>>"$T/libvirtd.log" &
+  libvirtd_pid=$!
+  wait_for 60 "libvirtd answering on qemu:///system" virsh -c qemu:///system version ||
+    fail "libvirtd did not answer on qemu:///system within 60 s"
+}
+
+# l2_domain_xml NAME: a KVM domain booting $L2_KERNEL + $L2_INITRD directly,
+# with a virtio vsock device whose CID libvirt assigns when it starts.
+l2_domain_xml() {
+  cat <<XML
+<domain type='kvm'>
+  <name>$1</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$L2_KERNEL</kernel>
+    <initrd>$L2_INITRD</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1 rdinit=/init vmgate.name=$1</cmdline>
+  </os>
+  <cpu mode='host-passthrough'/>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <controller type='usb' model='none'/>
+    <serial type='file'><source path='$T/l2-$1.log' append='on'/></serial>
+    <memballoon model='none'/>
+    <vsock model='virtio'><cid auto='yes'/></vsock>
+  </devices>
+</domain>
+XML
+}
+# live_cid NAME: the CID libvirt gave the running domain (its live XML).
+live_cid() {
+  virsh -c qemu:///system dumpxml "$1" | sed -n "s/.*<cid auto='yes' address='\([0-9]*\)'.*/\1/p"
+}
