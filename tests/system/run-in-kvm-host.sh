@@ -4,7 +4,7 @@
 # exit code.
 #
 #   run-in-kvm-host.sh [--systemd] [--timeout S] [--mem M] [--log FILE]
-#                      [--env NAME=VALUE]... [--shell]
+#                      [--env NAME=VALUE]... [--debs BUILD_DIR] [--shell]
 #                      [--l2-script GUEST.sh [--l2-file FILE]...]
 #                      --script HOST.sh
 #
@@ -20,7 +20,8 @@
 #     /tmp/vmgate-l1, stdin from /dev/null), after kvm-amd and vhost_vsock
 #     are loaded; its output comes back on this script's stdout.
 #   * --systemd: systemd is PID 1 in L1 and HOST.sh runs from a oneshot unit
-#     after multi-user.target (~20 s more); without it, busybox init (~3 s).
+#     as the only job of the boot target vmgate-l1.target (basic.target and
+#     the test; none of this machine's enabled services); without it, busybox init (~3 s).
 #   * --env NAME=VALUE is exported to HOST.sh (and to GUEST.sh).
 #   * --l2-script GUEST.sh builds a level-2 initramfs on this machine (busybox,
 #     the virtio-pci and virtio-vsock modules, vsock_loopback, GUEST.sh and
@@ -29,6 +30,9 @@
 #     it starts L2 itself (QEMU -accel kvm, or libvirt), see l2_qemu in
 #     kvm_host_lib.sh. GUEST.sh runs as root in L2 once the modules are
 #     loaded, with HOME=/root, /tmp and /run on tmpfs, `lo` up.
+#   * --debs BUILD_DIR: build the vmgate-host and vmgate-guest .debs from
+#     that configured and built tree (cpack, here, before L1 boots); HOST.sh
+#     finds them in the directory $VMGATE_DEBS.
 #   * --shell: no test, an interactive shell in L1 on this terminal (the
 #     environment is set up as for HOST.sh; `poweroff -f` ends it).
 #
@@ -47,7 +51,7 @@ set -euo pipefail
 
 me=run-in-kvm-host
 here=$(cd "$(dirname "$0")" && pwd)
-timeout_s=420 mem=3072 script="" l2_script="" keep_log="" mode=busybox shell=0
+timeout_s=420 mem=3072 script="" l2_script="" debs_from="" keep_log="" mode=busybox shell=0
 envs=() l2_files=()
 
 usage() {
@@ -63,6 +67,7 @@ while (($#)); do
     --log) keep_log=${2:?}; shift 2 ;;
     --systemd) mode=systemd; shift ;;
     --shell) shell=1; shift ;;
+    --debs) debs_from=${2:?}; shift 2 ;;
     --env) [[ ${2:-} == [A-Za-z_]*=* ]] || die "--env wants NAME=VALUE"; envs+=("$2"); shift 2 ;;
     --script) script=${2:?}; shift 2 ;;
     --l2-script) l2_script=${2:?}; shift 2 ;;
@@ -108,8 +113,9 @@ done < <(printf '%s\n' /boot/vmlinuz-* | sort -V)
 [[ -r $kernel ]] || die "cannot read $kernel (run as root)"
 
 # L1 sees this machine's /, so the work directory is visible there at the same
-# path (read-only): the L2 initramfs and the scripts travel that way.
-work=$(mktemp -d "${TMPDIR:-/tmp}/vmgate-kvm.XXXXXX")
+# path (read-only): the L2 initramfs and the scripts travel that way. Not in
+# /tmp, which systemd-tmpfiles empties when L1 boots with systemd.
+work=$(mktemp -d /var/tmp/vmgate-kvm.XXXXXX)
 chmod 755 "$work"
 qemu_pidfile=$work/qemu.pid
 # shellcheck disable=SC2317  # called by the EXIT trap
@@ -152,6 +158,14 @@ pack() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) >"$2"; }
   printf 'export VMGATE_KVM_WORK=%q VMGATE_KVM_LIB=%q\n' "$work" "$work/lib.sh"
   for e in "${envs[@]+"${envs[@]}"}"; do printf 'export %s=%q\n' "${e%%=*}" "${e#*=}"; done
 } >"$work/env"
+if [[ -n $debs_from ]]; then
+  [[ -f $debs_from/CPackConfig.cmake ]] || die "--debs $debs_from: no CPackConfig.cmake (configure and build it first)"
+  command -v cpack >/dev/null || missing cpack cmake
+  cpack -G DEB --config "$debs_from/CPackConfig.cmake" -B "$work/cpack" >"$work/cpack.log" 2>&1 ||
+    die "cpack failed: $(tail -n 5 "$work/cpack.log")"
+  mkdir -p "$work/debs" && mv "$work"/cpack/*.deb "$work/debs/" && rm -rf "$work/cpack"
+  echo "export VMGATE_DEBS=$work/debs" >>"$work/env"
+fi
 cp "$script" "$work/host.sh"
 cp "$here/kvm_host_lib.sh" "$work/lib.sh"
 
@@ -200,6 +214,7 @@ for m in "${l1_mods[@]}"; do cp "$(modpath "$m")" "$r/mods/$m.ko"; done
 cat >"$work/l1-run.sh" <<RUN
 #!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+export SYSTEMD_COLORS=0 SYSTEMD_PAGER= SYSTEMD_URLIFY=0
 . $work/env
 rc=0
 # vhost_vsock for the host side of virtio-vsock; vsock_diag for ss --vsock.
@@ -219,11 +234,15 @@ elif [ \$rc = 0 ]; then
   rc=\$?
 fi
 echo "@@VMGATE_L1_EXIT=\$rc@@"
+# Power off at once: stopping the test unit would wait for what it started.
+if [ "\$(cat /proc/1/comm)" = systemd ]; then systemctl poweroff --force --force; fi
 RUN
 if [[ $mode == systemd ]]; then
   l1_exec="switch_root /newroot /lib/systemd/systemd"
 else
-  l1_exec="switch_root /newroot /bin/sh -c 'sh $work/l1-run.sh; $busybox poweroff -f'"
+  # Should the test die without its exit marker (OOM killer, a signal), the
+  # kernel's last words say why.
+  l1_exec="switch_root /newroot /bin/sh -c 'sh $work/l1-run.sh || { echo L1: test runner died; dmesg | tail -n 25; }; $busybox poweroff -f'"
 fi
 cat >"$r/init" <<INIT
 #!/bin/busybox sh
@@ -244,14 +263,18 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev,noexec,size=5m tmpfs /newroot/run/lock
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /newroot/sys/fs/cgroup
 echo vmgate-l1 >/newroot/etc/hostname
+# A CI machine that is a container has /.dockerenv: systemd would take L1 for
+# a container too (ignoring the kernel command line, failing
+# ConditionVirtualization=vm). L1 is a VM.
+rm -f /newroot/.dockerenv /newroot/run/.containerenv
 u=/newroot/etc/systemd/system
-mkdir -p \$u/multi-user.target.wants
-printf '%s\n' '[Unit]' 'Description=vmgate L1 test script' 'After=multi-user.target' \
+# The boot target is the test alone on top of basic.target: none of this
+# machine's own services (enabled in its multi-user.target) start in L1.
+printf '%s\n' '[Unit]' 'Description=vmgate L1 test' 'Requires=basic.target' 'After=basic.target' \
+  'Wants=vmgate-l1-test.service' 'AllowIsolate=yes' >\$u/vmgate-l1.target
+printf '%s\n' '[Unit]' 'Description=vmgate L1 test script' \
   '[Service]' 'Type=oneshot' 'StandardInput=tty' 'StandardOutput=tty' 'StandardError=tty' 'TTYPath=/dev/ttyS0' \
-  'ExecStart=/bin/sh $work/l1-run.sh' 'ExecStopPost=/bin/systemctl poweroff --force' >\$u/vmgate-l1-test.service
-ln -s ../vmgate-l1-test.service \$u/multi-user.target.wants/
-# No login prompt on the test console.
-ln -s /dev/null \$u/serial-getty@ttyS0.service
+  'ExecStart=/bin/sh $work/l1-run.sh' 'ExecStopPost=/bin/systemctl poweroff --force --force' >\$u/vmgate-l1-test.service
 exec $l1_exec
 INIT
 chmod +x "$r/init"
@@ -260,10 +283,11 @@ rm -rf "$r"
 
 # ---- boot L1 ---------------------------------------------------------------------------
 log=$work/console.log
-cmdline="console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init systemd.show_status=0"
+cmdline="console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init systemd.show_status=no systemd.unit=vmgate-l1.target"
 qemu=(nice -n 10 timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt
       -M pc -m "$mem" -smp 2 -display none -vga none -monitor none -no-reboot -nodefaults
       -no-user-config -pidfile "$qemu_pidfile" -kernel "$kernel" -initrd "$work/l1.initrd"
+      -d cpu_reset,guest_errors -D "$work/qemu-debug.log"
       -append "$cmdline"
       -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,id=hostroot,multidevs=remap)
 t0=$EPOCHREALTIME
@@ -302,5 +326,9 @@ if [[ $qrc == 124 || $qrc == 137 ]]; then
   echo "$me: TIMEOUT after ${timeout_s}s, L1 killed; $timing" >&2
   exit 124
 fi
-echo "$me: L1 died without reporting a status (qemu exit $qrc); $timing" >&2
+# A triple fault in L1 resets its CPUs, which -no-reboot turns into an exit.
+resets=$(grep -c '^CPU Reset' "$work/qemu-debug.log" 2>/dev/null || true)
+echo "$me: L1 died without reporting a status (qemu exit $qrc, ${resets:-0} CPU resets" \
+     "logged, 2 per CPU at boot); $timing" >&2
+tail -n 5 "$work/qemu-debug.log" 2>/dev/null | sed 's/^/qemu: /' >&2
 exit 125
