@@ -6,7 +6,7 @@
 # step 7: GET /hello ...]: HTTP 502 ...", then the last lines of each log in $T.
 
 step_no=0 step_name=""
-step() { step_no=$((step_no + 1)); step_name=$*; echo "== [$LEVEL $step_no] $*"; }
+step() { step_no=$((step_no + 1)); step_name=$*; echo "== [$LEVEL $step_no] $* (at $(now) s)"; }
 note() { echo "   $*"; }
 show_logs() {
   for f in "$T"/*.log "$T"/*.err; do
