@@ -95,6 +95,7 @@ libvirtd_prepare() {
 libvirtd_start() {
   libvirtd_prepare
   libvirtd 2>>"$T/libvirtd.log" &
+  # shellcheck disable=SC2034  # for the caller, to stop it
   libvirtd_pid=$!
   wait_for 60 "libvirtd answering on qemu:///system" virsh -c qemu:///system version ||
     fail "libvirtd did not answer on qemu:///system within 60 s"

@@ -18,6 +18,7 @@ set -u
 LEVEL="L1 libvirt"
 T=/tmp/vmgate-l1/libvirt
 mkdir -p $T && cd $T || exit 1
+# shellcheck source=tests/system/kvm_host_lib.sh
 . "$VMGATE_KVM_LIB"
 HOSTD=http://127.0.0.1:5986
 ADMIN=http://127.0.0.1:9090

@@ -18,6 +18,7 @@ set -u
 LEVEL="L1 nested"
 T=/tmp/vmgate-l1/nested
 mkdir -p $T && cd $T || exit 1
+# shellcheck source=tests/system/kvm_host_lib.sh
 . "$VMGATE_KVM_LIB"
 SIZE=${SIZE:-67108864}
 CID=3

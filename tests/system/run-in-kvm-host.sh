@@ -284,6 +284,7 @@ rm -rf "$r"
 # ---- boot L1 ---------------------------------------------------------------------------
 log=$work/console.log
 cmdline="console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init systemd.show_status=no systemd.unit=vmgate-l1.target"
+# shellcheck disable=SC2054  # the commas are inside QEMU arguments
 qemu=(nice -n 10 timeout -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt
       -M pc -m "$mem" -smp 2 -display none -vga none -monitor none -no-reboot -nodefaults
       -no-user-config -pidfile "$qemu_pidfile" -kernel "$kernel" -initrd "$work/l1.initrd"
@@ -326,9 +327,11 @@ if [[ $qrc == 124 || $qrc == 137 ]]; then
   echo "$me: TIMEOUT after ${timeout_s}s, L1 killed; $timing" >&2
   exit 124
 fi
-# A triple fault in L1 resets its CPUs, which -no-reboot turns into an exit.
+# QEMU's own view (-d cpu_reset,guest_errors): a run that ends normally logs
+# 6 CPU resets (3 per CPU); anything else there is a clue (a triple fault
+# ends L1 as -no-reboot turns its reset into an exit).
 resets=$(grep -c '^CPU Reset' "$work/qemu-debug.log" 2>/dev/null || true)
 echo "$me: L1 died without reporting a status (qemu exit $qrc, ${resets:-0} CPU resets" \
-     "logged, 2 per CPU at boot); $timing" >&2
+     "logged, 6 in a normal run); $timing" >&2
 tail -n 5 "$work/qemu-debug.log" 2>/dev/null | sed 's/^/qemu: /' >&2
 exit 125

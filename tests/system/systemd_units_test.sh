@@ -19,6 +19,7 @@ set -u
 LEVEL="L1 systemd"
 T=/tmp/vmgate-l1/systemd
 mkdir -p $T && cd $T || exit 1
+# shellcheck source=tests/system/kvm_host_lib.sh
 . "$VMGATE_KVM_LIB"
 HOSTD=http://127.0.0.1:5986
 V="virsh -q -c qemu:///system"
