@@ -14,7 +14,7 @@ namespace {
 // Why a relay is a small state machine rather than two coroutine loops joined
 // with `&&`: an idle tunnel then holds two pending readiness waits and this
 // state, and a coroutine runs only while bytes move. Measured with
-// bench/idle_tunnels.py (10,000 idle CONNECT tunnels, hostd + guestd RSS):
+// bench/idle_connections.py (10,000 idle CONNECT tunnels, hostd + guestd RSS):
 // awaitable operators ((a && b) || deadline) cost 28 KiB per tunnel, two
 // suspended direction loops 11.6 KiB, readiness callbacks 9.3 KiB.
 
@@ -132,8 +132,10 @@ void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, RelayCall
 
 }  // namespace
 
+// Not a coroutine itself: the awaitable async_initiate makes is the one frame
+// an idle relay adds to its caller's.
 awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle) {
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(RelayResult)>(
+  return asio::async_initiate<decltype(asio::use_awaitable), void(RelayResult)>(
       [&a, &b, idle](auto handler) { start_relay(a, b, idle, std::move(handler)); },
       asio::use_awaitable);
 }

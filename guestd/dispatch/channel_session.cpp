@@ -89,39 +89,42 @@ struct Outcome {
 
 class ChannelSession {
  public:
-  ChannelSession(Stream channel, const GuestdConfig& config, std::uint64_t id,
-                 SessionHandle& handle)
-      : channel_(std::move(channel)), config_(config), id_(id), handle_(handle) {
+  ChannelSession(Stream channel, std::shared_ptr<SessionRegistry> registry,
+                 const GuestdConfig& config, std::uint64_t id, bool counted)
+      : channel_(std::move(channel)),
+        registry_(std::move(registry)),
+        config_(config),
+        id_(id),
+        counted_(counted) {
     handle_.channel = &channel_;
     outcome_.peer = transport::describe_peer(channel_);
+    registry_->add(id_, handle_);
   }
   ChannelSession(const ChannelSession&) = delete;
   ChannelSession& operator=(const ChannelSession&) = delete;
-  ~ChannelSession() {
-    handle_.channel = nullptr;
-    handle_.agent = nullptr;
-  }
+  ~ChannelSession() { registry_->remove(id_, counted_); }
 
-  // Everything up to the answer, then the relay. The relay runs here, after
-  // serve()'s frame (the preamble buffer, the parsed request) is gone: a
-  // tunnel that sits idle for hours holds only this and the relay's state.
-  awaitable<void> run() {
-    if (co_await serve()) {
-      handle_.relaying = true;
-      RelayResult relayed = co_await relay(channel_, *agent_, config_.limits.idle_timeout);
-      outcome_.bytes_in += relayed.a_to_b;
-      outcome_.bytes_out = relayed.b_to_a;
-      outcome_.spliced_in = relayed.a_to_b_spliced;
-      outcome_.spliced_out = relayed.b_to_a_spliced;
-      if (relayed.idle_timeout) {
-        outcome_.reason = "idle-timeout";
-      } else if (relayed.error) {
-        outcome_.reason = "relay-error";
-        outcome_.error = relayed.error.message();
-      }
+  SessionHandle& handle() { return handle_; }
+
+  // Everything up to the answer: true when the session is to relay.
+  awaitable<bool> serve();
+  // What the relay did, for the session's line.
+  void note_relayed(const RelayResult& relayed) {
+    outcome_.bytes_in += relayed.a_to_b;
+    outcome_.bytes_out = relayed.b_to_a;
+    outcome_.spliced_in = relayed.a_to_b_spliced;
+    outcome_.spliced_out = relayed.b_to_a_spliced;
+    if (relayed.idle_timeout) {
+      outcome_.reason = "idle-timeout";
+    } else if (relayed.error) {
+      outcome_.reason = "relay-error";
+      outcome_.error = relayed.error.message();
     }
-    end();
   }
+  Stream& channel() { return channel_; }
+  Stream& agent() { return *agent_; }
+  std::chrono::milliseconds idle_timeout() const { return config_.limits.idle_timeout; }
+  void end();
 
   awaitable<void> refuse_busy() {
     co_await refuse(503, "busy");
@@ -129,16 +132,15 @@ class ChannelSession {
   }
 
  private:
-  // True when the session is to relay.
-  awaitable<bool> serve();
   awaitable<void> refuse(int status, std::string_view reason);
-  void end();
 
   Stream channel_;
   std::optional<Stream> agent_;
+  const std::shared_ptr<SessionRegistry> registry_;
   const GuestdConfig& config_;
   const std::uint64_t id_;
-  SessionHandle& handle_;
+  const bool counted_;
+  SessionHandle handle_;
   Outcome outcome_;
 };
 
@@ -249,16 +251,25 @@ void SessionHandle::close() {
   if (agent) close_stream(*agent);
 }
 
-awaitable<void> serve_channel(Stream channel, const GuestdConfig& config, std::uint64_t id,
-                              SessionHandle& handle) {
-  ChannelSession session(std::move(channel), config, id, handle);
-  co_await session.run();
-}
-
-awaitable<void> refuse_busy(Stream channel, const GuestdConfig& config, std::uint64_t id,
-                            SessionHandle& handle) {
-  ChannelSession session(std::move(channel), config, id, handle);
-  co_await session.refuse_busy();
+awaitable<void> serve_channel(Stream channel, std::shared_ptr<SessionRegistry> registry,
+                              const GuestdConfig& config, std::uint64_t id, bool busy) {
+  ChannelSession session(std::move(channel), std::move(registry), config, id, !busy);
+  if (busy) {
+    co_await session.refuse_busy();
+    co_return;
+  }
+  // The relay runs here, after serve()'s frame (the preamble buffer, the
+  // parsed request) is gone, and in this frame rather than one of its own: a
+  // tunnel that sits idle for hours holds only the session and the relay's
+  // state. (bench/idle_connections.py, 10,000 idle tunnels: guestd 4.5 KiB
+  // per tunnel with the session's coroutines nested four deep, 3.8 KiB so.)
+  if (co_await session.serve()) {
+    session.handle().relaying = true;
+    RelayResult relayed =
+        co_await relay(session.channel(), session.agent(), session.idle_timeout());
+    session.note_relayed(relayed);
+  }
+  session.end();
 }
 
 }  // namespace vmgate::guestd

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 
 #include "common/asio.hpp"
@@ -39,14 +40,21 @@ struct SessionHandle {
   void close();
 };
 
-// Serves one channel connection to its end (answered, relayed, closed and
-// logged). Never throws for anything the peer or the agent does.
-awaitable<void> serve_channel(Stream channel, const GuestdConfig& config, std::uint64_t id,
-                              SessionHandle& handle);
+// Where a session is registered for as long as it runs: the server, which
+// closes it at shutdown and counts it against max_connections.
+class SessionRegistry {
+ public:
+  virtual ~SessionRegistry() = default;
+  virtual void add(std::uint64_t id, SessionHandle& handle) = 0;
+  // `counted`: it counted against max_connections (a busy refusal did not).
+  virtual void remove(std::uint64_t id, bool counted) = 0;
+};
 
-// Answers "503 busy" without reading the preamble, closes and logs: the
-// session limit is reached.
-awaitable<void> refuse_busy(Stream channel, const GuestdConfig& config, std::uint64_t id,
-                            SessionHandle& handle);
+// Serves one channel connection to its end (answered, relayed, closed and
+// logged), registered with `registry` meanwhile, which it keeps alive; or,
+// when `busy`, answers "503 busy" without reading the preamble (the session
+// limit is reached). Never throws for anything the peer or the agent does.
+awaitable<void> serve_channel(Stream channel, std::shared_ptr<SessionRegistry> registry,
+                              const GuestdConfig& config, std::uint64_t id, bool busy);
 
 }  // namespace vmgate::guestd

@@ -22,7 +22,7 @@ constexpr std::chrono::milliseconds accept_retry_delay{200};
 }  // namespace
 
 // Shared with every coroutine the server starts, so none can outlive it.
-struct Server::State : std::enable_shared_from_this<State> {
+struct Server::State : std::enable_shared_from_this<State>, SessionRegistry {
   State(asio::any_io_executor ex, GuestdConfig c)
       : executor(ex),
         config(std::make_shared<const GuestdConfig>(std::move(c))),
@@ -47,7 +47,12 @@ struct Server::State : std::enable_shared_from_this<State> {
 
   awaitable<void> accept_loop();
   void admit(Stream socket);
-  awaitable<void> run_session(Stream socket, std::uint64_t id, bool busy);
+  void add(std::uint64_t id, SessionHandle& handle) override { sessions.emplace(id, &handle); }
+  void remove(std::uint64_t id, bool counts) override {
+    sessions.erase(id);
+    if (counts) --counted;
+    check_stopped();
+  }
   void close_sessions(bool relaying_too);
   void check_stopped();
 };
@@ -82,36 +87,14 @@ void Server::State::admit(Stream socket) {
   const std::uint64_t id = ++next_id;
   // The session's coroutine owns it to its end; this handler only hears of
   // an end nothing expected (an exception), once, with its id.
-  asio::co_spawn(executor, run_session(std::move(socket), id, busy), [id](std::exception_ptr e) {
-    if (e) {
-      log::error("session_failed")
-          .kv("conn", static_cast<unsigned long long>(id))
-          .kv("error", log::describe(e));
-    }
-  });
-}
-
-// One session, registered while it runs. Holds the state, so the server's
-// bookkeeping outlives every session.
-awaitable<void> Server::State::run_session(Stream socket, std::uint64_t id, bool busy) {
-  auto self = shared_from_this();
-  SessionHandle handle;
-  sessions.emplace(id, &handle);
-  struct Unregister {
-    State& state;
-    std::uint64_t id;
-    bool counts;
-    ~Unregister() {
-      state.sessions.erase(id);
-      if (counts) --state.counted;
-      state.check_stopped();
-    }
-  } unregister{*this, id, !busy};
-  if (busy) {
-    co_await refuse_busy(std::move(socket), *config, id, handle);
-  } else {
-    co_await serve_channel(std::move(socket), *config, id, handle);
-  }
+  asio::co_spawn(executor, serve_channel(std::move(socket), shared_from_this(), *config, id, busy),
+                 [id](std::exception_ptr e) {
+                   if (e) {
+                     log::error("session_failed")
+                         .kv("conn", static_cast<unsigned long long>(id))
+                         .kv("error", log::describe(e));
+                   }
+                 });
 }
 
 void Server::State::close_sessions(bool relaying_too) {

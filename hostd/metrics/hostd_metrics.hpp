@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "hostd/channel/channel_budget.hpp"
 #include "hostd/channel/channel_pool.hpp"
@@ -62,6 +63,7 @@ class OpenTunnel {
   ~OpenTunnel() {
     if (metrics_) metrics_->tunnel_closed();
   }
+  OpenTunnel(OpenTunnel&& other) noexcept : metrics_(std::exchange(other.metrics_, nullptr)) {}
   OpenTunnel(const OpenTunnel&) = delete;
   OpenTunnel& operator=(const OpenTunnel&) = delete;
 

@@ -4,7 +4,28 @@
 
 namespace vmgate::hostd {
 
+RequestRecord::RequestRecord(RequestRecord&& other) noexcept
+    : id(std::move(other.id)),
+      conn(other.conn),
+      listener(other.listener),
+      client(other.client),
+      method(std::move(other.method)),
+      form(std::move(other.form)),
+      target(std::move(other.target)),
+      vm(std::move(other.vm)),
+      port(other.port),
+      status(other.status),
+      reason(std::move(other.reason)),
+      reused_channel(other.reused_channel),
+      bytes_in(other.bytes_in),
+      bytes_out(other.bytes_out),
+      metrics(other.metrics),
+      start(other.start) {
+  other.moved_away_ = true;
+}
+
 RequestRecord::~RequestRecord() {
+  if (moved_away_) return;
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
   {
     // The line is written when `line` goes out of scope; it comes before the

@@ -1,7 +1,8 @@
 // What one client request did, logged as one `event=request` line (and
 // counted in the metrics) when the record is destroyed: routed or refused,
 // forwarded or tunnelled, whichever way it ended. It lives where the request
-// does (a tunnel's, as long as the tunnel), so it is neither copied nor moved.
+// does (a tunnel's, as long as the tunnel): moved there, and only the record
+// it was moved to is logged.
 #pragma once
 
 #include <chrono>
@@ -18,6 +19,7 @@ struct RequestRecord {
   using clock = std::chrono::steady_clock;
 
   RequestRecord() = default;
+  RequestRecord(RequestRecord&& other) noexcept;
   RequestRecord(const RequestRecord&) = delete;
   RequestRecord& operator=(const RequestRecord&) = delete;
   ~RequestRecord();
@@ -38,6 +40,9 @@ struct RequestRecord {
   std::uint64_t bytes_out = 0;
   HostdMetrics* metrics = nullptr;
   clock::time_point start = clock::now();
+
+ private:
+  bool moved_away_ = false;
 };
 
 }  // namespace vmgate::hostd

@@ -2,8 +2,6 @@
 
 #include <string_view>
 
-#include "common/relay.hpp"
-
 namespace vmgate::hostd {
 
 awaitable<bool> establish_tunnel(Stream& client, boost::beast::flat_buffer& client_buffer,
@@ -31,12 +29,10 @@ awaitable<bool> establish_tunnel(Stream& client, boost::beast::flat_buffer& clie
   co_return true;
 }
 
-awaitable<void> relay_tunnel(Stream& client, Tunnel& tunnel, RequestRecord& record,
-                             std::chrono::milliseconds idle) {
-  RelayResult result = co_await relay(client, tunnel.stream, idle);
-  record.bytes_in += result.a_to_b;
-  record.bytes_out += result.b_to_a;
-  if (result.idle_timeout) record.reason = "idle timeout";
+void note_relayed(RequestRecord& record, const RelayResult& relayed) {
+  record.bytes_in += relayed.a_to_b;
+  record.bytes_out += relayed.b_to_a;
+  if (relayed.idle_timeout) record.reason = "idle timeout";
 }
 
 }  // namespace vmgate::hostd

@@ -8,6 +8,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 
 #include "common/asio.hpp"
+#include "common/relay.hpp"
 #include "hostd/channel/channel.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 #include "hostd/proxy/request_record.hpp"
@@ -25,15 +26,24 @@ struct Tunnel {
   boost::beast::flat_buffer early;  // agent bytes that came with guestd's answer
 };
 
+// A tunnel with the client connection it belongs to, once the request that
+// set it up is done: what a tunnel's own coroutine holds for its life.
+// Members end in reverse order: the record is logged before the channel
+// closes and the open-tunnels gauge drops, so either of those (or guestd's
+// line for the channel) means hostd's record of the tunnel is written.
+struct EstablishedTunnel {
+  Stream client;
+  Tunnel tunnel;
+  RequestRecord record;
+};
+
 // Answers the client 200 and passes on the bytes each side sent early (the
 // client's with its head, the agent's with guestd's answer). False when the
 // client or the channel failed meanwhile: the tunnel is over.
 awaitable<bool> establish_tunnel(Stream& client, boost::beast::flat_buffer& client_buffer,
                                  Tunnel& tunnel, RequestRecord& record);
 
-// Relays until both ends are done or nothing moves for `idle`; the caller
-// closes both.
-awaitable<void> relay_tunnel(Stream& client, Tunnel& tunnel, RequestRecord& record,
-                             std::chrono::milliseconds idle);
+// What the relay of a tunnel (common/relay.hpp) did, into its record.
+void note_relayed(RequestRecord& record, const RelayResult& relayed);
 
 }  // namespace vmgate::hostd
