@@ -7,7 +7,7 @@ before and after. Then checks that a few tunnels really reach the agent
 (GET /hello through them), closes everything and reads RSS once more.
 Prints one JSON object.
 
-  idle_tunnels.py --port PORT --count N --pid NAME=PID [--pid NAME=PID ...]
+  idle_connections.py --port PORT --count N --pid NAME=PID [--pid NAME=PID ...]
 """
 import argparse
 import asyncio
