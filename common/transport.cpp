@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <optional>
@@ -305,6 +306,12 @@ void tune(Stream& stream, Kind kind) {
   if (kind != Kind::tcp) return;
   int one = 1;
   ::setsockopt(stream.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+bool read_would_block(Stream& stream) {
+  char byte;
+  auto n = ::recv(stream.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 void acknowledge_now(Stream& stream, Kind kind) {

@@ -57,6 +57,10 @@ std::string describe_peer(const Stream& stream);
 // the kind it connected or accepted on, so no system call asks the socket.
 void tune(Stream& stream, Kind kind);
 
+// Whether a read would block now: nothing has arrived, and the peer has not
+// closed (a recv with MSG_PEEK | MSG_DONTWAIT, which consumes nothing).
+bool read_would_block(Stream& stream);
+
 // Sends the ACK of what was just read now rather than after the delayed-ACK
 // timer (TCP_QUICKACK, which the kernel clears again by itself); a no-op for
 // other kinds. For a reader that waits for more of a message whose sender

@@ -153,6 +153,10 @@ awaitable<boost::system::result<ChannelBudget::Grant, Refusal>> ChannelBudget::a
 bool ChannelBudget::hand_over(Channel& channel) {
   if (!channel.ticket || channel.ticket.is_private()) return false;
   State& s = *state_;
+  // The common case, nobody waiting anywhere, without the lock: this runs
+  // after every exchange. (A waiter that queues just now is served by the
+  // next channel of its VM to close or come back.)
+  if (s.stats.waiting.load(std::memory_order_relaxed) == 0) return false;
   std::shared_ptr<Waiter> taker;
   {
     std::lock_guard lock(s.mutex);

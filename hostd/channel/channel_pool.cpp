@@ -1,11 +1,9 @@
 #include "hostd/channel/channel_pool.hpp"
 
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <functional>
+
+#include "common/transport.hpp"
 
 namespace vmgate::hostd {
 namespace {
@@ -36,9 +34,7 @@ std::size_t ChannelKeyHash::operator()(const ChannelKey& key) const noexcept {
 }
 
 bool idle_channel_usable(Stream& stream) {
-  char byte;
-  auto n = ::recv(stream.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  return transport::read_would_block(stream);
 }
 
 ChannelPool::ChannelPool(asio::any_io_executor executor, const ChannelConfig& config)
@@ -126,7 +122,9 @@ std::optional<Channel> ChannelPool::take(const ChannelKey& key,
 }
 
 void ChannelPool::put(Channel channel, clock::time_point now) {
-  if (enabled() && idle_channel_usable(channel.stream)) {
+  // Not asked whether it is alive: it comes from an exchange that just ended
+  // cleanly, and take() asks anyway (one recv per request fewer).
+  if (enabled()) {
     std::unique_lock lock(mutex_);
     auto& entries = idle_[channel.key];
     if (entries.size() < max_idle_) {
@@ -136,8 +134,6 @@ void ChannelPool::put(Channel channel, clock::time_point now) {
     }
     lock.unlock();
     ++stats_.full;
-  } else if (enabled()) {
-    ++stats_.closed;
   }
   error_code ignored;
   channel.stream.close(ignored);

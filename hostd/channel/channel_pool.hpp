@@ -69,8 +69,8 @@ class ChannelPool {
   std::optional<Channel> take(const ChannelKey& key, const asio::any_io_executor& executor,
                               clock::time_point now = clock::now());
   // Keeps a channel whose last exchange ended cleanly, with nothing unread on
-  // it, under its key; closes it instead when the pool is full for its key
-  // or it is dead.
+  // it, under its key; closes it instead when the pool is full for its key.
+  // Whether it is still alive is asked when it is taken.
   void put(Channel channel, clock::time_point now = clock::now());
   // Closes the longest idle channel of one VM (any agent port), to make room
   // for a channel to another port of it; false when it has none idle.
