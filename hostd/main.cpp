@@ -71,7 +71,7 @@ int run(const vmgate::hostd::HostdConfig& config) {
   hostd::ChannelBudget channel_budget(config.channel);
   hostd::ChannelPool channel_pool(io.get_executor(), config.channel);
   metrics.set_channel_pool(&channel_pool.stats());
-  metrics.set_channel_budget(&channel_budget.stats());
+  metrics.set_channel_budget(&channel_budget);
   hostd::Server server(io, config, directory, policy, channel_budget, &metrics, &channel_pool,
                        session_executors);
   server.start();

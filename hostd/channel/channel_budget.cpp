@@ -228,4 +228,25 @@ std::uint32_t ChannelBudget::open_for(const std::string& uuid) const {
   return it == state_->vms.end() ? 0 : it->second.open;
 }
 
+std::vector<std::pair<std::string, std::uint32_t>> ChannelBudget::busiest(std::size_t n) const {
+  std::vector<std::pair<std::string, std::uint32_t>> out;
+  {
+    std::lock_guard lock(state_->mutex);
+    out.reserve(state_->vms.size());
+    for (const auto& [uuid, vm] : state_->vms) {
+      if (vm.open > 0) out.emplace_back(uuid, vm.open);
+    }
+  }
+  const auto more = [](const auto& a, const auto& b) {
+    return a.second != b.second ? a.second > b.second : a.first < b.first;
+  };
+  if (out.size() > n) {
+    std::partial_sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(n), out.end(), more);
+    out.resize(n);
+  } else {
+    std::sort(out.begin(), out.end(), more);
+  }
+  return out;
+}
+
 }  // namespace vmgate::hostd

@@ -14,6 +14,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <boost/system/result.hpp>
 
@@ -69,6 +71,8 @@ class ChannelBudget {
 
   const ChannelBudgetStats& stats() const;
   std::uint32_t open_for(const std::string& uuid) const;
+  // The `n` VMs (UUID, open channels) with the most channels open, most first.
+  std::vector<std::pair<std::string, std::uint32_t>> busiest(std::size_t n) const;
 
  private:
   using State = ChannelTicket::State;

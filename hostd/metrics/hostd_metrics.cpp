@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <map>
 #include <mutex>
 
 #include <prometheus/counter.h>
@@ -105,7 +106,16 @@ struct HostdMetrics::Impl {
   prom::Counter& pool_evicted = pool_discarded_family.Add({{"reason", "evicted"}});
 
   // Read from the channel budget at scrape time.
-  const ChannelBudgetStats* budget = nullptr;
+  const ChannelBudget* budget = nullptr;
+  // Per VM for the few with the most channels open: enough to see which VM
+  // is short of channels, without a series for every VM of the host.
+  static constexpr std::size_t busiest_vms = 5;
+  prom::Family<prom::Gauge>& busiest_family =
+      prom::BuildGauge()
+          .Name("vmgate_channels_open_busiest")
+          .Help("HTTP channels open to each of the five VMs that have the most open")
+          .Register(registry);
+  std::map<std::string, prom::Gauge*> busiest_shown;  // by VM name
   prom::Family<prom::Gauge>& channels_family =
       prom::BuildGauge()
           .Name("vmgate_channels")
@@ -195,6 +205,27 @@ struct HostdMetrics::Impl {
     seen = now;
   }
 
+  void refresh_busiest() {
+    std::map<std::string, double> now;
+    for (const auto& [uuid, count] : budget->busiest(busiest_vms)) {
+      auto found = directory.find(uuid);
+      now[found.vm ? found.vm->name : uuid] = count;
+    }
+    for (auto it = busiest_shown.begin(); it != busiest_shown.end();) {
+      if (now.contains(it->first)) {
+        ++it;
+        continue;
+      }
+      busiest_family.Remove(it->second);
+      it = busiest_shown.erase(it);
+    }
+    for (const auto& [name, count] : now) {
+      auto& gauge = busiest_shown[name];
+      if (gauge == nullptr) gauge = &busiest_family.Add({{"vm", name}});
+      gauge->Set(count);
+    }
+  }
+
   void refresh() {
     std::lock_guard lock(scrape_mutex);
     directory_vms.Set(static_cast<double>(directory.size()));
@@ -206,16 +237,18 @@ struct HostdMetrics::Impl {
       add_new(pool_evicted, pool->evicted.load(), seen_evicted);
     }
     if (budget != nullptr) {
-      const double open = static_cast<double>(budget->open.load());
+      const ChannelBudgetStats& b = budget->stats();
+      const double open = static_cast<double>(b.open.load());
       const double idle = pool ? static_cast<double>(pool->idle.load()) : 0;
-      const double priv = static_cast<double>(budget->private_.load());
+      const double priv = static_cast<double>(b.private_.load());
       channels_idle.Set(idle);
       channels_private.Set(priv);
       channels_in_use.Set(std::max(0.0, open - idle - priv));
-      channel_waiting.Set(static_cast<double>(budget->waiting.load()));
-      add_new(waits_granted, budget->waits_granted.load(), seen_granted);
-      add_new(waits_timed_out, budget->waits_timed_out.load(), seen_timed_out);
-      add_new(waits_refused, budget->waits_refused.load(), seen_refused);
+      channel_waiting.Set(static_cast<double>(b.waiting.load()));
+      add_new(waits_granted, b.waits_granted.load(), seen_granted);
+      add_new(waits_timed_out, b.waits_timed_out.load(), seen_timed_out);
+      add_new(waits_refused, b.waits_refused.load(), seen_refused);
+      refresh_busiest();
     }
     if (inventory == nullptr) return;
     add_new(libvirt_events, inventory->events.load(), seen_events);
@@ -261,7 +294,7 @@ void HostdMetrics::set_channel_pool(const ChannelPoolStats* pool) {
   impl_->pool = pool;
 }
 
-void HostdMetrics::set_channel_budget(const ChannelBudgetStats* budget) {
+void HostdMetrics::set_channel_budget(const ChannelBudget* budget) {
   std::lock_guard lock(impl_->scrape_mutex);
   impl_->budget = budget;
 }

@@ -43,8 +43,9 @@ class HostdMetrics {
   void channel_used(bool reused);
   // The pool whose idle count and discards /metrics reports; null: none.
   void set_channel_pool(const ChannelPoolStats* pool);
-  // The budget whose open channels and waits /metrics reports; null: none.
-  void set_channel_budget(const ChannelBudgetStats* budget);
+  // The budget whose open channels and waits /metrics reports, with the
+  // VMs that have the most channels open; null: none.
+  void set_channel_budget(const ChannelBudget* budget);
 
   // Every metric in the Prometheus text exposition format 0.0.4.
   std::string render();

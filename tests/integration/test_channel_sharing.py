@@ -190,4 +190,5 @@ def test_a_basic_auth_client_gives_its_channel_back_while_it_idles():
         wait_until(lambda: metric(lab, "vmgate_channels", state="idle") == 1, 10,
                    "the channel to go back to the pool")
         assert metric(lab, "vmgate_channels", state="private") == 0
+        assert metric(lab, "vmgate_channels_open_busiest", vm="vm1") == 1
         s.close()

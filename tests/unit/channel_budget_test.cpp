@@ -224,3 +224,16 @@ TEST_CASE("channel budget: private channels have a cap of their own") {
   Channel bound = channel(io, key_5986, std::move(b->ticket));
   CHECK_FALSE(budget.hand_over(bound));
 }
+
+TEST_CASE("channel budget: the VMs with the most channels open, most first") {
+  asio::io_context io;
+  ChannelBudget budget(limits(8));
+  std::vector<Result> held;
+  for (const char* uuid : {"a", "b", "b", "c", "c", "c"})
+    held.push_back(acquire_now(io, budget, ChannelKey::of(vm(uuid), 5986)));
+  using Busy = std::vector<std::pair<std::string, std::uint32_t>>;
+  CHECK(budget.busiest(2) == Busy{{"c", 3}, {"b", 2}});
+  CHECK(budget.busiest(5) == Busy{{"c", 3}, {"b", 2}, {"a", 1}});
+  held.clear();
+  CHECK(budget.busiest(5).empty());
+}
