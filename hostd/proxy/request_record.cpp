@@ -8,7 +8,7 @@ RequestRecord::RequestRecord(RequestRecord&& other) noexcept
     : id(std::move(other.id)),
       conn(other.conn),
       listener(other.listener),
-      client(other.client),
+      client(std::move(other.client)),
       method(std::move(other.method)),
       form(std::move(other.form)),
       target(std::move(other.target)),

@@ -25,9 +25,10 @@ struct RequestRecord {
   ~RequestRecord();
 
   std::string id = new_request_id();
-  std::uint64_t conn = 0;  // the client connection that made it
-  std::string_view listener;
-  std::string_view client;
+  std::uint64_t conn = 0;     // the client connection that made it
+  std::string_view listener;  // the listener's configured name: lives as long as hostd
+  // Owned: a tunnel's record outlives the client connection's frames.
+  std::string client;
   std::string method;
   std::string form = "-";
   std::string target = "-";
