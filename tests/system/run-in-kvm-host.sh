@@ -58,7 +58,8 @@ usage() {
   sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
   exit 2
 }
-die() { echo "$me: $*" >&2; exit 2; }
+# shellcheck source=qemu_runner_lib.sh
+. "$(dirname "$0")/qemu_runner_lib.sh"
 
 while (($#)); do
   case "$1" in
@@ -85,7 +86,6 @@ for f in "${l2_files[@]+"${l2_files[@]}"}"; do
   [[ -f "$f" && -r "$f" ]] || die "L2 file not found (or not a regular file): $f"
 done
 
-missing() { die "$1 not found: apt-get install --no-install-recommends $2"; }
 command -v qemu-system-x86_64 >/dev/null || missing qemu-system-x86_64 qemu-system-x86
 command -v cpio >/dev/null || missing cpio cpio
 [[ $mode == busybox ]] || [[ -x /lib/systemd/systemd ]] || missing systemd systemd
@@ -118,35 +118,9 @@ done < <(printf '%s\n' /boot/vmlinuz-* | sort -V)
 work=$(mktemp -d /var/tmp/vmgate-kvm.XXXXXX)
 chmod 755 "$work"
 qemu_pidfile=$work/qemu.pid
-# shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() {
-  local pid
-  pid=$(cat "$qemu_pidfile" 2>/dev/null || true)
-  if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$work/l1.initrd"; then
-    kill "$pid" 2>/dev/null || true
-  fi
-  [[ -n ${boot_pid:-} ]] && wait "$boot_pid" 2>/dev/null
-  if [[ -n $keep_log && -z ${log_copied:-} && -f $work/console.log ]]; then
-    cp "$work/console.log" "$keep_log" || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'echo "$me: interrupted (SIGINT)" >&2; exit 130' INT
-trap 'echo "$me: terminated by SIGTERM from outside" >&2; exit 143' TERM
+install_cleanup "$work/l1.initrd"
 
 modpath() { modinfo -k "$kver" -F filename "$1"; }
-is_elf() { [[ "$(od -An -tx1 -N4 "$1" 2>/dev/null | tr -d ' ')" == 7f454c46 ]]; }
-copy_libs() {  # copy_libs ELF ROOT: the shared libraries (and loader) ELF needs
-  local out lib
-  out=$(ldd "$1" 2>&1) || return 0   # static: "not a dynamic executable"
-  grep -q 'not found' <<<"$out" && die "$1: shared libraries missing on this host: $(grep 'not found' <<<"$out")"
-  while read -r lib; do
-    [[ -e $2$lib ]] && continue
-    mkdir -p "$2$(dirname "$lib")"
-    cp -L "$lib" "$2$lib"
-  done < <(grep -o '/[^ ]*' <<<"$out" | grep -v ':$' || true)
-}
 new_root() {  # new_root DIR: busybox, merged-/usr layout like Debian 12
   mkdir -p "$1"/{usr/bin,usr/lib,usr/lib64,proc,sys,dev,tmp,run,root,etc,mods,opt/vmgate}
   ln -s usr/bin "$1/bin"; ln -s usr/bin "$1/sbin"; ln -s usr/lib "$1/lib"; ln -s usr/lib64 "$1/lib64"
@@ -314,8 +288,8 @@ wait "$boot_pid" || true
 boot_pid=""
 qrc=$(cat "$work/qemu.rc" 2>/dev/null || echo unknown)
 t1=$EPOCHREALTIME
+# shellcheck disable=SC2034  # read by run_cleanup (qemu_runner_lib.sh)
 if [[ -n "$keep_log" ]]; then cp "$log" "$keep_log"; log_copied=1; fi
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
 timing="total $(secs "$t0" "$t1")s"
 [[ -s $work/t_begin ]] && timing="boot to script $(secs "$t0" "$(cat "$work/t_begin")")s, $timing"
 rc=$(grep -a -o "@@VMGATE_L1_EXIT=[0-9]*@@" "$log" | tail -1 | sed "s/[^=]*=\([0-9]*\).*/\1/" || true)

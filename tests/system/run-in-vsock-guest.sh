@@ -56,7 +56,8 @@ usage() {
   sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
   exit 2
 }
-die() { echo "$me: $*" >&2; exit 2; }
+# shellcheck source=qemu_runner_lib.sh
+. "$(dirname "$0")/qemu_runner_lib.sh"
 
 while (($#)); do
   case "$1" in
@@ -80,7 +81,6 @@ for f in "${files[@]+"${files[@]}"}"; do
 done
 
 # ---- host prerequisites --------------------------------------------------------------
-missing() { die "$1 not found: apt-get install --no-install-recommends $2"; }
 command -v qemu-system-x86_64 >/dev/null || missing qemu-system-x86_64 qemu-system-x86
 command -v cpio >/dev/null || missing cpio cpio
 command -v ldd >/dev/null || missing ldd libc-bin
@@ -121,26 +121,8 @@ done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmgate-guest.XXXXXX")
 qemu_pidfile=$work/qemu.pid
-# shellcheck disable=SC2317  # cleanup is called by the EXIT trap
-cleanup() {
-  # Stop our QEMU if it is still running (interrupted run). The pid is checked
-  # against QEMU's command line so a recycled pid is never hit.
-  local pid
-  pid=$(cat "$qemu_pidfile" 2>/dev/null || true)
-  if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$work/initrd"; then
-    kill "$pid" 2>/dev/null || true
-  fi
-  [[ -n ${boot_pid:-} ]] && wait "$boot_pid" 2>/dev/null
-  if [[ -n $keep_log && -z ${log_copied:-} && -f $work/console.log ]]; then
-    cp "$work/console.log" "$keep_log" || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'echo "$me: interrupted (SIGINT)" >&2; exit 130' INT
-trap 'echo "$me: terminated by SIGTERM from outside" >&2; exit 143' TERM
+install_cleanup "$work/initrd"
 
-is_elf() { [[ "$(od -An -tx1 -N4 "$1" 2>/dev/null | tr -d ' ')" == 7f454c46 ]]; }
 
 # ---- kernel: boot the uncompressed ELF through PVH when possible -----------------------
 # A bzImage decompresses itself inside the guest, which under TCG costs ~4 s of the
@@ -197,19 +179,6 @@ for m in "${vsock_mods[@]}" "${opt_mods[@]}"; do
   esac
 done
 
-copy_libs() {  # copy the shared libraries (and the loader) an ELF file needs
-  local f=$1 out lib
-  # A static binary makes ldd fail with "not a dynamic executable".
-  out=$(ldd "$f" 2>&1) || return 0
-  if grep -q 'not found' <<<"$out"; then
-    die "$f: shared libraries missing on this host:"$'\n'"$(grep 'not found' <<<"$out")"
-  fi
-  while read -r lib; do
-    [[ -e $root$lib ]] && continue
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done < <(grep -o '/[^ ]*' <<<"$out" | grep -v '^/.*:$' || true)
-}
 for f in "${files[@]+"${files[@]}"}"; do
   dst=$root/opt/vmgate/$(basename "$f")
   [[ -e $dst ]] && die "two files named $(basename "$f")"
@@ -219,7 +188,7 @@ for f in "${files[@]+"${files[@]}"}"; do
   else
     cp -L "$f" "$dst"
   fi
-  if is_elf "$f"; then chmod +x "$dst"; copy_libs "$f"; fi
+  if is_elf "$f"; then chmod +x "$dst"; copy_libs "$f" "$root"; fi
 done
 cp "$script" "$root/opt/vmgate/test.sh"
 {
@@ -293,9 +262,9 @@ wait "$boot_pid" || true
 boot_pid=""
 qrc=$(cat "$work/qemu.rc" 2>/dev/null || echo unknown)
 t1=$EPOCHREALTIME
+# shellcheck disable=SC2034  # read by run_cleanup (qemu_runner_lib.sh)
 if [[ -n "$keep_log" ]]; then cp "$log" "$keep_log"; log_copied=1; fi
 
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
 timing="total $(secs "$t0" "$t1")s"
 [[ -s $work/t_begin ]] && timing="boot to script $(secs "$t0" "$(cat "$work/t_begin")")s, $timing"
 [[ -s $work/t_begin && -s $work/t_end ]] &&
