@@ -181,6 +181,20 @@ def test_a_connection_bound_handshake_keeps_its_channel_while_others_churn_the_p
                    "the private channel to close with its client")
 
 
+def test_connection_bound_channels_beyond_max_private_per_vm_are_refused_before_the_handshake():
+    with Lab([VM("vm1")], hostd={"channel": {"max_private_per_vm": 1}}) as lab:
+        a = socket.create_connection(("127.0.0.1", lab.port), timeout=30)
+        assert negotiate(a, "Negotiate start")[0] == 401  # A's channel is now private
+        b = socket.create_connection(("127.0.0.1", lab.port), timeout=30)
+        status, _, body = negotiate(b, "Negotiate start")
+        assert status == 503, body
+        assert b"channel.max_private_per_vm" in body
+        # Requests that need no private channel are still served.
+        assert lab.request("GET", "/hello", {"X-VM-Id": "vm1"}).status == 200
+        a.close()
+        b.close()
+
+
 def test_a_basic_auth_client_gives_its_channel_back_while_it_idles():
     with Lab([VM("vm1")], hostd={"channel": {"pool_idle_timeout_ms": 600000}}) as lab:
         s = socket.create_connection(("127.0.0.1", lab.port), timeout=30)

@@ -205,3 +205,21 @@ TEST_CASE("the channel pool's size and idle timeout are read, and bad values nam
   CHECK(error_of("[channel]\npool_max_idle = \"many\"\n") ==
         "hostd.toml:2: channel.pool_max_idle: must be an integer");
 }
+
+TEST_CASE("hostd config: the channel budget's keys, their defaults and their one rule") {
+  auto d = parse_hostd_config("", "hostd.toml");
+  CHECK(d.channel.max_per_vm == 512);
+  CHECK(d.channel.max_private_per_vm == 128);
+  CHECK(d.channel.wait_timeout == std::chrono::milliseconds(10000));
+  CHECK(d.channel.max_waiting_per_vm == 4096);
+  auto c = parse_hostd_config(
+      "[channel]\nmax_per_vm = 8\nwait_timeout_ms = 250\nmax_waiting_per_vm = 0\n", "hostd.toml");
+  CHECK(c.channel.max_per_vm == 8);
+  CHECK(c.channel.max_private_per_vm == 8);  // unset, it follows max_per_vm down
+  CHECK(c.channel.wait_timeout == std::chrono::milliseconds(250));
+  CHECK(c.channel.max_waiting_per_vm == 0);
+  CHECK(error_of("[channel]\nmax_per_vm = 8\nmax_private_per_vm = 9\n") ==
+        "hostd.toml:3: channel.max_private_per_vm: must not be larger than max_per_vm");
+  CHECK(error_of("[channel]\nmax_per_vm = 0\n") ==
+        "hostd.toml:2: channel.max_per_vm: 0 is out of range (1..1000000)");
+}
