@@ -128,9 +128,20 @@ new_root() {  # new_root DIR: busybox, merged-/usr layout like Debian 12
 }
 pack() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) >"$2"; }
 
+# L1 sees this machine's / read-only, but not its /tmp when it boots with
+# systemd (which mounts a fresh tmpfs there), and a clone may live in /tmp:
+# a file handed over by --env travels in the work directory instead.
+mkdir -p "$work/env-files"
 {
   printf 'export VMGATE_KVM_WORK=%q VMGATE_KVM_LIB=%q\n' "$work" "$work/lib.sh"
-  for e in "${envs[@]+"${envs[@]}"}"; do printf 'export %s=%q\n' "${e%%=*}" "${e#*=}"; done
+  for e in "${envs[@]+"${envs[@]}"}"; do
+    name=${e%%=*} value=${e#*=}
+    if [[ -f $value ]]; then
+      cp -p "$value" "$work/env-files/$name-$(basename "$value")"
+      value=$work/env-files/$name-$(basename "$value")
+    fi
+    printf 'export %s=%q\n' "$name" "$value"
+  done
 } >"$work/env"
 if [[ -n $debs_from ]]; then
   [[ -f $debs_from/CPackConfig.cmake ]] || die "--debs $debs_from: no CPackConfig.cmake (configure and build it first)"
