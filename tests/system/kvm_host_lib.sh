@@ -20,6 +20,14 @@ fail() {
   show_logs
   exit 1
 }
+# lost WHY: the emulated level-2 machine itself failed (its QEMU died or
+# never finished booting), not a step of vmgate's: exit 125, which the
+# runner's retry-if-lost.sh runs once more.
+lost() {
+  echo "LOST [$LEVEL step $step_no: $step_name]: $*"
+  show_logs
+  exit 125
+}
 now() { cut -d' ' -f1 /proc/uptime; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}'; }
 

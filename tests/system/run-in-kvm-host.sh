@@ -37,7 +37,8 @@
 #     environment is set up as for HOST.sh; `poweroff -f` ends it).
 #
 # Exit status:
-#   HOST.sh's own status (keep test scripts to 0..119)
+#   HOST.sh's own status (keep test scripts to 0..119; 125 when a test finds
+#        an emulated level-2 machine dead: kvm_host_lib.sh's lost)
 #   2    usage error, or a host prerequisite is missing (named in the message)
 #   124  timeout (--timeout, default 420 s): L1 was killed
 #   125  L1 died without reporting a status (panic, QEMU error)
