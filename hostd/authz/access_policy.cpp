@@ -10,6 +10,9 @@ std::optional<Refusal> AccessPolicy::authorize(const Identity& identity, const R
     case Identity::Kind::trusted_listener:
       return std::nullopt;
     case Identity::Kind::anonymous:
+    case Identity::Kind::certificate:
+    case Identity::Kind::token:
+    case Identity::Kind::source:
       break;
   }
   const std::string vm = destinations.empty() ? route.target.to_string() : destinations[0].name;

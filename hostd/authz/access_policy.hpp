@@ -11,20 +11,11 @@
 #include <string>
 
 #include "hostd/directory/directory.hpp"
+#include "hostd/identity/identity.hpp"
 #include "hostd/refusal.hpp"
 #include "hostd/route/request_route.hpp"
 
 namespace vmgate::hostd {
-
-// Who is asking.
-struct Identity {
-  enum class Kind {
-    anonymous,         // nothing is known of the client: it may reach nothing
-    trusted_listener,  // it came in on a listener marked `trusted`
-  };
-  Kind kind = Kind::anonymous;
-  std::string name;  // for logs and refusals: the listener's name when trusted
-};
 
 class AccessPolicy {
  public:

@@ -1,6 +1,7 @@
 #include "hostd/config/hostd_config.hpp"
 
 #include <algorithm>
+#include <array>
 
 #include <fmt/format.h>
 
@@ -28,7 +29,66 @@ bool valid_header_name(std::string_view name) {
   return true;
 }
 
-ListenerConfig read_listener(const Section& s) {
+// Lowercase hex without separators: "AB:cd:01..." and "abcd01..." name the
+// same pin. Empty when `text` is not a SHA-256 fingerprint.
+std::string normalized_fingerprint(std::string_view text) {
+  std::array<char, 64> hex{};
+  std::size_t n = 0;
+  for (char c : text) {
+    if (c == ':') continue;
+    if (c >= 'A' && c <= 'F') c = static_cast<char>(c - 'A' + 'a');
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) || n == hex.size()) return {};
+    hex[n++] = c;
+  }
+  if (n != hex.size()) return {};
+  return std::string(hex.data(), hex.size());
+}
+
+TlsConfig read_tls(const Section& s) {
+  TlsConfig t;
+  auto required = [&s](std::string_view key) {
+    auto value = s.optional_string(key);
+    if (!value || value->empty()) s.fail(key, "is required: a PEM file");
+    return *value;
+  };
+  t.certificate = required("certificate");
+  t.key = required("key");
+  t.client_ca = s.get_string("client_ca", "");
+  for (const auto& pin : s.get_string_array("pinned_sha256", {})) {
+    const std::string& hex = t.pinned_sha256.emplace_back(normalized_fingerprint(pin));
+    if (hex.empty()) {
+      s.fail("pinned_sha256", fmt::format("'{}' is not a SHA-256 fingerprint (64 hex digits, "
+                                          "':' allowed between them)",
+                                          pin));
+    }
+  }
+  if (!t.pinned_sha256.empty() && t.client_ca.empty())
+    s.fail("pinned_sha256", "pins client certificates: set client_ca as well");
+  t.handshake_timeout = s.get_ms("handshake_timeout_ms", t.handshake_timeout, 100ms, 600'000ms);
+  s.reject_unknown_keys();
+  return t;
+}
+
+ListenerIdentity read_identity(const Section& s) {
+  auto identity = s.optional_string("identity");
+  const bool trusted = s.get_bool("trusted", false);
+  if (trusted && identity && *identity != "trusted")
+    s.fail("identity", "a trusted listener has no identity to check: remove one of the two");
+  if (trusted || identity == "trusted") return ListenerIdentity::trusted;
+  if (!identity) {
+    s.fail("identity",
+           "this listener neither authenticates its clients nor is trusted: add identity = "
+           "\"certificate\" (with [listener.tls] client_ca), \"token\" (with [auth] "
+           "tokens_file) or \"source\" (with ACL rules on cidr:...), or trusted = true on a "
+           "loopback address");
+  }
+  if (*identity == "certificate") return ListenerIdentity::certificate;
+  if (*identity == "token") return ListenerIdentity::token;
+  if (*identity == "source") return ListenerIdentity::source;
+  s.fail("identity", fmt::format("'{}' is not one of certificate, token, source, trusted", *identity));
+}
+
+ListenerConfig read_listener(const Section& s, const AuthConfig& auth, const RoutingConfig& routing) {
   ListenerConfig l;
   auto address = s.optional_string("address");
   if (!address) s.fail("address", "is required (tcp:HOST:PORT or unix:PATH)");
@@ -40,18 +100,37 @@ ListenerConfig read_listener(const Section& s) {
   l.name = s.get_string("name", *address);
   l.guest_port = static_cast<std::uint16_t>(
       s.get_int("guest_port", parsed->kind == transport::Kind::tcp ? parsed->port : 0, 1, 65535));
-  l.trusted = s.get_bool("trusted", false);
-  l.trusted_remote = s.get_bool("trusted_remote", false);
-  if (!l.trusted) {
-    s.fail("trusted",
-           "client authentication is not available in this version: set trusted = true on a "
-           "loopback listener");
+  const std::string mode = s.get_string("mode", "proxy");
+  if (mode == "passthrough") {
+    l.mode = ListenerMode::passthrough;
+  } else if (mode != "proxy") {
+    s.fail("mode", fmt::format("'{}' is not one of proxy, passthrough", mode));
   }
-  if (!is_loopback(l.address) && !l.trusted_remote) {
+  l.identity = read_identity(s);
+  l.trusted_remote = s.get_bool("trusted_remote", false);
+  if (auto tls = s.section("tls")) l.tls = read_tls(*tls);
+
+  if (l.trusted() && !is_loopback(l.address) && !l.trusted_remote) {
     s.fail("trusted",
            fmt::format("{} is not a loopback address: a trusted listener there lets anyone who "
                        "reaches it into your VMs; set trusted_remote = true as well if you mean it",
                        l.address.to_string()));
+  }
+  if (l.identity == ListenerIdentity::source && l.address.kind != transport::Kind::tcp)
+    s.fail("identity", "a unix socket has no source address: use tcp:HOST:PORT");
+  if (l.identity == ListenerIdentity::certificate && (!l.tls || l.tls->client_ca.empty()))
+    s.fail("identity", "identity = \"certificate\" needs [listener.tls] with client_ca");
+  if (l.identity != ListenerIdentity::certificate && l.tls && !l.tls->client_ca.empty())
+    s.fail("identity", "tls.client_ca asks for client certificates: set identity = \"certificate\"");
+  if (l.identity == ListenerIdentity::token && auth.tokens_file.empty())
+    s.fail("identity", "identity = \"token\" needs [auth] tokens_file");
+  if (l.mode == ListenerMode::passthrough) {
+    // The TLS is the guest's: hostd sees no certificate and no request head.
+    if (l.identity != ListenerIdentity::source && !l.trusted())
+      s.fail("identity", "a passthrough listener sees no credentials: use \"source\" or trusted");
+    if (l.tls) s.fail("tls", "a passthrough listener does not terminate TLS: remove [listener.tls]");
+    if (routing.host_suffix.empty())
+      s.fail("mode", "passthrough routes on SNI names: set [routing] host_suffix");
   }
   s.reject_unknown_keys();
   return l;
@@ -146,12 +225,20 @@ HostdConfig read(const Section& root) {
         s->get_ms("idle_timeout_ms", c.limits.idle_timeout, 100ms, 86'400'000ms);
     c.limits.max_connections = static_cast<std::uint32_t>(
         s->get_int("max_connections", c.limits.max_connections, 1, 1'000'000));
+    c.limits.client_hello_bytes = static_cast<std::uint32_t>(
+        s->get_int("client_hello_bytes", c.limits.client_hello_bytes, 512, 1024 * 1024));
+    c.limits.client_hello_timeout =
+        s->get_ms("client_hello_timeout_ms", c.limits.client_hello_timeout, 100ms, 600'000ms);
     s->reject_unknown_keys();
   }
   if (auto s = root.section("admin")) c.admin = read_admin(*s);
+  if (auto s = root.section("auth")) {
+    c.auth.tokens_file = s->get_string("tokens_file", "");
+    s->reject_unknown_keys();
+  }
   c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
   for (const auto& s : root.sections("listener"))
-    c.listeners.push_back(read_listener(s));
+    c.listeners.push_back(read_listener(s, c.auth, c.routing));
   if (c.listeners.empty()) {
     // The agent ports, on loopback, until authentication is configured.
     for (std::uint16_t port : {5986, 8114}) {
@@ -160,7 +247,7 @@ HostdConfig read(const Section& root) {
           transport::Address{.kind = transport::Kind::tcp, .port = port, .host = "127.0.0.1"};
       l.name = l.address.to_string();
       l.guest_port = port;
-      l.trusted = true;
+      l.identity = ListenerIdentity::trusted;
       c.listeners.push_back(l);
     }
   }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,14 +22,44 @@ struct LibvirtConfig {
   std::chrono::milliseconds reconnect_max{30'000};
 };
 
+// How a listener learns who its clients are (docs/architecture.md, "Identity").
+enum class ListenerIdentity {
+  trusted,      // not at all: every client may reach every VM (loopback, tests)
+  certificate,  // a TLS client certificate, verified against tls.client_ca
+  token,        // proxy credentials (Proxy-Authorization), checked against auth.tokens_file
+  source,       // the client's address, which ACL rules match as cidr:NETWORK
+};
+
+enum class ListenerMode {
+  proxy,        // HTTP: hostd reads each request (over TLS when tls is set)
+  passthrough,  // TLS kept end to end: routed on the ClientHello's SNI, relayed untouched
+};
+
+// TLS termination on a listener. Files are PEM; they are read at start and
+// again on SIGHUP, so a renewed certificate needs no restart.
+struct TlsConfig {
+  std::string certificate;  // the chain, the listener's certificate first
+  std::string key;
+  // Set: every client must present a certificate that chains to one of these.
+  std::string client_ca;
+  // Set: the client certificate's SHA-256 fingerprint must also be one of
+  // these (lowercase hex, no separators, as normalized at load).
+  std::vector<std::string> pinned_sha256;
+  std::chrono::milliseconds handshake_timeout{10'000};
+};
+
 struct ListenerConfig {
   std::string name;              // for logs; defaults to the address
   transport::Address address;    // tcp:HOST:PORT or unix:PATH
   std::uint16_t guest_port = 0;  // the agent port for header, proxy-form and DNS-name requests
-  // No authentication on this listener. Only allowed on loopback (or a unix
-  // socket) unless `trusted_remote` says so as well.
-  bool trusted = false;
+  ListenerMode mode = ListenerMode::proxy;
+  ListenerIdentity identity = ListenerIdentity::trusted;
+  // identity trusted is only allowed on loopback (or a unix socket) unless
+  // `trusted_remote` says so as well.
   bool trusted_remote = false;
+  std::optional<TlsConfig> tls;
+
+  bool trusted() const { return identity == ListenerIdentity::trusted; }
 };
 
 struct RoutingConfig {
@@ -70,6 +101,10 @@ struct LimitsConfig {
   std::chrono::milliseconds header_timeout{60'000};  // idle keep-alive + head arrival
   std::chrono::milliseconds idle_timeout{300'000};   // no progress during an exchange → 504
   std::uint32_t max_connections = 4096;              // client connections per hostd
+  // A passthrough listener reads this much of a TLS ClientHello, within this
+  // time, to find its SNI name; then the connection is closed.
+  std::uint32_t client_hello_bytes = 16 * 1024;
+  std::chrono::milliseconds client_hello_timeout{10'000};
 };
 
 inline constexpr std::uint16_t default_admin_port = 9090;
@@ -84,6 +119,23 @@ struct AdminConfig {
   bool allow_remote = false;
 };
 
+// Where proxy credentials are checked: a file of token names and the
+// SHA-256 of each token (hostd/identity/token_store.hpp), which must be mode
+// 0600 and owned by hostd's user.
+struct AuthConfig {
+  std::string tokens_file;
+};
+
+// One ACL rule (hostd/authz): which identities may (or, `deny`, may not)
+// reach which VMs on which ports. Deny rules win; no matching rule denies.
+struct AclRule {
+  std::string name;  // for records and /v1/check; "acl[N]" unless named
+  bool deny = false;
+  std::vector<std::string> identities;  // "cert:GLOB", "token:GLOB", "cidr:NETWORK"
+  std::vector<std::string> vms;         // name globs ("web*"), UUIDs, "*"
+  std::vector<std::uint16_t> ports;     // empty: every port
+};
+
 struct HostdConfig {
   LibvirtConfig libvirt;
   std::vector<ListenerConfig> listeners;
@@ -91,6 +143,8 @@ struct HostdConfig {
   ChannelConfig channel;
   LimitsConfig limits;
   AdminConfig admin;
+  AuthConfig auth;
+  std::vector<AclRule> acl;
   unsigned threads = 0;  // 0: one per core
 };
 

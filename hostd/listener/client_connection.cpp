@@ -29,7 +29,7 @@ using clock = std::chrono::steady_clock;
 using ChannelResult = boost::system::result<Channel, Refusal>;
 
 Identity identity_of(const ListenerConfig& listener) {
-  if (listener.trusted) return Identity{Identity::Kind::trusted_listener, listener.name};
+  if (listener.trusted()) return Identity{Identity::Kind::trusted_listener, listener.name};
   return Identity{};
 }
 

@@ -74,7 +74,7 @@ void Server::start() {
         .kv("listener", lc.name)
         .kv("addr", bound)
         .kv("guest_port", lc.guest_port)
-        .kv("trusted", lc.trusted);
+        .kv("trusted", lc.trusted());
   }
   for (auto& l : listeners_) {
     for (auto& acceptor : l->acceptors) {

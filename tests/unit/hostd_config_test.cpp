@@ -85,7 +85,7 @@ trusted = true
   CHECK(c.listeners[0].name == "wsman");
   CHECK(c.listeners[0].address.to_string() == "tcp:127.0.0.1:0");
   CHECK(c.listeners[0].guest_port == 5985);
-  CHECK(c.listeners[0].trusted);
+  CHECK(c.listeners[0].trusted());
   CHECK_FALSE(c.listeners[0].trusted_remote);
 }
 
@@ -158,9 +158,11 @@ TEST_CASE("a trusted listener off loopback must be asked for twice") {
   CHECK(ok.listeners.at(0).guest_port == 5986);
 }
 
-TEST_CASE("a listener without authentication must be marked trusted") {
+TEST_CASE("a listener that neither authenticates nor is trusted refuses to start, saying what to add") {
   auto e = error_of("[[listener]]\naddress = \"tcp:127.0.0.1:5986\"\n");
-  CHECK(e.starts_with("hostd.toml:1: listener[0].trusted:"));
+  CHECK(e.starts_with("hostd.toml:1: listener[0].identity:"));
+  CHECK(e.find("identity = \"certificate\"") != std::string::npos);
+  CHECK(e.find("trusted = true") != std::string::npos);
 }
 
 TEST_CASE("the admin listener is on loopback port 9090 unless configured") {
