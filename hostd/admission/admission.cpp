@@ -13,9 +13,15 @@ boost::system::result<Admitted, Refused> admit(const AdmissionRequest& request,
                                                         .host_suffix = context.routing.host_suffix,
                                                         .guest_port = request.guest_port});
   if (!route) return Refused{.step = AdmissionStep::route, .refusal = {400, route.error()}};
-  Refused refused{.step = AdmissionStep::select, .route = *route};
+  return admit_route(std::move(*route), request.identity, request.content_length, context);
+}
 
-  auto selection = context.directory.select(route->target);
+boost::system::result<Admitted, Refused> admit_route(Route route, const Identity& identity,
+                                                     std::optional<std::uint64_t> content_length,
+                                                     const AdmissionContext& context) {
+  Refused refused{.step = AdmissionStep::select, .route = route};
+
+  auto selection = context.directory.select(route.target);
   switch (selection.status) {
     case Selection::Status::unsupported:
       refused.refusal = {501,
@@ -41,21 +47,21 @@ boost::system::result<Admitted, Refused> admit(const AdmissionRequest& request,
     refused.refusal = std::move(refusal);
     return refused;
   };
-  if (auto denied = context.policy.authorize(request.identity, *route, selection.vms))
+  if (auto denied = context.policy.authorize(identity, route, selection.vms))
     return refuse(AdmissionStep::authorize, std::move(*denied));
   if (vm.state != VmState::running) {
     return refuse(AdmissionStep::state,
                   {503, fmt::format("vm {} is {}", vm.name, state_name(vm.state))});
   }
   const std::uint64_t max_body = context.limits.max_request_body;
-  if (max_body > 0 && request.content_length && *request.content_length > max_body) {
+  if (max_body > 0 && content_length && *content_length > max_body) {
     return refuse(AdmissionStep::size,
                   {413, fmt::format("request body of {} bytes exceeds the limit of {}",
-                                    *request.content_length, max_body)});
+                                    *content_length, max_body)});
   }
   auto address = channel_address(context.channel, vm);
   if (!address) return refuse(AdmissionStep::channel, address.error());
-  return Admitted{std::move(*route), Destination{std::move(vm), std::move(*address)}};
+  return Admitted{std::move(route), Destination{std::move(vm), std::move(*address)}};
 }
 
 }  // namespace vmgate::hostd

@@ -75,4 +75,10 @@ struct Refused {
 boost::system::result<Admitted, Refused> admit(const AdmissionRequest& request,
                                                const AdmissionContext& context);
 
+// The steps after `route`, for a route found some other way: a passthrough
+// listener's SNI name, or a target the admin API is asked about.
+boost::system::result<Admitted, Refused> admit_route(Route route, const Identity& identity,
+                                                     std::optional<std::uint64_t> content_length,
+                                                     const AdmissionContext& context);
+
 }  // namespace vmgate::hostd
