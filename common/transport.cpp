@@ -271,6 +271,27 @@ std::optional<std::uint32_t> peer_vsock_cid(const Stream& stream) {
   return sa.svm_cid;
 }
 
+std::optional<asio::ip::address> peer_ip(const Stream& stream) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(const_cast<Stream&>(stream).native_handle(), reinterpret_cast<sockaddr*>(&ss),
+                    &len) != 0)
+    return std::nullopt;
+  if (ss.ss_family == AF_INET) {
+    const auto* sa = reinterpret_cast<const sockaddr_in*>(&ss);
+    return asio::ip::address_v4(ntohl(sa->sin_addr.s_addr));
+  }
+  if (ss.ss_family == AF_INET6) {
+    const auto* sa = reinterpret_cast<const sockaddr_in6*>(&ss);
+    asio::ip::address_v6::bytes_type bytes;
+    std::memcpy(bytes.data(), &sa->sin6_addr, bytes.size());
+    asio::ip::address_v6 v6(bytes, sa->sin6_scope_id);
+    if (v6.is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, v6);
+    return v6;
+  }
+  return std::nullopt;
+}
+
 std::string describe_peer(const Stream& stream) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;

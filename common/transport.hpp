@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -52,6 +53,8 @@ std::optional<std::uint32_t> peer_vsock_cid(const Stream& stream);
 // A short human-readable peer description for logs and `Forwarded`:
 // "203.0.113.7:51514", "[2001:db8::1]:443", "vsock:3:1034", "unix".
 std::string describe_peer(const Stream& stream);
+// The peer's IP address on a TCP stream (IPv4-mapped IPv6 as IPv4); empty otherwise.
+std::optional<asio::ip::address> peer_ip(const Stream& stream);
 
 // Sets TCP_NODELAY on a TCP socket; a no-op for other kinds. The caller names
 // the kind it connected or accepted on, so no system call asks the socket.

@@ -97,7 +97,11 @@ int run(const vmgate::hostd::HostdConfig& config) {
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer drain(io);
   asio::signal_set hangup(io, SIGHUP);
-  warn_on_each_hangup(hangup);
+  // What can change without a restart: TLS certificates, keys and CAs.
+  on_each_hangup(hangup, [&server] {
+    log::info("reloading").kv("signal", "SIGHUP").kv("what", "tls");
+    server.reload_tls();
+  });
   signals.async_wait([&](error_code ec, int signal) {
     if (ec) return;
     log::info("stopping").kv("signal", signal);

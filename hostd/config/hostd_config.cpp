@@ -257,6 +257,20 @@ HostdConfig read(const Section& root) {
 
 }  // namespace
 
+std::string_view identity_name(ListenerIdentity identity) {
+  switch (identity) {
+    case ListenerIdentity::certificate:
+      return "certificate";
+    case ListenerIdentity::token:
+      return "token";
+    case ListenerIdentity::source:
+      return "source";
+    case ListenerIdentity::trusted:
+      break;
+  }
+  return "trusted";
+}
+
 HostdConfig load_hostd_config(const std::string& path) {
   return read(config::load_file(path));
 }

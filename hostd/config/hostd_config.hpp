@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/transport.hpp"
@@ -47,6 +48,9 @@ struct TlsConfig {
   std::vector<std::string> pinned_sha256;
   std::chrono::milliseconds handshake_timeout{10'000};
 };
+
+// "trusted", "certificate", "token" or "source", as the config spells it.
+std::string_view identity_name(ListenerIdentity identity);
 
 struct ListenerConfig {
   std::string name;              // for logs; defaults to the address

@@ -28,19 +28,20 @@ namespace {
 using clock = std::chrono::steady_clock;
 using ChannelResult = boost::system::result<Channel, Refusal>;
 
-Identity identity_of(const ListenerConfig& listener) {
-  if (listener.trusted()) return Identity{Identity::Kind::trusted_listener, listener.name};
-  return Identity{};
+// How long a TLS client has to answer close_notify.
+std::chrono::milliseconds close_limit(const ConnectionContext& context) {
+  return context.tls ? context.tls->config().handshake_timeout : std::chrono::milliseconds(0);
 }
 
 class ClientConnection {
  public:
-  ClientConnection(Stream client, const ConnectionContext& context, std::uint64_t id)
+  ClientConnection(ClientStream client, const ConnectionContext& context, std::uint64_t id,
+                   std::string peer, Identity identity)
       : client_(std::move(client)),
         ctx_(context),
         id_(id),
-        peer_(transport::describe_peer(client_)),
-        identity_(identity_of(context.listener)),
+        peer_(std::move(peer)),
+        identity_(std::move(identity)),
         admission_{context.config.routing, context.config.channel, context.config.limits,
                    context.directory, context.policy},
         deadline_(client_.get_executor()) {}
@@ -63,13 +64,16 @@ class ClientConnection {
       // read.) A request already there is read at once: a readiness wait
       // costs a trip through the reactor, 18% of WS-Man keep-alive
       // throughput when every request paid it.
-      if (buffer_.size() == 0 && transport::read_would_block(client_)) {
-        auto [ec] = co_await client_.async_wait(Stream::wait_read, use_tuple);
+      // (Over TLS, bytes OpenSSL has read ahead are invisible to the socket:
+      // the next read is made at once.)
+      if (!client_.is_tls() && buffer_.size() == 0 &&
+          transport::read_would_block(client_.socket())) {
+        auto [ec] = co_await client_.socket().async_wait(Stream::wait_read, use_tuple);
         if (ec) break;
       }
       if (!co_await serve_request(established)) break;
     }
-    if (!established) close();
+    if (!established) co_await close();
   }
 
  private:
@@ -125,7 +129,7 @@ class ClientConnection {
     // A client that wrote its head alone (python requests through a proxy
     // does) holds its body back until that head is ACKed: ACK it now.
     if (has_body && !body_in_buffer(head))
-      transport::acknowledge_now(client_, ctx_.listener.address.kind);
+      transport::acknowledge_now(client_.socket(), ctx_.listener.address.kind);
     // An error answer can keep the connection only if no request body is left unread.
     const bool keep_after_error = req.keep_alive() && !has_body;
 
@@ -352,6 +356,7 @@ class ClientConnection {
   // and the client is answered if the agent could not be.
   awaitable<bool> conclude(RequestRecord& rec, const ExchangeRequest& request, Channel channel,
                            const ExchangeOutcome& outcome) {
+    if (outcome.end == ExchangeEnd::close_both) response_cut_ = true;
     if (outcome.channel_reusable()) {
       const bool binds = channel.ticket.is_private() || outcome.agent_binds_connection;
       give_back(std::move(channel), binds);
@@ -368,15 +373,14 @@ class ClientConnection {
     co_return false;
   }
 
-  void close() {
+  // An orderly end unless a response was cut (ClientStream::close).
+  awaitable<void> close() {
     deadline_.expires_never();
-    error_code ignored;
-    client_.shutdown(asio::socket_base::shutdown_send, ignored);
-    client_.close(ignored);
     drop_private();
+    co_await client_.close(!response_cut_, close_limit(ctx_));
   }
 
-  Stream client_;
+  ClientStream client_;
   const ConnectionContext& ctx_;
   const std::uint64_t id_;
   const std::string peer_;
@@ -390,26 +394,104 @@ class ClientConnection {
   // Negotiate): never pooled, closed with the connection.
   std::unique_ptr<Channel> private_;
   BodyChunks chunks_;
+  bool response_cut_ = false;  // an exchange ended mid-response: no orderly close
 };
 
 // A tunnel, to its end: the relay, then the record, the channel and the
 // client connection, in that order (EstablishedTunnel). The connection's slot
 // is held until then.
 awaitable<void> run_tunnel(EstablishedTunnel tunnel, [[maybe_unused]] ConnectionSlot slot,
-                           std::chrono::milliseconds idle) {
-  RelayResult relayed = co_await relay(tunnel.client, tunnel.tunnel.stream, idle);
+                           std::chrono::milliseconds idle, std::chrono::milliseconds close_within) {
+  RelayResult relayed = co_await relay_tunnel(tunnel.client, tunnel.tunnel.stream, idle);
   note_relayed(tunnel.record, relayed);
-  error_code ignored;
-  tunnel.client.shutdown(asio::socket_base::shutdown_send, ignored);
+  co_await tunnel.client.close(!relayed.error && !relayed.idle_timeout, close_within);
+}
+
+// Who the connection's client is, before its first request: what the
+// listener says, or its certificate, or its address. On a token listener
+// each request says it again (Proxy-Authorization).
+Identity connection_identity(const ConnectionContext& context, ClientStream& client) {
+  Identity identity;
+  switch (context.listener.identity) {
+    case ListenerIdentity::trusted:
+      identity.kind = Identity::Kind::trusted_listener;
+      identity.name = context.listener.name;
+      break;
+    case ListenerIdentity::certificate:
+      identity = certificate_identity(client.tls() ? client.tls()->native_handle() : nullptr);
+      break;
+    case ListenerIdentity::source:
+      if (auto ip = transport::peer_ip(client.socket())) {
+        identity.kind = Identity::Kind::source;
+        identity.name = ip->to_string();
+      }
+      break;
+    case ListenerIdentity::token:
+      break;
+  }
+  identity.address = transport::peer_ip(client.socket());
+  return identity;
+}
+
+// The TLS handshake, within tls.handshake_timeout. Empty (and logged, with
+// the reason) when it failed: a client hostd cannot identify gets no HTTP
+// answer, since no HTTP can be spoken with it.
+awaitable<std::optional<ClientStream>> accept_tls(Stream socket, const TlsServer& tls,
+                                                  std::uint64_t id, std::string_view listener,
+                                                  const std::string& peer) {
+  auto context = tls.context();
+  auto stream = std::make_unique<ClientStream::TlsStream>(std::move(socket), *context);
+  Deadline deadline(stream->get_executor());
+  deadline.expires_after(tls.config().handshake_timeout, [&stream] {
+    error_code ignored;
+    stream->next_layer().close(ignored);
+  });
+  auto [ec] = co_await stream->async_handshake(asio::ssl::stream_base::server, use_tuple);
+  const bool timed_out = deadline.expired();
+  deadline.expires_never();
+  if (ec) {
+    log::warn("tls_handshake_failed")
+        .kv("conn", static_cast<unsigned long long>(id))
+        .kv("listener", listener)
+        .kv("client", peer)
+        .kv("reason", timed_out ? fmt::format("no handshake within {} ms",
+                                              tls.config().handshake_timeout.count())
+                                : handshake_failure(stream->native_handle(), ec));
+    error_code ignored;
+    stream->next_layer().close(ignored);
+    co_return std::nullopt;
+  }
+  co_return ClientStream(std::move(stream), std::move(context));
 }
 
 }  // namespace
 
 awaitable<void> serve_client(Stream client, const ConnectionContext& context, std::uint64_t id,
                              ConnectionSlot slot) {
+  std::string peer = transport::describe_peer(client);
+  std::optional<ClientStream> stream;
+  if (context.tls) {
+    stream = co_await accept_tls(std::move(client), *context.tls, id, context.listener.name, peer);
+    if (!stream) co_return;
+  } else {
+    stream.emplace(std::move(client));
+  }
+  Identity identity = connection_identity(context, *stream);
+  if (context.listener.identity == ListenerIdentity::certificate &&
+      identity.kind != Identity::Kind::certificate) {
+    // Verified, but it names nobody an ACL rule could: no SAN, no CN.
+    log::warn("tls_handshake_failed")
+        .kv("conn", static_cast<unsigned long long>(id))
+        .kv("listener", context.listener.name)
+        .kv("client", peer)
+        .kv("reason", "client certificate has no DNS or URI SAN and no CN");
+    co_await stream->close(false, close_limit(context));
+    co_return;
+  }
   std::unique_ptr<EstablishedTunnel> tunnel;
   {
-    ClientConnection connection(std::move(client), context, id);
+    ClientConnection connection(std::move(*stream), context, id, std::move(peer),
+                                std::move(identity));
     co_await connection.run(tunnel);
   }
   if (!tunnel) co_return;
@@ -419,7 +501,9 @@ awaitable<void> serve_client(Stream client, const ConnectionContext& context, st
   // coroutine awaited the relay, 3.9 KiB with the tunnel in its own.)
   auto executor = tunnel->client.get_executor();
   asio::co_spawn(
-      executor, run_tunnel(std::move(*tunnel), std::move(slot), context.config.limits.idle_timeout),
+      executor,
+      run_tunnel(std::move(*tunnel), std::move(slot), context.config.limits.idle_timeout,
+                 close_limit(context)),
       [id](std::exception_ptr e) {
         if (e) {
           log::error("tunnel_failed")

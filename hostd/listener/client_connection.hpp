@@ -15,6 +15,7 @@
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
+#include "hostd/identity/tls_server.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 
 namespace vmgate::hostd {
@@ -27,6 +28,7 @@ struct ConnectionContext {
   ChannelBudget& budget;
   HostdMetrics* metrics = nullptr;  // null: not counted (tests)
   ChannelPool* pool = nullptr;      // null: a channel closes when its exchange ends
+  const TlsServer* tls = nullptr;   // null: the listener is plaintext
 };
 
 // A connection's place under max_connections, given back when the
@@ -48,8 +50,10 @@ class ConnectionSlot {
 };
 
 // Runs until the client closes, a request ends the connection, a tunnel
-// ends, or a limit is hit; then closes the connection. Never throws for
-// anything a client or guest does. `id` names the connection in records.
+// ends, or a limit is hit; then closes the connection. On a TLS listener the
+// handshake comes first, within tls.handshake_timeout, and a client it fails
+// for is logged with the reason and closed. Never throws for anything a
+// client or guest does. `id` names the connection in records.
 awaitable<void> serve_client(Stream client, const ConnectionContext& context, std::uint64_t id,
                              ConnectionSlot slot);
 

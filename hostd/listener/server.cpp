@@ -20,6 +20,7 @@ namespace vmgate::hostd {
 struct Server::Listener {
   const ListenerConfig& config;
   std::vector<Acceptor> acceptors;  // [0] on io_, then one per other session executor
+  std::unique_ptr<TlsServer> tls;   // a TLS listener's context, which SIGHUP reloads
   ConnectionContext context;
   std::string bound;
 };
@@ -42,6 +43,9 @@ Server::~Server() = default;
 
 void Server::start() {
   for (const auto& lc : config_.listeners) {
+    // Certificates first: a listener never accepts before it can speak TLS.
+    std::unique_ptr<TlsServer> tls;
+    if (lc.tls) tls = std::make_unique<TlsServer>(lc.name, *lc.tls);
     error_code ec;
     auto acceptor = transport::listen(io_.get_executor(), lc.address, ec);
     if (ec) {
@@ -67,14 +71,17 @@ void Server::start() {
       }
     }
     acceptors.insert(acceptors.begin(), std::move(acceptor));
+    const TlsServer* tls_server = tls.get();
     listeners_.push_back(std::make_unique<Listener>(Listener{
-        lc, std::move(acceptors),
-        ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_}, bound}));
+        lc, std::move(acceptors), std::move(tls),
+        ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_, tls_server},
+        bound}));
     log::info("listening")
         .kv("listener", lc.name)
         .kv("addr", bound)
         .kv("guest_port", lc.guest_port)
-        .kv("trusted", lc.trusted());
+        .kv("identity", identity_name(lc.identity))
+        .kv("tls", lc.tls.has_value());
   }
   for (auto& l : listeners_) {
     for (auto& acceptor : l->acceptors) {
@@ -98,6 +105,21 @@ void Server::stop_accepting() {
       });
     }
   }
+}
+
+bool Server::reload_tls() {
+  bool all = true;
+  for (auto& l : listeners_) {
+    if (!l->tls) continue;
+    std::string error = l->tls->reload();
+    if (error.empty()) {
+      log::info("tls_reloaded").kv("listener", l->config.name);
+    } else {
+      all = false;
+      log::error("tls_reload_failed").kv("listener", l->config.name).kv("error", error);
+    }
+  }
+  return all;
 }
 
 std::vector<std::string> Server::bound_addresses() const {

@@ -28,6 +28,10 @@ class Server {
   void start();
   // Stops accepting; connections in progress continue until they end.
   void stop_accepting();
+  // Reads every TLS listener's certificate, key and CAs again (SIGHUP): new
+  // connections get them, open ones keep theirs. A listener whose files fail
+  // keeps its old ones, and that is logged; false if any failed.
+  bool reload_tls();
   // "tcp:127.0.0.1:41234" for each listener, in config order (resolves port 0).
   std::vector<std::string> bound_addresses() const;
 

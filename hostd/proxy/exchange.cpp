@@ -102,12 +102,11 @@ class Exchange {
   // then serialized to `to`, until parser and serializer are both done. Bytes
   // written are added to `counted`; progress keeps the deadline away. `stop`
   // set between pieces ends it as a cancelled read would.
-  template <bool isRequest>
-  awaitable<MoveResult> pump_body(http::parser<isRequest, http::buffer_body>& parser, Stream& from,
+  template <bool isRequest, class From, class To>
+  awaitable<MoveResult> pump_body(http::parser<isRequest, http::buffer_body>& parser, From& from,
                                   beast::flat_buffer& from_buffer,
-                                  http::serializer<isRequest, http::buffer_body>& writer,
-                                  Stream& to, char* chunk, std::uint64_t& counted,
-                                  const bool& stop) {
+                                  http::serializer<isRequest, http::buffer_body>& writer, To& to,
+                                  char* chunk, std::uint64_t& counted, const bool& stop) {
     MoveResult result;
     auto& body = parser.get().body();
     // Beast sizes each read by the buffer's free capacity (512 bytes at
@@ -152,10 +151,11 @@ class Exchange {
   awaitable<void> send_request_body(http::serializer<true, http::buffer_body>& writer) {
     auto& request = request_in_.parser;
     MoveResult moved;
-    if (!request.is_done() && !request.chunked() && request.content_length_remaining()) {
+    if (!client_.is_tls() && !request.is_done() && !request.chunked() &&
+        request.content_length_remaining()) {
       // Known length: the rest of the body goes client -> channel inside the
       // kernel (splice), after the bytes already read with the head.
-      moved = co_await splice_rest_of_body(client_, client_buffer_, channel_.stream,
+      moved = co_await splice_rest_of_body(client_.socket(), client_buffer_, channel_.stream,
                                            *request.content_length_remaining(), rec_.bytes_in);
     } else {
       moved = co_await pump_body(request, client_, client_buffer_, writer, channel_.stream,
@@ -295,11 +295,12 @@ class Exchange {
     }
     if (!request_in_.is_head) {
       MoveResult moved;
-      if (!response.is_done() && !response.chunked() && response.content_length_remaining()) {
+      if (!client_.is_tls() && !response.is_done() && !response.chunked() &&
+          response.content_length_remaining()) {
         // Known length: the rest of the body goes channel -> client inside the
         // kernel (splice), after the bytes already read with the head. Exactly
         // that many, so the channel stays usable for the next response.
-        moved = co_await splice_rest_of_body(channel_.stream, channel_.buffer, client_,
+        moved = co_await splice_rest_of_body(channel_.stream, channel_.buffer, client_.socket(),
                                              *response.content_length_remaining(), rec_.bytes_out);
       } else {
         moved = co_await pump_body(response, channel_.stream, channel_.buffer, writer, client_,
@@ -377,7 +378,7 @@ class Exchange {
   enum class RequestSide { sending, sent, stopped };  // stopped: the client stopped, or was
   enum class ResponseSide { awaited, started, complete };
 
-  Stream& client_;
+  ClientStream& client_;
   beast::flat_buffer& client_buffer_;
   Channel& channel_;
   Deadline& deadline_;

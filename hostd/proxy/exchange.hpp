@@ -1,7 +1,8 @@
 // One HTTP exchange on an open channel: the request head and body go to the
 // agent while its response (interim responses, head, body) comes back to the
-// client. Bodies of known length move inside the kernel (splice); the rest
-// stream through one chunk per direction. How it ended says what the client
+// client. Bodies of known length move inside the kernel (splice) when the
+// client's stream is a plain socket; the rest, and everything to or from a
+// TLS client, stream through one chunk per direction. How it ended says what the client
 // connection and the channel can each do next.
 #pragma once
 
@@ -18,6 +19,7 @@
 #include "hostd/channel/channel.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
+#include "hostd/proxy/client_stream.hpp"
 #include "hostd/proxy/request_record.hpp"
 #include "hostd/refusal.hpp"
 
@@ -63,7 +65,7 @@ BufferedBody take_buffered_body(http::request_parser<http::buffer_body>& request
 // What an exchange works with: the client connection, the channel, and the
 // connection's deadline (set to the idle timeout while the exchange runs).
 struct ExchangeEnds {
-  Stream& client;
+  ClientStream& client;
   boost::beast::flat_buffer& client_buffer;  // client bytes read past the request head
   Channel& channel;
   Deadline& deadline;

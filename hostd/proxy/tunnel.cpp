@@ -4,7 +4,7 @@
 
 namespace vmgate::hostd {
 
-awaitable<bool> establish_tunnel(Stream& client, boost::beast::flat_buffer& client_buffer,
+awaitable<bool> establish_tunnel(ClientStream& client, boost::beast::flat_buffer& client_buffer,
                                  Tunnel& tunnel, RequestRecord& record) {
   record.status = 200;
   static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";

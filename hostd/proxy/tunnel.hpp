@@ -11,6 +11,7 @@
 #include "common/relay.hpp"
 #include "hostd/channel/channel.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
+#include "hostd/proxy/client_stream.hpp"
 #include "hostd/proxy/request_record.hpp"
 
 namespace vmgate::hostd {
@@ -32,7 +33,7 @@ struct Tunnel {
 // closes and the open-tunnels gauge drops, so either of those (or guestd's
 // line for the channel) means hostd's record of the tunnel is written.
 struct EstablishedTunnel {
-  Stream client;
+  ClientStream client;
   Tunnel tunnel;
   RequestRecord record;
 };
@@ -40,7 +41,7 @@ struct EstablishedTunnel {
 // Answers the client 200 and passes on the bytes each side sent early (the
 // client's with its head, the agent's with guestd's answer). False when the
 // client or the channel failed meanwhile: the tunnel is over.
-awaitable<bool> establish_tunnel(Stream& client, boost::beast::flat_buffer& client_buffer,
+awaitable<bool> establish_tunnel(ClientStream& client, boost::beast::flat_buffer& client_buffer,
                                  Tunnel& tunnel, RequestRecord& record);
 
 // What the relay of a tunnel (common/relay.hpp) did, into its record.

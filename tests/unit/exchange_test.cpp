@@ -65,7 +65,8 @@ Run exchange(std::string request, Agent agent, bool client_closes = false,
              std::chrono::milliseconds idle = 10s) {
   log::set_min_level(log::Level::error);
   asio::io_context io;
-  auto [client, client_peer] = socket_pair(io);
+  auto [client_socket, client_peer] = socket_pair(io);
+  ClientStream client(std::move(client_socket));
   auto [channel_end, agent_end] = socket_pair(io);
   Run run;
   bool done = false;
