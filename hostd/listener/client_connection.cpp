@@ -303,7 +303,10 @@ class ClientConnection {
                             .client_version = msg.version()};
     // Read before the head is rewritten (Authorization passes through as is).
     const bool request_binds = binds_connection(msg);
-    rewrite_request(msg, admitted.route, ctx_.config.routing.vm_header, peer_);
+    rewrite_request(msg, admitted.route, ctx_.config.routing.vm_header,
+                    ForwardedClient{.peer = peer_,
+                                    .trusted = ctx_.listener.trusted(),
+                                    .tls = client_.is_tls()});
     if (request.has_body) {
       request.whole = take_buffered_body(parser, buffer_, chunks_);
       if (request.whole.failed) {

@@ -72,8 +72,22 @@ std::string forwarded_for(std::string_view peer) {
   return fmt::format("\"{}\"", peer);
 }
 
+namespace {
+
+// "192.0.2.43" of "192.0.2.43:47011", "2001:db8::17" of "[2001:db8::17]:47011".
+std::string_view address_of(std::string_view peer) {
+  if (peer.starts_with('[')) {
+    auto end = peer.find(']');
+    return end == std::string_view::npos ? peer : peer.substr(1, end - 1);
+  }
+  auto colon = peer.rfind(':');
+  return colon == std::string_view::npos ? peer : peer.substr(0, colon);
+}
+
+}  // namespace
+
 void rewrite_request(http::request_header<>& req, const Route& route, std::string_view vm_header,
-                     std::string_view client_peer) {
+                     const ForwardedClient& client) {
   remove_hop_by_hop(req, {http::field::keep_alive, http::field::te, http::field::trailer,
                           http::field::upgrade, http::field::proxy_authorization});
   req.erase(vm_header);
@@ -85,7 +99,22 @@ void rewrite_request(http::request_header<>& req, const Route& route, std::strin
   }
   req.target(route.origin_target);
   req.version(11);
-  append_field(req, http::field::forwarded, fmt::format("for={}", forwarded_for(client_peer)));
+  const std::string forwarded = fmt::format("for={}{}", forwarded_for(client.peer),
+                                            client.tls ? ";proto=https" : "");
+  if (client.trusted) {
+    append_field(req, http::field::forwarded, forwarded);
+  } else {
+    req.set(http::field::forwarded, forwarded);
+    req.erase("X-Real-IP");
+    req.erase("X-Forwarded-Host");
+    req.erase("X-Forwarded-Proto");
+    const std::string_view address = address_of(client.peer);
+    if (address == "unix" || address == "unknown" || address.empty()) {
+      req.erase("X-Forwarded-For");
+    } else {
+      req.set("X-Forwarded-For", address);
+    }
+  }
   append_field(req, http::field::via, via_value);
 }
 

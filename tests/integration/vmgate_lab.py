@@ -217,7 +217,14 @@ def toml_text(sections, arrays=()):
     for name, table in arrays:
         out.append("\n[[%s]]" % name)
         for key, value in table.items():
-            out.append("%s = %s" % (key, toml_value(value)))
+            if not isinstance(value, dict):
+                out.append("%s = %s" % (key, toml_value(value)))
+        # A dict is a sub-table of this entry: [[listener]] then [listener.tls].
+        for key, value in table.items():
+            if isinstance(value, dict):
+                out.append("[%s.%s]" % (name, key))
+                for k, v in value.items():
+                    out.append("%s = %s" % (k, toml_value(v)))
     return "\n".join(out) + "\n"
 
 
@@ -319,7 +326,7 @@ def parse_raw_response(raw):
 
 class Lab:
     def __init__(self, vms, hostd=None, guestd=None, listeners=None, libvirt_uri=None,
-                 start_hostd=True, files=None):
+                 start_hostd=True, files=None, acl=None):
         """
         vms:        [VM]
         hostd:      {section: {key: value}} merged over the defaults
@@ -328,6 +335,7 @@ class Lab:
                     with guest_port 5986
         libvirt_uri: use this instead of test:///DIR/node.xml (a libvirtd)
         files:      {name: bytes count} random files for the native agents' --files dir
+        acl:        [{key: value}] for [[acl]] rules
         """
         self.vms = list(vms)
         for i, vm in enumerate(self.vms):
@@ -340,6 +348,7 @@ class Lab:
         self.libvirt_uri = libvirt_uri
         self.start_hostd_now = start_hostd
         self.files_spec = files or {}
+        self.acl_rules = list(acl or [])
         self.processes = []
         self.dir = None
         self.hostd = None
@@ -453,7 +462,8 @@ class Lab:
             "admin": {"address": "unix:" + self.path("admin.sock")},
         }
         sections = merge(base, self.hostd_overrides)
-        return toml_text(sections, [("listener", t) for t in self.listener_tables])
+        return toml_text(sections, [("listener", t) for t in self.listener_tables] +
+                         [("acl", r) for r in self.acl_rules])
 
     def write_hostd_config(self, text=None, name="hostd.toml"):
         path = self.path(name)

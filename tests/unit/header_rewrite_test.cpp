@@ -36,7 +36,7 @@ TEST_CASE("hop-by-hop headers and the routing header never reach the agent") {
   h.set(http::field::authorization, "Basic dTpw");
   h.set(http::field::content_length, "10");
 
-  rewrite_request(h, route_for(RouteForm::header, "/wsman"), "X-VM-Id", "203.0.113.7:51514");
+  rewrite_request(h, route_for(RouteForm::header, "/wsman"), "X-VM-Id", ForwardedClient{.peer = "203.0.113.7:51514"});
 
   for (auto name : {"Connection", "X-Secret-Hop", "Keep-Alive", "TE", "Upgrade",
                     "Proxy-Authorization", "Proxy-Connection", "X-VM-Id"}) {
@@ -55,7 +55,7 @@ TEST_CASE("Connection cannot be used to strip framing headers") {
   h.target("/");
   h.set(http::field::connection, "content-length, transfer-encoding");
   h.set(http::field::content_length, "3");
-  rewrite_request(h, route_for(RouteForm::header, "/"), "X-VM-Id", "unix");
+  rewrite_request(h, route_for(RouteForm::header, "/"), "X-VM-Id", ForwardedClient{.peer = "unix"});
   CHECK(h[http::field::content_length] == "3");
 }
 
@@ -65,7 +65,7 @@ TEST_CASE("absolute form becomes origin form with Host from the URL") {
   h.target("http://vm1:5986/wsman?x");
   h.version(10);
   h.set(http::field::host, "proxy.example:5986");
-  rewrite_request(h, route_for(RouteForm::absolute, "/wsman?x"), "X-VM-Id", "[2001:db8::1]:4000");
+  rewrite_request(h, route_for(RouteForm::absolute, "/wsman?x"), "X-VM-Id", ForwardedClient{.peer = "[2001:db8::1]:4000"});
   CHECK(h.target() == "/wsman?x");
   CHECK(h[http::field::host] == "vm1:5986");
   CHECK(h.version() == 11);
@@ -77,8 +77,35 @@ TEST_CASE("an existing Forwarded chain is extended, not replaced") {
   h.method(http::verb::get);
   h.target("/");
   h.set(http::field::forwarded, "for=192.0.2.1");
-  rewrite_request(h, route_for(RouteForm::header, "/"), "X-VM-Id", "unix");
+  rewrite_request(h, route_for(RouteForm::header, "/"), "X-VM-Id", ForwardedClient{.peer = "unix"});
   CHECK(h[http::field::forwarded] == "for=192.0.2.1, for=unknown");
+}
+
+TEST_CASE("on an untrusted listener a client's Forwarded and X-Forwarded-For are replaced") {
+  http::request_header<> h;
+  h.method(http::verb::get);
+  h.target("/");
+  h.set(http::field::forwarded, "for=10.0.0.1");
+  h.set("X-Forwarded-For", "10.0.0.1, 10.0.0.2");
+  h.set("X-Real-IP", "10.0.0.1");
+  h.set("X-Forwarded-Proto", "http");
+  rewrite_request(h, route_for(RouteForm::header, "/"), "X-VM-Id",
+                  ForwardedClient{.peer = "203.0.113.7:51514", .trusted = false, .tls = true});
+  CHECK(h[http::field::forwarded] == "for=\"203.0.113.7:51514\";proto=https");
+  CHECK(h["X-Forwarded-For"] == "203.0.113.7");
+  CHECK(h.find("X-Real-IP") == h.end());
+  CHECK(h.find("X-Forwarded-Proto") == h.end());
+  CHECK(h.count(http::field::forwarded) == 1);
+  CHECK(h.count("X-Forwarded-For") == 1);
+}
+
+TEST_CASE("an IPv6 client's X-Forwarded-For is its address without brackets or port") {
+  http::request_header<> h;
+  h.method(http::verb::get);
+  h.target("/");
+  rewrite_request(h, route_for(RouteForm::header, "/"), "X-VM-Id",
+                  ForwardedClient{.peer = "[2001:db8::1]:4000", .trusted = false});
+  CHECK(h["X-Forwarded-For"] == "2001:db8::1");
 }
 
 TEST_CASE("agent responses lose hop-by-hop headers and gain Via") {
