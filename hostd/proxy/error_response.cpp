@@ -14,6 +14,10 @@ http::response<http::string_body> make_error_response(const Refusal& refusal,
   res.set(http::field::server, "vmgate");
   res.set("X-Request-Id", request_id);
   res.set(http::field::cache_control, "no-store");
+  // RFC 9110 §15.5.8: a 407 says how to authenticate to the proxy. Both
+  // schemes hostd takes (hostd/identity/proxy_credentials.hpp).
+  if (refusal.status == 407)
+    res.set(http::field::proxy_authenticate, R"(Basic realm="vmgate", Bearer realm="vmgate")");
   // One line, whatever the reason held: nothing a client sent can add lines.
   std::string line = refusal.reason;
   for (char& c : line) {
