@@ -23,6 +23,8 @@
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
+#include "hostd/identity/tls_server.hpp"
+#include "hostd/identity/token_file.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
 #include "hostd/listener/server.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
@@ -44,7 +46,7 @@ constexpr std::string_view usage =
     "usage: vmgate-hostd --config FILE [--check-config] [--log-level debug|info|warn|error]\n"
     "       vmgate-hostd --version\n";
 
-int run(const vmgate::hostd::HostdConfig& config) {
+int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* tokens) {
   using namespace vmgate;
   hostd::EmbeddedDirectory directory(host_name());
   hostd::AccessPolicy policy;
@@ -73,7 +75,7 @@ int run(const vmgate::hostd::HostdConfig& config) {
   metrics.set_channel_pool(&channel_pool.stats());
   metrics.set_channel_budget(&channel_budget);
   hostd::Server server(io, config, directory, policy, channel_budget, &metrics, &channel_pool,
-                       session_executors);
+                       session_executors, tokens);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
@@ -97,10 +99,17 @@ int run(const vmgate::hostd::HostdConfig& config) {
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer drain(io);
   asio::signal_set hangup(io, SIGHUP);
-  // What can change without a restart: TLS certificates, keys and CAs.
-  on_each_hangup(hangup, [&server] {
-    log::info("reloading").kv("signal", "SIGHUP").kv("what", "tls");
+  // What can change without a restart: TLS certificates, keys and CAs, and
+  // the tokens file. Whatever fails to load is logged and stays as it was.
+  on_each_hangup(hangup, [&server, tokens] {
+    log::info("reloading").kv("signal", "SIGHUP").kv("what", "tls,tokens");
     server.reload_tls();
+    if (tokens == nullptr) return;
+    if (std::string error = tokens->reload(); !error.empty()) {
+      log::error("tokens_reload_failed").kv("file", tokens->path()).kv("error", error);
+    } else {
+      log::info("tokens_reloaded").kv("file", tokens->path()).kv("tokens", tokens->current()->size());
+    }
   });
   signals.async_wait([&](error_code ec, int signal) {
     if (ec) return;
@@ -195,6 +204,19 @@ int main(int argc, char** argv) {
     std::cerr << "vmgate-hostd: config error: " << e.what() << "\n";
     return 2;
   }
+  // The files the config names are checked now, before anything listens:
+  // a tokens file others may read, or a key that does not match its
+  // certificate, stops hostd (and --check-config) here.
+  std::optional<hostd::TokenFile> tokens;
+  try {
+    if (!config.auth.tokens_file.empty()) tokens.emplace(config.auth.tokens_file);
+    for (const auto& listener : config.listeners) {
+      if (listener.tls) hostd::TlsServer check(listener.name, *listener.tls);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "vmgate-hostd: config error: " << e.what() << "\n";
+    return 2;
+  }
   if (check_only) {
     std::cout << "vmgate-hostd: " << config_path << " is valid\n";
     return 0;
@@ -203,7 +225,7 @@ int main(int argc, char** argv) {
   // has gone must come back as EPIPE, not kill the daemon.
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    return run(config);
+    return run(config, tokens ? &*tokens : nullptr);
   } catch (const std::exception& e) {
     log::error("fatal").kv("error", e.what());
     return 1;

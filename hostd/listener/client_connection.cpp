@@ -12,6 +12,7 @@
 #include "common/transport.hpp"
 #include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/identity/proxy_credentials.hpp"
 #include "hostd/proxy/connection_auth.hpp"
 #include "hostd/proxy/error_response.hpp"
 #include "hostd/proxy/exchange.hpp"
@@ -133,6 +134,13 @@ class ClientConnection {
     // An error answer can keep the connection only if no request body is left unread.
     const bool keep_after_error = req.keep_alive() && !has_body;
 
+    // A token listener's client says who it is with each request
+    // (Proxy-Authorization, RFC 9110 §11.7.1), a CONNECT included.
+    if (ctx_.listener.identity == ListenerIdentity::token) {
+      if (auto missing = authenticate(req)) {
+        co_return co_await refuse(rec, *missing, req.version(), keep_after_error);
+      }
+    }
     std::optional<std::uint64_t> content_length;
     if (auto declared = head.content_length()) content_length = *declared;
     const AdmissionRequest request{.head = req,
@@ -154,6 +162,21 @@ class ClientConnection {
       co_return false;
     }
     co_return co_await forward(rec, *admitted, head);
+  }
+
+  // Sets the identity from the request's proxy credentials; the 407 when
+  // they are missing or wrong.
+  std::optional<Refusal> authenticate(const http::request_header<>& req) {
+    identity_.kind = Identity::Kind::anonymous;
+    identity_.name.clear();
+    if (req.count(http::field::proxy_authorization) > 1)
+      return Refusal{407, "more than one Proxy-Authorization field"};
+    auto named = check_proxy_credentials(*ctx_.tokens->current(),
+                                         req[http::field::proxy_authorization]);
+    if (!named) return Refusal{407, std::move(named.error())};
+    identity_.kind = Identity::Kind::token;
+    identity_.name = std::move(*named);
+    return std::nullopt;
   }
 
   // Whether the whole body of a Content-Length request came with its head.
@@ -387,7 +410,8 @@ class ClientConnection {
   const ConnectionContext& ctx_;
   const std::uint64_t id_;
   const std::string peer_;
-  const Identity identity_;
+  // Per connection, except on a token listener, where each request sets it.
+  Identity identity_;
   const AdmissionContext admission_;
   // Client bytes read past the current head (pipelined requests, tunnel data);
   // it must outlive every read on the connection.

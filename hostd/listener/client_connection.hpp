@@ -16,6 +16,7 @@
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/identity/tls_server.hpp"
+#include "hostd/identity/token_file.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 
 namespace vmgate::hostd {
@@ -29,6 +30,7 @@ struct ConnectionContext {
   HostdMetrics* metrics = nullptr;  // null: not counted (tests)
   ChannelPool* pool = nullptr;      // null: a channel closes when its exchange ends
   const TlsServer* tls = nullptr;   // null: the listener is plaintext
+  const TokenFile* tokens = nullptr;  // set for a listener with identity = "token"
 };
 
 // A connection's place under max_connections, given back when the

@@ -27,7 +27,8 @@ struct Server::Listener {
 
 Server::Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
                const AccessPolicy& policy, ChannelBudget& budget, HostdMetrics* metrics,
-               ChannelPool* pool, std::vector<asio::any_io_executor> session_executors)
+               ChannelPool* pool, std::vector<asio::any_io_executor> session_executors,
+               const TokenFile* tokens)
     : io_(io),
       config_(config),
       directory_(directory),
@@ -35,7 +36,8 @@ Server::Server(asio::io_context& io, const HostdConfig& config, const Directory&
       budget_(budget),
       metrics_(metrics),
       pool_(pool),
-      session_executors_(std::move(session_executors)) {
+      session_executors_(std::move(session_executors)),
+      tokens_(tokens) {
   if (session_executors_.empty()) session_executors_.push_back(io_.get_executor());
 }
 
@@ -46,6 +48,8 @@ void Server::start() {
     // Certificates first: a listener never accepts before it can speak TLS.
     std::unique_ptr<TlsServer> tls;
     if (lc.tls) tls = std::make_unique<TlsServer>(lc.name, *lc.tls);
+    if (lc.identity == ListenerIdentity::token && tokens_ == nullptr)
+      throw std::runtime_error(fmt::format("listener {}: identity = \"token\" without tokens", lc.name));
     error_code ec;
     auto acceptor = transport::listen(io_.get_executor(), lc.address, ec);
     if (ec) {
@@ -74,7 +78,8 @@ void Server::start() {
     const TlsServer* tls_server = tls.get();
     listeners_.push_back(std::make_unique<Listener>(Listener{
         lc, std::move(acceptors), std::move(tls),
-        ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_, tls_server},
+        ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_, tls_server,
+                          tokens_},
         bound}));
     log::info("listening")
         .kv("listener", lc.name)

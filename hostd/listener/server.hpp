@@ -11,6 +11,7 @@
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
+#include "hostd/identity/token_file.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 
 namespace vmgate::hostd {
@@ -22,7 +23,8 @@ class Server {
   // client connection runs on the executor that accepted it.
   Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
          const AccessPolicy& policy, ChannelBudget& budget, HostdMetrics* metrics = nullptr,
-         ChannelPool* pool = nullptr, std::vector<asio::any_io_executor> session_executors = {});
+         ChannelPool* pool = nullptr, std::vector<asio::any_io_executor> session_executors = {},
+         const TokenFile* tokens = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
@@ -48,6 +50,7 @@ class Server {
   HostdMetrics* metrics_;
   ChannelPool* pool_;
   std::vector<asio::any_io_executor> session_executors_;
+  const TokenFile* tokens_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Shared with the connections (ConnectionSlot): one may end, and give its
   // slot back, while the server itself is being torn down.

@@ -1,7 +1,9 @@
 // vmgatectl: asks a running vmgate-hostd, through its admin API, which VMs
-// it knows, what a target resolves to, and whether a channel to a VM works.
+// it knows, what a target resolves to, and whether a channel to a VM works;
+// and makes the proxy-credential tokens hostd's tokens file names.
 //
 //   vmgatectl [--admin URL] [--json] vms | resolve TARGET | check TARGET [PORT]
+//   vmgatectl token new NAME | token hash
 //
 // Exit codes: 0 ok; 1 the thing asked about failed (unknown VM, channel
 // refused); 2 usage error, or the admin API could not be reached.
@@ -20,6 +22,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
+
+#include "hostd/identity/token_secret.hpp"
 
 #ifndef VMGATE_VERSION
 #define VMGATE_VERSION "0.0.0"
@@ -46,6 +50,9 @@ constexpr std::string_view usage =
     "  resolve TARGET         what hostd's directory answers for TARGET (name or UUID)\n"
     "  check TARGET [PORT]    open a channel to TARGET's guestd for PORT and report each hop\n"
     "                         (PORT defaults to hostd's first listener's guest port)\n"
+    "  token new NAME         make a proxy-credential token: prints the token, once, on stdout,\n"
+    "                         and the line for hostd's tokens file on stderr\n"
+    "  token hash             read a token from stdin and print its sha256: hash\n"
     "\n"
     "options:\n"
     "  --admin URL            hostd's admin API: http://HOST:PORT or unix:/PATH (as in hostd's\n"
@@ -366,6 +373,46 @@ int show_check(const Answer& a, std::string_view target) {
   return a.status == 400 ? exit_usage : exit_failed;
 }
 
+// `token new NAME`: the token alone on stdout, so that it can be captured
+// (TOKEN=$(vmgatectl token new ci)); on stderr, a comment and the line for
+// the tokens file, both of which the tokens file accepts as they are
+// (2>>/etc/vmgate/tokens). The token itself is kept nowhere.
+int token_new(const std::string& name) {
+  if (!vmgate::hostd::valid_token_name(name)) {
+    std::cerr << "vmgatectl: token name '" << name << "': 1 to "
+              << vmgate::hostd::max_token_name_length << " of A-Z a-z 0-9 . _ -\n";
+    return exit_usage;
+  }
+  try {
+    const std::string token = vmgate::hostd::new_token();
+    std::cout << token << std::endl;
+    std::cerr << "# add to hostd's tokens file ([auth] tokens_file); the token is shown only once\n"
+              << name << " " << vmgate::hostd::token_hash(token) << "\n";
+  } catch (const std::runtime_error& e) {
+    std::cerr << "vmgatectl: " << e.what() << "\n";
+    return exit_failed;
+  }
+  return exit_ok;
+}
+
+// `token hash`: the first line of stdin, without its line end, is the token.
+int token_hash_of_stdin() {
+  std::string token;
+  std::getline(std::cin, token);
+  if (!token.empty() && token.back() == '\r') token.pop_back();
+  if (token.empty()) {
+    std::cerr << "vmgatectl: token hash reads a token from stdin, and got none\n";
+    return exit_usage;
+  }
+  try {
+    std::cout << vmgate::hostd::token_hash(token) << "\n";
+  } catch (const std::runtime_error& e) {
+    std::cerr << "vmgatectl: " << e.what() << "\n";
+    return exit_failed;
+  }
+  return exit_ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -412,6 +459,13 @@ int main(int argc, char** argv) {
   }
   const std::string& command = positional[0];
   const std::size_t operands = positional.size() - 1;
+  if (command == "token") {
+    const std::string sub = operands >= 1 ? positional[1] : "";
+    if (sub == "new" && operands == 2) return token_new(positional[2]);
+    if (sub == "hash" && operands == 1) return token_hash_of_stdin();
+    std::cerr << "vmgatectl: token takes 'new NAME' or 'hash'\n" << usage;
+    return exit_usage;
+  }
   std::string path;
   if (command == "vms" && operands == 0) {
     path = "/v1/vms";

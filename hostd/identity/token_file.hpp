@@ -1,0 +1,30 @@
+// The tokens file as hostd holds it ([auth] tokens_file): read at start,
+// where a file that is wrong stops hostd, and again on SIGHUP, where one
+// that is wrong is logged and the tokens in use stay. A request checks its
+// credentials against the tokens of the moment it arrives.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "hostd/identity/token_store.hpp"
+
+namespace vmgate::hostd {
+
+class TokenFile {
+ public:
+  // Throws config::ConfigError (TokenStore::load).
+  explicit TokenFile(std::string path);
+
+  std::shared_ptr<const TokenStore> current() const { return store_.load(); }
+  // Empty on success, else why the file was refused (the old tokens stay).
+  std::string reload();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::atomic<std::shared_ptr<const TokenStore>> store_;
+};
+
+}  // namespace vmgate::hostd
