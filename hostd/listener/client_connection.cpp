@@ -129,7 +129,8 @@ class ClientConnection {
     const bool has_body = !head.is_done();
     // A client that wrote its head alone (python requests through a proxy
     // does) holds its body back until that head is ACKed: ACK it now.
-    if (has_body && !body_in_buffer(head))
+    // (Over TLS, a body that OpenSSL holds already has nothing to wait for.)
+    if (has_body && !body_in_buffer(head) && !client_.has_buffered_input())
       transport::acknowledge_now(client_.socket(), ctx_.listener.address.kind);
     // An error answer can keep the connection only if no request body is left unread.
     const bool keep_after_error = req.keep_alive() && !has_body;

@@ -83,6 +83,11 @@ struct TlsTunnel {
 
 }  // namespace
 
+bool ClientStream::has_buffered_input() {
+  TlsStream* t = tls();
+  return t != nullptr && SSL_pending(t->native_handle()) > 0;
+}
+
 awaitable<void> ClientStream::close(bool orderly, std::chrono::milliseconds limit) {
   error_code ignored;
   TlsStream* t = tls();

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <iterator>
 #include <memory>
 #include <variant>
 
@@ -60,13 +61,26 @@ class ClientStream {
   auto async_write_some(const ConstBuffers& buffers, Token&& token) {
     return asio::async_initiate<Token, void(error_code, std::size_t)>(
         [this](auto handler, const ConstBuffers& b) {
-          if (TlsStream* t = tls())
-            t->async_write_some(b, std::move(handler));
-          else
+          TlsStream* t = tls();
+          if (t == nullptr) {
             std::get<Stream>(stream_).async_write_some(b, std::move(handler));
+          } else if (asio::buffer_size(b) > tls_linearised && !single_buffer(b)) {
+            // Asio's TLS stream writes a sequence of several buffers in
+            // pieces of 8 KiB: an 8 KiB WS-Man response with its head went
+            // out as two TLS records in two sendto() calls (strace, bench
+            // WS-Man over TLS). Copied into one record-sized buffer, it is
+            // one record and one call.
+            const std::size_t n = asio::buffer_copy(asio::buffer(record_buffer(), tls_record), b);
+            t->async_write_some(asio::buffer(record_.get(), n), std::move(handler));
+          } else {
+            t->async_write_some(b, std::move(handler));
+          }
         },
         token, buffers);
   }
+
+  // Whether bytes already read from the socket wait inside OpenSSL.
+  bool has_buffered_input();
 
   // Cancels what is pending on the socket (and so on TLS over it).
   void cancel(error_code& ec) { socket().cancel(ec); }
@@ -80,8 +94,22 @@ class ClientStream {
   awaitable<void> close(bool orderly, std::chrono::milliseconds limit);
 
  private:
+  static constexpr std::size_t tls_linearised = 8 * 1024;  // asio/ssl/detail/write_op.hpp
+  static constexpr std::size_t tls_record = 16 * 1024;     // RFC 8446 §5.1: 2^14 bytes a record
+
+  template <class ConstBuffers>
+  static bool single_buffer(const ConstBuffers& b) {
+    auto first = asio::buffer_sequence_begin(b);
+    return first == asio::buffer_sequence_end(b) || std::next(first) == asio::buffer_sequence_end(b);
+  }
+  char* record_buffer() {
+    if (!record_) record_ = std::make_unique_for_overwrite<char[]>(tls_record);
+    return record_.get();
+  }
+
   std::variant<Stream, std::unique_ptr<TlsStream>> stream_;
   std::shared_ptr<asio::ssl::context> context_;
+  std::unique_ptr<char[]> record_;  // TLS only: see async_write_some
 };
 
 // The relay of a CONNECT tunnel on `client` (common/relay.hpp on a plain
