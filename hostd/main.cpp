@@ -49,7 +49,7 @@ constexpr std::string_view usage =
 int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* tokens) {
   using namespace vmgate;
   hostd::EmbeddedDirectory directory(host_name());
-  hostd::AccessPolicy policy;
+  hostd::AccessPolicy policy(config.acl);
   hostd::LibvirtInventory inventory(config.libvirt, directory);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());

@@ -16,10 +16,44 @@ boost::system::result<Admitted, Refused> admit(const AdmissionRequest& request,
   return admit_route(std::move(*route), request.identity, request.content_length, context);
 }
 
+namespace {
+
+// "name (uuid)", as the directory lists an ambiguous name's candidates: the
+// VM as far as ACL rules see one.
+VmRecord candidate_vm(std::string_view candidate) {
+  VmRecord vm;
+  constexpr std::size_t uuid_size = 36;
+  const std::size_t tail = uuid_size + 3;  // " (" UUID ")"
+  if (candidate.size() > tail && candidate.ends_with(')')) {
+    vm.name = candidate.substr(0, candidate.size() - tail);
+    vm.uuid = candidate.substr(candidate.size() - uuid_size - 1, uuid_size);
+  } else {
+    vm.name = candidate;
+  }
+  return vm;
+}
+
+}  // namespace
+
 boost::system::result<Admitted, Refused> admit_route(Route route, const Identity& identity,
                                                      std::optional<std::uint64_t> content_length,
                                                      const AdmissionContext& context) {
   Refused refused{.step = AdmissionStep::select, .route = route};
+  auto refuse = [&refused](AdmissionStep step, Refusal refusal) {
+    refused.step = step;
+    refused.refusal = std::move(refusal);
+    return refused;
+  };
+  // Worded from what the client wrote alone, so that it says the same
+  // whether or not such a VM exists, and names no rule.
+  const std::string target_text = route.target.to_string();
+  auto forbidden = [&](AccessDecision decision) {
+    refused.access = std::move(decision);
+    return refuse(AdmissionStep::authorize,
+                  {403, fmt::format("{} may not reach '{}' on port {}", identity.to_string(),
+                                    target_text, route.port)});
+  };
+  const bool trusted = identity.kind == Identity::Kind::trusted_listener;
 
   auto selection = context.directory.select(route.target);
   switch (selection.status) {
@@ -29,26 +63,37 @@ boost::system::result<Admitted, Refused> admit_route(Route route, const Identity
                          "yet"};
       return refused;
     case Selection::Status::not_found:
+      if (!trusted) {
+        auto decision = context.policy.decide_target(identity, selection.name, route.port);
+        if (!decision.allowed) return forbidden(std::move(decision));
+      }
       refused.refusal = {404, fmt::format("vm '{}' is not known to this host", selection.name)};
       return refused;
-    case Selection::Status::ambiguous:
+    case Selection::Status::ambiguous: {
+      // Only the candidates this client may reach: the others are not its to know of.
+      std::optional<AccessDecision> first_denial;
+      if (!trusted) {
+        std::erase_if(selection.candidates, [&](const std::string& candidate) {
+          auto decision = context.policy.decide(identity, candidate_vm(candidate), route.port);
+          if (!decision.allowed && !first_denial) first_denial = decision;
+          return !decision.allowed;
+        });
+        if (selection.candidates.empty()) return forbidden(std::move(*first_denial));
+      }
       refused.refusal = {409, fmt::format("'{}' matches more than one VM: {}", selection.name,
                                           fmt::join(selection.candidates, ", "))};
       refused.candidates = std::move(selection.candidates);
       return refused;
+    }
     case Selection::Status::found:
       break;
   }
   VmRecord& vm = selection.vms.front();
   refused.vm = vm;
 
-  auto refuse = [&refused](AdmissionStep step, Refusal refusal) {
-    refused.step = step;
-    refused.refusal = std::move(refusal);
-    return refused;
-  };
-  if (auto denied = context.policy.authorize(identity, route, selection.vms))
-    return refuse(AdmissionStep::authorize, std::move(*denied));
+  AccessDecision access = context.policy.decide(identity, vm, route.port);
+  if (!access.allowed) return forbidden(std::move(access));
+  refused.access = access;
   if (vm.state != VmState::running) {
     return refuse(AdmissionStep::state,
                   {503, fmt::format("vm {} is {}", vm.name, state_name(vm.state))});
@@ -61,7 +106,8 @@ boost::system::result<Admitted, Refused> admit_route(Route route, const Identity
   }
   auto address = channel_address(context.channel, vm);
   if (!address) return refuse(AdmissionStep::channel, address.error());
-  return Admitted{std::move(route), Destination{std::move(vm), std::move(*address)}};
+  return Admitted{std::move(route), Destination{std::move(vm), std::move(*address)},
+                  std::move(access)};
 }
 
 }  // namespace vmgate::hostd

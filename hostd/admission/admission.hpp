@@ -8,6 +8,13 @@
 //   size       whether the declared body is acceptable    413
 //   channel    which transport reaches the VM's guestd    503 502
 //
+// select's answers would tell any client which VMs exist, so for a client
+// that is not trusted, authorize reaches into it: a name that is not found
+// is refused 403, not 404, unless the client could reach a VM of that name;
+// an ambiguous name lists only the candidates it may reach, and is 403 when
+// there are none. The 403 names the client and what it wrote, never a rule
+// or a VM it did not name. Trusted clients get select's answers as they are.
+//
 // The client connection, /v1/resolve and /v1/check all go through admit(),
 // so each refusal is written once and the admin API answers exactly what a
 // request would get.
@@ -57,6 +64,7 @@ struct Destination {
 struct Admitted {
   Route route;
   Destination destination;  // one: group, network and list targets are refused (501)
+  AccessDecision access;    // what let it through (rule "trusted" for a trusted client)
 };
 
 // The steps, in order; a refusal names the one that refused.
@@ -70,6 +78,9 @@ struct Refused {
   std::optional<Route> route;           // when the head named a target
   std::optional<VmRecord> vm;           // when the directory found one
   std::vector<std::string> candidates;  // when the name was ambiguous: "name (uuid)"
+  // When authorize decided: the denial (step authorize), or the allow of a
+  // request a later step refused.
+  std::optional<AccessDecision> access;
 };
 
 boost::system::result<Admitted, Refused> admit(const AdmissionRequest& request,

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "common/config_reader.hpp"
+#include "hostd/authz/access_policy.hpp"
 
 namespace vmgate::hostd {
 namespace {
@@ -136,6 +137,39 @@ ListenerConfig read_listener(const Section& s, const AuthConfig& auth, const Rou
   return l;
 }
 
+// One [[acl]] table. The patterns are parsed here only to be checked, so
+// that a typo stops hostd at its line; authz/ compiles them again.
+AclRule read_acl_rule(const Section& s, std::size_t index) {
+  AclRule rule;
+  rule.name = s.get_string("name", fmt::format("acl[{}]", index));
+  if (rule.name.empty()) s.fail("name", "must not be empty");
+  if (rule.name == default_rule || rule.name == trusted_rule)
+    s.fail("name", fmt::format("'{}' is what records call a decision no rule made", rule.name));
+  auto action = s.optional_string("action");
+  if (!action) s.fail("action", "is required: \"allow\" or \"deny\"");
+  if (*action == "deny") {
+    rule.deny = true;
+  } else if (*action != "allow") {
+    s.fail("action", fmt::format("'{}' is not one of allow, deny", *action));
+  }
+  auto required_list = [&s](std::string_view key, std::string_view what) {
+    auto list = s.get_string_array(key, {});
+    if (list.empty()) s.fail(key, fmt::format("is required and must not be empty: {}", what));
+    return list;
+  };
+  rule.identities =
+      required_list("identities", "[\"cert:GLOB\", \"token:GLOB\", \"cidr:NETWORK\", ...]");
+  for (const auto& text : rule.identities)
+    if (auto parsed = parse_identity_pattern(text); !parsed) s.fail("identities", parsed.error());
+  rule.vms = required_list("vms", "[\"NAME-GLOB\", \"UUID\", \"*\", ...]");
+  for (const auto& text : rule.vms)
+    if (auto parsed = parse_vm_pattern(text); !parsed) s.fail("vms", parsed.error());
+  for (std::int64_t port : s.get_int_array("ports", {}, 1, 65535))
+    rule.ports.push_back(static_cast<std::uint16_t>(port));
+  s.reject_unknown_keys();
+  return rule;
+}
+
 AdminConfig read_admin(const Section& s) {
   AdminConfig a;
   a.enabled = s.get_bool("enabled", a.enabled);
@@ -239,6 +273,15 @@ HostdConfig read(const Section& root) {
   c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
   for (const auto& s : root.sections("listener"))
     c.listeners.push_back(read_listener(s, c.auth, c.routing));
+  for (const auto& s : root.sections("acl")) {
+    AclRule rule = read_acl_rule(s, c.acl.size());
+    for (const AclRule& other : c.acl)
+      if (other.name == rule.name)
+        s.fail("name", fmt::format("'{}' names an earlier rule too: records and /v1/check name "
+                                   "the deciding rule, so names must be unique",
+                                   rule.name));
+    c.acl.push_back(std::move(rule));
+  }
   if (c.listeners.empty()) {
     // The agent ports, on loopback, until authentication is configured.
     for (std::uint16_t port : {5986, 8114}) {

@@ -6,9 +6,11 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <boost/asio/ip/address.hpp>
+#include <boost/system/result.hpp>
 
 namespace vmgate::hostd {
 
@@ -34,5 +36,11 @@ struct Identity {
   // the form ACL rules and request records use.
   std::string to_string() const;
 };
+
+// An identity written out, for asking what it may reach (/v1/check's `as`,
+// vmgatectl check --as): "token:NAME", "cert:NAME[,NAME...]" (the names a
+// certificate carries, SANs then CN), "source:ADDRESS" or "anonymous". The
+// reason says what is accepted.
+boost::system::result<Identity, std::string> parse_identity(std::string_view text);
 
 }  // namespace vmgate::hostd

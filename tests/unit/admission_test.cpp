@@ -7,6 +7,8 @@
 
 #include <boost/beast/http/message.hpp>
 
+#include <fmt/format.h>
+
 #include "hostd/directory/embedded_directory.hpp"
 
 using namespace vmgate;
@@ -72,7 +74,12 @@ struct Fixture {
   boost::system::result<Admitted, Refused> admit(
       const http::request_header<>& head, std::optional<std::uint64_t> length = {},
       Identity::Kind who = Identity::Kind::trusted_listener) {
-    const Identity identity{who, "test"};
+    return admit_as(head, Identity{who, "test"}, length);
+  }
+
+  boost::system::result<Admitted, Refused> admit_as(const http::request_header<>& head,
+                                                    const Identity& identity,
+                                                    std::optional<std::uint64_t> length = {}) {
     const AdmissionContext context{config.routing, config.channel, config.limits, directory,
                                    policy};
     return hostd::admit(
@@ -220,4 +227,123 @@ TEST_CASE(
     CHECK(refused.error().step == AdmissionStep::authorize);
     CHECK(refused.error().refusal.status == 403);
   }
+}
+
+namespace {
+
+// token:ansible may reach vm1 by UUID, novsock, and anything named vm* on 5986, but
+// not vm2; anyone with a token is kept from vm2 by a deny rule.
+AccessPolicy ansible_policy() {
+  auto config = parse_hostd_config(R"(
+[[acl]]
+name = "ansible-vm1"
+action = "allow"
+identities = ["token:ansible"]
+vms = ["11111111-2222-3333-4444-555555555555", "vm*", "novsock"]
+ports = [5986]
+
+[[acl]]
+name = "secret-no-vm2"
+action = "deny"
+identities = ["token:*"]
+vms = ["vm2"]
+)",
+                                   "hostd.toml");
+  return AccessPolicy(config.acl);
+}
+
+Identity token(std::string name) {
+  return Identity{Identity::Kind::token, std::move(name)};
+}
+
+}  // namespace
+
+TEST_CASE("a client the rules refuse gets one 403 whether or not the VM exists, naming no rule") {
+  Fixture f;
+  f.policy = ansible_policy();
+  for (Form form : all_forms) {
+    INFO(name_of(form));
+    for (const char* target :
+         {"vm1", "vm2", "novsock", "nosuch", "33333333-0000-0000-0000-000000000000"}) {
+      INFO(target);
+      auto refused = f.admit_as(head_for(form, target), token("other"));
+      REQUIRE_FALSE(refused.has_value());
+      CHECK(refused.error().step == AdmissionStep::authorize);
+      CHECK(refused.error().refusal.status == 403);
+      CHECK(refused.error().refusal.reason ==
+            fmt::format("token:other may not reach '{}' on port 5986", target));
+      REQUIRE(refused.error().access);
+      CHECK_FALSE(refused.error().access->allowed);
+      CHECK(refused.error().candidates.empty());
+    }
+  }
+  // The deciding rule is in the record, never in the answer.
+  auto denied = f.admit_as(head_for(Form::header, "vm2"), token("ansible"));
+  REQUIRE_FALSE(denied.has_value());
+  CHECK(denied.error().access == AccessDecision{false, "secret-no-vm2"});
+  CHECK(denied.error().refusal.reason == "token:ansible may not reach 'vm2' on port 5986");
+  CHECK(denied.error().refusal.reason.find("secret") == std::string::npos);
+  // A port the rule does not cover is refused the same way.
+  auto head = head_for(Form::absolute, "vm1");
+  head.target("http://vm1:5985/wsman");
+  auto port = f.admit_as(head, token("ansible"));
+  REQUIRE_FALSE(port.has_value());
+  CHECK(port.error().refusal.reason == "token:ansible may not reach 'vm1' on port 5985");
+  CHECK(port.error().access == AccessDecision{false, "default"});
+}
+
+TEST_CASE("an unknown VM is 404 only to a client that could reach a VM of that name") {
+  Fixture f;
+  f.policy = ansible_policy();
+  auto unknown = f.admit_as(head_for(Form::header, "vm9"), token("ansible"));
+  REQUIRE_FALSE(unknown.has_value());
+  CHECK(unknown.error().step == AdmissionStep::select);
+  CHECK(unknown.error().refusal.status == 404);
+  CHECK(unknown.error().refusal.reason == "vm 'vm9' is not known to this host");
+  CHECK_FALSE(unknown.error().access);
+
+  auto elsewhere = f.admit_as(head_for(Form::header, "nosuch"), token("ansible"));
+  REQUIRE_FALSE(elsewhere.has_value());
+  CHECK(elsewhere.error().refusal.status == 403);
+  // A trusted listener's client keeps the directory's answer.
+  CHECK(f.admit(head_for(Form::header, "nosuch")).error().refusal.status == 404);
+}
+
+TEST_CASE("an ambiguous name lists only the candidates the client may reach, 403 if none") {
+  Fixture f;
+  f.policy = ansible_policy();
+  // kVm1 names vm1 by UUID and, by name, the twin: ansible may reach only vm1.
+  auto some = f.admit_as(head_for(Form::header, kVm1), token("ansible"));
+  REQUIRE_FALSE(some.has_value());
+  CHECK(some.error().refusal.status == 409);
+  CHECK(some.error().candidates == std::vector<std::string>{fmt::format("vm1 ({})", kVm1)});
+  CHECK(some.error().refusal.reason.find(kTwin) == std::string::npos);
+
+  auto none = f.admit_as(head_for(Form::header, kVm1), token("other"));
+  REQUIRE_FALSE(none.has_value());
+  CHECK(none.error().refusal.status == 403);
+  CHECK(none.error().refusal.reason ==
+        fmt::format("token:other may not reach '{}' on port 5986", kVm1));
+  CHECK(none.error().candidates.empty());
+
+  // A trusted listener's client is shown both, as before.
+  CHECK(f.admit(head_for(Form::header, kVm1)).error().candidates.size() == 2);
+}
+
+TEST_CASE(
+    "what admission lets through, or refuses after authorize, carries the rule that allowed it") {
+  Fixture f;
+  f.policy = ansible_policy();
+  auto admitted = f.admit_as(head_for(Form::connect, "vm1"), token("ansible"));
+  REQUIRE(admitted.has_value());
+  CHECK(admitted->access == AccessDecision{true, "ansible-vm1"});
+
+  auto no_vsock = f.admit_as(head_for(Form::header, "novsock"), token("ansible"));
+  REQUIRE_FALSE(no_vsock.has_value());
+  CHECK(no_vsock.error().step == AdmissionStep::channel);
+  CHECK(no_vsock.error().access == AccessDecision{true, "ansible-vm1"});
+
+  auto trusted = f.admit(head_for(Form::header, "vm1"));
+  REQUIRE(trusted.has_value());
+  CHECK(trusted->access == AccessDecision{true, "trusted"});
 }

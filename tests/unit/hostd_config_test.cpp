@@ -225,3 +225,72 @@ TEST_CASE("hostd config: the channel budget's keys, their defaults and their one
   CHECK(error_of("[channel]\nmax_per_vm = 0\n") ==
         "hostd.toml:2: channel.max_per_vm: 0 is out of range (1..1000000)");
 }
+
+TEST_CASE("[[acl]] rules are read in order, each key into its field, unnamed ones as acl[N]") {
+  auto c = parse_hostd_config(R"(
+[[acl]]
+name = "ansible-web"
+action = "allow"
+identities = ["token:ansible", "cert:*.ops.example", "cidr:10.0.0.0/8", "cidr:2001:db8::/32"]
+vms = ["web*", "6F1C0000-0000-0000-0000-000000000000", "*"]
+ports = [5985, 5986]
+
+[[acl]]
+action = "deny"
+identities = ["token:*"]
+vms = ["db*"]
+)",
+                              "hostd.toml");
+  REQUIRE(c.acl.size() == 2);
+  CHECK(c.acl[0].name == "ansible-web");
+  CHECK_FALSE(c.acl[0].deny);
+  CHECK(c.acl[0].identities.size() == 4);
+  CHECK(c.acl[0].vms.size() == 3);
+  CHECK(c.acl[0].ports == std::vector<std::uint16_t>{5985, 5986});
+  CHECK(c.acl[1].name == "acl[1]");
+  CHECK(c.acl[1].deny);
+  CHECK(c.acl[1].ports.empty());  // every port
+  CHECK(parse_hostd_config("", "hostd.toml").acl.empty());
+}
+
+TEST_CASE("a bad [[acl]] rule stops hostd at its line and key, saying what is wrong") {
+  auto rule = [](std::string_view body) {
+    return error_of(std::string("[[acl]]\n") + std::string(body));
+  };
+  const std::string minimal = "identities = [\"token:a\"]\nvms = [\"*\"]\n";
+  CHECK(rule(minimal) == "hostd.toml:1: acl[0].action: is required: \"allow\" or \"deny\"");
+  CHECK(rule("action = \"permit\"\n" + minimal) ==
+        "hostd.toml:2: acl[0].action: 'permit' is not one of allow, deny");
+  CHECK(rule("action = \"allow\"\nvms = [\"*\"]\n")
+            .starts_with("hostd.toml:1: acl[0].identities: is required and must not be empty"));
+  CHECK(rule("action = \"allow\"\nidentities = []\nvms = [\"*\"]\n")
+            .starts_with("hostd.toml:3: acl[0].identities: is required and must not be empty"));
+  CHECK(rule("action = \"allow\"\nidentities = [\"token:a\"]\nvms = []\n")
+            .starts_with("hostd.toml:4: acl[0].vms: is required and must not be empty"));
+  CHECK(rule("action = \"allow\"\nidentities = [\"cidr:10.0.0.300/8\"]\nvms = [\"*\"]\n") ==
+        "hostd.toml:3: acl[0].identities: '10.0.0.300' is not an IPv4 or IPv6 address");
+  CHECK(rule("action = \"allow\"\nidentities = [\"cidr:10.1.0.0/8\"]\nvms = [\"*\"]\n") ==
+        "hostd.toml:3: acl[0].identities: '10.1.0.0/8' has bits set past its /8 prefix");
+  CHECK(rule("action = \"allow\"\nidentities = [\"cidr:fd00::/200\"]\nvms = [\"*\"]\n")
+            .starts_with("hostd.toml:3: acl[0].identities: '200' is not a prefix length"));
+  CHECK(rule("action = \"allow\"\nidentities = [\"user:bob\"]\nvms = [\"*\"]\n")
+            .starts_with("hostd.toml:3: acl[0].identities: 'user:bob' is not cert:GLOB"));
+  CHECK(rule("action = \"allow\"\nidentities = [\"trusted:*\"]\nvms = [\"*\"]\n")
+            .starts_with("hostd.toml:3: acl[0].identities: 'trusted:*': a client of a trusted"));
+  CHECK(rule("action = \"allow\"\nidentities = [\"token:a\"]\nvms = [\"group:web\"]\n")
+            .starts_with("hostd.toml:4: acl[0].vms: 'group:web': groups and networks are not "
+                         "served by this version"));
+  CHECK(rule("action = \"allow\"\n" + minimal + "ports = [0]\n")
+            .starts_with("hostd.toml:5: acl[0].ports: 0 is out of range (1..65535)"));
+  CHECK(rule("action = \"allow\"\n" + minimal + "port = [5986]\n") ==
+        "hostd.toml:5: acl[0].port: unknown key (misspelt, or not valid here)");
+  CHECK(rule("name = \"default\"\naction = \"allow\"\n" + minimal)
+            .starts_with("hostd.toml:2: acl[0].name: 'default' is what records call"));
+  CHECK(error_of("[[acl]]\nname = \"a\"\naction = \"allow\"\n" + minimal +
+                 "[[acl]]\nname = \"a\"\naction = \"deny\"\n" + minimal)
+            .starts_with("hostd.toml:7: acl[1].name: 'a' names an earlier rule too"));
+  // An unnamed rule's default name is taken too: naming another rule after it is caught.
+  CHECK(error_of("[[acl]]\naction = \"allow\"\n" + minimal +
+                 "[[acl]]\nname = \"acl[0]\"\naction = \"deny\"\n" + minimal)
+            .starts_with("hostd.toml:6: acl[1].name: 'acl[0]' names an earlier rule too"));
+}
