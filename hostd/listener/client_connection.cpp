@@ -149,6 +149,7 @@ class ClientConnection {
                                    .guest_port = ctx_.listener.guest_port,
                                    .identity = identity_};
     auto admitted = admit(request, admission_);
+    rec.note_access(identity_, admitted ? admitted->access : admitted.error().access);
     if (!admitted) {
       const Refused& refused = admitted.error();
       if (refused.route) note_route(rec, *refused.route);

@@ -85,6 +85,13 @@ struct HostdMetrics::Impl {
           .Register(registry);
   prom::Counter& channel_new = channel_requests.Add({{"channel", "new"}});
   prom::Counter& channel_reused = channel_requests.Add({{"channel", "reused"}});
+  prom::Family<prom::Counter>& acl_decisions =
+      prom::BuildCounter()
+          .Name("vmgate_acl_decisions_total")
+          .Help("Requests the ACL rules let through or refused (trusted listeners' not counted)")
+          .Register(registry);
+  prom::Counter& acl_allow = acl_decisions.Add({{"result", "allow"}});
+  prom::Counter& acl_deny = acl_decisions.Add({{"result", "deny"}});
 
   // Read from the channel pool at scrape time.
   const ChannelPoolStats* pool = nullptr;
@@ -287,6 +294,10 @@ void HostdMetrics::channel_connected(std::chrono::steady_clock::duration elapsed
 
 void HostdMetrics::channel_used(bool reused) {
   (reused ? impl_->channel_reused : impl_->channel_new).Increment();
+}
+
+void HostdMetrics::acl_decided(bool allowed) {
+  (allowed ? impl_->acl_allow : impl_->acl_deny).Increment();
 }
 
 void HostdMetrics::set_channel_pool(const ChannelPoolStats* pool) {

@@ -41,6 +41,9 @@ class HostdMetrics {
   // A request is about to be forwarded over a channel opened for it, or over
   // one reused (taken from the pool, or its connection's private one).
   void channel_used(bool reused);
+  // The ACL rules decided one request (not a trusted listener's, whose
+  // clients no rule applies to).
+  void acl_decided(bool allowed);
   // The pool whose idle count and discards /metrics reports; null: none.
   void set_channel_pool(const ChannelPoolStats* pool);
   // The budget whose open channels and waits /metrics reports, with the

@@ -13,6 +13,8 @@ RequestRecord::RequestRecord(RequestRecord&& other) noexcept
       form(std::move(other.form)),
       target(std::move(other.target)),
       vm(std::move(other.vm)),
+      identity(std::move(other.identity)),
+      access(std::move(other.access)),
       port(other.port),
       status(other.status),
       reason(std::move(other.reason)),
@@ -39,15 +41,26 @@ RequestRecord::~RequestRecord() {
         .kv("form", form)
         .kv("target", target)
         .kv("vm", vm)
+        .kv("identity", identity)
         .kv("port", port)
         .kv("status", status)
         .kv("bytes_in", bytes_in)
         .kv("bytes_out", bytes_out)
         .kv("ms", static_cast<long long>(ms));
     if (reused_channel) line.kv("channel", "reused");
+    if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
     if (!reason.empty()) line.kv("reason", reason);
   }
-  if (metrics) metrics->request_done(form, status, bytes_in, bytes_out);
+  if (metrics) {
+    metrics->request_done(form, status, bytes_in, bytes_out);
+    if (access && access->rule != trusted_rule) metrics->acl_decided(access->allowed);
+  }
+}
+
+void RequestRecord::note_access(const Identity& who,
+                                const std::optional<AccessDecision>& decision) {
+  identity = who.to_string();
+  access = decision;
 }
 
 }  // namespace vmgate::hostd

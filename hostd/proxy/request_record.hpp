@@ -7,9 +7,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
+#include "hostd/authz/access_policy.hpp"
+#include "hostd/identity/identity.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 #include "hostd/request_id.hpp"
 
@@ -24,6 +27,10 @@ struct RequestRecord {
   RequestRecord& operator=(const RequestRecord&) = delete;
   ~RequestRecord();
 
+  // Who asked, and what the ACL rules said if admission got that far
+  // (Admitted::access, Refused::access).
+  void note_access(const Identity& who, const std::optional<AccessDecision>& decision);
+
   std::string id = new_request_id();
   std::uint64_t conn = 0;     // the client connection that made it
   std::string_view listener;  // the listener's configured name: lives as long as hostd
@@ -33,6 +40,8 @@ struct RequestRecord {
   std::string form = "-";
   std::string target = "-";
   std::string vm = "-";
+  std::string identity = "-";            // Identity::to_string()
+  std::optional<AccessDecision> access;  // logged as acl=allow|deny rule=NAME
   unsigned port = 0;
   unsigned status = 0;
   std::string reason;
