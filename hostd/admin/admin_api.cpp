@@ -74,9 +74,11 @@ const Identity& operator_identity() {
   return identity;
 }
 
-// Admits `target` as a request naming it in the VM header, to `port`, would be.
+// Admits `target` as a request naming it in the VM header, to `port`, from
+// `identity`, would be.
 boost::system::result<Admitted, Refused> admit_target(const AdminContext& context,
-                                                      std::string_view target, std::uint16_t port) {
+                                                      std::string_view target, std::uint16_t port,
+                                                      const Identity& identity) {
   namespace http = boost::beast::http;
   http::request_header<> head;
   head.method(http::verb::get);
@@ -85,8 +87,7 @@ boost::system::result<Admitted, Refused> admit_target(const AdminContext& contex
   head.set(context.config.routing.vm_header, target);
   const AdmissionContext admission{context.config.routing, context.config.channel,
                                    context.config.limits, context.directory, context.policy};
-  return admit(AdmissionRequest{.head = head, .guest_port = port, .identity = operator_identity()},
-               admission);
+  return admit(AdmissionRequest{.head = head, .guest_port = port, .identity = identity}, admission);
 }
 
 std::uint16_t first_guest_port(const HostdConfig& config) {
@@ -157,7 +158,8 @@ AdminResponse vms_response(const AdminContext& context) {
 
 AdminResponse resolve_response(const AdminContext& context, std::string_view target) {
   json out = {{"target", target}};
-  auto admitted = admit_target(context, target, first_guest_port(context.config));
+  auto admitted =
+      admit_target(context, target, first_guest_port(context.config), operator_identity());
   if (admitted) {
     out["result"] = "found";
     out["vm"] = vm_json(admitted->destination.vm, context.config.channel);
@@ -188,8 +190,18 @@ AdminResponse resolve_response(const AdminContext& context, std::string_view tar
 }
 
 awaitable<AdminResponse> check_response(const AdminContext& context, const std::string& target,
-                                        const std::string& port_text, std::string_view client) {
+                                        const std::string& port_text, std::string_view client,
+                                        const std::string& as) {
   const auto start = clock::now();
+  Identity identity = operator_identity();
+  if (!as.empty()) {
+    auto parsed = parse_identity(as);
+    if (!parsed) {
+      json error = {{"target", target}, {"error", fmt::format("as: {}", parsed.error())}};
+      co_return json_response(400, error);
+    }
+    identity = std::move(*parsed);
+  }
   std::uint16_t port = first_guest_port(context.config);
   if (!port_text.empty()) {
     unsigned value = 0;
@@ -211,7 +223,7 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
   // 1. Admission, as the request path does it: the directory's answer, then
   //    whether a request would be let through, then the channel's transport.
   auto t = clock::now();
-  auto admitted = admit_target(context, target, port);
+  auto admitted = admit_target(context, target, port, identity);
   const double admit_ms = ms_since(t);
   std::optional<Destination> destination;
   std::optional<Refused> refused;
@@ -235,8 +247,14 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
     }
     if (!hop["ok"].get<bool>()) hop["error"] = report.reason;
   }
-  if (refused_at(AdmissionStep::authorize))
-    report.hop("authorize", false, admit_ms)["error"] = report.reason;
+  const std::optional<AccessDecision> access =
+      admitted ? std::optional(admitted->access) : refused->access;
+  // A trusted client is not asked about: its hops stay what they were.
+  if (access && access->rule != trusted_rule) {
+    json& hop = report.hop("authorize", access->allowed, admit_ms);
+    hop["rule"] = access->rule;
+    if (!access->allowed) hop["error"] = report.reason;
+  }
 
   // 2. The transport the channel template gives this VM.
   if (destination || refused_at(AdmissionStep::channel)) {
@@ -274,6 +292,8 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
               {"status", report.status},
               {"elapsed_ms", elapsed},
               {"hops", std::move(report.hops)}};
+  out["identity"] = identity.to_string();
+  if (access) out["acl"] = {{"allowed", access->allowed}, {"rule", access->rule}};
   if (report.status != 200) out["reason"] = report.reason;
   auto line = report.status == 200 ? log::info("admin_check") : log::warn("admin_check");
   line.kv("req", request_id)
@@ -281,8 +301,10 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
       .kv("target", target)
       .kv("vm", vm_name)
       .kv("port", static_cast<unsigned>(port))
+      .kv("identity", identity.to_string())
       .kv("status", report.status)
       .kv("ms", static_cast<long long>(elapsed));
+  if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
   if (report.status != 200) line.kv("reason", report.reason);
   co_return json_response(report.status, out);
 }
@@ -309,14 +331,16 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
   }
   if (path == "/v1/check") {
     auto vm = query_param(target, "target");
-    if (!vm || vm->empty()) co_return missing_parameter("/v1/check", "?target=NAME[&port=N]");
+    if (!vm || vm->empty())
+      co_return missing_parameter("/v1/check", "?target=NAME[&port=N][&as=IDENTITY]");
     std::string port = query_param(target, "port").value_or("");
-    AdminResponse response = co_await check_response(context, *vm, port, client);
+    std::string as = query_param(target, "as").value_or("");
+    AdminResponse response = co_await check_response(context, *vm, port, client, as);
     co_return response;
   }
   co_return text_response(404,
                           "no such endpoint; the admin API has /healthz /readyz /metrics /v1/vms "
-                          "/v1/resolve?target=NAME /v1/check?target=NAME&port=N");
+                          "/v1/resolve?target=NAME /v1/check?target=NAME&port=N&as=IDENTITY");
 }
 
 }  // namespace vmgate::hostd

@@ -9,7 +9,12 @@
 //   GET /metrics                      Prometheus text format 0.0.4
 //   GET /v1/vms                       every VM the directory knows
 //   GET /v1/resolve?target=X          the directory's answer: 200 / 404 / 409
-//   GET /v1/check?target=X[&port=N]   opens a channel end to end, hop by hop
+//   GET /v1/check?target=X[&port=N][&as=IDENTITY]
+//                                     opens a channel end to end, hop by hop;
+//                                     `as` (parse_identity: token:NAME,
+//                                     cert:NAME, source:ADDRESS) asks for that
+//                                     client instead of the operator, and the
+//                                     answer's "acl" names the deciding rule
 #pragma once
 
 #include <optional>
@@ -53,9 +58,11 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
 nlohmann::json vm_json(const VmRecord& vm, const ChannelConfig& channel);
 AdminResponse vms_response(const AdminContext& context);
 AdminResponse resolve_response(const AdminContext& context, std::string_view target);
-// `port` empty: the first listener's guest port.
+// `port` empty: the first listener's guest port. `as` empty: the operator,
+// a trusted client; else the identity to check for (parse_identity).
 awaitable<AdminResponse> check_response(const AdminContext& context, const std::string& target,
-                                        const std::string& port, std::string_view client);
+                                        const std::string& port, std::string_view client,
+                                        const std::string& as = {});
 // The percent-decoded value of `key` in a request target's query.
 std::optional<std::string> query_param(std::string_view request_target, std::string_view key);
 

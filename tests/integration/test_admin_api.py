@@ -267,6 +267,60 @@ def test_vmgatectl_check(lab):
     assert code == 1 and "FAILED 503 vm vm3 is shut_off" in out
 
 
+ACL_RULES = [
+    {"name": "ansible-vm", "action": "allow", "identities": ["token:ansible", "cidr:10.1.0.0/16"],
+     "vms": ["vm*"], "ports": [5986]},
+    {"name": "no-vm2", "action": "deny", "identities": ["token:*"], "vms": ["vm2"]},
+]
+
+
+def test_vmgatectl_check_as_an_identity_names_the_rule_that_decided():
+    with Lab([VM("vm1"), VM("vm2")], acl=ACL_RULES) as lab:
+        lab.hostd.wait_for(r"event=ready\b")
+        code, out, _ = ctl(lab, "check", "--as", "token:ansible", "vm1")
+        assert code == 0, out
+        lines = out.splitlines()
+        assert lines[1].strip() == 'token:ansible acl: allow (rule "ansible-vm")'
+        assert [l.split()[:2] for l in lines[2:]] == [
+            ["directory", "ok"], ["authorize", "ok"], ["transport", "ok"], ["channel", "ok"]]
+
+        code, out, _ = ctl(lab, "check", "--as=token:ansible", "vm2")
+        assert code == 1
+        lines = out.splitlines()
+        assert "FAILED 403 token:ansible may not reach 'vm2' on port 5986" in lines[0]
+        assert "no-vm2" not in lines[0]  # the answer a client gets names no rule
+        assert lines[1].strip() == 'token:ansible acl: deny (rule "no-vm2")'
+
+        # An address outside every rule: refused by default, and for a VM
+        # that does not exist exactly as for one that does.
+        for target in ("vm1", "nosuch"):
+            code, out, _ = ctl(lab, "check", "--as", "source:192.0.2.7", target)
+            assert code == 1
+            assert ("FAILED 403 source:192.0.2.7 may not reach '%s' on port 5986" % target
+                    in out.splitlines()[0])
+            assert 'acl: deny (rule "default")' in out
+
+        code, out, _ = ctl(lab, "--json", "check", "--as", "source:10.1.2.3", "vm1")
+        body = json.loads(out)
+        assert code == 0 and body["identity"] == "source:10.1.2.3"
+        assert body["acl"] == {"allowed": True, "rule": "ansible-vm"}
+
+        # The operator, without --as, is trusted: no rule applies.
+        code, out, _ = ctl(lab, "check", "vm2")
+        assert code == 0 and "acl:" not in out
+
+        code, _, err = ctl(lab, "check", "--as", "user:bob", "vm1")
+        assert code == 2 and "user:bob" in err
+        code, _, err = ctl(lab, "resolve", "--as", "token:ansible", "vm1")
+        assert code == 2 and "--as is an option of check" in err
+
+        # Each check is logged with the identity and the rule.
+        line = next(l for l in lab.hostd.lines()
+                    if "event=admin_check" in l and "identity=token:ansible" in l and
+                    "target=vm2" in l)
+        assert parse_kv(line)["acl"] == "deny" and parse_kv(line)["rule"] == "no-vm2"
+
+
 def test_vmgatectl_errors_name_the_admin_url_and_use_exit_code_2(lab):
     # A port nothing listens on: bound, never listening, and kept bound while
     # vmgatectl runs, so no listener of a test running beside this one can be

@@ -292,3 +292,64 @@ TEST_CASE("/v1/check stops at the directory for unknown and stopped VMs") {
   CHECK(f.request("GET", "/v1/check?target=vm1&port=70000").status == 400);
   CHECK(f.request("GET", "/v1/check?port=1").status == 400);
 }
+
+TEST_CASE("/v1/check as an identity answers what that client would get, and names the rule") {
+  TempDir dir;
+  Fixture f("unix:" + dir.path + "/{name}.sock");
+  auto rules = parse_hostd_config(R"(
+[[acl]]
+name = "ansible-vm"
+action = "allow"
+identities = ["token:ansible", "cidr:10.1.0.0/16"]
+vms = ["vm*"]
+
+[[acl]]
+name = "no-vm2"
+action = "deny"
+identities = ["token:*"]
+vms = ["vm2"]
+)",
+                                  "hostd.toml");
+  f.policy = AccessPolicy(rules.acl);
+
+  auto allowed = f.request("GET", "/v1/check?target=vm1&port=5986&as=token%3Aansible",
+                           [&](asio::io_context& io) {
+                             fake_guestd(io, dir.path + "/vm1.sock", "VMGATE/1 200 OK\r\n\r\n");
+                           });
+  CHECK(allowed.status == 200);
+  auto a = body_of(allowed);
+  CHECK(a["identity"] == "token:ansible");
+  CHECK(a["acl"] == json({{"allowed", true}, {"rule", "ansible-vm"}}));
+  REQUIRE(a["hops"].size() == 4);
+  CHECK(a["hops"][1]["hop"] == "authorize");
+  CHECK(a["hops"][1]["ok"] == true);
+  CHECK(a["hops"][1]["rule"] == "ansible-vm");
+
+  auto denied = f.request("GET", "/v1/check?target=vm2&port=5986&as=token:ansible");
+  CHECK(denied.status == 403);
+  auto d = body_of(denied);
+  CHECK(d["acl"] == json({{"allowed", false}, {"rule", "no-vm2"}}));
+  CHECK(d["reason"] == "token:ansible may not reach 'vm2' on port 5986");
+  CHECK(d["hops"].back()["hop"] == "authorize");
+  CHECK(d["hops"].back()["rule"] == "no-vm2");
+
+  // A name no VM has: the same 403 for a client that could not reach it...
+  auto unknown = body_of(f.request("GET", "/v1/check?target=db9&port=5986&as=source:10.2.0.1"));
+  CHECK(unknown["status"] == 403);
+  CHECK(unknown["identity"] == "source:10.2.0.1");
+  CHECK(unknown["acl"]["rule"] == "default");
+  // ...and the directory's 404 for one that could.
+  auto absent = body_of(f.request("GET", "/v1/check?target=vm9&port=5986&as=source:10.1.2.3"));
+  CHECK(absent["status"] == 404);
+
+  // Without `as`, the operator: trusted, whatever the rules say.
+  auto operator_check = body_of(f.request("GET", "/v1/check?target=vm2&port=5986"));
+  CHECK(operator_check["status"] == 503);
+  CHECK(operator_check["identity"] == "trusted:admin");
+  CHECK(operator_check["acl"]["rule"] == "trusted");
+  CHECK(operator_check["hops"].size() == 1);
+
+  auto bad = f.request("GET", "/v1/check?target=vm1&port=5986&as=user:bob");
+  CHECK(bad.status == 400);
+  CHECK(body_of(bad)["error"].get<std::string>().starts_with("as: 'user:bob' is not token:NAME"));
+}

@@ -2,7 +2,8 @@
 // it knows, what a target resolves to, and whether a channel to a VM works;
 // and makes the proxy-credential tokens hostd's tokens file names.
 //
-//   vmgatectl [--admin URL] [--json] vms | resolve TARGET | check TARGET [PORT]
+//   vmgatectl [--admin URL] [--json] vms | resolve TARGET
+//             | check [--as IDENTITY] TARGET [PORT]
 //   vmgatectl token new NAME | token hash
 //
 // Exit codes: 0 ok; 1 the thing asked about failed (unknown VM, channel
@@ -55,6 +56,9 @@ constexpr std::string_view usage =
     "  token hash             read a token from stdin and print its sha256: hash\n"
     "\n"
     "options:\n"
+    "  --as IDENTITY          check: as this client instead of the operator, and say which ACL\n"
+    "                         rule decided: token:NAME, cert:NAME[,NAME...] (SANs, then CN),\n"
+    "                         source:ADDRESS\n"
     "  --admin URL            hostd's admin API: http://HOST:PORT or unix:/PATH (as in hostd's\n"
     "                         [admin] address; default $VMGATE_ADMIN, else http://127.0.0.1:9090)\n"
     "  --json                 print the API's JSON instead of a table\n"
@@ -344,6 +348,11 @@ std::string hop_detail(const json& hop) {
              text_of(hop.value("reason", json()));
     return text_of(hop.value("status", json())) + " " + text_of(hop.value("reason", json()));
   }
+  if (name == "authorize") {
+    std::string detail = fmt::format("rule \"{}\"", text_of(hop.value("rule", json())));
+    if (!ok) detail += ": " + text_of(hop.value("error", json()));
+    return detail;
+  }
   if (!ok) return text_of(hop.value("error", json()), "failed");
   return text_of(hop.value("address", json()), "");
 }
@@ -363,6 +372,13 @@ int show_check(const Answer& a, std::string_view target) {
                         text_of(b.value("reason", json())));
   }
   std::cout << head << " (request " << text_of(b.value("request_id", json())) << ")\n";
+  // A trusted client (the operator, without --as) is not subject to rules.
+  if (b.contains("acl") && b["acl"].is_object() && b["acl"].value("rule", "") != "trusted") {
+    const json& acl = b["acl"];
+    std::cout << fmt::format("  {} acl: {} (rule \"{}\")\n", text_of(b.value("identity", json())),
+                             acl.value("allowed", false) ? "allow" : "deny",
+                             text_of(acl.value("rule", json())));
+  }
   std::vector<std::vector<std::string>> rows;
   for (const auto& hop : b["hops"]) {
     rows.push_back({text_of(hop.value("hop", json())), hop.value("ok", false) ? "ok" : "FAIL",
@@ -421,6 +437,7 @@ int main(int argc, char** argv) {
   if (admin.empty()) admin = default_admin;
   bool as_json = false;
   long timeout_s = 30;
+  std::string as;
   std::vector<std::string> positional;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const auto& a = args[i];
@@ -428,6 +445,10 @@ int main(int argc, char** argv) {
       admin = args[++i];
     } else if (a.starts_with("--admin=")) {
       admin = a.substr(8);
+    } else if (a == "--as" && i + 1 < args.size()) {
+      as = args[++i];
+    } else if (a.starts_with("--as=")) {
+      as = a.substr(5);
     } else if (a == "--json") {
       as_json = true;
     } else if (a == "--timeout" && i + 1 < args.size()) {
@@ -443,7 +464,7 @@ int main(int argc, char** argv) {
     } else if (a == "--help" || a == "-h") {
       std::cout << usage;
       return exit_ok;
-    } else if (a == "--admin" || a == "--timeout") {
+    } else if (a == "--admin" || a == "--timeout" || a == "--as") {
       std::cerr << "vmgatectl: " << a << " needs a value\n" << usage;
       return exit_usage;
     } else if (a.starts_with("-") && a != "-") {
@@ -459,6 +480,10 @@ int main(int argc, char** argv) {
   }
   const std::string& command = positional[0];
   const std::size_t operands = positional.size() - 1;
+  if (!as.empty() && command != "check") {
+    std::cerr << "vmgatectl: --as is an option of check\n";
+    return exit_usage;
+  }
   if (command == "token") {
     const std::string sub = operands >= 1 ? positional[1] : "";
     if (sub == "new" && operands == 2) return token_new(positional[2]);
@@ -474,6 +499,7 @@ int main(int argc, char** argv) {
   } else if (command == "check" && (operands == 1 || operands == 2)) {
     path = "/v1/check?target=" + percent_encode(positional[1]);
     if (operands == 2) path += "&port=" + percent_encode(positional[2]);
+    if (!as.empty()) path += "&as=" + percent_encode(as);
   } else {
     std::cerr << "vmgatectl: "
               << (command == "vms" || command == "resolve" || command == "check"
