@@ -1,10 +1,12 @@
 #include "common/transport.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -213,7 +215,52 @@ awaitable<std::tuple<error_code, Stream>> connect(const Address& a) {
   co_return std::make_tuple(ec, std::move(socket));
 }
 
-Acceptor listen(asio::any_io_executor executor, const Address& a, error_code& ec) {
+namespace {
+
+error_code last_error() {
+  return error_code(errno, boost::system::system_category());
+}
+
+// What is at `path` before a unix listener binds it. A socket file nobody
+// accepts on is what an earlier run left (it cannot remove its file if it
+// was killed): removed. Anything else stays: a live socket belongs to a
+// running process whose clients would silently move to us, and a file that
+// is not a socket is a mistyped path, not ours to delete.
+error_code clear_stale_socket(const std::string& path, const Endpoint& ep) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return errno == ENOENT ? error_code{} : last_error();
+  if (!S_ISSOCK(st.st_mode)) return make_error_code(boost::system::errc::file_exists);
+  // Non-blocking, so a live listener whose queue is full answers EAGAIN
+  // rather than holding us.
+  int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (probe < 0) return last_error();
+  const int rc =
+      ::connect(probe, static_cast<const sockaddr*>(ep.data()), static_cast<socklen_t>(ep.size()));
+  const int connect_errno = errno;
+  ::close(probe);
+  if (rc == 0 || connect_errno == EAGAIN || connect_errno == EINPROGRESS)
+    return asio::error::make_error_code(asio::error::address_in_use);
+  if (connect_errno == ENOENT) return {};  // removed in the meantime
+  if (connect_errno != ECONNREFUSED)
+    return error_code(connect_errno, boost::system::system_category());
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return last_error();
+  return {};
+}
+
+// Between bind() and listen() nobody can connect (connect() is refused), so
+// a mode set here holds from the first connection on. Without following a
+// symlink: if the path was swapped after bind, the chmod fails rather than
+// reach another file.
+error_code set_socket_mode(const std::string& path, std::uint32_t mode) {
+  if (::fchmodat(AT_FDCWD, path.c_str(), static_cast<mode_t>(mode), AT_SYMLINK_NOFOLLOW) != 0)
+    return last_error();
+  return {};
+}
+
+}  // namespace
+
+Acceptor listen(asio::any_io_executor executor, const Address& a, error_code& ec,
+                std::optional<std::uint32_t> unix_socket_mode) {
   Acceptor acceptor(executor);
   std::optional<Endpoint> ep;
   switch (a.kind) {
@@ -222,7 +269,8 @@ Acceptor listen(asio::any_io_executor executor, const Address& a, error_code& ec
       break;
     case Kind::unix_socket:
       ep = unix_endpoint(a.path);
-      ::unlink(a.path.c_str());  // a socket file left by a previous run
+      if (ep) ec = clear_stale_socket(a.path, *ep);
+      if (ec) return acceptor;
       break;
     case Kind::tcp:
       ep = numeric_tcp_endpoint(a.host, a.port);
@@ -240,6 +288,9 @@ Acceptor listen(asio::any_io_executor executor, const Address& a, error_code& ec
   if (a.kind == Kind::tcp) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
   if (ec) return acceptor;
   acceptor.bind(*ep, ec);
+  if (ec) return acceptor;
+  if (a.kind == Kind::unix_socket && unix_socket_mode)
+    ec = set_socket_mode(a.path, *unix_socket_mode);
   if (ec) return acceptor;
   acceptor.listen(asio::socket_base::max_listen_connections, ec);
   return acceptor;

@@ -41,8 +41,14 @@ boost::system::result<Address, std::string> parse(std::string_view uri);
 // the "CONNECT PORT\n" / "OK ...\n" handshake.
 awaitable<std::tuple<error_code, Stream>> connect(const Address& address);
 
-// Opens, binds and listens. A stale unix socket file is replaced.
-Acceptor listen(asio::any_io_executor executor, const Address& address, error_code& ec);
+// Opens, binds and listens. On a unix path, a socket file left by an earlier
+// run is replaced, but a live socket (something still accepts on it:
+// address_in_use) or anything that is not a socket (file_exists) is left
+// alone and refused. `unix_socket_mode`, when given, is the socket file's
+// mode, exactly (whatever the umask) and before anyone can connect; without
+// it the umask decides. Ignored for other kinds.
+Acceptor listen(asio::any_io_executor executor, const Address& address, error_code& ec,
+                std::optional<std::uint32_t> unix_socket_mode = std::nullopt);
 
 // The local address an acceptor is bound to, as a URI (resolves port 0).
 std::string local_uri(const Acceptor& acceptor, const Address& configured);

@@ -33,6 +33,76 @@ transport::Address read_listen(const Section& root, const transport::Address& fa
   return *parsed;
 }
 
+// "0600", "660": octal, as chmod(1) and systemd's SocketMode= take it.
+std::optional<std::uint32_t> parse_octal_mode(std::string_view text) {
+  unsigned value = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), value, 8);
+  if (text.size() < 3 || text.size() > 4 || ec != std::errc() || p != text.data() + text.size() ||
+      value > 0777)
+    return std::nullopt;
+  return value;
+}
+
+std::uint32_t read_socket_mode(const Section& root, const transport::Address& listen) {
+  auto text = root.optional_string("socket_mode");
+  if (!text) return default_socket_mode;
+  if (listen.kind != transport::Kind::unix_socket)
+    root.fail("socket_mode", fmt::format("applies to a unix: listener only, and listen is {}",
+                                         listen.to_string()));
+  auto mode = parse_octal_mode(*text);
+  if (!mode)
+    root.fail("socket_mode", fmt::format("'{}' is not a file mode 0000..0777 (\"0600\")", *text));
+  if ((*mode & 0200) == 0)
+    root.fail("socket_mode", fmt::format("{:04o} would not let even guestd's own user connect "
+                                         "(connecting needs write permission): use \"0600\"",
+                                         *mode));
+  return *mode;
+}
+
+// Whether only this machine can reach a tcp listener. Names are not resolved
+// (transport::listen binds numeric addresses only), so a name is refused.
+bool is_loopback_tcp(const Section& root, const transport::Address& listen) {
+  error_code ec;
+  auto ip = asio::ip::make_address(listen.host, ec);
+  if (ec)
+    root.fail("listen", fmt::format("{}: a tcp listener binds a numeric address (127.0.0.1, ::1)",
+                                    listen.to_string()));
+  return ip.is_loopback();
+}
+
+// A unix or tcp listener trusts every peer, unlike a vsock one (peers are
+// checked by CID there). One that anyone but guestd's own user on this
+// machine can reach makes guestd an open door to its agents: asked for twice,
+// as hostd asks for a trusted listener off loopback.
+void check_listen_exposure(const Section& root, const GuestdConfig& c) {
+  constexpr std::string_view again = "set listen_remote = true as well if you mean it";
+  switch (c.listen.kind) {
+    case transport::Kind::vsock:
+      if (c.listen_remote)
+        root.fail("listen_remote",
+                  "a vsock listener admits peers by allowed_peer_cids: remove listen_remote");
+      return;
+    case transport::Kind::tcp:
+      if (!is_loopback_tcp(root, c.listen) && !c.listen_remote)
+        root.fail("listen", fmt::format("{} is not a loopback address: anyone who reaches it "
+                                        "could use guestd to reach this VM's agents; {}",
+                                        c.listen.to_string(), again));
+      return;
+    case transport::Kind::unix_socket:
+      if ((c.socket_mode & 0022) != 0 && !c.listen_remote) {
+        const char* who = (c.socket_mode & 0022) == 0022 ? "group members and other users"
+                          : (c.socket_mode & 0020)       ? "group members"
+                                                         : "other users";
+        root.fail("socket_mode", fmt::format("{:04o} lets {} connect to {} and so reach this VM's "
+                                             "agents; {}",
+                                             c.socket_mode, who, c.listen.to_string(), again));
+      }
+      return;
+    case transport::Kind::fcvsock:
+      return;  // refused by read_listen
+  }
+}
+
 void read_agents(const Section& s, GuestdConfig& c) {
   for (const auto& key : s.keys()) {
     auto uri = s.optional_string(key);  // also rejects non-string values
@@ -62,6 +132,9 @@ void read_limits(const Section& s, LimitsConfig& l) {
 GuestdConfig read(const Section& root) {
   GuestdConfig c;
   c.listen = read_listen(root, c.listen);
+  c.socket_mode = read_socket_mode(root, c.listen);
+  c.listen_remote = root.get_bool("listen_remote", c.listen_remote);
+  check_listen_exposure(root, c);
 
   auto cids = root.get_int_array("allowed_peer_cids", {vsock_host_cid}, 0, 0xFFFFFFFE);
   c.allowed_peer_cids.clear();

@@ -16,6 +16,9 @@ namespace vmgate::guestd {
 inline constexpr std::uint32_t default_channel_port = 5500;
 inline constexpr std::uint32_t vsock_host_cid = 2;  // VMADDR_CID_HOST
 inline constexpr const char* default_config_path = "/etc/vmgate/guestd.toml";
+// Connecting to a unix socket needs write permission on its file (unix(7)):
+// by default only guestd's own user may.
+inline constexpr std::uint32_t default_socket_mode = 0600;
 
 struct LimitsConfig {
   std::chrono::milliseconds preamble_timeout{5'000};       // preamble must arrive within
@@ -29,8 +32,14 @@ struct GuestdConfig {
   transport::Address listen{.kind = transport::Kind::vsock,
                             .cid = transport::vsock_cid_any,
                             .port = default_channel_port};
-  // Checked against the kernel's peer address on vsock listeners only; unix
-  // and tcp listeners are for tests and trust their filesystem or loopback.
+  // The mode of the socket file of a unix listener, set before anyone can
+  // connect. Group or other write bits let those users reach the agents.
+  std::uint32_t socket_mode = default_socket_mode;
+  // Checked against the kernel's peer address on vsock listeners only. unix
+  // and tcp listeners trust every peer, so one that anyone but guestd's own
+  // user on this machine can reach (tcp off loopback, or a socket_mode with
+  // group or other write) is refused at load unless `listen_remote` says so.
+  bool listen_remote = false;
   std::set<std::uint32_t> allowed_peer_cids{vsock_host_cid};
   std::set<std::uint16_t> allowed_ports{5986, 8114};
   // Ports whose agent is not tcp:127.0.0.1:PORT.

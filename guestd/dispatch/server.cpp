@@ -125,7 +125,7 @@ Server::~Server() {
 error_code Server::start() {
   auto& s = *state_;
   error_code ec;
-  s.acceptor = transport::listen(s.executor, s.config->listen, ec);
+  s.acceptor = transport::listen(s.executor, s.config->listen, ec, s.config->socket_mode);
   if (ec) return ec;
   s.accepting = true;
   {

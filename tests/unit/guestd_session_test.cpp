@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -473,4 +474,42 @@ TEST_CASE("stopping guestd closes its sessions and reports it stopped") {
   CHECK(waited.data.empty());
   CHECK(guestd.wait_stopped());
   CHECK_FALSE(std::filesystem::exists(guestd.channel_path()));
+}
+
+TEST_CASE("guestd's unix socket has its socket_mode once guestd listens, whatever the umask") {
+  log::set_min_level(log::Level::warn);
+  char templ[] = "/tmp/vmgate-guestd-mode-XXXXXX";
+  REQUIRE(::mkdtemp(templ) != nullptr);
+  const std::string dir = templ;
+  struct Case {
+    mode_t umask;
+    std::uint32_t socket_mode;
+  };
+  // With umask 000 a socket bound without a chmod would be 0777: anyone in
+  // the guest could reach its agents.
+  for (auto [umask, socket_mode] : {Case{0000, guestd::default_socket_mode}, Case{0077, 0660}}) {
+    CAPTURE(umask);
+    CAPTURE(socket_mode);
+    guestd::GuestdConfig config;
+    config.listen = *transport::parse(fmt::format("unix:{}/channel.sock", dir));
+    config.socket_mode = socket_mode;
+    config.listen_remote = (socket_mode & 0022) != 0;
+    asio::io_context io(1);
+    guestd::Server server(io.get_executor(), config);
+    const mode_t saved = ::umask(umask);
+    const error_code ec = server.start();
+    ::umask(saved);
+    REQUIRE_FALSE(ec);
+
+    struct stat st {};
+    REQUIRE(::lstat(config.listen.path.c_str(), &st) == 0);
+    CHECK(S_ISSOCK(st.st_mode));
+    CHECK((st.st_mode & 07777) == socket_mode);
+    CHECK(st.st_uid == ::geteuid());
+
+    server.stop(0ms);
+    io.run_for(bound);
+  }
+  std::filesystem::remove_all(dir);
+  log::set_min_level(log::Level::info);
 }

@@ -1,10 +1,18 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <optional>
+#include <string>
 
 #include <doctest/doctest.h>
+
+#include <fmt/format.h>
 
 #include "common/transport.hpp"
 
@@ -103,4 +111,119 @@ TEST_CASE("tuning a unix socket leaves it alone") {
   vmgate::Stream b(io, vmgate::asio::generic::stream_protocol(AF_UNIX, 0), fds[1]);
   vmgate::transport::tune(a, Kind::unix_socket);  // no TCP option to set: nothing fails
   CHECK(nodelay(a.native_handle()) == -1);
+}
+
+namespace {
+
+// A fresh directory for socket files, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    char templ[] = "/tmp/vmgate-transport-test-XXXXXX";
+    REQUIRE(::mkdtemp(templ) != nullptr);
+    path_ = templ;
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(std::string_view name) const { return fmt::format("{}/{}", path_, name); }
+
+ private:
+  std::string path_;
+};
+
+// The process umask, replaced while this lives.
+class UmaskScope {
+ public:
+  explicit UmaskScope(mode_t mask) : saved_(::umask(mask)) {}
+  ~UmaskScope() { ::umask(saved_); }
+  UmaskScope(const UmaskScope&) = delete;
+  UmaskScope& operator=(const UmaskScope&) = delete;
+
+ private:
+  mode_t saved_;
+};
+
+vmgate::transport::Address unix_address(const std::string& path) {
+  auto a = parse(fmt::format("unix:{}", path));
+  REQUIRE(a.has_value());
+  return *a;
+}
+
+// The permission bits of `path`, or -1 when it cannot be read.
+int mode_of(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return -1;
+  return static_cast<int>(st.st_mode & 07777);
+}
+
+}  // namespace
+
+TEST_CASE("a unix listener's socket file has the asked mode whatever the umask") {
+  TempDir dir;
+  vmgate::asio::io_context io;
+  struct Case {
+    mode_t umask;
+    std::uint32_t mode;
+  };
+  // 000 would widen a file made by bind alone to 0777; 077 would narrow it.
+  for (auto [umask, mode] : {Case{0000, 0600}, Case{0077, 0660}, Case{0022, 0620}}) {
+    CAPTURE(umask);
+    CAPTURE(mode);
+    const std::string path = dir.file(fmt::format("{:o}.sock", mode));
+    vmgate::error_code ec;
+    UmaskScope scope(umask);
+    auto acceptor = vmgate::transport::listen(io.get_executor(), unix_address(path), ec, mode);
+    REQUIRE_FALSE(ec);
+    CHECK(mode_of(path) == static_cast<int>(mode));
+  }
+}
+
+TEST_CASE("a stale unix socket file is replaced, a live one is refused and left serving") {
+  TempDir dir;
+  const std::string path = dir.file("channel.sock");
+  vmgate::asio::io_context io;
+  vmgate::error_code ec;
+  {
+    // Closed without removing its file: what a killed process leaves.
+    auto earlier = vmgate::transport::listen(io.get_executor(), unix_address(path), ec);
+    REQUIRE_FALSE(ec);
+  }
+  REQUIRE(mode_of(path) != -1);
+  auto live = vmgate::transport::listen(io.get_executor(), unix_address(path), ec);
+  CHECK_FALSE(ec);
+
+  vmgate::error_code second_ec;
+  auto second = vmgate::transport::listen(io.get_executor(), unix_address(path), second_ec);
+  CHECK(second_ec == vmgate::asio::error::address_in_use);
+  CHECK_FALSE(second.is_open());
+  // The first listener still owns the path: a client reaches it.
+  int client = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  auto ep = vmgate::asio::local::stream_protocol::endpoint(path);
+  CHECK(::connect(client, ep.data(), static_cast<socklen_t>(ep.size())) == 0);
+  ::close(client);
+  live.non_blocking(true);  // a listener that lost its path has nothing to accept: no hang
+  vmgate::Stream accepted = live.accept(ec);
+  CHECK_FALSE(ec);
+}
+
+TEST_CASE("a unix listener never deletes a path that is not a socket") {
+  TempDir dir;
+  const std::string path = dir.file("guestd.toml");
+  std::ofstream(path) << "listen = \"vsock:ANY:5500\"\n";
+  vmgate::asio::io_context io;
+  vmgate::error_code ec;
+  auto acceptor = vmgate::transport::listen(io.get_executor(), unix_address(path), ec);
+  CHECK(ec == boost::system::errc::file_exists);
+  CHECK_FALSE(acceptor.is_open());
+  std::ifstream kept(path);
+  std::string line;
+  std::getline(kept, line);
+  CHECK(line == "listen = \"vsock:ANY:5500\"");
+
+  const std::string subdir = dir.file("subdir");
+  std::filesystem::create_directory(subdir);
+  auto on_dir = vmgate::transport::listen(io.get_executor(), unix_address(subdir), ec);
+  CHECK(ec == boost::system::errc::file_exists);
+  CHECK(std::filesystem::is_directory(subdir));
 }
