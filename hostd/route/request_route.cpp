@@ -45,6 +45,8 @@ std::string_view route_form_name(RouteForm form) {
       return "absolute";
     case RouteForm::host_suffix:
       return "host";
+    case RouteForm::sni:
+      return "sni";
   }
   return "header";
 }

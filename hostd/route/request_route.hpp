@@ -15,7 +15,9 @@
 
 namespace vmgate::hostd {
 
-enum class RouteForm { connect, header, absolute, host_suffix };
+// sni: a passthrough listener's route, from the TLS ClientHello's server
+// name (hostd/route/client_hello.hpp), never from a request head.
+enum class RouteForm { connect, header, absolute, host_suffix, sni };
 std::string_view route_form_name(RouteForm form);
 
 struct RouteOptions {
