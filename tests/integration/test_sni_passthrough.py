@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from vmgate_lab import VM, Lab, wait_until
+from vmgate_lab import VM, Lab, metric, wait_until
 
 SUFFIX = ".vms.example"
 # Short, so that the timeout test waits little; far above what a local
@@ -58,7 +58,10 @@ class Agent:
 def lab():
     vm1 = VM("vm1", agent=None, guestd=False)
     listeners = [{"address": "tcp:127.0.0.1:0", "guest_port": 5986, "mode": "passthrough",
-                  "trusted": True}]
+                  "trusted": True},
+                 # Known by their address only, which no ACL rule lets in.
+                 {"address": "tcp:127.0.0.1:0", "guest_port": 5986, "mode": "passthrough",
+                  "identity": "source"}]
     limits = {"client_hello_timeout_ms": CLIENT_HELLO_TIMEOUT_MS,
               "client_hello_bytes": CLIENT_HELLO_BYTES}
     with Lab([vm1, VM("vm2", agent=None, guestd=False)], listeners=listeners,
@@ -86,8 +89,8 @@ class Records:
         return wait_until(find, timeout, "a new hostd request record")
 
 
-def s_client(lab, *args, input=b""):
-    return run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % lab.port, *args],
+def s_client(lab, *args, input=b"", port=None):
+    return run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % (port or lab.port), *args],
                input=input)
 
 
@@ -120,6 +123,7 @@ def test_the_client_sees_the_agents_own_certificate(lab):
     record = records.next()
     assert record["form"] == "sni" and record["vm"] == "vm1" and record["port"] == "5986"
     assert record["target"] == "vm1" and record["status"] == "200"
+    assert metric(lab, "vmgate_requests_total", form="sni", status="200") >= 1
 
 
 def test_data_crosses_the_tls_session_both_ways(lab):
@@ -136,11 +140,15 @@ def test_data_crosses_the_tls_session_both_ways(lab):
 
 
 def test_curl_reaches_the_agent_by_its_dns_name(lab):
+    records = Records(lab)
     host = "vm1" + SUFFIX
     r = lab.curl("https://%s:%d/" % (host, lab.port), "-k",
                  "--resolve", "%s:%d:127.0.0.1" % (host, lab.port))
     assert r.returncode == 0 and r.status == 200, r
     assert b"s_server" in r.body
+    # Written when the relay ends, which can be after curl exits: waited
+    # for, so that the next test's first record is its own.
+    assert records.next()["status"] == "200"
 
 
 # -- closed unanswered, with the reason in hostd's record ---------------------------
@@ -171,6 +179,15 @@ def test_an_unknown_vm_is_closed(lab):
     record = records.next()
     assert record["status"] == "404" and record["target"] == "nosuch"
     assert record["reason"] == "vm 'nosuch' is not known to this host"
+
+
+def test_a_client_the_access_policy_refuses_is_closed(lab):
+    records = Records(lab)
+    r = s_client(lab, "-servername", "vm1" + SUFFIX, port=lab.ports[1])
+    assert r.returncode != 0 and presented_certificate(r.stdout) is None
+    record = records.next()
+    assert record["vm"] == "vm1" and record["status"] == "403", record
+    assert "vm1" in record["reason"] and "5986" in record["reason"]
 
 
 def test_a_vm_without_an_agent_behind_guestd_is_closed(lab):
