@@ -9,6 +9,7 @@
 #include "common/log.hpp"
 #include "common/transport.hpp"
 #include "hostd/listener/client_connection.hpp"
+#include "hostd/listener/passthrough.hpp"
 
 namespace vmgate::hostd {
 
@@ -85,6 +86,7 @@ void Server::start() {
         .kv("listener", lc.name)
         .kv("addr", bound)
         .kv("guest_port", lc.guest_port)
+        .kv("mode", lc.mode == ListenerMode::passthrough ? "passthrough" : "proxy")
         .kv("identity", identity_name(lc.identity))
         .kv("tls", lc.tls.has_value());
   }
@@ -170,18 +172,23 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     }
     transport::tune(socket, listener.config.address.kind);
     const std::uint64_t id = ++next_connection_id_;
+    // A passthrough listener's clients speak TLS that hostd does not
+    // terminate: no request head to read, a ClientHello to route on.
+    ConnectionSlot slot(connections_);
+    auto connection =
+        listener.config.mode == ListenerMode::passthrough
+            ? serve_passthrough(std::move(socket), listener.context, id, std::move(slot))
+            : serve_client(std::move(socket), listener.context, id, std::move(slot));
     // The connection's coroutine owns it to its end; this handler only hears
     // of an end nothing expected (an exception), once, with its id.
-    asio::co_spawn(
-        executor,
-        serve_client(std::move(socket), listener.context, id, ConnectionSlot(connections_)),
-        [name = listener.config.name, id](std::exception_ptr e) {
-          if (!e) return;
-          log::error("connection_failed")
-              .kv("conn", static_cast<unsigned long long>(id))
-              .kv("listener", name)
-              .kv("error", log::describe(e));
-        });
+    asio::co_spawn(executor, std::move(connection),
+                   [name = listener.config.name, id](std::exception_ptr e) {
+                     if (!e) return;
+                     log::error("connection_failed")
+                         .kv("conn", static_cast<unsigned long long>(id))
+                         .kv("listener", name)
+                         .kv("error", log::describe(e));
+                   });
   }
 }
 

@@ -20,8 +20,8 @@ namespace prom = prometheus;
 
 // Route forms as the request log names them, plus "none" for requests that
 // were refused before a route was found (400, 431).
-constexpr std::array<std::string_view, 5> form_labels = {"connect", "header", "absolute", "host",
-                                                         "none"};
+constexpr std::array<std::string_view, 6> form_labels = {"connect", "header", "absolute",
+                                                         "host",    "sni",    "none"};
 constexpr std::size_t form_index(std::string_view form) {
   for (std::size_t i = 0; i + 1 < form_labels.size(); ++i)
     if (form_labels[i] == form) return i;

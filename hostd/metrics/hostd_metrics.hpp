@@ -30,7 +30,7 @@ class HostdMetrics {
   HostdMetrics& operator=(const HostdMetrics&) = delete;
 
   // One client request ended (the fields of its `event=request` log line).
-  // `form` is a route form name ("connect", "header", "absolute", "host") or
+  // `form` is a route form name ("connect", "header", "absolute", "host", "sni") or
   // anything else for a request that never got a route.
   void request_done(std::string_view form, unsigned status, std::uint64_t bytes_in,
                     std::uint64_t bytes_out);

@@ -45,8 +45,16 @@ std::string_view route_form_name(RouteForm form) {
       return "absolute";
     case RouteForm::host_suffix:
       return "host";
+    case RouteForm::sni:
+      return "sni";
   }
   return "header";
+}
+
+std::optional<std::string_view> name_under_suffix(std::string_view host, std::string_view suffix) {
+  if (suffix.empty() || host.size() <= suffix.size() || !iends_with(host, suffix))
+    return std::nullopt;
+  return host.substr(0, host.size() - suffix.size());
 }
 
 boost::system::result<Route, std::string> route_request(const http::request_header<>& req,
@@ -119,9 +127,8 @@ boost::system::result<Route, std::string> route_request(const http::request_head
         colon != std::string_view::npos && host.find(']') == std::string_view::npos)
       host = host.substr(0, colon);
     if (host.ends_with('.')) host.remove_suffix(1);
-    if (host.size() > options.host_suffix.size() && iends_with(host, options.host_suffix)) {
-      auto name = host.substr(0, host.size() - options.host_suffix.size());
-      auto t = single_target(name);
+    if (auto name = name_under_suffix(host, options.host_suffix)) {
+      auto t = single_target(*name);
       if (!t) return fmt::format("Host: {}", t.error());
       route.form = RouteForm::host_suffix;
       route.target = std::move(*t);

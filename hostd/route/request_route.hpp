@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -14,7 +15,9 @@
 
 namespace vmgate::hostd {
 
-enum class RouteForm { connect, header, absolute, host_suffix };
+// sni: a passthrough listener's route, from the TLS ClientHello's server
+// name (hostd/route/client_hello.hpp), never from a request head.
+enum class RouteForm { connect, header, absolute, host_suffix, sni };
 std::string_view route_form_name(RouteForm form);
 
 struct RouteOptions {
@@ -29,6 +32,12 @@ struct Route {
   std::uint16_t port = 0;
   std::string origin_target;  // the request-target the agent sees ("/wsman")
 };
+
+// The labels before `suffix` (".vms.example") in a DNS name under it,
+// compared without regard to case: "vm1" for "VM1.vms.example". Empty when
+// `host` is not under the suffix, or is the suffix alone. The Host header's
+// form and a passthrough listener's SNI name both name a VM this way.
+std::optional<std::string_view> name_under_suffix(std::string_view host, std::string_view suffix);
 
 // A 400 reason when the request names no usable target.
 boost::system::result<Route, std::string> route_request(

@@ -5,6 +5,7 @@
 #include "hostd/route/request_route.hpp"
 
 namespace http = boost::beast::http;
+using vmgate::hostd::name_under_suffix;
 using vmgate::hostd::route_request;
 using vmgate::hostd::RouteForm;
 using vmgate::hostd::RouteOptions;
@@ -118,6 +119,15 @@ TEST_CASE("a Host name ending in the suffix names the VM") {
   CHECK_FALSE(route_request(h, options).has_value());
   h.set(http::field::host, "vm1.other.example");
   CHECK_FALSE(route_request(h, options).has_value());
+}
+
+TEST_CASE("a DNS name under the suffix gives the labels before it, in any case") {
+  CHECK(name_under_suffix("vm1.vms.example", ".vms.example") == "vm1");
+  CHECK(name_under_suffix("a.vm1.VMS.example", ".vms.example") == "a.vm1");
+  CHECK_FALSE(name_under_suffix(".vms.example", ".vms.example"));
+  CHECK_FALSE(name_under_suffix("vms.example", ".vms.example"));
+  CHECK_FALSE(name_under_suffix("vm1.othervms.example", ".vms.example"));
+  CHECK_FALSE(name_under_suffix("vm1.vms.example", ""));
 }
 
 TEST_CASE("a request without any target is a 400 with advice") {
