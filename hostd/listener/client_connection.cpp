@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/beast/http.hpp>
 
 #include "common/deadline.hpp"
@@ -193,13 +194,16 @@ class ClientConnection {
     rec.port = route.port;
   }
 
-  // A head that could not be read: EOF and timeouts end quietly, the rest get 400/431.
+  // A head that could not be read: EOF and timeouts end quietly (a TLS client
+  // that closes without close_notify between requests, as python's does,
+  // too), the rest get 400/431.
   awaitable<bool> refuse_unreadable_head(error_code ec,
                                          http::request_parser<http::empty_body>& head,
                                          std::optional<RequestRecord>& record) {
     if (ec == http::error::end_of_stream || ec == asio::error::eof ||
         ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor ||
-        ec == asio::error::connection_reset || ec == http::error::partial_message)
+        ec == asio::error::connection_reset || ec == http::error::partial_message ||
+        (ec == asio::ssl::error::stream_truncated && buffer_.size() == 0))
       co_return false;
     RequestRecord& rec = start_record(record);
     if (head.is_header_done()) rec.method = std::string(head.get().method_string());
