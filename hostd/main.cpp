@@ -108,7 +108,9 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
     if (std::string error = tokens->reload(); !error.empty()) {
       log::error("tokens_reload_failed").kv("file", tokens->path()).kv("error", error);
     } else {
-      log::info("tokens_reloaded").kv("file", tokens->path()).kv("tokens", tokens->current()->size());
+      log::info("tokens_reloaded")
+          .kv("file", tokens->path())
+          .kv("tokens", tokens->current()->size());
     }
   });
   signals.async_wait([&](error_code ec, int signal) {

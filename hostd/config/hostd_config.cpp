@@ -86,10 +86,12 @@ ListenerIdentity read_identity(const Section& s) {
   if (*identity == "certificate") return ListenerIdentity::certificate;
   if (*identity == "token") return ListenerIdentity::token;
   if (*identity == "source") return ListenerIdentity::source;
-  s.fail("identity", fmt::format("'{}' is not one of certificate, token, source, trusted", *identity));
+  s.fail("identity",
+         fmt::format("'{}' is not one of certificate, token, source, trusted", *identity));
 }
 
-ListenerConfig read_listener(const Section& s, const AuthConfig& auth, const RoutingConfig& routing) {
+ListenerConfig read_listener(const Section& s, const AuthConfig& auth,
+                             const RoutingConfig& routing) {
   ListenerConfig l;
   auto address = s.optional_string("address");
   if (!address) s.fail("address", "is required (tcp:HOST:PORT or unix:PATH)");
@@ -122,14 +124,16 @@ ListenerConfig read_listener(const Section& s, const AuthConfig& auth, const Rou
   if (l.identity == ListenerIdentity::certificate && (!l.tls || l.tls->client_ca.empty()))
     s.fail("identity", "identity = \"certificate\" needs [listener.tls] with client_ca");
   if (l.identity != ListenerIdentity::certificate && l.tls && !l.tls->client_ca.empty())
-    s.fail("identity", "tls.client_ca asks for client certificates: set identity = \"certificate\"");
+    s.fail("identity",
+           "tls.client_ca asks for client certificates: set identity = \"certificate\"");
   if (l.identity == ListenerIdentity::token && auth.tokens_file.empty())
     s.fail("identity", "identity = \"token\" needs [auth] tokens_file");
   if (l.mode == ListenerMode::passthrough) {
     // The TLS is the guest's: hostd sees no certificate and no request head.
     if (l.identity != ListenerIdentity::source && !l.trusted())
       s.fail("identity", "a passthrough listener sees no credentials: use \"source\" or trusted");
-    if (l.tls) s.fail("tls", "a passthrough listener does not terminate TLS: remove [listener.tls]");
+    if (l.tls)
+      s.fail("tls", "a passthrough listener does not terminate TLS: remove [listener.tls]");
     if (routing.host_suffix.empty())
       s.fail("mode", "passthrough routes on SNI names: set [routing] host_suffix");
   }

@@ -40,7 +40,8 @@ std::string printable(const ASN1_STRING* text) {
   const int size = ASN1_STRING_length(text);
   if (data == nullptr || size <= 0 || size > 1024) return {};
   std::string out(reinterpret_cast<const char*>(data), static_cast<std::size_t>(size));
-  const bool clean = std::all_of(out.begin(), out.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  const bool clean =
+      std::all_of(out.begin(), out.end(), [](char c) { return c > 0x20 && c < 0x7f; });
   return clean ? out : std::string{};
 }
 
@@ -49,16 +50,15 @@ std::string printable(const ASN1_STRING* text) {
 // handshake, and the fingerprint is what an operator would pin.
 int unpinned_index() {
   static const int index = SSL_get_ex_new_index(
-      0, nullptr, nullptr, nullptr,
-      [](void*, void* data, CRYPTO_EX_DATA*, int, long, void*) {
+      0, nullptr, nullptr, nullptr, [](void*, void* data, CRYPTO_EX_DATA*, int, long, void*) {
         delete static_cast<std::string*>(data);
       });
   return index;
 }
 
 void note_unpinned(X509_STORE_CTX* store, std::string fingerprint) {
-  auto* ssl = static_cast<SSL*>(
-      X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
   if (ssl == nullptr) return;
   delete static_cast<std::string*>(SSL_get_ex_data(ssl, unpinned_index()));
   SSL_set_ex_data(ssl, unpinned_index(), new std::string(std::move(fingerprint)));
@@ -91,8 +91,7 @@ std::string TlsServer::reload() {
 
 std::shared_ptr<asio::ssl::context> TlsServer::build() const {
   auto fail = [this](std::string_view key, std::string_view file, std::string_view why) {
-    return std::runtime_error(
-        fmt::format("listener {}: tls.{} {}: {}", listener_, key, file, why));
+    return std::runtime_error(fmt::format("listener {}: tls.{} {}: {}", listener_, key, file, why));
   };
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
   SSL_CTX* native = ctx->native_handle();
@@ -119,17 +118,17 @@ std::shared_ptr<asio::ssl::context> TlsServer::build() const {
     if (names == nullptr) throw fail("client_ca", config_.client_ca, "holds no CA certificate");
     SSL_CTX_set_client_CA_list(native, names);
     ctx->set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
-    ctx->set_verify_callback(
-        [pins = config_.pinned_sha256](bool preverified, asio::ssl::verify_context& verify) {
-          if (!preverified) return false;
-          X509_STORE_CTX* store = verify.native_handle();
-          if (pins.empty() || X509_STORE_CTX_get_error_depth(store) != 0) return true;
-          const std::string fingerprint = sha256_fingerprint(X509_STORE_CTX_get_current_cert(store));
-          if (std::find(pins.begin(), pins.end(), fingerprint) != pins.end()) return true;
-          note_unpinned(store, fingerprint);
-          X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
-          return false;
-        });
+    ctx->set_verify_callback([pins = config_.pinned_sha256](bool preverified,
+                                                            asio::ssl::verify_context& verify) {
+      if (!preverified) return false;
+      X509_STORE_CTX* store = verify.native_handle();
+      if (pins.empty() || X509_STORE_CTX_get_error_depth(store) != 0) return true;
+      const std::string fingerprint = sha256_fingerprint(X509_STORE_CTX_get_current_cert(store));
+      if (std::find(pins.begin(), pins.end(), fingerprint) != pins.end()) return true;
+      note_unpinned(store, fingerprint);
+      X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+      return false;
+    });
     // Resumed sessions keep the verified certificate; OpenSSL refuses to
     // resume a verified session without a context id to scope it to.
     static constexpr unsigned char session_scope[] = "vmgate-hostd";
@@ -142,8 +141,8 @@ Identity certificate_identity(SSL* ssl) {
   Identity identity;
   X509* cert = ssl == nullptr ? nullptr : SSL_get0_peer_certificate(ssl);
   if (cert == nullptr) return identity;
-  auto* sans = static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   if (sans != nullptr) {
     for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
       const GENERAL_NAME* san = sk_GENERAL_NAME_value(sans, i);
@@ -169,7 +168,8 @@ Identity certificate_identity(SSL* ssl) {
 std::string handshake_failure(SSL* ssl, error_code ec) {
   const long verified = ssl == nullptr ? X509_V_OK : SSL_get_verify_result(ssl);
   if (verified == X509_V_ERR_APPLICATION_VERIFICATION) {
-    const auto* fingerprint = static_cast<const std::string*>(SSL_get_ex_data(ssl, unpinned_index()));
+    const auto* fingerprint =
+        static_cast<const std::string*>(SSL_get_ex_data(ssl, unpinned_index()));
     return fmt::format("client certificate sha256:{} is not pinned (tls.pinned_sha256)",
                        fingerprint != nullptr ? *fingerprint : std::string("?"));
   }

@@ -4,8 +4,8 @@
 #include <optional>
 
 #include <fmt/format.h>
-#include <boost/beast/core/flat_buffer.hpp>
 #include <boost/asio/ssl/error.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
 #include "common/deadline.hpp"
@@ -174,8 +174,8 @@ class ClientConnection {
     identity_.name.clear();
     if (req.count(http::field::proxy_authorization) > 1)
       return Refusal{407, "more than one Proxy-Authorization field"};
-    auto named = check_proxy_credentials(*ctx_.tokens->current(),
-                                         req[http::field::proxy_authorization]);
+    auto named =
+        check_proxy_credentials(*ctx_.tokens->current(), req[http::field::proxy_authorization]);
     if (!named) return Refusal{407, std::move(named.error())};
     identity_.kind = Identity::Kind::token;
     identity_.name = std::move(*named);
@@ -332,10 +332,10 @@ class ClientConnection {
                             .client_version = msg.version()};
     // Read before the head is rewritten (Authorization passes through as is).
     const bool request_binds = binds_connection(msg);
-    rewrite_request(msg, admitted.route, ctx_.config.routing.vm_header,
-                    ForwardedClient{.peer = peer_,
-                                    .trusted = ctx_.listener.trusted(),
-                                    .tls = client_.is_tls()});
+    rewrite_request(
+        msg, admitted.route, ctx_.config.routing.vm_header,
+        ForwardedClient{
+            .peer = peer_, .trusted = ctx_.listener.trusted(), .tls = client_.is_tls()});
     if (request.has_body) {
       request.whole = take_buffered_body(parser, buffer_, chunks_);
       if (request.whole.failed) {
@@ -533,17 +533,16 @@ awaitable<void> serve_client(Stream client, const ConnectionContext& context, st
   // CONNECT tunnels: hostd 5.7 KiB per tunnel while the connection's
   // coroutine awaited the relay, 3.9 KiB with the tunnel in its own.)
   auto executor = tunnel->client.get_executor();
-  asio::co_spawn(
-      executor,
-      run_tunnel(std::move(*tunnel), std::move(slot), context.config.limits.idle_timeout,
-                 close_limit(context)),
-      [id](std::exception_ptr e) {
-        if (e) {
-          log::error("tunnel_failed")
-              .kv("conn", static_cast<unsigned long long>(id))
-              .kv("error", log::describe(e));
-        }
-      });
+  asio::co_spawn(executor,
+                 run_tunnel(std::move(*tunnel), std::move(slot), context.config.limits.idle_timeout,
+                            close_limit(context)),
+                 [id](std::exception_ptr e) {
+                   if (e) {
+                     log::error("tunnel_failed")
+                         .kv("conn", static_cast<unsigned long long>(id))
+                         .kv("error", log::describe(e));
+                   }
+                 });
 }
 
 }  // namespace vmgate::hostd

@@ -27,9 +27,9 @@ struct ConnectionContext {
   const Directory& directory;
   const AccessPolicy& policy;
   ChannelBudget& budget;
-  HostdMetrics* metrics = nullptr;  // null: not counted (tests)
-  ChannelPool* pool = nullptr;      // null: a channel closes when its exchange ends
-  const TlsServer* tls = nullptr;   // null: the listener is plaintext
+  HostdMetrics* metrics = nullptr;    // null: not counted (tests)
+  ChannelPool* pool = nullptr;        // null: a channel closes when its exchange ends
+  const TlsServer* tls = nullptr;     // null: the listener is plaintext
   const TokenFile* tokens = nullptr;  // set for a listener with identity = "token"
 };
 

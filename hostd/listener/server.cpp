@@ -50,7 +50,8 @@ void Server::start() {
     std::unique_ptr<TlsServer> tls;
     if (lc.tls) tls = std::make_unique<TlsServer>(lc.name, *lc.tls);
     if (lc.identity == ListenerIdentity::token && tokens_ == nullptr)
-      throw std::runtime_error(fmt::format("listener {}: identity = \"token\" without tokens", lc.name));
+      throw std::runtime_error(
+          fmt::format("listener {}: identity = \"token\" without tokens", lc.name));
     error_code ec;
     auto acceptor = transport::listen(io_.get_executor(), lc.address, ec);
     if (ec) {
@@ -77,11 +78,11 @@ void Server::start() {
     }
     acceptors.insert(acceptors.begin(), std::move(acceptor));
     const TlsServer* tls_server = tls.get();
-    listeners_.push_back(std::make_unique<Listener>(Listener{
-        lc, std::move(acceptors), std::move(tls),
-        ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_, tls_server,
-                          tokens_},
-        bound}));
+    listeners_.push_back(std::make_unique<Listener>(
+        Listener{lc, std::move(acceptors), std::move(tls),
+                 ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_,
+                                   tls_server, tokens_},
+                 bound}));
     log::info("listening")
         .kv("listener", lc.name)
         .kv("addr", bound)

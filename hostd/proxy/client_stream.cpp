@@ -36,7 +36,8 @@ struct TlsTunnel {
       auto [ec, n] = co_await client.async_read_some(asio::buffer(chunk), use_tuple);
       if (n > 0) {
         deadline.extend(idle);
-        auto [wec, wn] = co_await asio::async_write(channel, asio::buffer(chunk.data(), n), use_tuple);
+        auto [wec, wn] =
+            co_await asio::async_write(channel, asio::buffer(chunk.data(), n), use_tuple);
         result.a_to_b += wn;
         if (wec) {
           note(wec);
@@ -61,7 +62,8 @@ struct TlsTunnel {
       auto [ec, n] = co_await channel.async_read_some(asio::buffer(chunk), use_tuple);
       if (n > 0) {
         deadline.extend(idle);
-        auto [wec, wn] = co_await asio::async_write(client, asio::buffer(chunk.data(), n), use_tuple);
+        auto [wec, wn] =
+            co_await asio::async_write(client, asio::buffer(chunk.data(), n), use_tuple);
         result.b_to_a += wn;
         if (wec) {
           note(wec);

@@ -100,7 +100,8 @@ class ClientStream {
   template <class ConstBuffers>
   static bool single_buffer(const ConstBuffers& b) {
     auto first = asio::buffer_sequence_begin(b);
-    return first == asio::buffer_sequence_end(b) || std::next(first) == asio::buffer_sequence_end(b);
+    return first == asio::buffer_sequence_end(b) ||
+           std::next(first) == asio::buffer_sequence_end(b);
   }
   char* record_buffer() {
     if (!record_) record_ = std::make_unique_for_overwrite<char[]>(tls_record);

@@ -99,8 +99,8 @@ void rewrite_request(http::request_header<>& req, const Route& route, std::strin
   }
   req.target(route.origin_target);
   req.version(11);
-  const std::string forwarded = fmt::format("for={}{}", forwarded_for(client.peer),
-                                            client.tls ? ";proto=https" : "");
+  const std::string forwarded =
+      fmt::format("for={}{}", forwarded_for(client.peer), client.tls ? ";proto=https" : "");
   if (client.trusted) {
     append_field(req, http::field::forwarded, forwarded);
   } else {

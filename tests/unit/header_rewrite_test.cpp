@@ -36,7 +36,8 @@ TEST_CASE("hop-by-hop headers and the routing header never reach the agent") {
   h.set(http::field::authorization, "Basic dTpw");
   h.set(http::field::content_length, "10");
 
-  rewrite_request(h, route_for(RouteForm::header, "/wsman"), "X-VM-Id", ForwardedClient{.peer = "203.0.113.7:51514"});
+  rewrite_request(h, route_for(RouteForm::header, "/wsman"), "X-VM-Id",
+                  ForwardedClient{.peer = "203.0.113.7:51514"});
 
   for (auto name : {"Connection", "X-Secret-Hop", "Keep-Alive", "TE", "Upgrade",
                     "Proxy-Authorization", "Proxy-Connection", "X-VM-Id"}) {
@@ -65,7 +66,8 @@ TEST_CASE("absolute form becomes origin form with Host from the URL") {
   h.target("http://vm1:5986/wsman?x");
   h.version(10);
   h.set(http::field::host, "proxy.example:5986");
-  rewrite_request(h, route_for(RouteForm::absolute, "/wsman?x"), "X-VM-Id", ForwardedClient{.peer = "[2001:db8::1]:4000"});
+  rewrite_request(h, route_for(RouteForm::absolute, "/wsman?x"), "X-VM-Id",
+                  ForwardedClient{.peer = "[2001:db8::1]:4000"});
   CHECK(h.target() == "/wsman?x");
   CHECK(h[http::field::host] == "vm1:5986");
   CHECK(h.version() == 11);

@@ -158,7 +158,8 @@ TEST_CASE("a trusted listener off loopback must be asked for twice") {
   CHECK(ok.listeners.at(0).guest_port == 5986);
 }
 
-TEST_CASE("a listener that neither authenticates nor is trusted refuses to start, saying what to add") {
+TEST_CASE(
+    "a listener that neither authenticates nor is trusted refuses to start, saying what to add") {
   auto e = error_of("[[listener]]\naddress = \"tcp:127.0.0.1:5986\"\n");
   CHECK(e.starts_with("hostd.toml:1: listener[0].identity:"));
   CHECK(e.find("identity = \"certificate\"") != std::string::npos);
