@@ -30,6 +30,9 @@ namespace {
 using clock = std::chrono::steady_clock;
 using ChannelResult = boost::system::result<Channel, Refusal>;
 
+// The first read of a request asks for this much.
+constexpr std::size_t request_read_size = 16 * 1024;
+
 // How long a TLS client has to answer close_notify.
 std::chrono::milliseconds close_limit(const ConnectionContext& context) {
   return context.tls ? context.tls->config().handshake_timeout : std::chrono::milliseconds(0);
@@ -73,7 +76,14 @@ class ClientConnection {
         auto [ec] = co_await client_.socket().async_wait(Stream::wait_read, use_tuple);
         if (ec) break;
       }
+      // Room for a whole WS-Man request (head and envelope) in one read:
+      // Beast reads into the buffer's free capacity, 512 bytes at first,
+      // which took a 4 KiB envelope five reads and left its body to stream
+      // (strace of WS-Man keep-alive: 5 recvfrom, 4 splice and a QUICKACK
+      // per request, before). Given back once the request is done.
+      if (buffer_.capacity() < request_read_size) buffer_.reserve(request_read_size);
       if (!co_await serve_request(established)) break;
+      if (buffer_.size() == 0) buffer_.shrink_to_fit();
     }
     if (!established) co_await close();
   }
@@ -237,6 +247,7 @@ class ClientConnection {
       return;
     }
     if (!binds && channel.buffer.size() == 0 && !channel.ticket.is_private()) {
+      channel.buffer.shrink_to_fit();  // an idle channel holds no read buffer
       // A request waiting for a channel of this VM comes before the pool.
       if (ctx_.budget.hand_over(channel)) return;
       if (ctx_.pool) {
@@ -394,7 +405,6 @@ class ClientConnection {
       give_back(std::move(channel), binds);
     }
     chunks_.release();
-    if (buffer_.size() == 0) buffer_.shrink_to_fit();
     if (outcome.answered()) co_return outcome.client_continues();
     if (outcome.end == ExchangeEnd::client_gone) {
       rec.status = 499;

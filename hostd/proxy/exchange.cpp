@@ -17,6 +17,7 @@ namespace {
 
 constexpr std::size_t body_chunk = BodyChunks::size;
 constexpr std::size_t read_buffer_size = 64 * 1024;
+constexpr std::size_t response_read_size = 16 * 1024;
 
 class Exchange {
  public:
@@ -188,6 +189,10 @@ class Exchange {
       response.header_limit(limits_.header_bytes);
       response.body_limit(boost::none);
       if (request_in_.is_head) response.skip(true);
+      // A whole small response (an 8 KiB WS-Man envelope and its head) in one
+      // read, so it leaves in one write too (see the client connection's
+      // request_read_size).
+      if (channel_.buffer.capacity() < response_read_size) channel_.buffer.reserve(response_read_size);
       auto [ec, n] =
           co_await http::async_read_header(channel_.stream, channel_.buffer, response, use_tuple);
       if (ec) {
