@@ -116,8 +116,11 @@ def test_a_bearer_token_is_a_credential_too(lab):
 
 
 def test_a_token_its_rules_do_not_allow_gets_403(lab):
+    channels_before = len(lab.guestds["vm2"].lines())
     status, _, body, _ = curl(lab, "http://vm2:5986/hello", "--proxy-user", "ci:" + lab.tokens["ci"])
     assert status == 403
+    # Decided before a channel is opened: guestd (one line per channel) never heard of it.
+    assert len(lab.guestds["vm2"].lines()) == channels_before
     assert "ci-vm1" not in body
     assert lab.last_request(identity="token:ci", target="vm2")["acl"] == "deny"
 
