@@ -97,6 +97,9 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/usr/lib/systemd/system"
 cp -r /lib/systemd/system/. "$stage/usr/lib/systemd/system/"
+# hostd's ExecReload= runs /bin/kill (procps, a dependency of the package).
+mkdir -p "$stage/bin"
+cp /bin/kill "$stage/bin/kill"
 for component in host guest; do
   DESTDIR=$stage cmake --install "$build" --prefix /usr --component "$component" >/dev/null
 done

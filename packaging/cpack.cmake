@@ -63,7 +63,8 @@ set(deb_dir ${CMAKE_CURRENT_LIST_DIR}/deb)
 set(CPACK_DEBIAN_HOST_PACKAGE_NAME vmgate-host)
 set(CPACK_DEBIAN_HOST_DESCRIPTION "${vmgate_host_summary}\n${vmgate_host_description}")
 # postinst creates the vmgate user with systemd-sysusers.
-set(CPACK_DEBIAN_HOST_PACKAGE_DEPENDS "systemd | systemd-standalone-sysusers | systemd-sysusers")
+# procps: the unit's ExecReload= is /bin/kill -HUP.
+set(CPACK_DEBIAN_HOST_PACKAGE_DEPENDS "systemd | systemd-standalone-sysusers | systemd-sysusers, procps")
 set(CPACK_DEBIAN_HOST_PACKAGE_RECOMMENDS "libvirt-daemon-system")
 set(CPACK_DEBIAN_HOST_PACKAGE_CONTROL_EXTRA
     ${deb_dir}/host/postinst ${deb_dir}/host/prerm ${deb_dir}/host/postrm ${deb_dir}/host/conffiles)
