@@ -5,6 +5,7 @@
 #include <linux/vm_sockets.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -384,6 +385,12 @@ bool read_would_block(Stream& stream) {
   char byte;
   auto n = ::recv(stream.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+std::size_t bytes_readable(Stream& stream) {
+  int n = 0;
+  if (::ioctl(stream.native_handle(), FIONREAD, &n) != 0 || n < 0) return 0;
+  return static_cast<std::size_t>(n);
 }
 
 void acknowledge_now(Stream& stream, Kind kind) {

@@ -69,6 +69,9 @@ void tune(Stream& stream, Kind kind);
 // Whether a read would block now: nothing has arrived, and the peer has not
 // closed (a recv with MSG_PEEK | MSG_DONTWAIT, which consumes nothing).
 bool read_would_block(Stream& stream);
+// How many bytes a read would find now (FIONREAD): 0 when none have arrived
+// (or the peer has closed: a read says which), or on error.
+std::size_t bytes_readable(Stream& stream);
 
 // Sends the ACK of what was just read now rather than after the delayed-ACK
 // timer (TCP_QUICKACK, which the kernel clears again by itself); a no-op for
