@@ -32,10 +32,22 @@ struct RelayResult {
   error_code error;  // the first error that was not an orderly EOF
 };
 
+// Which streams are TCP sockets whose reads the relay acknowledges at once
+// (transport::acknowledge_now, after each read): for a peer the relay's owner
+// does not control, which may write one message in two pieces with Nagle's
+// algorithm on (an HTTP agent writing its head, then its body) and so holds
+// the second piece until the first is ACKed. Only for TCP: vsock and unix
+// streams have no ACKs to hold.
+struct AcknowledgeReads {
+  bool from_a = false;
+  bool from_b = false;
+};
+
 // Relays until both directions have ended (EOF both ways), an error, or
 // `idle` passes without a byte moving; does not close the streams. Call it on
 // the streams' executor, which must be single-threaded (or a strand).
 // Cancelling the awaiting coroutine is not supported: close a stream instead.
-awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle);
+awaitable<RelayResult> relay(Stream& a, Stream& b, std::chrono::milliseconds idle,
+                             AcknowledgeReads acknowledge = {});
 
 }  // namespace vmgate

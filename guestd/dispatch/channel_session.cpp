@@ -123,6 +123,12 @@ class ChannelSession {
   }
   Stream& channel() { return channel_; }
   Stream& agent() { return *agent_; }
+  // An agent on TCP may write its response's head and body apart with Nagle
+  // on (python's http.server does): each read from it is ACKed at once, or
+  // its body waits for the delayed ACK (common/relay.cpp).
+  AcknowledgeReads acknowledge() const {
+    return AcknowledgeReads{.from_b = agent_kind_ == transport::Kind::tcp};
+  }
   std::chrono::milliseconds idle_timeout() const { return config_.limits.idle_timeout; }
   void end();
 
@@ -136,6 +142,7 @@ class ChannelSession {
 
   Stream channel_;
   std::optional<Stream> agent_;
+  transport::Kind agent_kind_ = transport::Kind::tcp;
   const std::shared_ptr<SessionRegistry> registry_;
   const GuestdConfig& config_;
   const std::uint64_t id_;
@@ -227,6 +234,7 @@ awaitable<bool> ChannelSession::serve() {
     co_return false;
   }
   agent_.emplace(std::move(agent));
+  agent_kind_ = target.kind;
   handle_.agent = &*agent_;
 
   outcome_.status = 200;
@@ -265,8 +273,8 @@ awaitable<void> serve_channel(Stream channel, std::shared_ptr<SessionRegistry> r
   // per tunnel with the session's coroutines nested four deep, 3.8 KiB so.)
   if (co_await session.serve()) {
     session.handle().relaying = true;
-    RelayResult relayed =
-        co_await relay(session.channel(), session.agent(), session.idle_timeout());
+    RelayResult relayed = co_await relay(session.channel(), session.agent(), session.idle_timeout(),
+                                         session.acknowledge());
     session.note_relayed(relayed);
   }
   session.end();

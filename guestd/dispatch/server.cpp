@@ -80,6 +80,9 @@ void Server::State::admit(Stream socket) {
     socket.close(ignored);
     return;
   }
+  // guestd passes on what the agent gives as it comes (a head, then a body):
+  // on a TCP channel, Nagle would hold the second until hostd ACKs the first.
+  transport::tune(socket, config->listen.kind);
   // Counted here, before the next accept, so the limit holds however fast
   // connections arrive.
   const bool busy = counted >= config->limits.max_connections;

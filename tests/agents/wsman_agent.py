@@ -6,7 +6,7 @@ this plays the WinRM listener inside a "VM": just enough of DSP0226 (WS-Man),
 WS-Transfer, WS-Enumeration and the Windows Remote Shell protocol (MS-WSMV)
 for those clients to work unmodified.
 
-    wsman_agent.py --listen 127.0.0.1:0 --name vm1 [--user U --password P]
+    wsman_agent.py --listen 127.0.0.1:0 --name vm1 [--user U --password P] [--nagle]
 
 Prints exactly one line, `listening PORT`, once it accepts connections, and
 one line per request on stderr, with the X-VM-Id and Forwarded headers that
@@ -23,6 +23,11 @@ POST /wsman (application/soap+xml) understands:
     exits with N, anything else prints "hello from NAME" and the command.
 Basic auth is required when --user is given (Identify with the header
 `WSMANIDENTIFY: unauthenticated` is exempt, as on Windows).
+
+Each response's head and body are two writes. --nagle leaves Nagle's
+algorithm on (http.server's default), so the body waits until the peer ACKs
+the head: the agent a relay must not stall behind (a peer that delays that
+ACK adds ~40 ms to every response).
 
 Standard library only; runs under /usr/bin/python3.
 """
@@ -363,6 +368,7 @@ def selector(header, name):
 class Handler(http.server.BaseHTTPRequestHandler):
     # Head and body are separate writes: without this, Nagle holds the body
     # back until the peer's delayed ACK (~40 ms per keep-alive request).
+    # --nagle turns it off, for tests of what stands in front.
     disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"  # keep-alive; every response has a length
     server_version = "vmgate-wsman-agent"
@@ -523,7 +529,10 @@ def main():
     parser.add_argument("--name", default="agent", help="the VM name this agent pretends to be")
     parser.add_argument("--user", help="require HTTP Basic auth with this user")
     parser.add_argument("--password", default="", help="password for --user")
+    parser.add_argument("--nagle", action="store_true",
+                        help="leave Nagle's algorithm on: each body waits for the ACK of its head")
     args = parser.parse_args()
+    Handler.disable_nagle_algorithm = not args.nagle
 
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:

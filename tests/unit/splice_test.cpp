@@ -1,9 +1,12 @@
-// The relay and the splice primitive over real sockets: unix socketpairs,
-// with the far ends driven by plain blocking threads. Every wait is bounded;
+// The relay and the splice primitive over real sockets: unix socketpairs
+// (and a TCP loopback pair where TCP's ACKs are the point), with the far ends
+// driven by plain blocking threads. Every wait is bounded;
 // no assertion is about time.
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -50,6 +53,41 @@ Stream adopt(asio::io_context& io, int fd) {
   Stream s(io);
   s.assign(asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM), fd);
   return s;
+}
+
+// A connected TCP loopback pair: `ours` is the accepted end.
+Pair tcp_pair() {
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  auto* raw = reinterpret_cast<sockaddr*>(&address);
+  REQUIRE(::bind(listener, raw, sizeof address) == 0);
+  REQUIRE(::listen(listener, 1) == 0);
+  REQUIRE(::getsockname(listener, raw, &length) == 0);
+  int theirs = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(::connect(theirs, raw, sizeof address) == 0);
+  int ours = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ::close(listener);
+  REQUIRE(ours >= 0);
+  return {ours, theirs};
+}
+
+Stream adopt_tcp(asio::io_context& io, int fd) {
+  Stream s(io);
+  s.assign(asio::generic::stream_protocol(AF_INET, IPPROTO_TCP), fd);
+  return s;
+}
+
+// Whether the kernel ACKs what arrives on this TCP socket at once (quick-ACK
+// mode) rather than holding the ACK to send it with data (interactive mode).
+bool acks_at_once(int fd) {
+  int value = 0;
+  socklen_t length = sizeof value;
+  REQUIRE(::getsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &value, &length) == 0);
+  return value != 0;
 }
 
 void send_all(int fd, std::string_view data) {
@@ -213,6 +251,59 @@ TEST_CASE("an idle relay ends at its idle timeout") {
   CHECK(result.idle_timeout);
   CHECK(result.a_to_b == 0);
   CHECK(result.b_to_a == 0);
+  ::close(client.theirs);
+  ::close(agent.theirs);
+}
+
+TEST_CASE("the relay ACKs at once what it read from a TCP source it is told to acknowledge") {
+  asio::io_context io;
+  auto client = socket_pair();
+  auto agent = tcp_pair();
+  Stream a = adopt(io, client.ours);
+  Stream b = adopt_tcp(io, agent.ours);
+  std::promise<RelayResult> relayed;
+  asio::co_spawn(io, relay(a, b, bound, AcknowledgeReads{.from_b = true}),
+                 [&relayed](std::exception_ptr, RelayResult r) { relayed.set_value(r); });
+  std::thread runner([&io] { io.run(); });
+  // Asked on the relay's thread, after the relay has finished with the bytes
+  // it was passing on when asked: a step ends with a post (co_spawn's
+  // completion), so the question goes round the queue twice.
+  auto agent_side_acks_at_once = [&] {
+    std::promise<bool> answer;
+    auto future = answer.get_future();
+    asio::post(io, [&] { asio::post(io, [&] { answer.set_value(acks_at_once(agent.ours)); }); });
+    REQUIRE(future.wait_for(bound) == std::future_status::ready);
+    return future.get();
+  };
+  // A response, then a request sent right after it: the relay's socket to
+  // the agent is now in the kernel's interactive mode, holding ACKs (~40 ms)
+  // in the hope of sending them with the next request.
+  bool holding = false;
+  std::size_t exchanges = 0;
+  for (; exchanges < 5 && !holding; ++exchanges) {
+    send_all(agent.theirs, "response");
+    CHECK(read_until_eof(client.theirs, 8) == "response");
+    send_all(client.theirs, "request");
+    CHECK(read_until_eof(agent.theirs, 7) == "request");
+    holding = !agent_side_acks_at_once();
+  }
+  REQUIRE_MESSAGE(holding, "the kernel never held an ACK: nothing to prove here");
+  // The next response's head: passed on, and its ACK not held, so an agent
+  // with Nagle on sends the body now rather than when the ACK timer fires.
+  send_all(agent.theirs, "head");
+  CHECK(read_until_eof(client.theirs, 4) == "head");
+  CHECK(agent_side_acks_at_once());
+
+  ::shutdown(client.theirs, SHUT_WR);
+  ::shutdown(agent.theirs, SHUT_WR);
+  auto done = relayed.get_future();
+  if (done.wait_for(bound) != std::future_status::ready) io.stop();
+  runner.join();
+  REQUIRE(done.wait_for(0s) == std::future_status::ready);
+  auto result = done.get();
+  CHECK(result.a_to_b == 7 * exchanges);
+  CHECK(result.b_to_a == 8 * exchanges + 4);
+  CHECK_FALSE(result.error);
   ::close(client.theirs);
   ::close(agent.theirs);
 }
