@@ -255,6 +255,14 @@ HostdConfig read(const Section& root) {
   if (auto s = root.section("limits")) {
     c.limits.header_bytes = static_cast<std::uint32_t>(
         s->get_int("header_bytes", c.limits.header_bytes, 1024, 1024 * 1024));
+    c.limits.request_line_bytes = static_cast<std::uint32_t>(
+        s->get_int("request_line_bytes", c.limits.request_line_bytes, 64, 1024 * 1024));
+    c.limits.header_fields =
+        static_cast<std::uint32_t>(s->get_int("header_fields", c.limits.header_fields, 8, 10'000));
+    c.limits.chunk_extension_bytes = static_cast<std::uint32_t>(
+        s->get_int("chunk_extension_bytes", c.limits.chunk_extension_bytes, 0, 64 * 1024));
+    c.limits.trailer_bytes = static_cast<std::uint32_t>(
+        s->get_int("trailer_bytes", c.limits.trailer_bytes, 0, 1024 * 1024));
     c.limits.max_request_body = static_cast<std::uint64_t>(
         s->get_int("max_request_body", 0, 0, std::numeric_limits<std::int64_t>::max()));
     c.limits.header_timeout =

@@ -100,7 +100,16 @@ struct ChannelConfig {
 };
 
 struct LimitsConfig {
-  std::uint32_t header_bytes = 32 * 1024;            // request or response head → 431
+  std::uint32_t header_bytes = 32 * 1024;  // request or response head → 431
+  // RFC 9112 §3: at least 8000 octets of request line should be read. A
+  // request line longer than header_bytes is a 414 as well.
+  std::uint32_t request_line_bytes = 8 * 1024;  // method, target and version → 414
+  std::uint32_t header_fields = 100;            // fields in a request head → 431
+  // A chunked body either way (RFC 9112 §7.1): the extensions of one chunk
+  // and the trailer section, which hostd reads and drops (RFC 9112 §7.1.1,
+  // RFC 9110 §6.5) → 400 for a request, a cut response for an agent's.
+  std::uint32_t chunk_extension_bytes = 1024;
+  std::uint32_t trailer_bytes = 8 * 1024;
   std::uint64_t max_request_body = 0;                // 0: unlimited (BITS uploads) → 413
   std::chrono::milliseconds header_timeout{60'000};  // idle keep-alive + head arrival
   std::chrono::milliseconds idle_timeout{300'000};   // no progress during an exchange → 504

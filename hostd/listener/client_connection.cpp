@@ -21,6 +21,7 @@
 #include "hostd/proxy/request_record.hpp"
 #include "hostd/proxy/tunnel.hpp"
 #include "hostd/route/header_rewrite.hpp"
+#include "hostd/route/request_framing.hpp"
 
 namespace vmgate::hostd {
 namespace beast = boost::beast;
@@ -146,6 +147,11 @@ class ClientConnection {
     auto& req = head.get();
     rec.method = std::string(req.method_string());
     const bool has_body = !head.is_done();
+    // Before anything reads the head: framing hostd and the agent could read
+    // differently never gets further, and a body is then never read.
+    if (auto refused = check_request_head(req, parsed_framing(head), limits())) {
+      co_return co_await refuse(rec, *refused, req.version(), false);
+    }
     // A client that wrote its head alone (python requests through a proxy
     // does) holds its body back until that head is ACKed: ACK it now.
     // (Over TLS, a body that OpenSSL holds already has nothing to wait for.)
@@ -214,7 +220,7 @@ class ClientConnection {
 
   // A head that could not be read: EOF and timeouts end quietly (a TLS client
   // that closes without close_notify between requests, as python's does,
-  // too), the rest get 400/431.
+  // too), the rest get 400/414/431.
   awaitable<bool> refuse_unreadable_head(error_code ec,
                                          http::request_parser<http::empty_body>& head,
                                          std::optional<RequestRecord>& record) {
@@ -225,12 +231,22 @@ class ClientConnection {
       co_return false;
     RequestRecord& rec = start_record(record);
     if (head.is_header_done()) rec.method = std::string(head.get().method_string());
-    Refusal refusal =
-        ec == http::error::header_limit
-            ? Refusal{431, fmt::format("request head exceeds {} bytes", limits().header_bytes)}
-            : Refusal{400, fmt::format("malformed request: {}", ec.message())};
-    co_await refuse(rec, refusal, 11, false);
+    co_await refuse(rec, unreadable_head_refusal(ec, head), 11, false);
     co_return false;
+  }
+
+  Refusal unreadable_head_refusal(error_code ec,
+                                  const http::request_parser<http::empty_body>& head) const {
+    if (ec != http::error::header_limit)
+      return Refusal{400, fmt::format("malformed request: {}", ec.message())};
+    // Over the limit inside its request line (the parser never got to the
+    // target): 414, RFC 9112 §3.
+    if (head.get().target().empty()) {
+      return Refusal{414,
+                     fmt::format("request line exceeds {} bytes",
+                                 std::min(limits().request_line_bytes, limits().header_bytes))};
+    }
+    return Refusal{431, fmt::format("request head exceeds {} bytes", limits().header_bytes)};
   }
 
   awaitable<bool> refuse(RequestRecord& rec, const Refusal& refusal, unsigned version,

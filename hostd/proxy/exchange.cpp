@@ -1,6 +1,7 @@
 #include "hostd/proxy/exchange.hpp"
 
 #include <algorithm>
+#include <functional>
 
 #include <fmt/format.h>
 #include <boost/beast/http.hpp>
@@ -8,6 +9,7 @@
 #include "common/splice.hpp"
 #include "hostd/proxy/connection_auth.hpp"
 #include "hostd/route/header_rewrite.hpp"
+#include "hostd/route/request_framing.hpp"
 
 namespace vmgate::hostd {
 namespace beast = boost::beast;
@@ -18,6 +20,49 @@ namespace {
 constexpr std::size_t body_chunk = BodyChunks::size;
 constexpr std::size_t read_buffer_size = 64 * 1024;
 constexpr std::size_t response_read_size = 16 * 1024;
+// Room, beyond a read and the configured limits, for a chunk-size line's
+// size and line ends (RFC 9112 §7.1).
+constexpr std::size_t chunk_line_room = 64;
+
+// Beast buffers a chunk-size line, or a trailer section, whole before it
+// parses it: while a chunked body streams, its buffer grows by no more than
+// a read and the limits on both (buffer_overflow past that).
+class ChunkLineBound {
+ public:
+  ChunkLineBound(beast::flat_buffer& buffer, const LimitsConfig& limits, bool chunked)
+      : buffer_(buffer), unbounded_(buffer.max_size()) {
+    if (chunked) {
+      buffer.max_size(buffer.size() + read_buffer_size + chunk_line_room +
+                      limits.chunk_extension_bytes + limits.trailer_bytes);
+    }
+  }
+  ChunkLineBound(const ChunkLineBound&) = delete;
+  ChunkLineBound& operator=(const ChunkLineBound&) = delete;
+  ~ChunkLineBound() { buffer_.max_size(unbounded_); }
+
+ private:
+  beast::flat_buffer& buffer_;
+  const std::size_t unbounded_;
+};
+
+// The bytes of a head's fields as they would be written.
+template <class Fields>
+std::size_t field_bytes(const Fields& fields) {
+  std::size_t n = 0;
+  for (const auto& f : fields)
+    n += f.name_string().size() + 2 + f.value().size() + 2;
+  return n;
+}
+
+// A request body hostd cannot frame as it streams, or whose chunked coding
+// goes past the limits: the client's fault, answered 400 if no response started.
+bool malformed_body(error_code ec) {
+  return ec == http::error::bad_chunk || ec == http::error::bad_chunk_extension ||
+         ec == http::error::bad_field || ec == http::error::bad_value ||
+         ec == http::error::bad_line_ending || ec == http::error::bad_content_length ||
+         ec == http::error::bad_transfer_encoding || ec == http::error::header_limit ||
+         ec == http::error::buffer_overflow;
+}
 
 class Exchange {
  public:
@@ -49,6 +94,7 @@ class Exchange {
 
   awaitable<ExchangeOutcome> run() {
     auto& msg = request_in_.parser.get();
+    request_in_.parser.on_chunk_header(limit_chunk_extensions_);
     http::serializer<true, http::buffer_body> writer{msg};
     error_code head_error;
     const bool one_write = !request_in_.has_body || request_in_.whole.taken;
@@ -110,6 +156,10 @@ class Exchange {
                                   char* chunk, std::uint64_t& counted, const bool& stop) {
     MoveResult result;
     auto& body = parser.get().body();
+    // Trailer fields join the head's (RFC 9112 §7.1.2); they are dropped here
+    // (the serializer writes none), but bounded.
+    const std::size_t head_bytes = parser.chunked() ? field_bytes(parser.get()) : 0;
+    const ChunkLineBound bound(from_buffer, limits_, parser.chunked());
     // Beast sizes each read by the buffer's free capacity (512 bytes at
     // least): without room reserved, a body streams in 512-byte reads.
     if (!parser.is_done()) from_buffer.reserve(read_buffer_size);
@@ -129,6 +179,11 @@ class Exchange {
         body.size = body_chunk - body.size;
         body.data = chunk;
         body.more = !parser.is_done();
+        if (parser.is_done() && parser.chunked() &&
+            field_bytes(parser.get()) - head_bytes > limits_.trailer_bytes) {
+          result.read_error = http::error::header_limit;
+          co_return result;
+        }
       } else {
         body.data = nullptr;
         body.size = 0;
@@ -171,6 +226,8 @@ class Exchange {
       if (moved.read_error == http::error::body_limit && response_ == ResponseSide::awaited) {
         refusal_ = Refusal{413, fmt::format("request body exceeds the limit of {} bytes",
                                             limits_.max_request_body)};
+      } else if (malformed_body(moved.read_error) && response_ == ResponseSide::awaited) {
+        refusal_ = Refusal{400, malformed_body_reason(moved.read_error)};
       }
       error_code ignored;
       channel_.stream.cancel(ignored);
@@ -180,6 +237,17 @@ class Exchange {
     // response side decides.
     if (moved.write_error) co_return;
     request_ = RequestSide::sent;
+  }
+
+  std::string malformed_body_reason(error_code ec) const {
+    if (ec == http::error::bad_chunk_extension && extensions_over_)
+      return fmt::format("chunk extensions exceed {} bytes", limits_.chunk_extension_bytes);
+    if (ec == http::error::header_limit)
+      return fmt::format("chunked trailer section exceeds {} bytes", limits_.trailer_bytes);
+    if (ec == http::error::buffer_overflow)
+      return fmt::format("chunk-size line or trailer section exceeds {} bytes",
+                         std::max(limits_.chunk_extension_bytes, limits_.trailer_bytes));
+    return fmt::format("malformed chunked request body: {}", ec.message());
   }
 
   // Interim responses, then the final response head and its body.
@@ -192,7 +260,8 @@ class Exchange {
       // A whole small response (an 8 KiB WS-Man envelope and its head) in one
       // read, so it leaves in one write too (see the client connection's
       // request_read_size).
-      if (channel_.buffer.capacity() < response_read_size) channel_.buffer.reserve(response_read_size);
+      if (channel_.buffer.capacity() < response_read_size)
+        channel_.buffer.reserve(response_read_size);
       auto [ec, n] =
           co_await http::async_read_header(channel_.stream, channel_.buffer, response, use_tuple);
       if (ec) {
@@ -227,6 +296,10 @@ class Exchange {
     } else if (ec == http::error::header_limit) {
       refusal_ =
           Refusal{502, fmt::format("agent response head exceeds {} bytes", limits_.header_bytes)};
+    } else if (ec.category() == http::make_error_code(http::error::bad_version).category() &&
+               ec != http::error::end_of_stream && ec != http::error::partial_message) {
+      refusal_ = Refusal{502, fmt::format("malformed response head from the agent on vm {} ({})",
+                                          vm_.name, ec.message())};
     } else {
       refusal_ = Refusal{502, fmt::format("agent on vm {} port {} closed the connection before "
                                           "answering ({})",
@@ -253,6 +326,12 @@ class Exchange {
 
   awaitable<void> relay_final_response(http::response_parser<http::buffer_body>& response) {
     auto& res = response.get();
+    if (auto refused = check_response_head(res, parsed_framing(response))) {
+      refusal_ = std::move(*refused);
+      stop_reading_client();
+      co_return;
+    }
+    response.on_chunk_header(limit_chunk_extensions_);
     rec_.status = res.result_int();
     agent_keeps_channel_ = res.keep_alive() && !response.need_eof();
     agent_binds_connection_ = binds_connection(res);
@@ -402,6 +481,15 @@ class Exchange {
   bool client_keep_alive_ = false;
   bool timed_out_ = false;
   bool stop_request_ = false;  // the response side ended the exchange early
+  bool extensions_over_ = false;
+  // Chunk extensions are dropped (the serializer writes none), but bounded
+  // (RFC 9112 §7.1.1): Beast reads a chunk-size line whole before this.
+  std::function<void(std::uint64_t, beast::string_view, error_code&)> limit_chunk_extensions_ =
+      [this](std::uint64_t, beast::string_view extensions, error_code& ec) {
+        if (extensions.size() <= limits_.chunk_extension_bytes) return;
+        extensions_over_ = true;
+        ec = http::error::bad_chunk_extension;
+      };
   static constexpr bool never_stop = false;
 };
 

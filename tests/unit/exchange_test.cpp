@@ -259,3 +259,82 @@ TEST_CASE("exchange: an interim 100 Continue is relayed before the final respons
   CHECK(run.status == 204);
   CHECK(run.client_saw.starts_with("HTTP/1.1 100 Continue\r\n"));
 }
+
+namespace {
+
+// An agent that reads everything the channel carries, into `saw`, and never answers.
+Agent reads_all(std::string& saw) {
+  return [&saw](Stream& agent) -> awaitable<void> { saw = co_await read_all(agent); };
+}
+
+const std::string chunked_head =
+    "POST /upload HTTP/1.1\r\nHost: vm1\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+}  // namespace
+
+TEST_CASE("exchange: chunk extensions over chunk_extension_bytes are a 400, never relayed whole") {
+  std::string agent_saw;
+  auto run = exchange(chunked_head + "5;" + std::string(LimitsConfig{}.chunk_extension_bytes, 'e') +
+                          "\r\nhello\r\n0\r\n\r\n",
+                      reads_all(agent_saw));
+  CHECK(run.outcome.end == ExchangeEnd::refused);
+  CHECK(run.outcome.refusal.status == 400);
+  CHECK(run.outcome.refusal.reason == "chunk extensions exceed 1024 bytes");
+  CHECK(agent_saw.find("hello") == std::string::npos);
+  // At the limit it is a body like any other; its extensions are dropped.
+  std::string at_limit;
+  auto fine =
+      exchange(chunked_head + "5;" + std::string(LimitsConfig{}.chunk_extension_bytes - 1, 'e') +
+                   "\r\nhello\r\n0\r\n\r\n",
+               [&at_limit](Stream& agent) -> awaitable<void> {
+                 std::string rest;
+                 co_await read_request(agent, rest);
+                 while (rest.find("0\r\n\r\n") == std::string::npos) {
+                   char c[512];
+                   auto [ec, n] = co_await agent.async_read_some(asio::buffer(c), use_tuple);
+                   if (ec) co_return;
+                   rest.append(c, n);
+                 }
+                 at_limit = rest;
+                 co_await write_all(agent, "HTTP/1.1 204 No Content\r\n\r\n");
+               });
+  CHECK(fine.status == 204);
+  CHECK(at_limit == "5\r\nhello\r\n0\r\n\r\n");
+}
+
+TEST_CASE("exchange: a trailer section over trailer_bytes is a 400, and the body never ends") {
+  std::string agent_saw;
+  auto run = exchange(chunked_head + "5\r\nhello\r\n0\r\nX-T: " +
+                          std::string(LimitsConfig{}.trailer_bytes, 't') + "\r\n\r\n",
+                      reads_all(agent_saw));
+  CHECK(run.outcome.end == ExchangeEnd::refused);
+  CHECK(run.outcome.refusal.status == 400);
+  CHECK(run.outcome.refusal.reason == "chunked trailer section exceeds 8192 bytes");
+  CHECK(agent_saw.find("0\r\n\r\n") == std::string::npos);
+}
+
+TEST_CASE("exchange: a chunk-size line that never ends is a 400 once it outgrows the bounds") {
+  std::string agent_saw;
+  auto run = exchange(chunked_head + "5;" + std::string(200 * 1024, 'e'), reads_all(agent_saw));
+  CHECK(run.outcome.end == ExchangeEnd::refused);
+  CHECK(run.outcome.refusal.status == 400);
+  CHECK(run.outcome.refusal.reason.starts_with("chunk-size line or trailer section exceeds"));
+}
+
+TEST_CASE("exchange: a bad chunk size in a request body is a 400") {
+  std::string agent_saw;
+  auto run = exchange(chunked_head + "zz\r\nGET /smuggled HTTP/1.1\r\n\r\n", reads_all(agent_saw));
+  CHECK(run.outcome.end == ExchangeEnd::refused);
+  CHECK(run.outcome.refusal.status == 400);
+  CHECK(agent_saw.find("/smuggled") == std::string::npos);
+}
+
+TEST_CASE("exchange: an agent response with Content-Length and Transfer-Encoding is not relayed") {
+  auto run = exchange(get_request,
+                      answers("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n"
+                              "\r\nhello",
+                              true));
+  CHECK(run.outcome.end == ExchangeEnd::refused);
+  CHECK(run.outcome.refusal.status == 502);
+  CHECK(run.client_saw.empty());
+}

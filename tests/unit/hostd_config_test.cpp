@@ -50,6 +50,10 @@ pool_max_idle = 3
 pool_idle_timeout_ms = 2500
 [limits]
 header_bytes = 8192
+request_line_bytes = 2048
+header_fields = 40
+chunk_extension_bytes = 16
+trailer_bytes = 512
 max_request_body = 1048576
 header_timeout_ms = 750
 idle_timeout_ms = 9000
@@ -76,6 +80,10 @@ trusted = true
   CHECK(c.channel.pool_max_idle == 3);
   CHECK(c.channel.pool_idle_timeout.count() == 2500);
   CHECK(c.limits.header_bytes == 8192);
+  CHECK(c.limits.request_line_bytes == 2048);
+  CHECK(c.limits.header_fields == 40);
+  CHECK(c.limits.chunk_extension_bytes == 16);
+  CHECK(c.limits.trailer_bytes == 512);
   CHECK(c.limits.max_request_body == 1048576);
   CHECK(c.limits.header_timeout.count() == 750);
   CHECK(c.limits.idle_timeout.count() == 9000);
@@ -97,6 +105,10 @@ TEST_CASE("the limits and timeouts an empty config leaves have their documented 
   CHECK(c.channel.guestd_port == 5500);
   CHECK(c.channel.connect_timeout.count() == 3000);
   CHECK(c.limits.header_bytes == 32 * 1024);
+  CHECK(c.limits.request_line_bytes == 8 * 1024);
+  CHECK(c.limits.header_fields == 100);
+  CHECK(c.limits.chunk_extension_bytes == 1024);
+  CHECK(c.limits.trailer_bytes == 8 * 1024);
   CHECK(c.limits.max_request_body == 0);
   CHECK(c.limits.header_timeout.count() == 60000);
   CHECK(c.limits.idle_timeout.count() == 300000);
@@ -122,6 +134,11 @@ TEST_CASE("values out of their range are refused at their line and key") {
            Case{"[limits]\nidle_timeout_ms = 99\n", "hostd.toml:2: limits.idle_timeout_ms:"},
            Case{"[limits]\nmax_connections = 0\n", "hostd.toml:2: limits.max_connections:"},
            Case{"[limits]\nmax_request_body = -1\n", "hostd.toml:2: limits.max_request_body:"},
+           Case{"[limits]\nrequest_line_bytes = 63\n", "hostd.toml:2: limits.request_line_bytes:"},
+           Case{"[limits]\nheader_fields = 7\n", "hostd.toml:2: limits.header_fields:"},
+           Case{"[limits]\nchunk_extension_bytes = 65537\n",
+                "hostd.toml:2: limits.chunk_extension_bytes:"},
+           Case{"[limits]\ntrailer_bytes = -1\n", "hostd.toml:2: limits.trailer_bytes:"},
            Case{"[channel]\nguestd_port = 0\n", "hostd.toml:2: channel.guestd_port:"},
            Case{"threads = 257\n", "hostd.toml:1: threads:"},
            Case{"[libvirt]\nuri = \"\"\n", "hostd.toml:2: libvirt.uri: must not be empty"},
