@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -26,6 +27,7 @@
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/identity/token_file.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
+#include "hostd/listener/idle_connections.hpp"
 #include "hostd/listener/server.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 
@@ -61,6 +63,9 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
   // `io` (the first) also accepts, and runs the admin API and signals.
   unsigned threads =
       config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  // Declared before the io_contexts: a connection's frame, destroyed with
+  // them, leaves it as it ends.
+  hostd::IdleConnections idle_connections;
   asio::io_context io{1};
   std::vector<std::unique_ptr<asio::io_context>> more_io;
   std::vector<asio::any_io_executor> session_executors{io.get_executor()};
@@ -75,7 +80,7 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
   metrics.set_channel_pool(&channel_pool.stats());
   metrics.set_channel_budget(&channel_budget);
   hostd::Server server(io, config, directory, policy, channel_budget, &metrics, &channel_pool,
-                       session_executors, tokens);
+                       session_executors, tokens, &idle_connections);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
@@ -98,6 +103,23 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer drain(io);
+  using clock = std::chrono::steady_clock;
+  // A connection ends on its own thread and tells nobody: the shared count
+  // is looked at every 20 ms instead, and the stop is over when it is zero.
+  std::function<void(clock::time_point)> drain_until = [&](clock::time_point grace_end) {
+    const std::uint32_t open = server.open_connections();
+    if (open == 0 || clock::now() >= grace_end) {
+      if (open != 0) log::warn("stop_grace_expired").kv("connections", open);
+      io.stop();
+      for (auto& other : more_io)
+        other->stop();
+      return;
+    }
+    drain.expires_after(std::chrono::milliseconds(20));
+    drain.async_wait([&, grace_end](error_code ec) {
+      if (!ec) drain_until(grace_end);
+    });
+  };
   asio::signal_set hangup(io, SIGHUP);
   // What can change without a restart: TLS certificates, keys and CAs, and
   // the tokens file. Whatever fails to load is logged and stays as it was.
@@ -120,13 +142,10 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
     hangup.cancel(ignored);
     readiness.stopping();  // /readyz answers 503 while sessions drain
     server.stop_accepting();
-    // Sessions in progress get a moment to finish, then everything stops.
-    drain.expires_after(std::chrono::seconds(2));
-    drain.async_wait([&](error_code) {
-      io.stop();
-      for (auto& other : more_io)
-        other->stop();
-    });
+    // Connections between requests close now; requests and tunnels in
+    // progress get limits.stop_grace to finish, then what is left is closed.
+    idle_connections.stop(session_executors);
+    drain_until(clock::now() + config.limits.stop_grace);
   });
 
   std::vector<std::jthread> io_threads;

@@ -109,6 +109,9 @@ struct LimitsConfig {
   // time, to find its SNI name; then the connection is closed.
   std::uint32_t client_hello_bytes = 16 * 1024;
   std::chrono::milliseconds client_hello_timeout{10'000};
+  // On SIGTERM, how long requests and tunnels in progress may go on before
+  // what is left is closed. Idle keep-alive connections close at once.
+  std::chrono::milliseconds stop_grace{10'000};
 };
 
 inline constexpr std::uint16_t default_admin_port = 9090;

@@ -73,6 +73,9 @@ class ClientConnection {
       // the next read is made at once.)
       if (!client_.is_tls() && buffer_.size() == 0 &&
           transport::read_would_block(client_.socket())) {
+        // Once hostd is stopping, a connection between requests closes.
+        std::optional<IdleConnections::Waiting> waiting;
+        if (ctx_.idle && !waiting.emplace(*ctx_.idle, client_.socket()).registered()) break;
         auto [ec] = co_await client_.socket().async_wait(Stream::wait_read, use_tuple);
         if (ec) break;
       }

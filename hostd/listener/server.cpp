@@ -29,7 +29,7 @@ struct Server::Listener {
 Server::Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
                const AccessPolicy& policy, ChannelBudget& budget, HostdMetrics* metrics,
                ChannelPool* pool, std::vector<asio::any_io_executor> session_executors,
-               const TokenFile* tokens)
+               const TokenFile* tokens, IdleConnections* idle)
     : io_(io),
       config_(config),
       directory_(directory),
@@ -38,7 +38,8 @@ Server::Server(asio::io_context& io, const HostdConfig& config, const Directory&
       metrics_(metrics),
       pool_(pool),
       session_executors_(std::move(session_executors)),
-      tokens_(tokens) {
+      tokens_(tokens),
+      idle_(idle) {
   if (session_executors_.empty()) session_executors_.push_back(io_.get_executor());
 }
 
@@ -81,7 +82,7 @@ void Server::start() {
     listeners_.push_back(std::make_unique<Listener>(
         Listener{lc, std::move(acceptors), std::move(tls),
                  ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_,
-                                   tls_server, tokens_},
+                                   tls_server, tokens_, idle_},
                  bound}));
     log::info("listening")
         .kv("listener", lc.name)

@@ -12,6 +12,7 @@
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/identity/token_file.hpp"
+#include "hostd/listener/idle_connections.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 
 namespace vmgate::hostd {
@@ -24,7 +25,7 @@ class Server {
   Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
          const AccessPolicy& policy, ChannelBudget& budget, HostdMetrics* metrics = nullptr,
          ChannelPool* pool = nullptr, std::vector<asio::any_io_executor> session_executors = {},
-         const TokenFile* tokens = nullptr);
+         const TokenFile* tokens = nullptr, IdleConnections* idle = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
@@ -36,6 +37,8 @@ class Server {
   bool reload_tls();
   // "tcp:127.0.0.1:41234" for each listener, in config order (resolves port 0).
   std::vector<std::string> bound_addresses() const;
+  // Client connections and tunnels open now, on every listener.
+  std::uint32_t open_connections() const { return connections_->load(); }
 
  private:
   struct Listener;
@@ -51,6 +54,7 @@ class Server {
   ChannelPool* pool_;
   std::vector<asio::any_io_executor> session_executors_;
   const TokenFile* tokens_;
+  IdleConnections* idle_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Shared with the connections (ConnectionSlot): one may end, and give its
   // slot back, while the server itself is being torn down.
