@@ -30,6 +30,7 @@
 #include "hostd/listener/idle_connections.hpp"
 #include "hostd/listener/server.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
+#include "hostd/reload/running_config.hpp"
 
 #ifndef VMGATE_VERSION
 #define VMGATE_VERSION "0.0.0"
@@ -48,10 +49,31 @@ constexpr std::string_view usage =
     "usage: vmgate-hostd --config FILE [--check-config] [--log-level debug|info|warn|error]\n"
     "       vmgate-hostd --version\n";
 
-int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* tokens) {
+// SIGHUP: the file read again into a new snapshot, which new connections
+// take; a file that does not load is logged (FILE:LINE: KEY: reason) and
+// the running snapshot stays.
+void reload_config(const std::string& path, vmgate::hostd::CurrentConfig& current) {
   using namespace vmgate;
+  auto running = current.get();
+  try {
+    hostd::HostdConfig next = hostd::load_hostd_config(path);
+    for (const auto& key : hostd::keep_restart_only(running->config, next))
+      log::warn("reload_needs_restart").kv("file", path).kv("key", key);
+    current.set(std::make_shared<const hostd::RunningConfig>(std::move(next)));
+    log::info("config_reloaded").kv("file", path).kv("acl_rules", current.get()->config.acl.size());
+  } catch (const std::exception& e) {
+    log::error("config_reload_failed").kv("file", path).kv("error", e.what());
+  }
+}
+
+int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
+        vmgate::hostd::TokenFile* tokens) {
+  using namespace vmgate;
+  // The first snapshot, kept for hostd's life: listeners refer to it.
+  const auto first = std::make_shared<const hostd::RunningConfig>(std::move(loaded));
+  const hostd::HostdConfig& config = first->config;
+  hostd::CurrentConfig current(first);
   hostd::EmbeddedDirectory directory(host_name());
-  hostd::AccessPolicy policy(config.acl);
   hostd::LibvirtInventory inventory(config.libvirt, directory);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());
@@ -79,13 +101,14 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
   hostd::ChannelPool channel_pool(io.get_executor(), config.channel);
   metrics.set_channel_pool(&channel_pool.stats());
   metrics.set_channel_budget(&channel_budget);
-  hostd::Server server(io, config, directory, policy, channel_budget, &metrics, &channel_pool,
+  hostd::Server server(io, current, directory, channel_budget, &metrics, &channel_pool,
                        session_executors, tokens, &idle_connections);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
     admin.emplace(io, config.admin,
-                  hostd::AdminContext{config, directory, metrics, readiness, policy});
+                  hostd::AdminContext{config, directory, metrics, readiness, first->policy},
+                  &current);
     admin->start();
   }
   readiness.listeners_bound();
@@ -121,10 +144,12 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
     });
   };
   asio::signal_set hangup(io, SIGHUP);
-  // What can change without a restart: TLS certificates, keys and CAs, and
+  // What can change without a restart: the config file's ACL rules, limits
+  // and routing (for new connections), TLS certificates, keys and CAs, and
   // the tokens file. Whatever fails to load is logged and stays as it was.
-  on_each_hangup(hangup, [&server, tokens] {
-    log::info("reloading").kv("signal", "SIGHUP").kv("what", "tls,tokens");
+  on_each_hangup(hangup, [&server, &current, &config_path, tokens] {
+    log::info("reloading").kv("signal", "SIGHUP").kv("what", "config,tls,tokens");
+    reload_config(config_path, current);
     server.reload_tls();
     if (tokens == nullptr) return;
     if (std::string error = tokens->reload(); !error.empty()) {
@@ -145,7 +170,7 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
     // Connections between requests close now; requests and tunnels in
     // progress get limits.stop_grace to finish, then what is left is closed.
     idle_connections.stop(session_executors);
-    drain_until(clock::now() + config.limits.stop_grace);
+    drain_until(clock::now() + current.get()->config.limits.stop_grace);
   });
 
   std::vector<std::jthread> io_threads;
@@ -246,7 +271,7 @@ int main(int argc, char** argv) {
   // has gone must come back as EPIPE, not kill the daemon.
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    return run(config, tokens ? &*tokens : nullptr);
+    return run(config_path, std::move(config), tokens ? &*tokens : nullptr);
   } catch (const std::exception& e) {
     log::error("fatal").kv("error", e.what());
     return 1;

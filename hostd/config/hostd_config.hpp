@@ -47,6 +47,8 @@ struct TlsConfig {
   // these (lowercase hex, no separators, as normalized at load).
   std::vector<std::string> pinned_sha256;
   std::chrono::milliseconds handshake_timeout{10'000};
+
+  friend bool operator==(const TlsConfig&, const TlsConfig&) = default;
 };
 
 // "trusted", "certificate", "token" or "source", as the config spells it.
@@ -64,6 +66,7 @@ struct ListenerConfig {
   std::optional<TlsConfig> tls;
 
   bool trusted() const { return identity == ListenerIdentity::trusted; }
+  friend bool operator==(const ListenerConfig&, const ListenerConfig&) = default;
 };
 
 struct RoutingConfig {
