@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -26,8 +27,10 @@
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/identity/token_file.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
+#include "hostd/listener/idle_connections.hpp"
 #include "hostd/listener/server.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
+#include "hostd/reload/running_config.hpp"
 
 #ifndef VMGATE_VERSION
 #define VMGATE_VERSION "0.0.0"
@@ -46,10 +49,31 @@ constexpr std::string_view usage =
     "usage: vmgate-hostd --config FILE [--check-config] [--log-level debug|info|warn|error]\n"
     "       vmgate-hostd --version\n";
 
-int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* tokens) {
+// SIGHUP: the file read again into a new snapshot, which new connections
+// take; a file that does not load is logged (FILE:LINE: KEY: reason) and
+// the running snapshot stays.
+void reload_config(const std::string& path, vmgate::hostd::CurrentConfig& current) {
   using namespace vmgate;
+  auto running = current.get();
+  try {
+    hostd::HostdConfig next = hostd::load_hostd_config(path);
+    for (const auto& key : hostd::keep_restart_only(running->config, next))
+      log::warn("reload_needs_restart").kv("file", path).kv("key", key);
+    current.set(std::make_shared<const hostd::RunningConfig>(std::move(next)));
+    log::info("config_reloaded").kv("file", path).kv("acl_rules", current.get()->config.acl.size());
+  } catch (const std::exception& e) {
+    log::error("config_reload_failed").kv("file", path).kv("error", e.what());
+  }
+}
+
+int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
+        vmgate::hostd::TokenFile* tokens) {
+  using namespace vmgate;
+  // The first snapshot, kept for hostd's life: listeners refer to it.
+  const auto first = std::make_shared<const hostd::RunningConfig>(std::move(loaded));
+  const hostd::HostdConfig& config = first->config;
+  hostd::CurrentConfig current(first);
   hostd::EmbeddedDirectory directory(host_name());
-  hostd::AccessPolicy policy(config.acl);
   hostd::LibvirtInventory inventory(config.libvirt, directory);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());
@@ -61,6 +85,9 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
   // `io` (the first) also accepts, and runs the admin API and signals.
   unsigned threads =
       config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  // Declared before the io_contexts: a connection's frame, destroyed with
+  // them, leaves it as it ends.
+  hostd::IdleConnections idle_connections;
   asio::io_context io{1};
   std::vector<std::unique_ptr<asio::io_context>> more_io;
   std::vector<asio::any_io_executor> session_executors{io.get_executor()};
@@ -74,13 +101,14 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
   hostd::ChannelPool channel_pool(io.get_executor(), config.channel);
   metrics.set_channel_pool(&channel_pool.stats());
   metrics.set_channel_budget(&channel_budget);
-  hostd::Server server(io, config, directory, policy, channel_budget, &metrics, &channel_pool,
-                       session_executors, tokens);
+  hostd::Server server(io, current, directory, channel_budget, &metrics, &channel_pool,
+                       session_executors, tokens, &idle_connections);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
     admin.emplace(io, config.admin,
-                  hostd::AdminContext{config, directory, metrics, readiness, policy});
+                  hostd::AdminContext{config, directory, metrics, readiness, first->policy},
+                  &current);
     admin->start();
   }
   readiness.listeners_bound();
@@ -98,11 +126,30 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer drain(io);
+  using clock = std::chrono::steady_clock;
+  // A connection ends on its own thread and tells nobody: the shared count
+  // is looked at every 20 ms instead, and the stop is over when it is zero.
+  std::function<void(clock::time_point)> drain_until = [&](clock::time_point grace_end) {
+    const std::uint32_t open = server.open_connections();
+    if (open == 0 || clock::now() >= grace_end) {
+      if (open != 0) log::warn("stop_grace_expired").kv("connections", open);
+      io.stop();
+      for (auto& other : more_io)
+        other->stop();
+      return;
+    }
+    drain.expires_after(std::chrono::milliseconds(20));
+    drain.async_wait([&, grace_end](error_code ec) {
+      if (!ec) drain_until(grace_end);
+    });
+  };
   asio::signal_set hangup(io, SIGHUP);
-  // What can change without a restart: TLS certificates, keys and CAs, and
+  // What can change without a restart: the config file's ACL rules, limits
+  // and routing (for new connections), TLS certificates, keys and CAs, and
   // the tokens file. Whatever fails to load is logged and stays as it was.
-  on_each_hangup(hangup, [&server, tokens] {
-    log::info("reloading").kv("signal", "SIGHUP").kv("what", "tls,tokens");
+  on_each_hangup(hangup, [&server, &current, &config_path, tokens] {
+    log::info("reloading").kv("signal", "SIGHUP").kv("what", "config,tls,tokens");
+    reload_config(config_path, current);
     server.reload_tls();
     if (tokens == nullptr) return;
     if (std::string error = tokens->reload(); !error.empty()) {
@@ -120,13 +167,10 @@ int run(const vmgate::hostd::HostdConfig& config, vmgate::hostd::TokenFile* toke
     hangup.cancel(ignored);
     readiness.stopping();  // /readyz answers 503 while sessions drain
     server.stop_accepting();
-    // Sessions in progress get a moment to finish, then everything stops.
-    drain.expires_after(std::chrono::seconds(2));
-    drain.async_wait([&](error_code) {
-      io.stop();
-      for (auto& other : more_io)
-        other->stop();
-    });
+    // Connections between requests close now; requests and tunnels in
+    // progress get limits.stop_grace to finish, then what is left is closed.
+    idle_connections.stop(session_executors);
+    drain_until(clock::now() + current.get()->config.limits.stop_grace);
   });
 
   std::vector<std::jthread> io_threads;
@@ -227,7 +271,7 @@ int main(int argc, char** argv) {
   // has gone must come back as EPIPE, not kill the daemon.
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    return run(config, tokens ? &*tokens : nullptr);
+    return run(config_path, std::move(config), tokens ? &*tokens : nullptr);
   } catch (const std::exception& e) {
     log::error("fatal").kv("error", e.what());
     return 1;

@@ -31,8 +31,9 @@ void log_failure(std::string_view event, std::exception_ptr e) {
 
 }  // namespace
 
-AdminServer::AdminServer(asio::io_context& io, const AdminConfig& config, AdminContext context)
-    : io_(io), config_(config), context_(context), acceptor_(io) {}
+AdminServer::AdminServer(asio::io_context& io, const AdminConfig& config, AdminContext context,
+                         const CurrentConfig* current)
+    : io_(io), config_(config), context_(context), current_(current), acceptor_(io) {}
 
 void AdminServer::start() {
   error_code ec;
@@ -103,7 +104,13 @@ awaitable<void> AdminServer::session(Stream stream) {
     const std::string method(req.method_string());
     const std::string target(req.target());
     deadline.expires_never();
-    AdminResponse answer = co_await handle_admin_request(context_, method, target, peer);
+    // Held until the answer is written: the request sees one snapshot.
+    const auto running = current_ ? current_->get() : nullptr;
+    const AdminContext context =
+        running ? AdminContext{running->config, context_.directory, context_.metrics,
+                               context_.readiness, running->policy}
+                : context_;
+    AdminResponse answer = co_await handle_admin_request(context, method, target, peer);
     log::debug("admin_request")
         .kv("client", peer)
         .kv("method", method)

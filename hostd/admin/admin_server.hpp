@@ -8,12 +8,16 @@
 #include "common/asio.hpp"
 #include "hostd/admin/admin_api.hpp"
 #include "hostd/config/hostd_config.hpp"
+#include "hostd/reload/running_config.hpp"
 
 namespace vmgate::hostd {
 
 class AdminServer {
  public:
-  AdminServer(asio::io_context& io, const AdminConfig& config, AdminContext context);
+  // `context`'s config and policy are replaced, for each request, by
+  // `current`'s snapshot when one is given (SIGHUP reloads).
+  AdminServer(asio::io_context& io, const AdminConfig& config, AdminContext context,
+              const CurrentConfig* current = nullptr);
   // Binds and starts accepting; throws std::runtime_error naming the address.
   void start();
   void stop_accepting();
@@ -27,6 +31,7 @@ class AdminServer {
   asio::io_context& io_;
   const AdminConfig& config_;
   AdminContext context_;
+  const CurrentConfig* current_;
   Acceptor acceptor_;
   std::string bound_;
   std::atomic<unsigned> connections_{0};

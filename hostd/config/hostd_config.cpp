@@ -275,6 +275,7 @@ HostdConfig read(const Section& root) {
         s->get_int("client_hello_bytes", c.limits.client_hello_bytes, 512, 1024 * 1024));
     c.limits.client_hello_timeout =
         s->get_ms("client_hello_timeout_ms", c.limits.client_hello_timeout, 100ms, 600'000ms);
+    c.limits.stop_grace = s->get_ms("stop_grace_ms", c.limits.stop_grace, 0ms, 3'600'000ms);
     s->reject_unknown_keys();
   }
   if (auto s = root.section("admin")) c.admin = read_admin(*s);

@@ -47,6 +47,8 @@ struct TlsConfig {
   // these (lowercase hex, no separators, as normalized at load).
   std::vector<std::string> pinned_sha256;
   std::chrono::milliseconds handshake_timeout{10'000};
+
+  friend bool operator==(const TlsConfig&, const TlsConfig&) = default;
 };
 
 // "trusted", "certificate", "token" or "source", as the config spells it.
@@ -64,6 +66,7 @@ struct ListenerConfig {
   std::optional<TlsConfig> tls;
 
   bool trusted() const { return identity == ListenerIdentity::trusted; }
+  friend bool operator==(const ListenerConfig&, const ListenerConfig&) = default;
 };
 
 struct RoutingConfig {
@@ -118,6 +121,9 @@ struct LimitsConfig {
   // time, to find its SNI name; then the connection is closed.
   std::uint32_t client_hello_bytes = 16 * 1024;
   std::chrono::milliseconds client_hello_timeout{10'000};
+  // On SIGTERM, how long requests and tunnels in progress may go on before
+  // what is left is closed. Idle keep-alive connections close at once.
+  std::chrono::milliseconds stop_grace{10'000};
 };
 
 inline constexpr std::uint16_t default_admin_port = 9090;

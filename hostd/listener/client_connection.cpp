@@ -77,6 +77,9 @@ class ClientConnection {
         // (Over TLS, bytes OpenSSL has read ahead are invisible to the
         // socket: the next read is made at once.)
         if (arrived == 0 && !client_.is_tls()) {
+          // Once hostd is stopping, a connection between requests closes.
+          std::optional<IdleConnections::Waiting> waiting;
+          if (ctx_.idle && !waiting.emplace(*ctx_.idle, client_.socket()).registered()) break;
           auto [ec] = co_await client_.socket().async_wait(Stream::wait_read, use_tuple);
           if (ec) break;
           arrived = transport::bytes_readable(client_.socket());

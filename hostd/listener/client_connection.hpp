@@ -17,6 +17,7 @@
 #include "hostd/directory/directory.hpp"
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/identity/token_file.hpp"
+#include "hostd/listener/idle_connections.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 
 namespace vmgate::hostd {
@@ -31,6 +32,7 @@ struct ConnectionContext {
   ChannelPool* pool = nullptr;        // null: a channel closes when its exchange ends
   const TlsServer* tls = nullptr;     // null: the listener is plaintext
   const TokenFile* tokens = nullptr;  // set for a listener with identity = "token"
+  IdleConnections* idle = nullptr;    // null: not closed early on SIGTERM (tests)
 };
 
 // A connection's place under max_connections, given back when the

@@ -19,33 +19,50 @@ namespace vmgate::hostd {
 // same socket rather than SO_REUSEPORT siblings, which any process of the same
 // user could join.
 struct Server::Listener {
-  const ListenerConfig& config;
+  const ListenerConfig& config;     // as started: listeners change only with a restart
+  std::size_t index;                // in config.listeners
   std::vector<Acceptor> acceptors;  // [0] on io_, then one per other session executor
   std::unique_ptr<TlsServer> tls;   // a TLS listener's context, which SIGHUP reloads
-  ConnectionContext context;
   std::string bound;
 };
 
-Server::Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
-               const AccessPolicy& policy, ChannelBudget& budget, HostdMetrics* metrics,
-               ChannelPool* pool, std::vector<asio::any_io_executor> session_executors,
-               const TokenFile* tokens)
+namespace {
+
+// A connection's context and the snapshot it refers to, which it keeps alive.
+struct SnapshotContext {
+  std::shared_ptr<const RunningConfig> running;
+  ConnectionContext context;
+};
+
+// Runs `connection`, keeping what it refers to until it ends.
+awaitable<void> keeping([[maybe_unused]] std::shared_ptr<const SnapshotContext> kept,
+                        awaitable<void> connection) {
+  co_await std::move(connection);
+}
+
+}  // namespace
+
+Server::Server(asio::io_context& io, const CurrentConfig& current, const Directory& directory,
+               ChannelBudget& budget, HostdMetrics* metrics, ChannelPool* pool,
+               std::vector<asio::any_io_executor> session_executors, const TokenFile* tokens,
+               IdleConnections* idle)
     : io_(io),
-      config_(config),
+      current_(current),
       directory_(directory),
-      policy_(policy),
       budget_(budget),
       metrics_(metrics),
       pool_(pool),
       session_executors_(std::move(session_executors)),
-      tokens_(tokens) {
+      tokens_(tokens),
+      idle_(idle) {
   if (session_executors_.empty()) session_executors_.push_back(io_.get_executor());
 }
 
 Server::~Server() = default;
 
 void Server::start() {
-  for (const auto& lc : config_.listeners) {
+  const auto running = current_.get();
+  for (const auto& lc : running->config.listeners) {
     // Certificates first: a listener never accepts before it can speak TLS.
     std::unique_ptr<TlsServer> tls;
     if (lc.tls) tls = std::make_unique<TlsServer>(lc.name, *lc.tls);
@@ -77,12 +94,9 @@ void Server::start() {
       }
     }
     acceptors.insert(acceptors.begin(), std::move(acceptor));
-    const TlsServer* tls_server = tls.get();
+    // The first snapshot lives as long as hostd (main holds it).
     listeners_.push_back(std::make_unique<Listener>(
-        Listener{lc, std::move(acceptors), std::move(tls),
-                 ConnectionContext{config_, lc, directory_, policy_, budget_, metrics_, pool_,
-                                   tls_server, tokens_},
-                 bound}));
+        Listener{lc, listeners_.size(), std::move(acceptors), std::move(tls), bound}));
     log::info("listening")
         .kv("listener", lc.name)
         .kv("addr", bound)
@@ -139,10 +153,10 @@ std::vector<std::string> Server::bound_addresses() const {
 
 // The acceptors of all I/O threads share the count: a compare-and-swap, so
 // two of them cannot both take the last slot.
-bool Server::take_connection_slot() {
+bool Server::take_connection_slot(const LimitsConfig& limits) {
   std::uint32_t open = connections_->load();
   do {
-    if (open >= config_.limits.max_connections) return false;
+    if (open >= limits.max_connections) return false;
   } while (!connections_->compare_exchange_weak(open, open + 1));
   return true;
 }
@@ -162,7 +176,8 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
       co_await backoff.async_wait(use_tuple);
       continue;
     }
-    if (!take_connection_slot()) {
+    auto running = current_.get();
+    if (!take_connection_slot(running->config.limits)) {
       log::warn("connection_refused")
           .kv("listener", listener.config.name)
           .kv("client", transport::describe_peer(socket))
@@ -176,13 +191,17 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     // A passthrough listener's clients speak TLS that hostd does not
     // terminate: no request head to read, a ClientHello to route on.
     ConnectionSlot slot(connections_);
-    auto connection =
-        listener.config.mode == ListenerMode::passthrough
-            ? serve_passthrough(std::move(socket), listener.context, id, std::move(slot))
-            : serve_client(std::move(socket), listener.context, id, std::move(slot));
+    const HostdConfig& config = running->config;
+    auto kept = std::make_shared<const SnapshotContext>(SnapshotContext{
+        running,
+        ConnectionContext{config, config.listeners[listener.index], directory_, running->policy,
+                          budget_, metrics_, pool_, listener.tls.get(), tokens_, idle_}});
+    auto connection = listener.config.mode == ListenerMode::passthrough
+                          ? serve_passthrough(std::move(socket), kept->context, id, std::move(slot))
+                          : serve_client(std::move(socket), kept->context, id, std::move(slot));
     // The connection's coroutine owns it to its end; this handler only hears
     // of an end nothing expected (an exception), once, with its id.
-    asio::co_spawn(executor, std::move(connection),
+    asio::co_spawn(executor, keeping(std::move(kept), std::move(connection)),
                    [name = listener.config.name, id](std::exception_ptr e) {
                      if (!e) return;
                      log::error("connection_failed")

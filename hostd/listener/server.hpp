@@ -12,7 +12,9 @@
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/identity/token_file.hpp"
+#include "hostd/listener/idle_connections.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
+#include "hostd/reload/running_config.hpp"
 
 namespace vmgate::hostd {
 
@@ -21,10 +23,11 @@ class Server {
   // Each listener is accepted from on every one of `session_executors` (each
   // an io_context run by one thread; `io` alone when the list is empty), and a
   // client connection runs on the executor that accepted it.
-  Server(asio::io_context& io, const HostdConfig& config, const Directory& directory,
-         const AccessPolicy& policy, ChannelBudget& budget, HostdMetrics* metrics = nullptr,
-         ChannelPool* pool = nullptr, std::vector<asio::any_io_executor> session_executors = {},
-         const TokenFile* tokens = nullptr);
+  // A connection takes `current`'s snapshot when it is accepted and keeps it.
+  Server(asio::io_context& io, const CurrentConfig& current, const Directory& directory,
+         ChannelBudget& budget, HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
+         std::vector<asio::any_io_executor> session_executors = {},
+         const TokenFile* tokens = nullptr, IdleConnections* idle = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
@@ -36,21 +39,23 @@ class Server {
   bool reload_tls();
   // "tcp:127.0.0.1:41234" for each listener, in config order (resolves port 0).
   std::vector<std::string> bound_addresses() const;
+  // Client connections and tunnels open now, on every listener.
+  std::uint32_t open_connections() const { return connections_->load(); }
 
  private:
   struct Listener;
   awaitable<void> accept_loop(Listener& listener, Acceptor& acceptor);
-  bool take_connection_slot();
+  bool take_connection_slot(const LimitsConfig& limits);
 
   asio::io_context& io_;
-  const HostdConfig& config_;
+  const CurrentConfig& current_;
   const Directory& directory_;
-  const AccessPolicy& policy_;
   ChannelBudget& budget_;
   HostdMetrics* metrics_;
   ChannelPool* pool_;
   std::vector<asio::any_io_executor> session_executors_;
   const TokenFile* tokens_;
+  IdleConnections* idle_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Shared with the connections (ConnectionSlot): one may end, and give its
   // slot back, while the server itself is being torn down.
