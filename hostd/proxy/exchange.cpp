@@ -94,7 +94,10 @@ class Exchange {
 
   awaitable<ExchangeOutcome> run() {
     auto& msg = request_in_.parser.get();
-    request_in_.parser.on_chunk_header(limit_chunk_extensions_);
+    // Only a chunked body has chunk headers; Beast takes the callback only
+    // before the body's first byte is parsed, which a body taken whole with
+    // its head already was (an assertion in debug builds).
+    if (request_in_.parser.chunked()) request_in_.parser.on_chunk_header(limit_chunk_extensions_);
     http::serializer<true, http::buffer_body> writer{msg};
     error_code head_error;
     const bool one_write = !request_in_.has_body || request_in_.whole.taken;
@@ -331,7 +334,7 @@ class Exchange {
       stop_reading_client();
       co_return;
     }
-    response.on_chunk_header(limit_chunk_extensions_);
+    if (response.chunked()) response.on_chunk_header(limit_chunk_extensions_);
     rec_.status = res.result_int();
     agent_keeps_channel_ = res.keep_alive() && !response.need_eof();
     agent_binds_connection_ = binds_connection(res);
