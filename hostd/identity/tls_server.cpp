@@ -10,25 +10,16 @@
 
 #include <fmt/format.h>
 
+#include "hostd/identity/token_secret.hpp"
+
 namespace vmgate::hostd {
 namespace {
-
-std::string hex(const unsigned char* data, std::size_t size) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(size * 2);
-  for (std::size_t i = 0; i < size; ++i) {
-    out.push_back(digits[data[i] >> 4]);
-    out.push_back(digits[data[i] & 0xf]);
-  }
-  return out;
-}
 
 std::string sha256_fingerprint(X509* cert) {
   std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
   unsigned int size = 0;
   if (cert == nullptr || X509_digest(cert, EVP_sha256(), md.data(), &size) != 1) return {};
-  return hex(md.data(), size);
+  return lower_hex(md.data(), size);
 }
 
 // A name from a certificate as an identity may carry it: printable ASCII

@@ -8,8 +8,6 @@
 
 namespace vmgate::hostd {
 
-namespace {
-
 std::string lower_hex(const unsigned char* data, std::size_t size) {
   static constexpr char digits[] = "0123456789abcdef";
   std::string out;
@@ -20,8 +18,6 @@ std::string lower_hex(const unsigned char* data, std::size_t size) {
   }
   return out;
 }
-
-}  // namespace
 
 bool valid_token_name(std::string_view name) {
   if (name.empty() || name.size() > max_token_name_length) return false;

@@ -44,4 +44,8 @@ std::optional<TokenDigest> token_digest(std::string_view token) noexcept;
 // "sha256:<64 lowercase hex digits>" of `token`, as the tokens file holds it.
 std::string token_hash(std::string_view token);
 
+// Bytes as lowercase hex without separators: how tokens, their hashes and
+// pinned certificate fingerprints (tls.pinned_sha256) are written.
+std::string lower_hex(const unsigned char* data, std::size_t size);
+
 }  // namespace vmgate::hostd
