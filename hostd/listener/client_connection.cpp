@@ -481,25 +481,13 @@ awaitable<void> run_tunnel(EstablishedTunnel tunnel, [[maybe_unused]] Connection
 // listener says, or its certificate, or its address. On a token listener
 // each request says it again (Proxy-Authorization).
 Identity connection_identity(const ConnectionContext& context, ClientStream& client) {
-  Identity identity;
-  switch (context.listener.identity) {
-    case ListenerIdentity::trusted:
-      identity.kind = Identity::Kind::trusted_listener;
-      identity.name = context.listener.name;
-      break;
-    case ListenerIdentity::certificate:
-      identity = certificate_identity(client.tls() ? client.tls()->native_handle() : nullptr);
-      break;
-    case ListenerIdentity::source:
-      if (auto ip = transport::peer_ip(client.socket())) {
-        identity.kind = Identity::Kind::source;
-        identity.name = ip->to_string();
-      }
-      break;
-    case ListenerIdentity::token:
-      break;
+  Identity identity = listener_identity(context.listener, client.socket());
+  if (context.listener.identity == ListenerIdentity::certificate) {
+    Identity certified =
+        certificate_identity(client.tls() ? client.tls()->native_handle() : nullptr);
+    certified.address = identity.address;
+    return certified;
   }
-  identity.address = transport::peer_ip(client.socket());
   return identity;
 }
 
@@ -535,6 +523,19 @@ awaitable<std::optional<ClientStream>> accept_tls(Stream socket, const TlsServer
 }
 
 }  // namespace
+
+Identity listener_identity(const ListenerConfig& listener, const Stream& socket) {
+  Identity identity;
+  identity.address = transport::peer_ip(socket);
+  if (listener.trusted()) {
+    identity.kind = Identity::Kind::trusted_listener;
+    identity.name = listener.name;
+  } else if (listener.identity == ListenerIdentity::source && identity.address) {
+    identity.kind = Identity::Kind::source;
+    identity.name = identity.address->to_string();
+  }
+  return identity;
+}
 
 awaitable<void> serve_client(Stream client, const ConnectionContext& context, std::uint64_t id,
                              ConnectionSlot slot) {

@@ -53,6 +53,12 @@ class ConnectionSlot {
   std::shared_ptr<std::atomic<std::uint32_t>> count_;
 };
 
+// The identity a connection has from its listener and its socket alone:
+// trusted, or its source address; anonymous otherwise, until a client
+// certificate or proxy credentials say more. The address is noted either way.
+// (A passthrough listener, which sees no credentials, has only this.)
+Identity listener_identity(const ListenerConfig& listener, const Stream& socket);
+
 // Runs until the client closes, a request ends the connection, a tunnel
 // ends, or a limit is hit; then closes the connection. On a TLS listener the
 // handshake comes first, within tls.handshake_timeout, and a client it fails

@@ -28,21 +28,6 @@ using Status = ClientHelloScan::Status;
 // connection that sends nothing holds no 16 KiB buffer.
 constexpr std::size_t read_chunk = 4096;
 
-// A passthrough listener sees no credentials (the TLS is the agent's): its
-// clients are known by their address, or by the listener marked trusted.
-Identity identity_of(const ListenerConfig& listener, const Stream& client) {
-  Identity identity;
-  identity.address = transport::peer_ip(client);
-  if (listener.trusted()) {
-    identity.kind = Identity::Kind::trusted_listener;
-    identity.name = listener.name;
-  } else if (listener.identity == ListenerIdentity::source && identity.address) {
-    identity.kind = Identity::Kind::source;
-    identity.name = identity.address->to_string();
-  }
-  return identity;
-}
-
 class PassthroughConnection {
   using Buffer = boost::beast::flat_buffer;
   // The server name, or why there is none; empty when the client closed (or
@@ -69,7 +54,7 @@ class PassthroughConnection {
     if (!route) co_return refuse(rec, route.error());
     rec.target = route->target.to_string();
     rec.port = route->port;
-    auto admitted = admit_route(std::move(*route), identity_of(ctx_.listener, client_),
+    auto admitted = admit_route(std::move(*route), listener_identity(ctx_.listener, client_),
                                 std::nullopt, admission_);
     if (!admitted) {
       if (admitted.error().vm) rec.vm = admitted.error().vm->name;
