@@ -1,6 +1,7 @@
 #include "hostd/proxy/exchange.hpp"
 
 #include <algorithm>
+#include <array>
 #include <functional>
 
 #include <fmt/format.h>
@@ -8,6 +9,7 @@
 
 #include "common/splice.hpp"
 #include "hostd/proxy/connection_auth.hpp"
+#include "hostd/proxy/head_bytes.hpp"
 #include "hostd/route/header_rewrite.hpp"
 #include "hostd/route/request_framing.hpp"
 
@@ -100,13 +102,16 @@ class Exchange {
     if (request_in_.parser.chunked()) request_in_.parser.on_chunk_header(limit_chunk_extensions_);
     http::serializer<true, http::buffer_body> writer{msg};
     error_code head_error;
+    // No body, or a Content-Length one read whole with the head: nothing to
+    // frame, so head and body leave as two plain buffers.
     const bool one_write = !request_in_.has_body || request_in_.whole.taken;
     if (one_write) {
-      auto& body = msg.body();
-      body.data = request_in_.whole.taken ? chunks_.request() : nullptr;
-      body.size = request_in_.whole.size;
-      body.more = false;
-      auto [ec, n] = co_await http::async_write(channel_.stream, writer, use_tuple);
+      head_.clear();
+      append_head(msg, head_);
+      const std::array<asio::const_buffer, 2> message{
+          asio::buffer(head_),
+          asio::buffer(chunks_.request(), request_in_.whole.taken ? request_in_.whole.size : 0)};
+      auto [ec, n] = co_await asio::async_write(channel_.stream, message, use_tuple);
       head_error = ec;
     } else {
       auto [ec, n] = co_await http::async_write_header(channel_.stream, writer, use_tuple);
@@ -365,7 +370,22 @@ class Exchange {
     }
     response_ = ResponseSide::started;
     error_code hec;
-    if (prefilled.taken) {
+    // What is left of a known-length body after the bytes read with the head.
+    const bool rest_spliced = !client_.is_tls() && !response.is_done() && !response.chunked() &&
+                              response.content_length_remaining();
+    const bool plain_head =
+        !res.chunked() && (request_in_.is_head || response.is_done() || rest_spliced);
+    if (plain_head) {
+      // Nothing to frame and nothing left for the serializer to stream after
+      // the head: head and body bytes as two plain buffers.
+      head_.clear();
+      append_head(res, head_);
+      const std::array<asio::const_buffer, 2> message{
+          asio::buffer(head_), asio::buffer(res.body().data, prefilled.taken ? prefilled.size : 0)};
+      auto [ec, n] = co_await asio::async_write(client_, message, use_tuple);
+      hec = ec;
+      rec_.bytes_out += n;
+    } else if (prefilled.taken) {
       // Head and the body bytes that came with it, in one write.
       auto [ec, n] = co_await http::async_write(client_, writer, use_tuple);
       hec = ec == http::error::need_buffer ? error_code{} : ec;
@@ -380,10 +400,9 @@ class Exchange {
       stop_reading_client();
       co_return;
     }
-    if (!request_in_.is_head) {
+    if (!request_in_.is_head && !(plain_head && response.is_done())) {
       MoveResult moved;
-      if (!client_.is_tls() && !response.is_done() && !response.chunked() &&
-          response.content_length_remaining()) {
+      if (rest_spliced) {
         // Known length: the rest of the body goes channel -> client inside the
         // kernel (splice), after the bytes already read with the head. Exactly
         // that many, so the channel stays usable for the next response.
@@ -485,6 +504,7 @@ class Exchange {
   bool timed_out_ = false;
   bool stop_request_ = false;  // the response side ended the exchange early
   bool extensions_over_ = false;
+  std::string head_;  // a head written without the serializer (head_bytes.hpp)
   // Chunk extensions are dropped (the serializer writes none), but bounded
   // (RFC 9112 §7.1.1): Beast reads a chunk-size line whole before this.
   std::function<void(std::uint64_t, beast::string_view, error_code&)> limit_chunk_extensions_ =
