@@ -105,7 +105,8 @@ std::optional<Channel> ChannelPool::take(const ChannelKey& key,
         entries.erase(pick);
       }
       stats_.idle -= before - entries.size();
-      if (entries.empty()) idle_.erase(it);
+      // An emptied entry stays for the put() that follows the exchange (no
+      // node and vector freed and made again per request); sweep() drops it.
     }
     if (!candidate) break;
     if (idle_channel_usable(candidate->stream)) {

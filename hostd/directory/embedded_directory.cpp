@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
-#include <set>
+#include <vector>
 
 namespace vmgate::hostd {
 namespace {
@@ -69,30 +69,38 @@ void EmbeddedDirectory::remove(std::string_view uuid) {
 Lookup EmbeddedDirectory::find(std::string_view name_or_uuid) const {
   std::lock_guard lock(mutex_);
   // An exact name and a UUID (any case) are equally valid answers; if they
-  // point at different VMs, saying so beats guessing.
-  std::set<std::string> uuids;
+  // point at different VMs, saying so beats guessing. The matches are keys
+  // of the index, named without copying them (one lookup per request).
+  std::vector<const std::string*> uuids;
+  auto add = [&uuids](const std::string& uuid) {
+    if (std::ranges::none_of(uuids, [&](const std::string* u) { return *u == uuid; }))
+      uuids.push_back(&uuid);
+  };
   auto [first, last] = index_.uuid_by_name.equal_range(name_or_uuid);
   for (auto it = first; it != last; ++it)
-    uuids.insert(it->second);
-  if (index_.by_uuid.contains(to_lower(name_or_uuid))) uuids.insert(to_lower(name_or_uuid));
+    add(it->second);
+  if (auto it = index_.by_uuid.find(to_lower(name_or_uuid)); it != index_.by_uuid.end())
+    add(it->first);
   // Host names (DNS form, TLS SNI) arrive case-folded; fall back to a name
   // match ignoring case only when nothing matched exactly.
   if (uuids.empty()) {
     for (const auto& [name, uuid] : index_.uuid_by_name) {
-      if (equal_ignoring_case(name, name_or_uuid)) uuids.insert(uuid);
+      if (equal_ignoring_case(name, name_or_uuid)) add(uuid);
     }
   }
+  // Listed in UUID order, whatever order they matched in.
+  std::ranges::sort(uuids, [](const std::string* a, const std::string* b) { return *a < *b; });
 
   Lookup result;
   if (uuids.empty()) return result;
   if (uuids.size() == 1) {
     result.status = LookupStatus::found;
-    result.vm = index_.by_uuid.find(*uuids.begin())->second;
+    result.vm = index_.by_uuid.find(*uuids.front())->second;
     return result;
   }
   result.status = LookupStatus::ambiguous;
-  for (const auto& uuid : uuids) {
-    const VmRecord& vm = index_.by_uuid.find(uuid)->second;
+  for (const std::string* uuid : uuids) {
+    const VmRecord& vm = index_.by_uuid.find(*uuid)->second;
     result.candidates.push_back(vm.name + " (" + vm.uuid + ")");
   }
   return result;
