@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 
 #include <fmt/format.h>
@@ -56,52 +57,85 @@ class ClientConnection {
   ClientConnection(const ClientConnection&) = delete;
   ClientConnection& operator=(const ClientConnection&) = delete;
 
+  // What run() came back for.
+  enum class Turn {
+    ended,  // closed, or handed over as an established tunnel
+    idle,   // waits for its next request: park it, and run() again once readable
+  };
+
   // The connection's requests, one after another. A CONNECT that is
   // established leaves the client connection and its tunnel in
   // `established`, to run in a coroutine of its own once this connection's
   // frames (its buffers, parser, deadline) are gone: an idle tunnel keeps
-  // none of them.
-  awaitable<void> run(std::unique_ptr<EstablishedTunnel>& established) {
+  // none of them. Between requests a plain connection with nothing to read
+  // comes back idle, for the caller to park outside any coroutine.
+  awaitable<Turn> run(std::unique_ptr<EstablishedTunnel>& established) {
     for (;;) {
-      // Keep-alive idle and the head's arrival share header_timeout.
-      close_on_expiry(limits().header_timeout);
-      // An idle connection waits here, for readiness only: no request frame,
-      // record, read buffer or parser exists until the next request starts
-      // to arrive. (bench/idle_connections.py, 10,000 idle keep-alive
-      // clients: hostd 5.8 KiB per client while one waited inside the head
-      // read.) A request already there is read at once: a readiness wait
-      // costs a trip through the reactor, 18% of WS-Man keep-alive
-      // throughput when every request paid it.
-      if (buffer_.size() == 0) {
-        std::size_t arrived = transport::bytes_readable(client_.socket());
-        // (Over TLS, bytes OpenSSL has read ahead are invisible to the
-        // socket: the next read is made at once.)
-        if (arrived == 0 && !client_.is_tls()) {
-          // Once hostd is stopping, a connection between requests closes.
-          std::optional<IdleConnections::Waiting> waiting;
-          if (ctx_.idle && !waiting.emplace(*ctx_.idle, client_.socket()).registered()) break;
-          auto [ec] = co_await client_.socket().async_wait(Stream::wait_read, use_tuple);
-          if (ec) break;
-          arrived = transport::bytes_readable(client_.socket());
+      if (parked_) {
+        // Back from park(): the socket is readable, or the wait failed (the
+        // header timeout or a stop closed the socket).
+        parked_ = false;
+        waiting_.reset();
+        if (wake_error_) break;
+        reserve_request_read(transport::bytes_readable(client_.socket()));
+      } else {
+        // Keep-alive idle and the head's arrival share header_timeout.
+        close_on_expiry(limits().header_timeout);
+        // An idle connection waits parked, for readiness only: no request
+        // frame, record, read buffer or parser exists until the next
+        // request starts to arrive. A request already there is read at
+        // once: a readiness wait costs a trip through the reactor, 18% of
+        // WS-Man keep-alive throughput when every request paid it.
+        if (buffer_.size() == 0) {
+          const std::size_t arrived = transport::bytes_readable(client_.socket());
+          // (Over TLS, bytes OpenSSL has read ahead are invisible to the
+          // socket: the next read is made at once, and waits inside it.)
+          if (arrived == 0 && !client_.is_tls()) {
+            // Once hostd is stopping, a connection between requests closes.
+            if (ctx_.idle && !waiting_.emplace(*ctx_.idle, client_.socket()).registered()) break;
+            parked_ = true;
+            co_return Turn::idle;
+          }
+          reserve_request_read(arrived);
         }
-        // Room for what has arrived, so that a whole WS-Man request (head
-        // and envelope) is one read. Beast reads into the buffer's free
-        // capacity, 512 bytes at first: a 4 KiB envelope took five reads and
-        // its body was spliced (strace of WS-Man keep-alive: 5 recvfrom, 4
-        // splice and a QUICKACK per request). Sized to what arrived rather
-        // than a fixed 16 KiB, which cost 10,000 idle keep-alive clients
-        // about 0.5 KiB each in hostd afterwards (freed buffers fragment the
-        // heap). Given back when the request is done.
-        buffer_.reserve(std::clamp(arrived, min_request_read, max_request_read));
       }
       if (!co_await serve_request(established)) break;
       if (buffer_.size() == 0) buffer_.shrink_to_fit();
     }
     if (!established) co_await close();
+    co_return Turn::ended;
+  }
+
+  // The parked connection's wait is over (`ec`: it failed).
+  void woken(error_code ec) { wake_error_ = ec; }
+  Stream& socket() { return client_.socket(); }
+  std::uint64_t id() const { return id_; }
+  const std::string& listener_name() const { return ctx_.listener.name; }
+  const ConnectionContext& context() const { return ctx_; }
+  void hold(ConnectionSlot slot, std::shared_ptr<const void> context_owner) {
+    slot_.emplace(std::move(slot));
+    context_owner_ = std::move(context_owner);
+  }
+  ConnectionSlot take_slot() {
+    ConnectionSlot slot(std::move(slot_.value()));
+    slot_.reset();
+    return slot;
   }
 
  private:
   const LimitsConfig& limits() const { return ctx_.config.limits; }
+
+  // Room for what has arrived, so that a whole WS-Man request (head and
+  // envelope) is one read. Beast reads into the buffer's free capacity, 512
+  // bytes at first: a 4 KiB envelope took five reads and its body was
+  // spliced (strace of WS-Man keep-alive: 5 recvfrom, 4 splice and a
+  // QUICKACK per request). Sized to what arrived rather than a fixed 16 KiB,
+  // which cost 10,000 idle keep-alive clients about 0.5 KiB each in hostd
+  // afterwards (freed buffers fragment the heap). Given back when the
+  // request is done.
+  void reserve_request_read(std::size_t arrived) {
+    buffer_.reserve(std::clamp(arrived, min_request_read, max_request_read));
+  }
 
   // Past the connection's deadline the client socket closes, so whatever is
   // pending on it ends.
@@ -465,6 +499,14 @@ class ClientConnection {
   std::unique_ptr<Channel> private_;
   BodyChunks chunks_;
   bool response_cut_ = false;  // an exchange ended mid-response: no orderly close
+  // Held while the connection lives, wherever it waits (see park()): its
+  // place under max_connections, and what ctx_ refers to.
+  std::shared_ptr<const void> context_owner_;
+  std::optional<ConnectionSlot> slot_;
+  // Parked between requests (see park()): registered to be closed on a stop.
+  bool parked_ = false;
+  error_code wake_error_;
+  std::optional<IdleConnections::Waiting> waiting_;
 };
 
 // A tunnel, to its end: the relay, then the record, the channel and the
@@ -537,13 +579,23 @@ Identity listener_identity(const ListenerConfig& listener, const Stream& socket)
   return identity;
 }
 
-awaitable<void> serve_client(Stream client, const ConnectionContext& context, std::uint64_t id,
-                             ConnectionSlot slot) {
+namespace {
+
+// A new connection's TLS handshake and identity, in a frame of its own: the
+// caller's frame lives as long as the connection, and GCC gives every local
+// of a coroutine a place in its frame for the whole of its life, so this
+// part held there (its stream, peer, identity and handshake state beside the
+// connection's own) cost each idle keep-alive client about 1 KiB (heaptrack,
+// 3,000 idle clients, see bench/idle_connections.py). Null: no connection
+// (logged).
+awaitable<std::unique_ptr<ClientConnection>> open_connection(Stream client,
+                                                             const ConnectionContext& context,
+                                                             std::uint64_t id) {
   std::string peer = transport::describe_peer(client);
   std::optional<ClientStream> stream;
   if (context.tls) {
     stream = co_await accept_tls(std::move(client), *context.tls, id, context.listener.name, peer);
-    if (!stream) co_return;
+    if (!stream) co_return nullptr;
   } else {
     stream.emplace(std::move(client));
   }
@@ -557,23 +609,58 @@ awaitable<void> serve_client(Stream client, const ConnectionContext& context, st
         .kv("client", peer)
         .kv("reason", "client certificate has no DNS or URI SAN and no CN");
     co_await stream->close(false, close_limit(context));
+    co_return nullptr;
+  }
+  co_return std::make_unique<ClientConnection>(std::move(*stream), context, id, std::move(peer),
+                                               std::move(identity));
+}
+
+awaitable<void> drive(std::unique_ptr<ClientConnection> connection);
+
+// An idle keep-alive connection waits for its next request as a pending
+// readiness wait whose handler holds the connection, and nothing else: no
+// coroutine frame. When the socket is readable (or the wait fails) a
+// coroutine takes the connection again. Measured with
+// bench/idle_connections.py (8,000 idle keep-alive clients, hostd RSS):
+// 4.8 KiB per client while its coroutines (the spawned thread, the
+// connection's, and the request loop's frames) waited, 3.3 KiB parked.
+void park(std::unique_ptr<ClientConnection> connection) {
+  Stream& socket = connection->socket();
+  socket.async_wait(Stream::wait_read, [connection = std::move(connection)](error_code ec) mutable {
+    connection->woken(ec);
+    const std::uint64_t id = connection->id();
+    std::string listener = connection->listener_name();
+    auto executor = connection->socket().get_executor();
+    asio::co_spawn(executor, drive(std::move(connection)),
+                   [id, listener = std::move(listener)](std::exception_ptr e) {
+                     if (!e) return;
+                     log::error("connection_failed")
+                         .kv("conn", static_cast<unsigned long long>(id))
+                         .kv("listener", listener)
+                         .kv("error", log::describe(e));
+                   });
+  });
+}
+
+// Runs the connection until it ends, parks, or becomes a tunnel.
+awaitable<void> drive(std::unique_ptr<ClientConnection> connection) {
+  std::unique_ptr<EstablishedTunnel> tunnel;
+  if (co_await connection->run(tunnel) == ClientConnection::Turn::idle) {
+    park(std::move(connection));
     co_return;
   }
-  std::unique_ptr<EstablishedTunnel> tunnel;
-  {
-    ClientConnection connection(std::move(*stream), context, id, std::move(peer),
-                                std::move(identity));
-    co_await connection.run(tunnel);
-  }
   if (!tunnel) co_return;
+  const auto idle = connection->context().config.limits.idle_timeout;
+  const auto close_within = close_limit(connection->context());
+  ConnectionSlot slot = connection->take_slot();
+  connection.reset();
   // One coroutine for the tunnel's life, holding only what the tunnel needs;
   // this one ends now. (Measured with bench/idle_connections.py, 10,000 idle
   // CONNECT tunnels: hostd 5.7 KiB per tunnel while the connection's
   // coroutine awaited the relay, 3.9 KiB with the tunnel in its own.)
+  const std::uint64_t id = tunnel->record.conn;
   auto executor = tunnel->client.get_executor();
-  asio::co_spawn(executor,
-                 run_tunnel(std::move(*tunnel), std::move(slot), context.config.limits.idle_timeout,
-                            close_limit(context)),
+  asio::co_spawn(executor, run_tunnel(std::move(*tunnel), std::move(slot), idle, close_within),
                  [id](std::exception_ptr e) {
                    if (e) {
                      log::error("tunnel_failed")
@@ -581,6 +668,17 @@ awaitable<void> serve_client(Stream client, const ConnectionContext& context, st
                          .kv("error", log::describe(e));
                    }
                  });
+}
+
+}  // namespace
+
+awaitable<void> serve_client(Stream client, const ConnectionContext& context,
+                             std::shared_ptr<const void> context_owner, std::uint64_t id,
+                             ConnectionSlot slot) {
+  auto connection = co_await open_connection(std::move(client), context, id);
+  if (!connection) co_return;
+  connection->hold(std::move(slot), std::move(context_owner));
+  co_await drive(std::move(connection));
 }
 
 }  // namespace vmgate::hostd

@@ -64,7 +64,11 @@ Identity listener_identity(const ListenerConfig& listener, const Stream& socket)
 // handshake comes first, within tls.handshake_timeout, and a client it fails
 // for is logged with the reason and closed. Never throws for anything a
 // client or guest does. `id` names the connection in records.
-awaitable<void> serve_client(Stream client, const ConnectionContext& context, std::uint64_t id,
+// `context_owner` keeps what `context` refers to while the connection lives:
+// between requests the connection waits outside this coroutine (which then
+// returns), and holds it there.
+awaitable<void> serve_client(Stream client, const ConnectionContext& context,
+                             std::shared_ptr<const void> context_owner, std::uint64_t id,
                              ConnectionSlot slot);
 
 }  // namespace vmgate::hostd

@@ -196,9 +196,10 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
         running,
         ConnectionContext{config, config.listeners[listener.index], directory_, running->policy,
                           budget_, metrics_, pool_, listener.tls.get(), tokens_, idle_}});
-    auto connection = listener.config.mode == ListenerMode::passthrough
-                          ? serve_passthrough(std::move(socket), kept->context, id, std::move(slot))
-                          : serve_client(std::move(socket), kept->context, id, std::move(slot));
+    auto connection =
+        listener.config.mode == ListenerMode::passthrough
+            ? serve_passthrough(std::move(socket), kept->context, id, std::move(slot))
+            : serve_client(std::move(socket), kept->context, kept, id, std::move(slot));
     // The connection's coroutine owns it to its end; this handler only hears
     // of an end nothing expected (an exception), once, with its id.
     asio::co_spawn(executor, keeping(std::move(kept), std::move(connection)),
