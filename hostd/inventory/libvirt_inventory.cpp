@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -277,6 +278,7 @@ struct LibvirtInventory::Impl {
   void refresh_domain(const std::string& uuid);
   void disconnect();
   bool wait_or_stop(std::chrono::milliseconds delay);  // true when stopping
+  std::chrono::milliseconds jittered(std::chrono::milliseconds delay);
 
   void mark_pending(virDomainPtr domain);
   static int on_lifecycle(virConnectPtr, virDomainPtr domain, int, int, void* opaque);
@@ -289,6 +291,7 @@ struct LibvirtInventory::Impl {
   DirectoryFeed& directory;
   InventoryStats& stats;
   std::thread thread;
+  std::minstd_rand random{std::random_device{}()};  // the inventory thread's, for jitter
 
   // Only the inventory thread touches the connection and its callback ids.
   virConnectPtr connection = nullptr;
@@ -306,17 +309,38 @@ struct LibvirtInventory::Impl {
   std::set<std::string> pending;  // UUIDs named by events, not yet re-read
 };
 
+// The directory keeps its last view while libvirt is away: requests go on
+// being routed from it, and the resynchronisation after the reconnect puts
+// right what changed meanwhile (a domain defined, another undefined).
 void LibvirtInventory::Impl::run() {
   auto delay = options.reconnect_min;
   while (!stopping) {
-    if (connect() && synchronise()) {
+    const bool followed = connect() && synchronise();
+    if (followed) {
       delay = options.reconnect_min;
       follow_events();
     }
     disconnect();
-    if (wait_or_stop(delay)) break;
+    if (stopping) break;
+    const auto wait = jittered(delay);
+    if (followed) {
+      log::warn("libvirt_disconnected")
+          .kv("uri", options.uri)
+          .kv("reason", closed ? close_reason_name(close_reason) : "event loop failed")
+          .kv("retry_ms", static_cast<long long>(wait.count()));
+    }
+    if (wait_or_stop(wait)) break;
     delay = std::min(delay * 2, options.reconnect_max);
   }
+}
+
+// Between half the delay and all of it ("equal jitter"): hostds that lost a
+// daemon together (a shared remote URI, hosts upgraded at once) spread their
+// reconnects instead of arriving in step at each doubling.
+std::chrono::milliseconds LibvirtInventory::Impl::jittered(std::chrono::milliseconds delay) {
+  std::uniform_int_distribution<std::chrono::milliseconds::rep> spread(delay.count() / 2,
+                                                                       delay.count());
+  return std::chrono::milliseconds(spread(random));
 }
 
 bool LibvirtInventory::Impl::connect() {
@@ -408,11 +432,6 @@ void LibvirtInventory::Impl::follow_events() {
       return;
     }
     refresh_pending_domains();
-  }
-  if (closed) {
-    log::warn("libvirt_connection_lost")
-        .kv("uri", options.uri)
-        .kv("reason", close_reason_name(close_reason));
   }
 }
 
