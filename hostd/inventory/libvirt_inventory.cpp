@@ -10,7 +10,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -22,6 +21,7 @@
 
 #include "common/log.hpp"
 #include "hostd/inventory/domain_xml.hpp"
+#include "hostd/inventory/reconnect_backoff.hpp"
 
 namespace vmgate::hostd {
 namespace {
@@ -278,7 +278,6 @@ struct LibvirtInventory::Impl {
   void refresh_domain(const std::string& uuid);
   void disconnect();
   bool wait_or_stop(std::chrono::milliseconds delay);  // true when stopping
-  std::chrono::milliseconds jittered(std::chrono::milliseconds delay);
 
   void mark_pending(virDomainPtr domain);
   static int on_lifecycle(virConnectPtr, virDomainPtr domain, int, int, void* opaque);
@@ -291,7 +290,6 @@ struct LibvirtInventory::Impl {
   DirectoryFeed& directory;
   InventoryStats& stats;
   std::thread thread;
-  std::minstd_rand random{std::random_device{}()};  // the inventory thread's, for jitter
 
   // Only the inventory thread touches the connection and its callback ids.
   virConnectPtr connection = nullptr;
@@ -313,16 +311,16 @@ struct LibvirtInventory::Impl {
 // being routed from it, and the resynchronisation after the reconnect puts
 // right what changed meanwhile (a domain defined, another undefined).
 void LibvirtInventory::Impl::run() {
-  auto delay = options.reconnect_min;
+  ReconnectBackoff backoff(options.reconnect_min, options.reconnect_max);
   while (!stopping) {
     const bool followed = connect() && synchronise();
     if (followed) {
-      delay = options.reconnect_min;
+      backoff.reset();
       follow_events();
     }
     disconnect();
     if (stopping) break;
-    const auto wait = jittered(delay);
+    const auto wait = backoff.next();
     if (followed) {
       log::warn("libvirt_disconnected")
           .kv("uri", options.uri)
@@ -330,17 +328,7 @@ void LibvirtInventory::Impl::run() {
           .kv("retry_ms", static_cast<long long>(wait.count()));
     }
     if (wait_or_stop(wait)) break;
-    delay = std::min(delay * 2, options.reconnect_max);
   }
-}
-
-// Between half the delay and all of it ("equal jitter"): hostds that lost a
-// daemon together (a shared remote URI, hosts upgraded at once) spread their
-// reconnects instead of arriving in step at each doubling.
-std::chrono::milliseconds LibvirtInventory::Impl::jittered(std::chrono::milliseconds delay) {
-  std::uniform_int_distribution<std::chrono::milliseconds::rep> spread(delay.count() / 2,
-                                                                       delay.count());
-  return std::chrono::milliseconds(spread(random));
 }
 
 bool LibvirtInventory::Impl::connect() {
