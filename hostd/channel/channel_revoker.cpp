@@ -1,6 +1,7 @@
 #include "hostd/channel/channel_revoker.hpp"
 
 #include <map>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -62,19 +63,23 @@ void ChannelRevoker::changed(const DirectoryChange& change) {
       now.emplace(uuid, std::move(lookup.vm));
     }
   }
+  std::set<std::string> left;  // the names of the VMs whose channels go, for the log
   auto gone = [&](const ChannelKey& key) -> std::optional<std::string> {
     auto it = now.find(key.uuid);
-    if (it == now.end()) {
-      // Not among the changed VMs; in a full resynchronisation, not there at all.
-      if (!change.everything) return std::nullopt;
-      return channel_gone(key, nullptr);
-    }
-    return channel_gone(key, it->second ? &*it->second : nullptr);
+    // Not among the changed VMs, it stays; in a full resynchronisation, it is gone.
+    if (it == now.end() && !change.everything) return std::nullopt;
+    auto why = channel_gone(key, it != now.end() && it->second ? &*it->second : nullptr);
+    if (why) left.insert(key.name);
+    return why;
   };
   const std::size_t cut = live_.revoke_if(gone);
   const std::size_t dropped = pool_ ? pool_->drop_if(gone) : 0;
   if (cut > 0 || dropped > 0) {
+    std::string names;
+    for (const auto& name : left)
+      names += (names.empty() ? "" : ",") + name;
     log::info("vm_channels_revoked")
+        .kv("vms", names)
         .kv("in_use", cut)
         .kv("idle", dropped)
         .kv("resync", change.everything ? "yes" : "no");

@@ -180,8 +180,10 @@ def request_line(lab, **match):
 
 
 def assert_cut_within_a_second(lab, record_line, revoked_from):
-    revoked = [l for l in lab.hostd.lines()[revoked_from:] if "event=vm_channels_revoked" in l]
-    assert revoked, "hostd logged no revocation"
+    vm = parse_kv(record_line)["vm"]
+    revoked = [l for l in lab.hostd.lines()[revoked_from:] if "event=vm_channels_revoked" in l
+               and vm in parse_kv(l)["vms"].split(",")]
+    assert revoked, "hostd logged no revocation of %s's channels" % vm
     assert log_time(record_line) - log_time(revoked[0]) < CUT_WITHIN, (revoked[0], record_line)
 
 
