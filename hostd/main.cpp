@@ -22,6 +22,8 @@
 #include "hostd/admin/readiness.hpp"
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_pool.hpp"
+#include "hostd/channel/channel_revoker.hpp"
+#include "hostd/channel/live_channels.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
 #include "hostd/identity/tls_server.hpp"
@@ -88,6 +90,9 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   // Declared before the io_contexts: a connection's frame, destroyed with
   // them, leaves it as it ends.
   hostd::IdleConnections idle_connections;
+  // Likewise: an exchange's or tunnel's watch of its channel ends with it.
+  hostd::LiveChannels live_channels(
+      [&directory](const hostd::ChannelKey& key) { return hostd::channel_gone(key, directory); });
   asio::io_context io{1};
   std::vector<std::unique_ptr<asio::io_context>> more_io;
   std::vector<asio::any_io_executor> session_executors{io.get_executor()};
@@ -101,8 +106,11 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   hostd::ChannelPool channel_pool(io.get_executor(), config.channel);
   metrics.set_channel_pool(&channel_pool.stats());
   metrics.set_channel_budget(&channel_budget);
+  // A VM that stops, vanishes or takes a new CID loses its channels, in use
+  // and idle, as the directory hears of it (channel/channel_revoker.hpp).
+  hostd::ChannelRevoker revoker(directory, live_channels, &channel_pool);
   hostd::Server server(io, current, directory, channel_budget, &metrics, &channel_pool,
-                       session_executors, tokens, &idle_connections);
+                       session_executors, tokens, &idle_connections, &live_channels);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {

@@ -162,6 +162,28 @@ bool ChannelPool::evict_one(const std::string& uuid) {
   return true;
 }
 
+std::size_t ChannelPool::drop_if(
+    const std::function<std::optional<std::string>(const ChannelKey&)>& gone) {
+  std::vector<Channel> dropped;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = idle_.begin(); it != idle_.end();) {
+      if (!gone(it->first)) {
+        ++it;
+        continue;
+      }
+      for (auto& e : it->second)
+        dropped.push_back(std::move(e.channel));
+      stats_.idle -= it->second.size();
+      it = idle_.erase(it);
+    }
+  }
+  stats_.revoked += dropped.size();
+  const std::size_t n = dropped.size();
+  close_all(dropped);
+  return n;
+}
+
 void ChannelPool::sweep(clock::time_point now) {
   // Every entry leaves the pool for the check, made outside the lock; the
   // live ones go back in front of whatever was returned meanwhile, which is

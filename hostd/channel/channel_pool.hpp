@@ -25,6 +25,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -50,6 +51,7 @@ struct ChannelPoolStats {
   std::atomic<std::uint64_t> closed{0};   // the peer closed it (or sent bytes) while idle
   std::atomic<std::uint64_t> full{0};     // returned when max_idle were already idle
   std::atomic<std::uint64_t> evicted{0};  // closed to make room for another port of its VM
+  std::atomic<std::uint64_t> revoked{0};  // closed because their VM went away
 };
 
 class ChannelPool {
@@ -75,6 +77,10 @@ class ChannelPool {
   // Closes the longest idle channel of one VM (any agent port), to make room
   // for a channel to another port of it; false when it has none idle.
   bool evict_one(const std::string& uuid);
+  // Closes every idle channel whose key `gone` gives a reason for (its VM
+  // stopped, vanished or took a new CID: channel_revoker.hpp); returns how
+  // many. Callable from any thread; `gone` runs under the pool's lock.
+  std::size_t drop_if(const std::function<std::optional<std::string>(const ChannelKey&)>& gone);
   // Closes expired and dead entries; the periodic sweep calls it.
   void sweep(clock::time_point now = clock::now());
 

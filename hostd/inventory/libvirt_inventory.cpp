@@ -21,6 +21,7 @@
 
 #include "common/log.hpp"
 #include "hostd/inventory/domain_xml.hpp"
+#include "hostd/inventory/reconnect_backoff.hpp"
 
 namespace vmgate::hostd {
 namespace {
@@ -306,16 +307,27 @@ struct LibvirtInventory::Impl {
   std::set<std::string> pending;  // UUIDs named by events, not yet re-read
 };
 
+// The directory keeps its last view while libvirt is away: requests go on
+// being routed from it, and the resynchronisation after the reconnect puts
+// right what changed meanwhile (a domain defined, another undefined).
 void LibvirtInventory::Impl::run() {
-  auto delay = options.reconnect_min;
+  ReconnectBackoff backoff(options.reconnect_min, options.reconnect_max);
   while (!stopping) {
-    if (connect() && synchronise()) {
-      delay = options.reconnect_min;
+    const bool followed = connect() && synchronise();
+    if (followed) {
+      backoff.reset();
       follow_events();
     }
     disconnect();
-    if (wait_or_stop(delay)) break;
-    delay = std::min(delay * 2, options.reconnect_max);
+    if (stopping) break;
+    const auto wait = backoff.next();
+    if (followed) {
+      log::warn("libvirt_disconnected")
+          .kv("uri", options.uri)
+          .kv("reason", closed ? close_reason_name(close_reason) : "event loop failed")
+          .kv("retry_ms", static_cast<long long>(wait.count()));
+    }
+    if (wait_or_stop(wait)) break;
   }
 }
 
@@ -408,11 +420,6 @@ void LibvirtInventory::Impl::follow_events() {
       return;
     }
     refresh_pending_domains();
-  }
-  if (closed) {
-    log::warn("libvirt_connection_lost")
-        .kv("uri", options.uri)
-        .kv("reason", close_reason_name(close_reason));
   }
 }
 

@@ -3,8 +3,11 @@
 // libvirt calls block, so all of them happen on the inventory's own thread,
 // which also runs libvirt's default event loop, and, while it synchronises,
 // on a few reader threads it starts and joins, sharing its connection. On
-// start it lists every domain, then follows lifecycle events; if the
-// connection closes it reconnects with backoff and resynchronises.
+// start it lists every domain, then follows lifecycle events. If the
+// connection closes (libvirtd restarted: its close callback, or keepalive
+// for a daemon that hangs), the directory keeps its last view, and the
+// inventory reconnects with exponential, jittered backoff (reconnect_min_ms
+// doubling up to reconnect_max_ms) and resynchronises in full.
 //
 // One inventory per process: libvirt's default event loop is process-wide,
 // and a second thread running it could dispatch this inventory's events.

@@ -15,6 +15,7 @@
 #include "common/transport.hpp"
 #include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/channel/live_channels.hpp"
 #include "hostd/identity/proxy_credentials.hpp"
 #include "hostd/proxy/connection_auth.hpp"
 #include "hostd/proxy/error_response.hpp"
@@ -439,13 +440,35 @@ class ClientConnection {
                         .deadline = deadline_,
                         .chunks = chunks_,
                         .limits = limits()};
-      ExchangeOutcome outcome = co_await run_exchange(ends, request, rec, admitted.destination.vm);
+      ExchangeOutcome outcome;
+      {
+        // Closed under the exchange if its VM goes away meanwhile.
+        const ChannelWatch watch(ctx_.live, channel->key, channel->stream, &client_.socket());
+        outcome = co_await run_exchange(ends, request, rec, admitted.destination.vm);
+        if (watch.revoked()) vm_went_away(rec, outcome, watch.why());
+      }
       // A kept channel the agent closed at that moment fails before any
       // answer; a request without a body can safely go again on a new one.
       if (outcome.end == ExchangeEnd::channel_failed && rec.reused_channel && !request.has_body &&
           attempt == 0)
         continue;
       co_return co_await conclude(rec, request, std::move(*channel), outcome);
+    }
+  }
+
+  // The exchange's channel was closed because its VM stopped, vanished or
+  // took a new CID: a response under way was cut (the client sees it end
+  // short), and one not started is answered 503, not retried.
+  static void vm_went_away(RequestRecord& rec, ExchangeOutcome& outcome, const std::string& why) {
+    rec.aborted = aborted_vm_stopped;
+    rec.reason = why;
+    if (outcome.answered()) {
+      outcome.end = ExchangeEnd::close_both;
+    } else {
+      // Not client_gone even if a read from the client was cancelled with
+      // the channel: the client is still there to be told.
+      outcome.end = ExchangeEnd::refused;
+      outcome.refusal = Refusal{503, why};
     }
   }
 
@@ -513,8 +536,16 @@ class ClientConnection {
 // client connection, in that order (EstablishedTunnel). The connection's slot
 // is held until then.
 awaitable<void> run_tunnel(EstablishedTunnel tunnel, [[maybe_unused]] ConnectionSlot slot,
-                           std::chrono::milliseconds idle, std::chrono::milliseconds close_within) {
-  RelayResult relayed = co_await relay_tunnel(tunnel.client, tunnel.tunnel.stream, idle);
+                           std::chrono::milliseconds idle, std::chrono::milliseconds close_within,
+                           LiveChannels* live) {
+  RelayResult relayed;
+  {
+    // Closed under the relay if its VM goes away meanwhile.
+    const ChannelWatch watch(live, tunnel.tunnel.key, tunnel.tunnel.stream,
+                             &tunnel.client.socket());
+    relayed = co_await relay_tunnel(tunnel.client, tunnel.tunnel.stream, idle);
+    if (watch.revoked()) note_vm_gone(tunnel.record, relayed, watch.why());
+  }
   note_relayed(tunnel.record, relayed);
   co_await tunnel.client.close(!relayed.error && !relayed.idle_timeout, close_within);
 }
@@ -652,6 +683,7 @@ awaitable<void> drive(std::unique_ptr<ClientConnection> connection) {
   if (!tunnel) co_return;
   const auto idle = connection->context().config.limits.idle_timeout;
   const auto close_within = close_limit(connection->context());
+  LiveChannels* live = connection->context().live;
   ConnectionSlot slot = connection->take_slot();
   connection.reset();
   // One coroutine for the tunnel's life, holding only what the tunnel needs;
@@ -660,7 +692,8 @@ awaitable<void> drive(std::unique_ptr<ClientConnection> connection) {
   // coroutine awaited the relay, 3.9 KiB with the tunnel in its own.)
   const std::uint64_t id = tunnel->record.conn;
   auto executor = tunnel->client.get_executor();
-  asio::co_spawn(executor, run_tunnel(std::move(*tunnel), std::move(slot), idle, close_within),
+  asio::co_spawn(executor,
+                 run_tunnel(std::move(*tunnel), std::move(slot), idle, close_within, live),
                  [id](std::exception_ptr e) {
                    if (e) {
                      log::error("tunnel_failed")

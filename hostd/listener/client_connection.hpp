@@ -13,6 +13,7 @@
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_budget.hpp"
 #include "hostd/channel/channel_pool.hpp"
+#include "hostd/channel/live_channels.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/identity/tls_server.hpp"
@@ -33,6 +34,7 @@ struct ConnectionContext {
   const TlsServer* tls = nullptr;     // null: the listener is plaintext
   const TokenFile* tokens = nullptr;  // set for a listener with identity = "token"
   IdleConnections* idle = nullptr;    // null: not closed early on SIGTERM (tests)
+  LiveChannels* live = nullptr;       // null: channels in use are not cut when their VM goes
 };
 
 // A connection's place under max_connections, given back when the

@@ -13,6 +13,7 @@
 #include "common/transport.hpp"
 #include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/channel/live_channels.hpp"
 #include "hostd/proxy/request_record.hpp"
 #include "hostd/proxy/tunnel.hpp"
 #include "hostd/route/client_hello.hpp"
@@ -72,9 +73,14 @@ class PassthroughConnection {
     if (!channel) co_return refuse(rec, channel.error());
     Tunnel tunnel(ctx_.metrics, std::move(*channel));
     rec.status = 200;
-    if (co_await replay(hello, tunnel, rec)) {
-      RelayResult relayed = co_await relay(client_, tunnel.stream, limits().idle_timeout);
-      note_relayed(rec, relayed);
+    {
+      // Closed under the relay if its VM goes away meanwhile.
+      const ChannelWatch watch(ctx_.live, tunnel.key, tunnel.stream, &client_);
+      if (co_await replay(hello, tunnel, rec)) {
+        RelayResult relayed = co_await relay(client_, tunnel.stream, limits().idle_timeout);
+        if (watch.revoked()) note_vm_gone(rec, relayed, watch.why());
+        note_relayed(rec, relayed);
+      }
     }
     close();
     // As for a CONNECT tunnel (proxy/tunnel.hpp): the record is written

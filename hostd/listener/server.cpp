@@ -45,7 +45,7 @@ awaitable<void> keeping([[maybe_unused]] std::shared_ptr<const SnapshotContext> 
 Server::Server(asio::io_context& io, const CurrentConfig& current, const Directory& directory,
                ChannelBudget& budget, HostdMetrics* metrics, ChannelPool* pool,
                std::vector<asio::any_io_executor> session_executors, const TokenFile* tokens,
-               IdleConnections* idle)
+               IdleConnections* idle, LiveChannels* live)
     : io_(io),
       current_(current),
       directory_(directory),
@@ -54,7 +54,8 @@ Server::Server(asio::io_context& io, const CurrentConfig& current, const Directo
       pool_(pool),
       session_executors_(std::move(session_executors)),
       tokens_(tokens),
-      idle_(idle) {
+      idle_(idle),
+      live_(live) {
   if (session_executors_.empty()) session_executors_.push_back(io_.get_executor());
 }
 
@@ -195,7 +196,7 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     auto kept = std::make_shared<const SnapshotContext>(SnapshotContext{
         running,
         ConnectionContext{config, config.listeners[listener.index], directory_, running->policy,
-                          budget_, metrics_, pool_, listener.tls.get(), tokens_, idle_}});
+                          budget_, metrics_, pool_, listener.tls.get(), tokens_, idle_, live_}});
     auto connection =
         listener.config.mode == ListenerMode::passthrough
             ? serve_passthrough(std::move(socket), kept->context, id, std::move(slot))

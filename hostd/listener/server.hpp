@@ -9,6 +9,7 @@
 #include "common/asio.hpp"
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_pool.hpp"
+#include "hostd/channel/live_channels.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/identity/token_file.hpp"
@@ -27,7 +28,8 @@ class Server {
   Server(asio::io_context& io, const CurrentConfig& current, const Directory& directory,
          ChannelBudget& budget, HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
          std::vector<asio::any_io_executor> session_executors = {},
-         const TokenFile* tokens = nullptr, IdleConnections* idle = nullptr);
+         const TokenFile* tokens = nullptr, IdleConnections* idle = nullptr,
+         LiveChannels* live = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener on failure.
   void start();
@@ -56,6 +58,7 @@ class Server {
   std::vector<asio::any_io_executor> session_executors_;
   const TokenFile* tokens_;
   IdleConnections* idle_;
+  LiveChannels* live_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Shared with the connections (ConnectionSlot): one may end, and give its
   // slot back, while the server itself is being torn down.

@@ -104,13 +104,14 @@ struct HostdMetrics::Impl {
       prom::BuildCounter()
           .Name("vmgate_channel_pool_discarded_total")
           .Help(
-              "Idle channels closed instead of reused: expired, closed by the peer, or "
-              "returned to a full pool")
+              "Idle channels closed instead of reused: expired, closed by the peer, "
+              "returned to a full pool, or their VM went away")
           .Register(registry);
   prom::Counter& pool_expired = pool_discarded_family.Add({{"reason", "expired"}});
   prom::Counter& pool_closed = pool_discarded_family.Add({{"reason", "closed"}});
   prom::Counter& pool_full = pool_discarded_family.Add({{"reason", "full"}});
   prom::Counter& pool_evicted = pool_discarded_family.Add({{"reason", "evicted"}});
+  prom::Counter& pool_vm_gone = pool_discarded_family.Add({{"reason", "vm_gone"}});
 
   // Read from the channel budget at scrape time.
   const ChannelBudget* budget = nullptr;
@@ -190,6 +191,7 @@ struct HostdMetrics::Impl {
   std::uint64_t seen_closed = 0;
   std::uint64_t seen_full = 0;
   std::uint64_t seen_evicted = 0;
+  std::uint64_t seen_vm_gone = 0;
   std::uint64_t seen_granted = 0;
   std::uint64_t seen_timed_out = 0;
   std::uint64_t seen_refused = 0;
@@ -242,6 +244,7 @@ struct HostdMetrics::Impl {
       add_new(pool_closed, pool->closed.load(), seen_closed);
       add_new(pool_full, pool->full.load(), seen_full);
       add_new(pool_evicted, pool->evicted.load(), seen_evicted);
+      add_new(pool_vm_gone, pool->revoked.load(), seen_vm_gone);
     }
     if (budget != nullptr) {
       const ChannelBudgetStats& b = budget->stats();

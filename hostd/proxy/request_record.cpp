@@ -18,6 +18,7 @@ RequestRecord::RequestRecord(RequestRecord&& other) noexcept
       port(other.port),
       status(other.status),
       reason(std::move(other.reason)),
+      aborted(other.aborted),
       reused_channel(other.reused_channel),
       bytes_in(other.bytes_in),
       bytes_out(other.bytes_out),
@@ -49,6 +50,7 @@ RequestRecord::~RequestRecord() {
         .kv("ms", static_cast<long long>(ms));
     if (reused_channel) line.kv("channel", "reused");
     if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
+    if (!aborted.empty()) line.kv("aborted", aborted);
     if (!reason.empty()) line.kv("reason", reason);
   }
   if (metrics) {

@@ -18,6 +18,10 @@
 
 namespace vmgate::hostd {
 
+// Why a request that had reached its agent was cut short, logged as
+// `aborted=VALUE`: its VM stopped, vanished or took a new CID under it.
+inline constexpr std::string_view aborted_vm_stopped = "vm_stopped";
+
 struct RequestRecord {
   using clock = std::chrono::steady_clock;
 
@@ -45,6 +49,7 @@ struct RequestRecord {
   unsigned port = 0;
   unsigned status = 0;
   std::string reason;
+  std::string_view aborted;  // empty, or one of the aborted_* values above
   bool reused_channel = false;
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;

@@ -29,6 +29,12 @@ awaitable<bool> establish_tunnel(ClientStream& client, boost::beast::flat_buffer
   co_return true;
 }
 
+void note_vm_gone(RequestRecord& record, RelayResult& relayed, const std::string& why) {
+  record.aborted = aborted_vm_stopped;
+  record.reason = why;
+  if (!relayed.error) relayed.error = asio::error::operation_aborted;
+}
+
 void note_relayed(RequestRecord& record, const RelayResult& relayed) {
   record.bytes_in += relayed.a_to_b;
   record.bytes_out += relayed.b_to_a;

@@ -20,11 +20,15 @@ namespace vmgate::hostd {
 // more (no parser, route or VM record), so an idle one costs little.
 struct Tunnel {
   Tunnel(HostdMetrics* metrics, Channel&& channel)
-      : gauge(metrics), stream(std::move(channel.stream)), early(std::move(channel.buffer)) {}
+      : gauge(metrics),
+        stream(std::move(channel.stream)),
+        early(std::move(channel.buffer)),
+        key(std::move(channel.key)) {}
 
   OpenTunnel gauge;
   Stream stream;
   boost::beast::flat_buffer early;  // agent bytes that came with guestd's answer
+  ChannelKey key;                   // the VM it leads to, to close it if the VM goes
 };
 
 // A tunnel with the client connection it belongs to, once the request that
@@ -46,5 +50,9 @@ awaitable<bool> establish_tunnel(ClientStream& client, boost::beast::flat_buffer
 
 // What the relay of a tunnel (common/relay.hpp) did, into its record.
 void note_relayed(RequestRecord& record, const RelayResult& relayed);
+
+// The tunnel's channel was closed because its VM went away (`why`): the
+// record says so, and the client's end is not an orderly one.
+void note_vm_gone(RequestRecord& record, RelayResult& relayed, const std::string& why);
 
 }  // namespace vmgate::hostd

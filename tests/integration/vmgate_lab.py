@@ -636,7 +636,7 @@ class SessionLibvirtd:
         os.chmod(self.dir, 0o755)
         for sub in ("home", "run", "cfg"):
             d = os.path.join(self.dir, sub)
-            os.mkdir(d, 0o700)
+            os.makedirs(d, 0o700, exist_ok=True)  # a restart reuses them
             os.chown(d, nobody.pw_uid, nobody.pw_gid)
         self.socket = os.path.join(self.dir, "run", "libvirt", "libvirt-sock")
         self.uri = "test+unix:///default?socket=" + self.socket
@@ -658,6 +658,14 @@ class SessionLibvirtd:
         r = subprocess.run(["virsh", "-c", self.uri, "uri"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=10)
         return r.returncode == 0
+
+    def kill(self):
+        """SIGKILL, as a crash would: clients see their connection drop. The
+        dir stays, so start() brings up a new daemon on the same socket, with
+        the test driver's default state (every domain defined since is gone)."""
+        if self.process:
+            self.process.kill()
+            self.process = None
 
     def virsh(self, *args, check=True):
         r = subprocess.run(["virsh", "-c", self.uri, *args], stdout=subprocess.PIPE,
