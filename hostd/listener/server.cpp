@@ -9,6 +9,7 @@
 #include "common/log.hpp"
 #include "common/transport.hpp"
 #include "hostd/listener/client_connection.hpp"
+#include "hostd/listener/descriptor_reserve.hpp"
 #include "hostd/listener/passthrough.hpp"
 
 namespace vmgate::hostd {
@@ -166,16 +167,20 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
   // it needs no strand, and its socket is registered with this thread's reactor.
   asio::any_io_executor executor = acceptor.get_executor();
   asio::steady_timer backoff(executor);
+  DescriptorReserve reserve;  // hostd/listener/descriptor_reserve.hpp says why
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       // Out of descriptors or a transient network error: wait and go on, never exit.
-      log::warn("accept_failed").kv("listener", listener.config.name).kv("error", ec.message());
-      backoff.expires_after(std::chrono::milliseconds(100));
+      if (reserve.refuse_at_limit(ec, acceptor, listener.config.name)) continue;
+      if (!DescriptorReserve::exhausted(ec))
+        log::warn("accept_failed").kv("listener", listener.config.name).kv("error", ec.message());
+      backoff.expires_after(accept_pause);
       co_await backoff.async_wait(use_tuple);
       continue;
     }
+    DescriptorReserve::accepted();
     auto running = current_.get();
     if (!take_connection_slot(running->config.limits)) {
       log::warn("connection_refused")
