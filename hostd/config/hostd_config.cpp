@@ -271,6 +271,16 @@ HostdConfig read(const Section& root) {
         s->get_ms("idle_timeout_ms", c.limits.idle_timeout, 100ms, 86'400'000ms);
     c.limits.max_connections = static_cast<std::uint32_t>(
         s->get_int("max_connections", c.limits.max_connections, 1, 1'000'000));
+    // Unset, each follows a smaller max_connections down.
+    c.limits.max_connections_per_client = static_cast<std::uint32_t>(s->get_int(
+        "max_connections_per_client",
+        std::min(c.limits.max_connections_per_client, c.limits.max_connections), 1, 1'000'000));
+    if (c.limits.max_connections_per_client > c.limits.max_connections)
+      s->fail("max_connections_per_client", "must not be larger than max_connections");
+    c.limits.max_tunnels = static_cast<std::uint32_t>(s->get_int(
+        "max_tunnels", std::min(c.limits.max_tunnels, c.limits.max_connections), 1, 1'000'000));
+    if (c.limits.max_tunnels > c.limits.max_connections)
+      s->fail("max_tunnels", "must not be larger than max_connections");
     c.limits.client_hello_bytes = static_cast<std::uint32_t>(
         s->get_int("client_hello_bytes", c.limits.client_hello_bytes, 512, 1024 * 1024));
     c.limits.client_hello_timeout =

@@ -117,6 +117,14 @@ struct LimitsConfig {
   std::chrono::milliseconds header_timeout{60'000};  // idle keep-alive + head arrival
   std::chrono::milliseconds idle_timeout{300'000};   // no progress during an exchange → 504
   std::uint32_t max_connections = 4096;              // client connections per hostd
+  // Of those, how many one client address may hold at once (tunnels
+  // included), so one client cannot take every slot: more are answered 429
+  // and closed. Loopback clients count too (a local proxy in front of hostd
+  // wants this raised).
+  std::uint32_t max_connections_per_client = 1024;
+  // CONNECT tunnels open at once, hostd-wide: each holds a channel to a
+  // guestd for as long as it is open; more are answered 503.
+  std::uint32_t max_tunnels = 2048;
   // A passthrough listener reads this much of a TLS ClientHello, within this
   // time, to find its SNI name; then the connection is closed.
   std::uint32_t client_hello_bytes = 16 * 1024;

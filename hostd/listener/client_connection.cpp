@@ -46,12 +46,13 @@ std::chrono::milliseconds close_limit(const ConnectionContext& context) {
 class ClientConnection {
  public:
   ClientConnection(ClientStream client, const ConnectionContext& context, std::uint64_t id,
-                   std::string peer, Identity identity)
+                   std::string peer, Identity identity, bool over_client_cap)
       : client_(std::move(client)),
         ctx_(context),
         id_(id),
         peer_(std::move(peer)),
         identity_(std::move(identity)),
+        over_client_cap_(over_client_cap),
         admission_{context.config.routing, context.config.channel, context.config.limits,
                    context.directory, context.policy},
         deadline_(client_.get_executor()) {}
@@ -184,6 +185,8 @@ class ClientConnection {
     RequestRecord& rec = start_record(record);
     auto& req = head.get();
     rec.method = std::string(req.method_string());
+    if (over_client_cap_)
+      co_return co_await refuse(rec, client_cap_refusal(), req.version(), false);
     const bool has_body = !head.is_done();
     // Before anything reads the head: framing hostd and the agent could read
     // differently never gets further, and a body is then never read.
@@ -227,6 +230,19 @@ class ClientConnection {
       co_return false;
     }
     co_return co_await forward(rec, *admitted, head);
+  }
+
+  // 429, not 503: it is this client's own use that is over, and it can do
+  // something about it (reuse its connections) while others are served
+  // (RFC 6585 §4). Its head is read first so that the answer is HTTP with a
+  // request id; then the connection closes (RFC 9112 §9.6), which gives its
+  // max_connections slot back.
+  Refusal client_cap_refusal() const {
+    const std::string who =
+        identity_.address ? identity_.address->to_string() : std::string("this client");
+    return Refusal{429, fmt::format("{} has {} connections open already "
+                                    "(limits.max_connections_per_client)",
+                                    who, limits().max_connections_per_client)};
   }
 
   // Sets the identity from the request's proxy credentials; the 407 when
@@ -379,6 +395,19 @@ class ClientConnection {
                               std::optional<Tunnel>& tunnel) {
     // The connection ends with the tunnel: a private channel has no use left.
     drop_private();
+    // 503: hostd-wide, not this client's doing (RFC 9110 §15.6.4); taken
+    // before the channel, so a refused CONNECT costs guestd nothing.
+    CapPlace place;
+    if (ctx_.caps) {
+      place = ctx_.caps->take_tunnel(limits().max_tunnels);
+      if (!place) {
+        Refusal refusal{503, fmt::format("hostd has {} CONNECT tunnels open already "
+                                         "(limits.max_tunnels)",
+                                         limits().max_tunnels)};
+        co_await refuse(rec, refusal, version, false);
+        co_return;
+      }
+    }
     const Destination& destination = admitted.destination;
     ChannelConnectTimer connect_timer(ctx_.metrics);
     auto channel = co_await open_channel(ctx_.config.channel, destination.vm, destination.address,
@@ -390,6 +419,7 @@ class ClientConnection {
       co_return;
     }
     tunnel.emplace(ctx_.metrics, std::move(*channel));
+    tunnel->place = std::move(place);
     if (!co_await establish_tunnel(client_, buffer_, *tunnel, rec)) tunnel.reset();
   }
 
@@ -512,6 +542,9 @@ class ClientConnection {
   const std::string peer_;
   // Per connection, except on a token listener, where each request sets it.
   Identity identity_;
+  // Its address had max_connections_per_client open already: its first
+  // request is answered 429, and the connection closes.
+  const bool over_client_cap_;
   const AdmissionContext admission_;
   // Client bytes read past the current head (pipelined requests, tunnel data);
   // it must outlive every read on the connection.
@@ -621,7 +654,8 @@ namespace {
 // (logged).
 awaitable<std::unique_ptr<ClientConnection>> open_connection(Stream client,
                                                              const ConnectionContext& context,
-                                                             std::uint64_t id) {
+                                                             std::uint64_t id,
+                                                             bool over_client_cap) {
   std::string peer = transport::describe_peer(client);
   std::optional<ClientStream> stream;
   if (context.tls) {
@@ -643,7 +677,7 @@ awaitable<std::unique_ptr<ClientConnection>> open_connection(Stream client,
     co_return nullptr;
   }
   co_return std::make_unique<ClientConnection>(std::move(*stream), context, id, std::move(peer),
-                                               std::move(identity));
+                                               std::move(identity), over_client_cap);
 }
 
 awaitable<void> drive(std::unique_ptr<ClientConnection> connection);
@@ -708,7 +742,8 @@ awaitable<void> drive(std::unique_ptr<ClientConnection> connection) {
 awaitable<void> serve_client(Stream client, const ConnectionContext& context,
                              std::shared_ptr<const void> context_owner, std::uint64_t id,
                              ConnectionSlot slot) {
-  auto connection = co_await open_connection(std::move(client), context, id);
+  auto connection =
+      co_await open_connection(std::move(client), context, id, slot.over_client_cap());
   if (!connection) co_return;
   connection->hold(std::move(slot), std::move(context_owner));
   co_await drive(std::move(connection));

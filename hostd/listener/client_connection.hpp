@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "common/asio.hpp"
+#include "hostd/admission/connection_caps.hpp"
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_budget.hpp"
 #include "hostd/channel/channel_pool.hpp"
@@ -35,11 +36,14 @@ struct ConnectionContext {
   const TokenFile* tokens = nullptr;  // set for a listener with identity = "token"
   IdleConnections* idle = nullptr;    // null: not closed early on SIGTERM (tests)
   LiveChannels* live = nullptr;       // null: channels in use are not cut when their VM goes
+  ConnectionCaps* caps = nullptr;     // null: tunnels are not capped (tests)
 };
 
 // A connection's place under max_connections, given back when the
 // connection's coroutine ends. The count is shared: a connection may end
 // while the server that accepted it is being torn down.
+// It holds the connection's place under its address's cap too
+// (limits.max_connections_per_client), and says when there was none.
 class ConnectionSlot {
  public:
   ConnectionSlot() = default;
@@ -51,8 +55,18 @@ class ConnectionSlot {
     if (count_) --*count_;
   }
 
+  // `place` empty: the client's address had all its connections already;
+  // the connection is refused (429 where HTTP can be spoken) and closed.
+  void set_client_place(CapPlace place) {
+    over_client_cap_ = !place;
+    client_place_ = std::move(place);
+  }
+  bool over_client_cap() const { return over_client_cap_; }
+
  private:
   std::shared_ptr<std::atomic<std::uint32_t>> count_;
+  CapPlace client_place_;
+  bool over_client_cap_ = false;
 };
 
 // The identity a connection has from its listener and its socket alone:

@@ -9,6 +9,7 @@
 #include "common/log.hpp"
 #include "common/transport.hpp"
 #include "hostd/listener/client_connection.hpp"
+#include "hostd/listener/descriptor_reserve.hpp"
 #include "hostd/listener/passthrough.hpp"
 
 namespace vmgate::hostd {
@@ -162,21 +163,44 @@ bool Server::take_connection_slot(const LimitsConfig& limits) {
   return true;
 }
 
+// The connection's place under its address's cap, into `slot`. A client
+// over it is still served on a proxy listener, to be answered 429
+// (ClientConnection); a passthrough client speaks TLS hostd cannot answer in,
+// so it is closed here, as at max_connections: false then.
+bool Server::take_client_place(const Listener& listener, Stream& socket, const LimitsConfig& limits,
+                               ConnectionSlot& slot) {
+  auto address = transport::peer_ip(socket);
+  if (!address) return true;  // a unix socket's client: no address to count
+  slot.set_client_place(caps_.take_client(*address, limits.max_connections_per_client));
+  if (!slot.over_client_cap() || listener.config.mode != ListenerMode::passthrough) return true;
+  log::warn("connection_refused")
+      .kv("listener", listener.config.name)
+      .kv("client", transport::describe_peer(socket))
+      .kv("reason", "max_connections_per_client");
+  error_code ignored;
+  socket.close(ignored);
+  return false;
+}
+
 awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
   // The connection lives on this single-threaded io_context from here on, so
   // it needs no strand, and its socket is registered with this thread's reactor.
   asio::any_io_executor executor = acceptor.get_executor();
   asio::steady_timer backoff(executor);
+  DescriptorReserve reserve;  // hostd/listener/descriptor_reserve.hpp says why
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       // Out of descriptors or a transient network error: wait and go on, never exit.
-      log::warn("accept_failed").kv("listener", listener.config.name).kv("error", ec.message());
-      backoff.expires_after(std::chrono::milliseconds(100));
+      if (reserve.refuse_at_limit(ec, acceptor, listener.config.name)) continue;
+      if (!DescriptorReserve::exhausted(ec))
+        log::warn("accept_failed").kv("listener", listener.config.name).kv("error", ec.message());
+      backoff.expires_after(accept_pause);
       co_await backoff.async_wait(use_tuple);
       continue;
     }
+    DescriptorReserve::accepted();
     auto running = current_.get();
     if (!take_connection_slot(running->config.limits)) {
       log::warn("connection_refused")
@@ -192,11 +216,12 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     // A passthrough listener's clients speak TLS that hostd does not
     // terminate: no request head to read, a ClientHello to route on.
     ConnectionSlot slot(connections_);
+    if (!take_client_place(listener, socket, running->config.limits, slot)) continue;
     const HostdConfig& config = running->config;
     auto kept = std::make_shared<const SnapshotContext>(SnapshotContext{
-        running,
-        ConnectionContext{config, config.listeners[listener.index], directory_, running->policy,
-                          budget_, metrics_, pool_, listener.tls.get(), tokens_, idle_, live_}});
+        running, ConnectionContext{config, config.listeners[listener.index], directory_,
+                                   running->policy, budget_, metrics_, pool_, listener.tls.get(),
+                                   tokens_, idle_, live_, &caps_}});
     auto connection =
         listener.config.mode == ListenerMode::passthrough
             ? serve_passthrough(std::move(socket), kept->context, id, std::move(slot))

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/asio.hpp"
+#include "hostd/admission/connection_caps.hpp"
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/channel/live_channels.hpp"
@@ -18,6 +19,8 @@
 #include "hostd/reload/running_config.hpp"
 
 namespace vmgate::hostd {
+
+class ConnectionSlot;
 
 class Server {
  public:
@@ -48,6 +51,8 @@ class Server {
   struct Listener;
   awaitable<void> accept_loop(Listener& listener, Acceptor& acceptor);
   bool take_connection_slot(const LimitsConfig& limits);
+  bool take_client_place(const Listener& listener, Stream& socket, const LimitsConfig& limits,
+                         ConnectionSlot& slot);
 
   asio::io_context& io_;
   const CurrentConfig& current_;
@@ -65,6 +70,8 @@ class Server {
   std::shared_ptr<std::atomic<std::uint32_t>> connections_ =
       std::make_shared<std::atomic<std::uint32_t>>(0);
   std::atomic<std::uint64_t> next_connection_id_{0};
+  // Per client address and CONNECT tunnels (limits.max_connections_per_client, max_tunnels).
+  ConnectionCaps caps_;
 };
 
 }  // namespace vmgate::hostd

@@ -415,6 +415,9 @@ class Exchange {
       if (moved.failed()) {
         // Mid-body failure: the client sees a truncated message and a closed connection.
         if (moved.write_error) request_ = RequestSide::stopped;
+        // A client that reads too slowly to make progress (or an agent that
+        // stopped sending) ends here, at idle_timeout: the record says so.
+        if (timed_out_) rec_.reason = "idle timeout";
         client_keep_alive_ = false;
         stop_reading_client();
         co_return;

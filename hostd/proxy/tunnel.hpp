@@ -9,6 +9,7 @@
 
 #include "common/asio.hpp"
 #include "common/relay.hpp"
+#include "hostd/admission/connection_caps.hpp"
 #include "hostd/channel/channel.hpp"
 #include "hostd/metrics/hostd_metrics.hpp"
 #include "hostd/proxy/client_stream.hpp"
@@ -26,6 +27,7 @@ struct Tunnel {
         key(std::move(channel.key)) {}
 
   OpenTunnel gauge;
+  CapPlace place;  // under limits.max_tunnels, given back when the tunnel ends
   Stream stream;
   boost::beast::flat_buffer early;  // agent bytes that came with guestd's answer
   ChannelKey key;                   // the VM it leads to, to close it if the VM goes

@@ -50,7 +50,7 @@ def request(path, method="GET", body=b"", headers=()):
 
 def test_ten_thousand_idle_keep_alive_clients_leave_a_new_client_served():
     with Lab([VM("vm1")],
-             hostd={"limits": {"max_connections": 11000},
+             hostd={"limits": {"max_connections": 11000, "max_connections_per_client": 11000},
                     "channel": {"pool_max_idle": POOL_MAX_IDLE, "pool_idle_timeout_ms": 600000}}
              ) as lab:
         guestd = lab.guestds["vm1"]
@@ -106,7 +106,8 @@ async def many_at_once(port, path, n):
 
 def test_two_thousand_concurrent_requests_share_64_channels_and_guestd_never_refuses():
     with Lab([VM("vm1")],
-             hostd={"channel": {"max_per_vm": 64}},
+             hostd={"channel": {"max_per_vm": 64},
+                    "limits": {"max_connections_per_client": 4096}},
              guestd={"limits": {"max_connections": 64}}) as lab:
         results = asyncio.run(many_at_once(lab.port, "/slow?ms=20", 2000))
         statuses = [status for status, _ in results]

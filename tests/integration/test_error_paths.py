@@ -23,6 +23,7 @@ HEADER_BYTES = 4096
 MAX_REQUEST_BODY = 1024 * 1024
 HEADER_TIMEOUT_MS = 2000
 AGENT_CONNECT_TIMEOUT_MS = 1000  # guestd's; below CONNECT_TIMEOUT_MS, so guestd answers first
+GUESTD_PREAMBLE_TIMEOUT_MS = 1500  # guestd's: a preamble that dawdles is closed after this
 # The clients' own timeout: a request that gets no answer within it fails
 # (curl exits 28, a socket read raises). No test measures time itself.
 NOT_A_HANG = 10.0
@@ -106,7 +107,8 @@ def lab(unanswered):
                    "header_timeout_ms": HEADER_TIMEOUT_MS,
                    "max_request_body": MAX_REQUEST_BODY},
     }
-    guestd = {"limits": {"agent_connect_timeout_ms": AGENT_CONNECT_TIMEOUT_MS}}
+    guestd = {"limits": {"agent_connect_timeout_ms": AGENT_CONNECT_TIMEOUT_MS,
+                         "preamble_timeout_ms": GUESTD_PREAMBLE_TIMEOUT_MS}}
     with Lab(vms, hostd=hostd, guestd=guestd) as lab:
         silent = SilentGuestd(lab.socket_path("vm-silent"))
         try:
@@ -419,22 +421,67 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_answer(lab):
     assert r.raw_headers.count("HTTP/1.1") == 1
 
 
-def test_garbage_preamble_to_guestd_is_answered_400_and_closed(lab):
+def preamble_exchange(lab, data):
+    """Writes `data` straight to vm1's guestd channel socket and returns all
+    it answers until it closes."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(NOT_A_HANG)
         s.connect(lab.socket_path("vm1"))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(data)
         answer = b""
         while True:
-            chunk = s.recv(4096)
+            try:
+                chunk = s.recv(4096)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break  # guestd closed
             answer += chunk
-    assert re.fullmatch(rb"VMGATE/1 400 [a-z-]+\r\n\r\n", answer), answer
-    # guestd is still serving: a normal request through hostd works.
+    return answer
+
+
+def guestd_serves_on(lab):
     r = lab.curl("/hello", "-H", "X-VM-Id: vm1")
     assert (r.status, r.text) == (200, "hello from vm1\n")
     assert lab.guestds["vm1"].alive()
+
+
+@pytest.mark.parametrize("data, answer", [
+    # Not a preamble at all: an HTTP request sent to the channel port.
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"VMGATE/1 400 bad-preamble\r\n\r\n"),
+    # A version this guestd does not speak.
+    (b"VMGATE/2 CONNECT 5986\r\n\r\n", b"VMGATE/1 400 unsupported-version\r\n\r\n"),
+    # No terminator within the protocol's 4096 bytes.
+    (b"VMGATE/1 CONNECT 5986\r\nX-Padding: " + b"x" * 8192,
+     b"VMGATE/1 400 preamble-too-large\r\n\r\n"),
+    # A verb no version defines.
+    (b"VMGATE/1 FROBNICATE 5986\r\n\r\n", b"VMGATE/1 400 unknown-verb\r\n\r\n"),
+    # A verb that travels guest to host: guestd does not serve it.
+    (b"VMGATE/1 JOIN web\r\n\r\n", b"VMGATE/1 501 not-implemented\r\n\r\n"),
+    (b"VMGATE/1 CONNECT 5986\r\nno colon here\r\n\r\n", b"VMGATE/1 400 bad-preamble\r\n\r\n"),
+    (b"\x00\xff\x16\x03\x01garbage\r\n\r\n", b"VMGATE/1 400 bad-preamble\r\n\r\n"),
+], ids=["http-request", "version-2", "oversize", "unknown-verb", "guest-verb", "bad-field", "binary"])
+def test_a_bad_preamble_to_guestd_is_answered_and_closed_and_guestd_serves_on(lab, data, answer):
+    got = preamble_exchange(lab, data)
+    assert re.fullmatch(rb"VMGATE/1 [45]0[01] [a-z-]+\r\n\r\n", got), got
+    assert got == answer
+    guestd_serves_on(lab)
+
+
+def test_a_preamble_that_never_ends_is_closed_at_preamble_timeout_and_others_are_served(lab):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
+        slow.settimeout(NOT_A_HANG)
+        slow.connect(lab.socket_path("vm1"))
+        slow.sendall(b"VMGATE/1 CONNECT 5986\r\nRequest-Id: slowpreamble\r\n")
+        # While it dawdles, guestd serves others.
+        guestd_serves_on(lab)
+        # Then it is closed, unanswered (nothing it could be told is due yet).
+        assert slow.recv(4096) == b""
+    line = wait_until(lambda: next((parse_kv(l) for l in lab.guestds["vm1"].lines()
+                                    if "reason=preamble-timeout" in l), None),
+                      NOT_A_HANG, "guestd's line of the preamble timeout")
+    assert int(line["ms"]) >= GUESTD_PREAMBLE_TIMEOUT_MS
+    guestd_serves_on(lab)
 
 
 def test_daemons_survive_every_error(lab):

@@ -244,6 +244,28 @@ TEST_CASE("hostd config: the channel budget's keys, their defaults and their one
         "hostd.toml:2: channel.max_per_vm: 0 is out of range (1..1000000)");
 }
 
+TEST_CASE("hostd config: the per-client and tunnel caps, their defaults and their one rule") {
+  auto d = parse_hostd_config("", "hostd.toml");
+  CHECK(d.limits.max_connections_per_client == 1024);
+  CHECK(d.limits.max_tunnels == 2048);
+  auto c = parse_hostd_config(
+      "[limits]\nmax_connections = 100\nmax_connections_per_client = 10\nmax_tunnels = 20\n",
+      "hostd.toml");
+  CHECK(c.limits.max_connections_per_client == 10);
+  CHECK(c.limits.max_tunnels == 20);
+  // Unset, both follow a smaller max_connections down.
+  auto small = parse_hostd_config("[limits]\nmax_connections = 2\n", "hostd.toml");
+  CHECK(small.limits.max_connections_per_client == 2);
+  CHECK(small.limits.max_tunnels == 2);
+  CHECK(error_of("[limits]\nmax_connections = 8\nmax_connections_per_client = 9\n") ==
+        "hostd.toml:3: limits.max_connections_per_client: must not be larger than "
+        "max_connections");
+  CHECK(error_of("[limits]\nmax_connections = 8\nmax_tunnels = 9\n") ==
+        "hostd.toml:3: limits.max_tunnels: must not be larger than max_connections");
+  CHECK(error_of("[limits]\nmax_tunnels = 0\n") ==
+        "hostd.toml:2: limits.max_tunnels: 0 is out of range (1..1000000)");
+}
+
 TEST_CASE("[[acl]] rules are read in order, each key into its field, unnamed ones as acl[N]") {
   auto c = parse_hostd_config(R"(
 [[acl]]

@@ -1,0 +1,58 @@
+// What an acceptor does at the process's descriptor limit (EMFILE, or the
+// system's, ENFILE).
+//
+// accept(2) failing with EMFILE leaves the connection in the listen queue, so
+// the listening socket stays readable: retrying at once spins a core, and
+// only pausing leaves every queued client hanging until descriptors free up.
+// Instead each acceptor keeps one descriptor in reserve (/dev/null): at the
+// limit it gives that back, accepts the waiting connection and closes it at
+// once, and takes the reserve again. The client is refused promptly (a reset,
+// since no HTTP can be spoken without a descriptor to speak it on), the
+// queue drains, and the acceptor waits for readiness as usual — no spin. The
+// freed number can be taken by another thread in between: then the acceptor
+// pauses instead (accept_pause), which bounds the loop just the same.
+// Accepting resumes by itself once descriptors are free again.
+#pragma once
+
+#include <chrono>
+#include <string_view>
+
+#include "common/asio.hpp"
+
+namespace vmgate::hostd {
+
+// How long an acceptor waits after an accept error it could not handle
+// otherwise (a transient network error, or no reserve to refuse with).
+inline constexpr std::chrono::milliseconds accept_pause{100};
+
+// The reserve descriptor of one acceptor.
+class DescriptorReserve {
+ public:
+  DescriptorReserve();
+  ~DescriptorReserve();
+  DescriptorReserve(const DescriptorReserve&) = delete;
+  DescriptorReserve& operator=(const DescriptorReserve&) = delete;
+
+  // Whether `ec` from accept means the process (or system) is out of descriptors.
+  static bool exhausted(const error_code& ec);
+  // After accept failed with `ec` on `listener`'s `acceptor`: at the
+  // descriptor limit, accepts one queued connection on the reserve's
+  // descriptor and closes it. True when it did: the acceptor may accept
+  // again at once. False for any other error, or when there was no reserve
+  // or nothing to accept: the caller pauses.
+  //
+  // Logged once for the process (the limit is the process's) when it
+  // starts, then at most once every 10 s while it lasts, with the count
+  // refused meanwhile.
+  bool refuse_at_limit(const error_code& ec, Acceptor& acceptor, std::string_view listener);
+  // After an accept that succeeded: logs once that descriptors are free again.
+  static void accepted();
+  bool held() const { return fd_ >= 0; }
+
+ private:
+  bool refuse_one(Acceptor& acceptor);
+  void take();
+  int fd_ = -1;
+};
+
+}  // namespace vmgate::hostd
