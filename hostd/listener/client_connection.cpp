@@ -426,7 +426,7 @@ class ClientConnection {
   // and the client is answered if the agent could not be.
   awaitable<bool> conclude(RequestRecord& rec, const ExchangeRequest& request, Channel channel,
                            const ExchangeOutcome& outcome) {
-    if (outcome.end == ExchangeEnd::close_both) response_cut_ = true;
+    if (outcome.response_cut) response_cut_ = true;
     if (outcome.channel_reusable()) {
       const bool binds = channel.ticket.is_private() || outcome.agent_binds_connection;
       give_back(std::move(channel), binds);

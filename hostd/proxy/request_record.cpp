@@ -4,6 +4,18 @@
 
 namespace vmgate::hostd {
 
+std::string_view to_string(Aborted aborted) {
+  switch (aborted) {
+    case Aborted::upstream:
+      return "upstream";
+    case Aborted::client:
+      return "client";
+    case Aborted::none:
+      break;
+  }
+  return "-";
+}
+
 RequestRecord::RequestRecord(RequestRecord&& other) noexcept
     : id(std::move(other.id)),
       conn(other.conn),
@@ -18,6 +30,7 @@ RequestRecord::RequestRecord(RequestRecord&& other) noexcept
       port(other.port),
       status(other.status),
       reason(std::move(other.reason)),
+      aborted(other.aborted),
       reused_channel(other.reused_channel),
       bytes_in(other.bytes_in),
       bytes_out(other.bytes_out),
@@ -49,6 +62,7 @@ RequestRecord::~RequestRecord() {
         .kv("ms", static_cast<long long>(ms));
     if (reused_channel) line.kv("channel", "reused");
     if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
+    if (aborted != Aborted::none) line.kv("aborted", to_string(aborted));
     if (!reason.empty()) line.kv("reason", reason);
   }
   if (metrics) {

@@ -18,6 +18,15 @@
 
 namespace vmgate::hostd {
 
+// Which end went away in the middle of a message, logged as `aborted=`:
+// the message it was carrying was cut, and hostd cut it for the other end
+// too rather than finish it as if complete. `upstream`: the agent, guestd
+// or the channel ended or failed mid-response (or mid-tunnel); `client`: the
+// client did, mid-request body, mid-response or mid-tunnel.
+enum class Aborted : unsigned char { none, upstream, client };
+
+std::string_view to_string(Aborted aborted);
+
 struct RequestRecord {
   using clock = std::chrono::steady_clock;
 
@@ -26,6 +35,11 @@ struct RequestRecord {
   RequestRecord(const RequestRecord&) = delete;
   RequestRecord& operator=(const RequestRecord&) = delete;
   ~RequestRecord();
+
+  // Records the first end that went away; a later one is its consequence.
+  void note_aborted(Aborted by) {
+    if (aborted == Aborted::none) aborted = by;
+  }
 
   // Who asked, and what the ACL rules said if admission got that far
   // (Admitted::access, Refused::access).
@@ -45,6 +59,7 @@ struct RequestRecord {
   unsigned port = 0;
   unsigned status = 0;
   std::string reason;
+  Aborted aborted = Aborted::none;  // the first end that went away mid-message
   bool reused_channel = false;
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;

@@ -33,6 +33,9 @@ void note_relayed(RequestRecord& record, const RelayResult& relayed) {
   record.bytes_in += relayed.a_to_b;
   record.bytes_out += relayed.b_to_a;
   if (relayed.idle_timeout) record.reason = "idle timeout";
+  // The relay's first stream is the client's, the second the channel.
+  if (relayed.failed == RelayResult::Side::a) record.note_aborted(Aborted::client);
+  if (relayed.failed == RelayResult::Side::b) record.note_aborted(Aborted::upstream);
 }
 
 }  // namespace vmgate::hostd
