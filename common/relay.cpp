@@ -79,12 +79,18 @@ void Direction::Counter::operator()(std::size_t n) const {
   state->touch();
 }
 
-void end_direction(const std::shared_ptr<RelayState>& state, Direction& d, error_code ec) {
+// `culprit`: the stream whose read or write gave `ec`.
+void end_direction(const std::shared_ptr<RelayState>& state, Direction& d, error_code ec,
+                   const Stream& culprit) {
   if (ec == asio::error::eof) {
+    (&d == &state->a_to_b ? state->result.a_ended : state->result.b_ended) = true;
     error_code ignored;
     d.to.shutdown(asio::socket_base::shutdown_send, ignored);
   } else if (ec) {
-    if (!state->result.error && ec != asio::error::operation_aborted) state->result.error = ec;
+    if (!state->result.error && ec != asio::error::operation_aborted) {
+      state->result.error = ec;
+      state->result.failed = &culprit == &state->a ? RelayResult::Side::a : RelayResult::Side::b;
+    }
     // The relay is broken: stop the other direction too.
     state->cancel_both();
   }
@@ -122,7 +128,7 @@ void wait_readable(std::shared_ptr<RelayState> state, Direction& d) {
   d.from.async_wait(Stream::wait_read, [state = std::move(state), &d](error_code ec) mutable {
     if (!ec && state->stopping) ec = asio::error::operation_aborted;
     if (ec) {
-      end_direction(state, d, ec);
+      end_direction(state, d, ec, d.from);
       return;
     }
     auto executor = d.from.get_executor();
@@ -133,7 +139,7 @@ void wait_readable(std::shared_ptr<RelayState> state, Direction& d) {
                      if (e && !end) end = asio::error::make_error_code(asio::error::fault);
                      if (!end && state->stopping) end = asio::error::operation_aborted;
                      if (end) {
-                       end_direction(state, d, end);
+                       end_direction(state, d, end, step.write_error ? d.to : d.from);
                        return;
                      }
                      if (d.acknowledge_reads && step.bytes > 0) acknowledge_read(d.from);

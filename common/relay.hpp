@@ -30,6 +30,15 @@ struct RelayResult {
   bool a_to_b_spliced = false;
   bool b_to_a_spliced = false;
   error_code error;  // the first error that was not an orderly EOF
+  // Which stream that error came from (a read from it or a write to it
+  // failed: reset, broken pipe): the side that went away mid-stream, for the
+  // owner to say which end aborted. `none` without an error.
+  enum class Side : unsigned char { none, a, b };
+  Side failed = Side::none;
+  // Which streams' reads ended in order (EOF): a side that failed after its
+  // own end had only its other direction cut.
+  bool a_ended = false;
+  bool b_ended = false;
 };
 
 // Which streams are TCP sockets whose reads the relay acknowledges at once

@@ -73,6 +73,16 @@ void close_stream(Stream& stream) {
   stream.close(ignored);
 }
 
+// Makes the coming close an abort where the transport has one: TCP sends a
+// reset (SO_LINGER with a zero timeout) rather than its orderly end, so the
+// peer can tell a cut stream from a finished one (one ended by the
+// connection: a close-delimited HTTP body). Unix and vsock streams have no
+// reset; their peer sees an end either way.
+void abort_on_close(Stream& stream) {
+  error_code ignored;
+  stream.set_option(asio::socket_base::linger(true, 0), ignored);
+}
+
 struct Outcome {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::string peer;
@@ -276,6 +286,13 @@ awaitable<void> serve_channel(Stream channel, std::shared_ptr<SessionRegistry> r
     RelayResult relayed = co_await relay(session.channel(), session.agent(), session.idle_timeout(),
                                          session.acknowledge());
     session.note_relayed(relayed);
+    // One side failed before its own end (a reset): what it was sending was
+    // cut, so the other side's stream is cut too, not ended in order. Not
+    // after its end: what it sent may still be on its way, and a reset would
+    // drop it. The relay's first stream is the channel.
+    if (relayed.failed == RelayResult::Side::b && !relayed.b_ended)
+      abort_on_close(session.channel());
+    if (relayed.failed == RelayResult::Side::a && !relayed.a_ended) abort_on_close(session.agent());
   }
   session.end();
 }

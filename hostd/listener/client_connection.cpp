@@ -490,7 +490,7 @@ class ClientConnection {
   // took a new CID: a response under way was cut (the client sees it end
   // short), and one not started is answered 503, not retried.
   static void vm_went_away(RequestRecord& rec, ExchangeOutcome& outcome, const std::string& why) {
-    rec.aborted = aborted_vm_stopped;
+    rec.aborted = Aborted::vm_stopped;
     rec.reason = why;
     if (outcome.answered()) {
       outcome.end = ExchangeEnd::close_both;
@@ -513,7 +513,7 @@ class ClientConnection {
   // and the client is answered if the agent could not be.
   awaitable<bool> conclude(RequestRecord& rec, const ExchangeRequest& request, Channel channel,
                            const ExchangeOutcome& outcome) {
-    if (outcome.end == ExchangeEnd::close_both) response_cut_ = true;
+    if (outcome.response_cut) response_cut_ = true;
     if (outcome.channel_reusable()) {
       const bool binds = channel.ticket.is_private() || outcome.agent_binds_connection;
       give_back(std::move(channel), binds);

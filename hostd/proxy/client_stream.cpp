@@ -26,8 +26,12 @@ struct TlsTunnel {
   RelayResult& result;
   bool agent_ended = false;
 
-  void note(error_code ec) {
-    if (ec && !result.error && ec != asio::error::operation_aborted) result.error = ec;
+  // `side`: the stream the failed read or write was on (a: the client).
+  void note(error_code ec, RelayResult::Side side) {
+    if (ec && !result.error && ec != asio::error::operation_aborted) {
+      result.error = ec;
+      result.failed = side;
+    }
   }
 
   awaitable<void> client_to_channel() {
@@ -40,16 +44,17 @@ struct TlsTunnel {
             co_await asio::async_write(channel, asio::buffer(chunk.data(), n), use_tuple);
         result.a_to_b += wn;
         if (wec) {
-          note(wec);
+          note(wec, RelayResult::Side::b);
           co_return;
         }
       }
       if (!ec) continue;
       error_code ignored;
       if (client_ended(ec)) {
+        result.a_ended = true;
         channel.shutdown(asio::socket_base::shutdown_send, ignored);
       } else if (!agent_ended) {
-        note(ec);
+        note(ec, RelayResult::Side::a);
         channel.cancel(ignored);
       }
       co_return;
@@ -66,16 +71,17 @@ struct TlsTunnel {
             co_await asio::async_write(client, asio::buffer(chunk.data(), n), use_tuple);
         result.b_to_a += wn;
         if (wec) {
-          note(wec);
+          note(wec, RelayResult::Side::a);
           error_code ignored;
           channel.cancel(ignored);
           co_return;
         }
       }
       if (!ec) continue;
-      if (ec != asio::error::eof) note(ec);
+      if (ec != asio::error::eof) note(ec, RelayResult::Side::b);
       // The agent is done; the client's reads stop so the tunnel can say so.
       agent_ended = ec == asio::error::eof;
+      result.b_ended = agent_ended;
       error_code ignored;
       client.next_layer().cancel(ignored);
       co_return;

@@ -231,6 +231,11 @@ class Exchange {
     }
     if (moved.read_error) {
       request_ = RequestSide::stopped;
+      // The client went away mid-body (an end or a reset, not a body it got
+      // wrong): the agent's request is cut with the channel.
+      if (!timed_out_ && moved.read_error != http::error::body_limit &&
+          !malformed_body(moved.read_error))
+        rec_.note_aborted(Aborted::client);
       if (moved.read_error == http::error::body_limit && response_ == ResponseSide::awaited) {
         refusal_ = Refusal{413, fmt::format("request body exceeds the limit of {} bytes",
                                             limits_.max_request_body)};
@@ -327,6 +332,7 @@ class Exchange {
     rec_.bytes_out += n;
     if (ec) {
       request_ = RequestSide::stopped;
+      rec_.note_aborted(Aborted::client);
       co_return false;
     }
     co_return true;
@@ -397,6 +403,7 @@ class Exchange {
     }
     if (hec) {
       request_ = RequestSide::stopped;
+      rec_.note_aborted(Aborted::client);
       stop_reading_client();
       co_return;
     }
@@ -413,8 +420,15 @@ class Exchange {
                                    chunks_.response(), rec_.bytes_out, never_stop);
       }
       if (moved.failed()) {
-        // Mid-body failure: the client sees a truncated message and a closed connection.
-        if (moved.write_error) request_ = RequestSide::stopped;
+        // Mid-body failure: the client sees a truncated message and a closed
+        // connection (outcome().response_cut), never the end of one: no last
+        // chunk (RFC 9112 §7.1), no padding to the length, no close_notify.
+        if (moved.write_error) {
+          request_ = RequestSide::stopped;
+          rec_.note_aborted(Aborted::client);
+        } else if (!timed_out_) {
+          rec_.note_aborted(Aborted::upstream);
+        }
         // A client that reads too slowly to make progress (or an agent that
         // stopped sending) ends here, at idle_timeout: the record says so.
         if (timed_out_) rec_.reason = "idle timeout";
@@ -481,7 +495,7 @@ class Exchange {
     } else if (whole && agent_keeps_channel_) {
       end = ExchangeEnd::keep_channel;
     }
-    return {end, {}, agent_binds_connection_};
+    return {end, {}, agent_binds_connection_, response_ == ResponseSide::started};
   }
 
   enum class RequestSide { sending, sent, stopped };  // stopped: the client stopped, or was

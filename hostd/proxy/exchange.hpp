@@ -105,6 +105,10 @@ struct ExchangeOutcome {
   // The agent answered 401 offering NTLM or Negotiate: the client's next
   // step must reach this same agent connection (proxy/connection_auth.hpp).
   bool agent_binds_connection = false;
+  // A response started and did not finish (close_both): the client
+  // connection must end as cut, not in order (ClientStream::close), so a
+  // client reading to the end of it can tell.
+  bool response_cut = false;
 
   bool client_continues() const {
     return end == ExchangeEnd::keep_both || end == ExchangeEnd::keep_client;

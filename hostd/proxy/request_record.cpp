@@ -4,6 +4,20 @@
 
 namespace vmgate::hostd {
 
+std::string_view to_string(Aborted aborted) {
+  switch (aborted) {
+    case Aborted::upstream:
+      return "upstream";
+    case Aborted::client:
+      return "client";
+    case Aborted::vm_stopped:
+      return "vm_stopped";
+    case Aborted::none:
+      break;
+  }
+  return "-";
+}
+
 RequestRecord::RequestRecord(RequestRecord&& other) noexcept
     : id(std::move(other.id)),
       conn(other.conn),
@@ -50,7 +64,7 @@ RequestRecord::~RequestRecord() {
         .kv("ms", static_cast<long long>(ms));
     if (reused_channel) line.kv("channel", "reused");
     if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
-    if (!aborted.empty()) line.kv("aborted", aborted);
+    if (aborted != Aborted::none) line.kv("aborted", to_string(aborted));
     if (!reason.empty()) line.kv("reason", reason);
   }
   if (metrics) {

@@ -18,9 +18,15 @@
 
 namespace vmgate::hostd {
 
-// Why a request that had reached its agent was cut short, logged as
-// `aborted=VALUE`: its VM stopped, vanished or took a new CID under it.
-inline constexpr std::string_view aborted_vm_stopped = "vm_stopped";
+// Which end went away in the middle of a message, logged as `aborted=`:
+// the message it was carrying was cut, and hostd cut it for the other end
+// too rather than finish it as if complete. `upstream`: the agent, guestd
+// or the channel ended or failed mid-response (or mid-tunnel); `client`: the
+// client did, mid-request body, mid-response or mid-tunnel; `vm_stopped`: its
+// VM stopped, vanished or took a new CID under it (this one overrides).
+enum class Aborted : unsigned char { none, upstream, client, vm_stopped };
+
+std::string_view to_string(Aborted aborted);
 
 struct RequestRecord {
   using clock = std::chrono::steady_clock;
@@ -30,6 +36,11 @@ struct RequestRecord {
   RequestRecord(const RequestRecord&) = delete;
   RequestRecord& operator=(const RequestRecord&) = delete;
   ~RequestRecord();
+
+  // Records the first end that went away; a later one is its consequence.
+  void note_aborted(Aborted by) {
+    if (aborted == Aborted::none) aborted = by;
+  }
 
   // Who asked, and what the ACL rules said if admission got that far
   // (Admitted::access, Refused::access).
@@ -49,7 +60,7 @@ struct RequestRecord {
   unsigned port = 0;
   unsigned status = 0;
   std::string reason;
-  std::string_view aborted;  // empty, or one of the aborted_* values above
+  Aborted aborted = Aborted::none;  // the first end that went away mid-message
   bool reused_channel = false;
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;

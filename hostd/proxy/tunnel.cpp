@@ -30,7 +30,7 @@ awaitable<bool> establish_tunnel(ClientStream& client, boost::beast::flat_buffer
 }
 
 void note_vm_gone(RequestRecord& record, RelayResult& relayed, const std::string& why) {
-  record.aborted = aborted_vm_stopped;
+  record.aborted = Aborted::vm_stopped;
   record.reason = why;
   if (!relayed.error) relayed.error = asio::error::operation_aborted;
 }
@@ -39,6 +39,9 @@ void note_relayed(RequestRecord& record, const RelayResult& relayed) {
   record.bytes_in += relayed.a_to_b;
   record.bytes_out += relayed.b_to_a;
   if (relayed.idle_timeout) record.reason = "idle timeout";
+  // The relay's first stream is the client's, the second the channel.
+  if (relayed.failed == RelayResult::Side::a) record.note_aborted(Aborted::client);
+  if (relayed.failed == RelayResult::Side::b) record.note_aborted(Aborted::upstream);
 }
 
 }  // namespace vmgate::hostd

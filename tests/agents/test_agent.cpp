@@ -37,9 +37,22 @@
 //   GET  /switch-protocols   "101 Switching Protocols", then the connection closes
 //   GET  /malformed-body     a chunked 200 whose first chunk size is not hex,
 //                            in the same write as its head; then closes
-//   GET  /die-mid-body?length=N&sent=M
+//   GET  /die-mid-body?length=N&sent=M[&reset=1]
 //                            a 200 head saying Content-Length N and the first
 //                            M pattern bytes (M < N), then the agent closes
+//   GET  /die-mid-body?framing=chunked&sent=M[&reset=1]
+//                            a chunked 200 and one chunk of M pattern bytes,
+//                            never the last chunk, then the agent closes
+//   GET  /die-mid-body?framing=close&sent=M[&reset=1]
+//                            a 200 with neither length nor chunked and M
+//                            pattern bytes: the body ends with the connection,
+//                            so only reset=1 makes it a cut one
+//                            reset=1: the agent resets the connection
+//                            (SO_LINGER 0) instead of closing it, as a crash
+//                            with bytes unread does
+//
+// A request body that ends before its framing says (the connection ended or
+// was reset) is logged `event=request_body_cut target=... bytes=N`.
 //
 // GET endpoints answer HEAD too. Every response carries X-Agent-Name: NAME.
 //
@@ -279,7 +292,16 @@ class Connection {
       parser.get().body().size = piece_size;
       deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
       auto [ec, n] = co_await http::async_read(socket_, buffer_, parser, use_tuple);
-      if (ec && ec != http::error::need_buffer) co_return std::nullopt;
+      if (ec && ec != http::error::need_buffer) {
+        // Logged whatever the endpoint: how a test sees that an upload was
+        // cut on the way here, not handed over as complete.
+        log::warn("request_body_cut")
+            .kv("conn", static_cast<unsigned long long>(id_))
+            .kv("target", info.target)
+            .kv("bytes", total + (piece_size - parser.get().body().size))
+            .kv("error", ec.message());
+        co_return std::nullopt;
+      }
       std::size_t got = piece_size - parser.get().body().size;
       on_data(scratch_.get(), got);
       total += got;
@@ -502,21 +524,42 @@ class Connection {
           "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
           "not-a-chunk-size\r\nbody\r\n0\r\n\r\n";
     } else {
-      auto length = number("length");
+      const auto framing = query_value(info.query, "framing").value_or("length");
+      auto length = framing == "length" ? number("length") : std::optional<std::uint64_t>(0);
       auto sent = number("sent");
-      if (!length || !sent || *sent >= *length || *sent > pattern_block)
+      const bool length_ok = framing != "length" || (length && sent && *sent < *length);
+      if (!sent || !length_ok || *sent > pattern_block ||
+          (framing != "length" && framing != "chunked" && framing != "close"))
         co_return co_await reply(
             info, http::status::bad_request,
-            fmt::format("/die-mid-body needs length=N&sent=M with M < N, M <= {}\n",
+            fmt::format("/die-mid-body needs length=N&sent=M with M < N, M <= {}, or "
+                        "framing=chunked|close&sent=M\n",
                         pattern_block));
-      raw = fmt::format(
-          "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-          "Content-Length: {}\r\n\r\n",
-          *length);
-      raw.append(pattern_piece().data(), *sent);
+      raw = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n";
+      if (framing == "length") {
+        raw += fmt::format("Content-Length: {}\r\n\r\n", *length);
+        raw.append(pattern_piece().data(), *sent);
+      } else if (framing == "chunked") {
+        // One chunk, and never the last chunk (RFC 9112 §7.1).
+        raw += fmt::format("Transfer-Encoding: chunked\r\n\r\n{:x}\r\n", *sent);
+        raw.append(pattern_piece().data(), *sent);
+        raw += "\r\n";
+      } else {
+        // Neither length nor chunked: the body ends with the connection
+        // (RFC 9112 §6.3, rule 8).
+        raw += "Connection: close\r\n\r\n";
+        raw.append(pattern_piece().data(), *sent);
+      }
     }
     deadline_.expires_after(options_.idle_timeout, [this] { close_socket(); });
     co_await asio::async_write(socket_, asio::buffer(raw), use_tuple);
+    if (query_value(info.query, "reset") == "1") {
+      // A crash rather than a close: the connection is reset (SO_LINGER 0),
+      // which is what tells a close-delimited body cut from one complete.
+      error_code ignored;
+      socket_.set_option(asio::socket_base::linger(true, 0), ignored);
+      close_socket();
+    }
     co_return false;
   }
 

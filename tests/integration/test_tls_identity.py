@@ -163,12 +163,69 @@ def test_bodies_cross_tls_whole_both_ways(tls_lab):
     assert code == 200 and os.path.getsize(tls_lab.path("down.bin")) == 5000000, err
 
 
-def test_a_response_cut_upstream_is_cut_for_a_tls_client(tls_lab):
-    # HTTP/1.0: the body ends with the connection, so only the missing
-    # close_notify can tell the client it was cut.
-    rc, code, body, err = curl_tls(tls_lab, "/die-mid-body?length=100000&sent=1000",
-                                   cert=tls_lab.alice, extra=["--http1.0"])
-    assert rc != 0, (rc, code, len(body))
+@pytest.fixture
+def tls_tcp_lab(tls_lab):
+    """tls_lab's listener and certificates before one VM whose channel is
+    TCP, which carries the agent's reset through guestd to hostd (unix and
+    vsock streams have no reset)."""
+    with Lab([VM("vm1", agent="native")], start_hostd=False, acl=ACL, channel="tcp") as lab:
+        lab.hosts_ca = tls_lab.hosts_ca
+        lab.alice = tls_lab.alice
+        lab.listener_tables = [mtls_listener(tls_lab.server, tls_lab.clients_ca)]
+        lab.start_hostd()
+        yield lab
+
+
+def read_to_the_end_over_tls(lab, cert, request):
+    """Sends `request` over TLS to the first listener and reads until the
+    connection ends: the bytes, and how it ended: "close_notify" (complete,
+    RFC 8446 §6.1) or "cut" (the connection ended without it). curl cannot
+    tell these apart (it ignores a missing close_notify); python's ssl can,
+    once told not to ignore it either."""
+    context = tls_context(lab, cert)
+    context.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    with socket.create_connection(("127.0.0.1", lab.ports[0]), timeout=20) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1",
+                                 suppress_ragged_eofs=False) as s:
+            s.sendall(request)
+            data = b""
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except ssl.SSLError as e:  # SSLEOFError, or OpenSSL 3's own reason
+                    if isinstance(e, ssl.SSLEOFError) or e.reason == "UNEXPECTED_EOF_WHILE_READING":
+                        return data, "cut"
+                    raise
+                if not chunk:
+                    return data, "close_notify"
+                data += chunk
+
+
+# Byte k of every body the test agent streams (tests/agents/test_agent.cpp).
+PATTERN = bytes(((i * 131) + (i >> 8) * 7) & 0xFF for i in range(1000))
+
+
+def test_a_response_cut_upstream_is_cut_for_a_tls_client(tls_tcp_lab):
+    # HTTP/1.0 and a body with neither length nor chunked coding: it ends
+    # with the connection, so only the missing close_notify can tell the
+    # client that the agent's reset cut it.
+    data, end = read_to_the_end_over_tls(
+        tls_tcp_lab, tls_tcp_lab.alice,
+        b"GET /die-mid-body?framing=close&sent=1000&reset=1 HTTP/1.0\r\nX-VM-Id: vm1\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and body == PATTERN, head
+    assert end == "cut", "the cut body ended with close_notify, as if complete"
+    assert tls_tcp_lab.last_request(target="vm1")["aborted"] == "upstream"
+
+
+def test_a_body_that_ends_with_the_connection_ends_with_close_notify(tls_lab):
+    # The same body, ended in order by the agent: complete, and so told.
+    data, end = read_to_the_end_over_tls(
+        tls_lab, tls_lab.alice,
+        b"GET /die-mid-body?framing=close&sent=1000 HTTP/1.0\r\nX-VM-Id: vm1\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and body == PATTERN, head
+    assert end == "close_notify"
 
 
 def tls_context(lab, cert):

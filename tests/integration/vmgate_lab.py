@@ -175,6 +175,14 @@ class Process:
 
 # -- configuration -----------------------------------------------------------
 
+def free_tcp_port():
+    """A loopback port nobody listens on now (for a listener that cannot
+    take port 0 and say which it got)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @dataclasses.dataclass
 class VM:
     """One VM: a libvirt test-driver domain, plus its agent and guestd."""
@@ -326,7 +334,7 @@ def parse_raw_response(raw):
 
 class Lab:
     def __init__(self, vms, hostd=None, guestd=None, listeners=None, libvirt_uri=None,
-                 start_hostd=True, files=None, acl=None):
+                 start_hostd=True, files=None, acl=None, channel="unix"):
         """
         vms:        [VM]
         hostd:      {section: {key: value}} merged over the defaults
@@ -336,11 +344,15 @@ class Lab:
         libvirt_uri: use this instead of test:///DIR/node.xml (a libvirtd)
         files:      {name: bytes count} random files for the native agents' --files dir
         acl:        [{key: value}] for [[acl]] rules
+        channel:    "unix" (guestd on unix:DIR/NAME.sock) or "tcp": guestd on
+                    tcp:127.0.0.1:CID, each VM's CID a free port, for what only
+                    TCP carries (a reset; unix and vsock streams have none)
         """
         self.vms = list(vms)
+        self.channel = channel
         for i, vm in enumerate(self.vms):
             if not vm.cid:
-                vm.cid = 3 + i
+                vm.cid = free_tcp_port() if channel == "tcp" else 3 + i
         self.hostd_overrides = hostd or {}
         self.guestd_overrides = guestd or {}
         self.listener_tables = listeners or [
@@ -431,8 +443,10 @@ class Lab:
             agent_port = self.agent_ports[vm.name]
             agents = {"5986": "tcp:127.0.0.1:%d" % agent_port,
                       "8114": "tcp:127.0.0.1:%d" % agent_port}
+        listen = ("tcp:127.0.0.1:%d" % vm.cid if self.channel == "tcp"
+                  else "unix:" + self.socket_path(vm.name))
         base = {
-            None: {"listen": "unix:" + self.socket_path(vm.name), "allowed_ports": [5986, 8114]},
+            None: {"listen": listen, "allowed_ports": [5986, 8114]},
             "agents": agents,
         }
         return merge(base, self.guestd_overrides)
@@ -443,8 +457,9 @@ class Lab:
             f.write(toml_text(self.guestd_config(vm)))
         p = self.spawn("guestd-" + vm.name, [GUESTD, "--config", path])
         p.wait_for(r"event=listening")
-        wait_until(lambda: os.path.exists(self.socket_path(vm.name)), START_TIMEOUT,
-                   "guestd socket of " + vm.name)
+        if self.channel == "unix":
+            wait_until(lambda: os.path.exists(self.socket_path(vm.name)), START_TIMEOUT,
+                       "guestd socket of " + vm.name)
         self.guestds[vm.name] = p
         return p
 
@@ -454,7 +469,8 @@ class Lab:
             # own connections, and pooled channels move between threads.
             None: {"threads": 2},
             "libvirt": {"uri": self.libvirt_uri or "test://" + self.path("node.xml")},
-            "channel": {"transport": "unix:" + self.dir + "/{name}.sock",
+            "channel": {"transport": ("tcp:127.0.0.1:{cid}" if self.channel == "tcp"
+                                      else "unix:" + self.dir + "/{name}.sock"),
                         "connect_timeout_ms": 3000},
             "routing": {"vm_header": "X-VM-Id", "host_suffix": ".vms.example"},
             "limits": {"header_bytes": 32768, "idle_timeout_ms": 300000},

@@ -55,8 +55,9 @@ using Agent = std::function<awaitable<void>(Stream& agent)>;
 
 struct Run {
   ExchangeOutcome outcome;
-  std::string client_saw;  // everything written to the client, once the exchange ended
-  unsigned status = 0;     // the record's
+  std::string client_saw;           // everything written to the client, once the exchange ended
+  unsigned status = 0;              // the record's
+  Aborted aborted = Aborted::none;  // the record's
 };
 
 // One exchange of `request` (written by the client, which then keeps its
@@ -114,6 +115,7 @@ Run exchange(std::string request, Agent agent, bool client_closes = false,
                             .limits = limits};
           run.outcome = co_await run_exchange(ends, req, record, vm);
           run.status = record.status;
+          run.aborted = record.aborted;
         }
         error_code ignored;
         client.close(ignored);
@@ -192,8 +194,12 @@ TEST_CASE("exchange: a response cut by the agent is cut for the client, and noth
   CHECK(run.outcome.answered());
   CHECK_FALSE(run.outcome.client_continues());
   CHECK_FALSE(run.outcome.channel_reusable());
-  // The client has the ten bytes, never a padded hundred.
+  // The client has the ten bytes, never a padded hundred, and the connection
+  // ends as cut (no TLS close_notify).
   CHECK(run.client_saw.ends_with("\r\n\r\nonly ten.."));
+  CHECK(run.outcome.response_cut);
+  CHECK(run.status == 200);
+  CHECK(run.aborted == Aborted::upstream);
 }
 
 TEST_CASE("exchange: a chunked response cut by the agent never gets its last chunk") {
@@ -203,6 +209,18 @@ TEST_CASE("exchange: a chunked response cut by the agent never gets its last chu
   CHECK(run.outcome.end == ExchangeEnd::close_both);
   CHECK(run.client_saw.find("hello") != std::string::npos);
   CHECK(run.client_saw.find("0\r\n\r\n") == std::string::npos);
+  CHECK(run.outcome.response_cut);
+  CHECK(run.aborted == Aborted::upstream);
+}
+
+TEST_CASE("exchange: a body an HTTP/1.0 client gets until the agent closes is whole, not cut") {
+  auto run = exchange("GET /hello HTTP/1.0\r\nHost: vm1\r\n\r\n",
+                      answers("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe whole body", true));
+  CHECK(run.outcome.answered());
+  CHECK(run.client_saw.ends_with("\r\n\r\nthe whole body"));
+  // It ends in order: close_notify over TLS tells the client it is complete.
+  CHECK_FALSE(run.outcome.response_cut);
+  CHECK(run.aborted == Aborted::none);
 }
 
 TEST_CASE("exchange: a channel that closes before the agent says anything has failed") {
@@ -250,6 +268,22 @@ TEST_CASE("exchange: a client that goes away mid-upload, before any answer, is g
                       reads_forever, true);
   CHECK(run.outcome.end == ExchangeEnd::client_gone);
   CHECK_FALSE(run.outcome.channel_reusable());
+  CHECK(run.aborted == Aborted::client);
+}
+
+TEST_CASE("exchange: a chunked upload the client leaves mid-chunk never gets its last chunk") {
+  std::string agent_got;
+  Agent reads_all = [&agent_got](Stream& agent) -> awaitable<void> {
+    agent_got = co_await read_all(agent);
+  };
+  auto run = exchange(
+      "PUT /discard HTTP/1.1\r\nHost: vm1\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "100\r\nonly part of it",
+      reads_all, true);
+  CHECK(run.outcome.end == ExchangeEnd::client_gone);
+  CHECK(run.aborted == Aborted::client);
+  CHECK(agent_got.starts_with("PUT /discard HTTP/1.1\r\n"));
+  CHECK(agent_got.find("0\r\n\r\n") == std::string::npos);
 }
 
 TEST_CASE("exchange: an interim 100 Continue is relayed before the final response") {

@@ -255,6 +255,51 @@ TEST_CASE("an idle relay ends at its idle timeout") {
   ::close(agent.theirs);
 }
 
+TEST_CASE("a reset on one side ends the relay, and says which side failed") {
+  asio::io_context io;
+  auto client = socket_pair();
+  auto agent = tcp_pair();
+  Stream a = adopt(io, client.ours);
+  Stream b = adopt_tcp(io, agent.ours);
+  // The agent sends a piece, then dies as a crash does: a reset, not an end.
+  std::thread agent_thread([&] {
+    send_all(agent.theirs, "partial");
+    linger abort{.l_onoff = 1, .l_linger = 0};
+    REQUIRE(::setsockopt(agent.theirs, SOL_SOCKET, SO_LINGER, &abort, sizeof abort) == 0);
+    ::close(agent.theirs);
+  });
+  auto result = run_on_io(io, relay(a, b, bound));
+  agent_thread.join();
+  CHECK(result.error == asio::error::connection_reset);
+  CHECK(result.failed == RelayResult::Side::b);
+  CHECK_FALSE(result.b_ended);
+  CHECK_FALSE(result.idle_timeout);
+  ::close(client.theirs);
+}
+
+TEST_CASE("a write to a side that is gone ends the relay as that side's failure") {
+  asio::io_context io;
+  auto client = socket_pair();
+  auto agent = socket_pair();
+  Stream a = adopt(io, client.ours);
+  Stream b = adopt(io, agent.ours);
+  ::close(client.theirs);  // gone both ways, not half-closed
+  std::thread agent_thread([&] { send_all(agent.theirs, "response"); });
+  auto result = run_on_io(io, relay(a, b, bound));
+  agent_thread.join();
+  CHECK(result.error);
+  CHECK(result.failed == RelayResult::Side::a);
+  ::close(agent.theirs);
+}
+
+TEST_CASE("an orderly end both ways is no side's failure") {
+  auto run = relay_both_ways("up", "down");
+  CHECK_FALSE(run.result.error);
+  CHECK(run.result.failed == RelayResult::Side::none);
+  CHECK(run.result.a_ended);
+  CHECK(run.result.b_ended);
+}
+
 TEST_CASE("the relay ACKs at once what it read from a TCP source it is told to acknowledge") {
   asio::io_context io;
   auto client = socket_pair();
