@@ -1,5 +1,7 @@
 #include "common/config_reader.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include <toml++/toml.h>
@@ -131,11 +133,38 @@ std::vector<std::string> Section::keys() const {
   return out;
 }
 
+namespace {
+
+// A key as TOML would have it written: bare when it can be, else quoted
+// (TOML 1.0, "Keys"), so that `"" = 1` or a key holding ": " or a newline
+// is shown as what it is and the error keeps its FILE:LINE: KEY: shape.
+std::string written_key(std::string_view key) {
+  const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+  if (bare) return std::string(key);
+  std::string out = "\"";
+  for (unsigned char c : key) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      out += fmt::format("\\u{:04X}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
 void Section::reject_unknown_keys() const {
   for (const auto& [k, v] : *table_) {
     if (!seen_.contains(k.str())) {
       throw ConfigError(fmt::format("{}:{}: {}: unknown key (misspelt, or not valid here)", *file_,
-                                    v.source().begin.line, qualified(k.str())));
+                                    v.source().begin.line, qualified(written_key(k.str()))));
     }
   }
 }

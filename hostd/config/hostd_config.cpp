@@ -101,8 +101,13 @@ ListenerConfig read_listener(const Section& s, const AuthConfig& auth,
     s.fail("address", "client listeners are tcp:HOST:PORT or unix:PATH");
   l.address = *parsed;
   l.name = s.get_string("name", *address);
+  if (l.name.empty()) s.fail("name", "must not be empty: logs and records name the listener");
   l.guest_port = static_cast<std::uint16_t>(
       s.get_int("guest_port", parsed->kind == transport::Kind::tcp ? parsed->port : 0, 1, 65535));
+  // Requests that name no agent port go to guest_port, by default the
+  // listener's own: a unix socket has none to give.
+  if (l.guest_port == 0 && parsed->kind == transport::Kind::unix_socket)
+    s.fail("guest_port", fmt::format("is required: {} has no port to default to", *address));
   const std::string mode = s.get_string("mode", "proxy");
   if (mode == "passthrough") {
     l.mode = ListenerMode::passthrough;

@@ -166,6 +166,12 @@ TEST_CASE("hostd config errors name file, line and key") {
   CHECK(error_of("[libvirt\n").starts_with("hostd.toml:1: syntax error"));
 }
 
+TEST_CASE("an unknown key that is not a bare key is named quoted, as TOML writes it") {
+  CHECK(error_of("\"\" = 4\n") == "hostd.toml:1: \"\": unknown key (misspelt, or not valid here)");
+  CHECK(error_of("[limits]\n\"a: b\\n\" = 1\n") ==
+        "hostd.toml:2: limits.\"a: b\\u000A\": unknown key (misspelt, or not valid here)");
+}
+
 TEST_CASE("a trusted listener off loopback must be asked for twice") {
   auto e = error_of("[[listener]]\naddress = \"tcp:0.0.0.0:5986\"\ntrusted = true\n");
   CHECK(e.find("not a loopback address") != std::string::npos);
@@ -173,6 +179,22 @@ TEST_CASE("a trusted listener off loopback must be asked for twice") {
       "[[listener]]\naddress = \"tcp:0.0.0.0:5986\"\ntrusted = true\ntrusted_remote = true\n",
       "hostd.toml");
   CHECK(ok.listeners.at(0).guest_port == 5986);
+}
+
+TEST_CASE("a unix listener needs a guest_port: it has no port of its own to default to") {
+  CHECK(error_of("[[listener]]\naddress = \"unix:/run/vmgate/hostd.sock\"\ntrusted = true\n") ==
+        "hostd.toml:1: listener[0].guest_port: is required: unix:/run/vmgate/hostd.sock has no "
+        "port to default to");
+  auto ok = parse_hostd_config(
+      "[[listener]]\naddress = \"unix:/run/vmgate/hostd.sock\"\nguest_port = 5985\ntrusted = "
+      "true\n",
+      "hostd.toml");
+  CHECK(ok.listeners.at(0).guest_port == 5985);
+}
+
+TEST_CASE("a listener's name must not be empty: logs and records name it") {
+  CHECK(error_of("[[listener]]\nname = \"\"\naddress = \"tcp:127.0.0.1:5986\"\ntrusted = true\n") ==
+        "hostd.toml:2: listener[0].name: must not be empty: logs and records name the listener");
 }
 
 TEST_CASE(
