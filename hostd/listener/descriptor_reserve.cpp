@@ -20,6 +20,9 @@ struct ExhaustionLog {
   std::atomic<bool> exhausted{false};
   std::atomic<std::int64_t> last_line_ns{0};
   std::atomic<unsigned long long> refused{0};  // since the last line
+  // Reserves whose number another accept took: while any is, an accept that
+  // succeeds got a number freed for a moment, not a free one.
+  std::atomic<int> lost{0};
 };
 
 ExhaustionLog& exhaustion_log() {
@@ -41,10 +44,16 @@ DescriptorReserve::DescriptorReserve() {
 
 DescriptorReserve::~DescriptorReserve() {
   if (fd_ >= 0) ::close(fd_);
+  if (lost_) --exhaustion_log().lost;
 }
 
 void DescriptorReserve::take() {
-  if (fd_ < 0) fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd_ >= 0) return;
+  fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if ((fd_ >= 0) == lost_) {
+    lost_ = fd_ < 0;
+    exhaustion_log().lost += lost_ ? 1 : -1;
+  }
 }
 
 bool DescriptorReserve::exhausted(const error_code& ec) {
@@ -89,6 +98,17 @@ void note_descriptor_exhaustion(std::string_view listener, bool refused) {
 
 }  // namespace
 
+bool DescriptorReserve::reclaim(Stream& socket) {
+  if (held()) return false;
+  take();
+  if (held()) return false;
+  error_code ignored;
+  socket.close(ignored);
+  take();
+  ++exhaustion_log().refused;
+  return true;
+}
+
 bool DescriptorReserve::refuse_at_limit(const error_code& ec, Acceptor& acceptor,
                                         std::string_view listener) {
   if (!exhausted(ec)) return false;
@@ -100,6 +120,7 @@ bool DescriptorReserve::refuse_at_limit(const error_code& ec, Acceptor& acceptor
 void DescriptorReserve::accepted() {
   ExhaustionLog& log = exhaustion_log();
   if (!log.exhausted.load(std::memory_order_relaxed)) return;
+  if (log.lost.load() > 0) return;
   if (!log.exhausted.exchange(false)) return;
   log::info("descriptors_available").kv("refused", log.refused.exchange(0));
 }

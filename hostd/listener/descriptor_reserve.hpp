@@ -45,6 +45,13 @@ class DescriptorReserve {
   // starts, then at most once every 10 s while it lasts, with the count
   // refused meanwhile.
   bool refuse_at_limit(const error_code& ec, Acceptor& acceptor, std::string_view listener);
+  // After an accept of `socket` that succeeded: with the reserve gone (its
+  // number was taken, by another thread's accept, while it refused a
+  // client) and still no descriptor free, `socket` is closed and its number
+  // taken as the reserve; the client is refused like the others. Without
+  // this, acceptors that lost their reserves this way could refuse no more,
+  // and clients would wait in the queue. True when it refused.
+  bool reclaim(Stream& socket);
   // After an accept that succeeded: logs once that descriptors are free again.
   static void accepted();
   bool held() const { return fd_ >= 0; }
@@ -53,6 +60,7 @@ class DescriptorReserve {
   bool refuse_one(Acceptor& acceptor);
   void take();
   int fd_ = -1;
+  bool lost_ = false;  // counted in the process's lost reserves
 };
 
 }  // namespace vmgate::hostd

@@ -200,6 +200,9 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
       co_await backoff.async_wait(use_tuple);
       continue;
     }
+    // Its reserve's number went to a connection another acceptor took: this
+    // connection's number becomes the reserve if none is free.
+    if (reserve.reclaim(socket)) continue;
     DescriptorReserve::accepted();
     auto running = current_.get();
     if (!take_connection_slot(running->config.limits)) {

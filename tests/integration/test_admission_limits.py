@@ -83,18 +83,23 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def refused_at_accept(lab):
-    """Whether a new client is closed or reset without an answer, promptly."""
+def fate_at_accept(lab):
+    """What became of a new client: "refused" (closed or reset without an
+    answer), "served" (answered), or "waiting" (left in the listen queue)."""
     s = socket.create_connection(("127.0.0.1", lab.port), timeout=NOT_A_HANG)
     try:
         s.sendall(HELLO)
-        return read_response(s) is None
+        return "refused" if read_response(s) is None else "served"
     except (BrokenPipeError, ConnectionResetError):
-        return True
+        return "refused"
     except socket.timeout:
-        return False  # left waiting in the listen queue: not refused
+        return "waiting"
     finally:
         s.close()
+
+
+def refused_at_accept(lab):
+    return fate_at_accept(lab) == "refused"
 
 
 def held_idle(lab):
@@ -136,12 +141,15 @@ def test_at_the_descriptor_limit_new_clients_are_refused_once_logged_without_spi
             # More clients while at the limit: each refused at once, one line for all.
             ticks_before = cpu_ticks(pid)
             started = time.monotonic()
-            refused = 0
+            fates = []
             while time.monotonic() - started < 2.0:
-                refused += refused_at_accept(lab)
+                fates.append(fate_at_accept(lab))
                 time.sleep(0.1)
             ticks = cpu_ticks(pid) - ticks_before
-            assert refused >= 10, "clients at the limit were left waiting, not refused"
+            # None waits. One may be served: an acceptor on another thread can
+            # take the number a refusing one freed for a moment.
+            assert "waiting" not in fates, "clients at the limit were left waiting: %s" % fates
+            assert fates.count("refused") >= len(fates) // 2, fates
             # A spinning accept loop burns ~100 ticks a second per thread.
             assert ticks < 40, "hostd used %d CPU ticks in 2 s at the descriptor limit" % ticks
             exhausted = [l for l in lab.hostd.lines() if "event=descriptors_exhausted" in l]
