@@ -28,8 +28,12 @@ std::uint32_t Section::line_of(std::string_view key) const {
   return table_->source().begin.line;
 }
 
+std::string Section::where(std::string_view key) const {
+  return fmt::format("{}:{}: {}", *file_, line_of(key), qualified(key));
+}
+
 void Section::fail(std::string_view key, std::string_view message) const {
-  throw ConfigError(fmt::format("{}:{}: {}: {}", *file_, line_of(key), qualified(key), message));
+  throw ConfigError(fmt::format("{}: {}", where(key), message));
 }
 
 std::string Section::get_string(std::string_view key, std::string_view fallback) const {

@@ -56,6 +56,9 @@ class Section {
 
   // Throws "FILE:LINE: KEY: message" with the line of `key` (or of this table).
   [[noreturn]] void fail(std::string_view key, std::string_view message) const;
+  // "FILE:LINE: KEY", the start of fail()'s message, for an error about `key`
+  // found once the file is loaded (a port in use when a listener binds).
+  std::string where(std::string_view key) const;
   void reject_unknown_keys() const;
 
   const std::string& path() const { return path_; }

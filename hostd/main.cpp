@@ -52,26 +52,50 @@ constexpr std::string_view usage =
     "       vmgate-hostd --version\n";
 
 // SIGHUP: the file read again into a new snapshot, which new connections
-// take; a file that does not load is logged (FILE:LINE: KEY: reason) and
-// the running snapshot stays.
-void reload_config(const std::string& path, vmgate::hostd::CurrentConfig& current) {
+// take, with the listeners it adds, changes or removes and the tokens file
+// it names. What can fail comes first: the file loaded, new listeners bound
+// and their TLS files read, a tokens file at a new path read. A failure is
+// logged (FILE:LINE: KEY: reason) and the running snapshot, listeners and
+// tokens all stay; else it all takes effect together. True when the tokens
+// file was read here, at its new path.
+bool reload_config(const std::string& path, vmgate::hostd::CurrentConfig& current,
+                   vmgate::hostd::Server& server, vmgate::hostd::TokenFile& tokens) {
   using namespace vmgate;
   auto running = current.get();
   try {
     hostd::HostdConfig next = hostd::load_hostd_config(path);
     for (const auto& key : hostd::keep_restart_only(running->config, next))
       log::warn("reload_needs_restart").kv("file", path).kv("key", key);
-    current.set(std::make_shared<const hostd::RunningConfig>(std::move(next)));
-    log::info("config_reloaded").kv("file", path).kv("acl_rules", current.get()->config.acl.size());
+    auto listeners = server.prepare_listeners(next);
+    const bool tokens_moved = next.auth.tokens_file != tokens.path();
+    hostd::TokenStore moved_tokens;
+    if (tokens_moved && !next.auth.tokens_file.empty())
+      moved_tokens = hostd::TokenStore::load(next.auth.tokens_file);
+    auto snapshot = std::make_shared<const hostd::RunningConfig>(std::move(next));
+    // Nothing below fails. The tokens first, then the snapshot: a listener
+    // that starts asking for tokens finds them in place.
+    if (tokens_moved) {
+      tokens.replace(snapshot->config.auth.tokens_file, std::move(moved_tokens));
+      log::info("tokens_reloaded").kv("file", tokens.path()).kv("tokens", tokens.current()->size());
+    }
+    current.set(snapshot);
+    server.apply_listeners(std::move(listeners));
+    log::info("config_reloaded")
+        .kv("file", path)
+        .kv("acl_rules", snapshot->config.acl.size())
+        .kv("listeners", snapshot->config.listeners.size());
+    return tokens_moved;
   } catch (const std::exception& e) {
     log::error("config_reload_failed").kv("file", path).kv("error", e.what());
+    return false;
   }
 }
 
 int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
-        vmgate::hostd::TokenFile* tokens) {
+        vmgate::hostd::TokenFile& tokens) {
   using namespace vmgate;
-  // The first snapshot, kept for hostd's life: listeners refer to it.
+  // The first snapshot, kept for hostd's life: the admin listener, the
+  // inventory and the channels, which a reload does not change, refer to it.
   const auto first = std::make_shared<const hostd::RunningConfig>(std::move(loaded));
   const hostd::HostdConfig& config = first->config;
   hostd::CurrentConfig current(first);
@@ -94,6 +118,10 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   hostd::LiveChannels live_channels(
       [&directory](const hostd::ChannelKey& key) { return hostd::channel_gone(key, directory); });
   asio::io_context io{1};
+  // Caught from here on, before anything listens: a signal that comes
+  // before its handler is waiting is kept for it, and never kills hostd.
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  asio::signal_set hangup(io, SIGHUP);
   std::vector<std::unique_ptr<asio::io_context>> more_io;
   std::vector<asio::any_io_executor> session_executors{io.get_executor()};
   for (unsigned i = 1; i < threads; ++i) {
@@ -110,7 +138,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   // and idle, as the directory hears of it (channel/channel_revoker.hpp).
   hostd::ChannelRevoker revoker(directory, live_channels, &channel_pool);
   hostd::Server server(io, current, directory, channel_budget, &metrics, &channel_pool,
-                       session_executors, tokens, &idle_connections, &live_channels);
+                       session_executors, &tokens, &idle_connections, &live_channels);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
@@ -132,7 +160,6 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
     }
   });
 
-  asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer drain(io);
   using clock = std::chrono::steady_clock;
   // A connection ends on its own thread and tells nobody: the shared count
@@ -151,21 +178,19 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
       if (!ec) drain_until(grace_end);
     });
   };
-  asio::signal_set hangup(io, SIGHUP);
-  // What can change without a restart: the config file's ACL rules, limits
-  // and routing (for new connections), TLS certificates, keys and CAs, and
-  // the tokens file. Whatever fails to load is logged and stays as it was.
-  on_each_hangup(hangup, [&server, &current, &config_path, tokens] {
-    log::info("reloading").kv("signal", "SIGHUP").kv("what", "config,tls,tokens");
-    reload_config(config_path, current);
+  // What can change without a restart: the config file's listeners, ACL
+  // rules, limits and routing (for new connections), TLS certificates, keys
+  // and CAs, and the tokens file. Whatever fails to load is logged and stays
+  // as it was. TLS first: a listener the file adds or changes reads its own.
+  on_each_hangup(hangup, [&server, &current, &config_path, &tokens] {
+    log::info("reloading").kv("signal", "SIGHUP").kv("what", "config,listeners,tls,tokens");
     server.reload_tls();
-    if (tokens == nullptr) return;
-    if (std::string error = tokens->reload(); !error.empty()) {
-      log::error("tokens_reload_failed").kv("file", tokens->path()).kv("error", error);
+    const bool tokens_read = reload_config(config_path, current, server, tokens);
+    if (tokens_read || tokens.path().empty()) return;
+    if (std::string error = tokens.reload(); !error.empty()) {
+      log::error("tokens_reload_failed").kv("file", tokens.path()).kv("error", error);
     } else {
-      log::info("tokens_reloaded")
-          .kv("file", tokens->path())
-          .kv("tokens", tokens->current()->size());
+      log::info("tokens_reloaded").kv("file", tokens.path()).kv("tokens", tokens.current()->size());
     }
   });
   signals.async_wait([&](error_code ec, int signal) {
@@ -263,7 +288,10 @@ int main(int argc, char** argv) {
   // certificate, stops hostd (and --check-config) here.
   std::optional<hostd::TokenFile> tokens;
   try {
-    if (!config.auth.tokens_file.empty()) tokens.emplace(config.auth.tokens_file);
+    if (config.auth.tokens_file.empty())
+      tokens.emplace();  // none, until a reload names a file
+    else
+      tokens.emplace(config.auth.tokens_file);
     for (const auto& listener : config.listeners) {
       if (listener.tls) hostd::TlsServer check(listener.name, *listener.tls);
     }
@@ -279,7 +307,7 @@ int main(int argc, char** argv) {
   // has gone must come back as EPIPE, not kill the daemon.
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    return run(config_path, std::move(config), tokens ? &*tokens : nullptr);
+    return run(config_path, std::move(config), *tokens);
   } catch (const std::exception& e) {
     log::error("fatal").kv("error", e.what());
     return 1;

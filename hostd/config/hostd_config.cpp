@@ -100,6 +100,7 @@ ListenerConfig read_listener(const Section& s, const AuthConfig& auth,
   if (parsed->kind != transport::Kind::tcp && parsed->kind != transport::Kind::unix_socket)
     s.fail("address", "client listeners are tcp:HOST:PORT or unix:PATH");
   l.address = *parsed;
+  l.where.text = s.where("");
   l.name = s.get_string("name", *address);
   if (l.name.empty()) s.fail("name", "must not be empty: logs and records name the listener");
   l.guest_port = static_cast<std::uint16_t>(
@@ -299,8 +300,17 @@ HostdConfig read(const Section& root) {
     s->reject_unknown_keys();
   }
   c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
-  for (const auto& s : root.sections("listener"))
-    c.listeners.push_back(read_listener(s, c.auth, c.routing));
+  for (const auto& s : root.sections("listener")) {
+    ListenerConfig l = read_listener(s, c.auth, c.routing);
+    // An address names its listener on SIGHUP (hostd/listener/server.hpp):
+    // two listeners on one could not both bind. Port 0 asks for a port each.
+    const bool ephemeral = l.address.kind == transport::Kind::tcp && l.address.port == 0;
+    for (const ListenerConfig& other : c.listeners)
+      if (!ephemeral && other.address == l.address)
+        s.fail("address", fmt::format("{} is the address of an earlier listener too ({})",
+                                      l.address.to_string(), other.where.text));
+    c.listeners.push_back(std::move(l));
+  }
   for (const auto& s : root.sections("acl")) {
     AclRule rule = read_acl_rule(s, c.acl.size());
     for (const AclRule& other : c.acl)
@@ -319,6 +329,7 @@ HostdConfig read(const Section& root) {
       l.name = l.address.to_string();
       l.guest_port = port;
       l.identity = ListenerIdentity::trusted;
+      l.where.text = root.where("listener");
       c.listeners.push_back(l);
     }
   }

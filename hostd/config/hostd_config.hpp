@@ -54,6 +54,14 @@ struct TlsConfig {
 // "trusted", "certificate", "token" or "source", as the config spells it.
 std::string_view identity_name(ListenerIdentity identity);
 
+// Where the file says something ("hostd.toml:12: listener[1].address"), for
+// an error found after the file loaded. Never part of what a setting is:
+// any two compare equal, so moving a section in the file changes nothing.
+struct ConfigSource {
+  std::string text;
+  friend bool operator==(const ConfigSource&, const ConfigSource&) { return true; }
+};
+
 struct ListenerConfig {
   std::string name;              // for logs; defaults to the address
   transport::Address address;    // tcp:HOST:PORT or unix:PATH
@@ -64,6 +72,8 @@ struct ListenerConfig {
   // `trusted_remote` says so as well.
   bool trusted_remote = false;
   std::optional<TlsConfig> tls;
+  // Its section's line, where a port in use on SIGHUP is reported.
+  ConfigSource where;
 
   bool trusted() const { return identity == ListenerIdentity::trusted; }
   friend bool operator==(const ListenerConfig&, const ListenerConfig&) = default;

@@ -23,7 +23,26 @@ namespace vmgate::hostd {
 class ConnectionSlot;
 
 class Server {
+  struct Listener;
+
  public:
+  // What a SIGHUP makes of the listeners, prepared (prepare_listeners) and
+  // not yet in force: the new listening sockets, bound but not accepted
+  // from, and the settings the running ones are to take. Dropped unused,
+  // its sockets close and nothing has changed.
+  class ListenerReload {
+   public:
+    ListenerReload(ListenerReload&&) noexcept;
+    ListenerReload& operator=(ListenerReload&&) noexcept;
+    ~ListenerReload();
+
+   private:
+    friend class Server;
+    ListenerReload();
+    struct Next;
+    std::vector<Next> next_;  // in the new config's order
+  };
+
   // Each listener is accepted from on every one of `session_executors` (each
   // an io_context run by one thread; `io` alone when the list is empty), and a
   // client connection runs on the executor that accepted it.
@@ -34,10 +53,28 @@ class Server {
          const TokenFile* tokens = nullptr, IdleConnections* idle = nullptr,
          LiveChannels* live = nullptr);
   ~Server();
-  // Binds every listener; throws std::runtime_error naming the listener on failure.
+  // Binds every listener; throws std::runtime_error naming the listener
+  // ("FILE:LINE: listener[N].address: cannot listen on ...") on failure.
   void start();
   // Stops accepting; connections in progress continue until they end.
   void stop_accepting();
+
+  // SIGHUP, in two steps, both on `io`'s thread. A listener of `next` is the
+  // running one with the same address (unix path, or host and port; those on
+  // port 0 by their order among the listeners on the same address), else a
+  // new one. First, what can fail: binds the listeners `next` adds and reads
+  // the TLS files of those it adds or whose [listener.tls] changed. Throws
+  // std::runtime_error "FILE:LINE: listener[N].address: reason" for the
+  // first that fails, having changed nothing: a port in use refuses the
+  // whole reload, as a config error does (see the comment in server.cpp).
+  ListenerReload prepare_listeners(const HostdConfig& next);
+  // Then what cannot fail: the added listeners start accepting, the changed
+  // ones give their new settings (identity, mode, TLS, guest port, name) to
+  // the connections they accept from now on, and the removed ones close
+  // their listening sockets. A connection already open, on any of them,
+  // keeps the settings it was accepted with and runs to its own end.
+  void apply_listeners(ListenerReload reload);
+
   // Reads every TLS listener's certificate, key and CAs again (SIGHUP): new
   // connections get them, open ones keep theirs. A listener whose files fail
   // keeps its old ones, and that is logged; false if any failed.
@@ -48,10 +85,12 @@ class Server {
   std::uint32_t open_connections() const { return connections_->load(); }
 
  private:
-  struct Listener;
+  std::shared_ptr<Listener> open_listener(const ListenerConfig& config, std::string key);
+  void start_accepting(const std::shared_ptr<Listener>& listener);
+  static void close_acceptors(Listener& listener);
   awaitable<void> accept_loop(Listener& listener, Acceptor& acceptor);
   bool take_connection_slot(const LimitsConfig& limits);
-  bool take_client_place(const Listener& listener, Stream& socket, const LimitsConfig& limits,
+  bool take_client_place(const ListenerConfig& listener, Stream& socket, const LimitsConfig& limits,
                          ConnectionSlot& slot);
 
   asio::io_context& io_;
@@ -64,7 +103,11 @@ class Server {
   const TokenFile* tokens_;
   IdleConnections* idle_;
   LiveChannels* live_;
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  // The running listeners, in config order, and those removed whose accept
+  // loops may not have ended yet; changed on `io`'s thread only. Owned here,
+  // not by the loops, so that all are gone before the io_contexts.
+  std::vector<std::shared_ptr<Listener>> listeners_;
+  std::vector<std::shared_ptr<Listener>> retired_;
   // Shared with the connections (ConnectionSlot): one may end, and give its
   // slot back, while the server itself is being torn down.
   std::shared_ptr<std::atomic<std::uint32_t>> connections_ =

@@ -22,8 +22,6 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
        next.libvirt.reconnect_min);
   keep(changed, "libvirt.reconnect_max_ms", running.libvirt.reconnect_max,
        next.libvirt.reconnect_max);
-  // Listeners are bound once: adding, removing or changing one needs a restart.
-  keep(changed, "listener", running.listeners, next.listeners);
   keep(changed, "threads", running.threads, next.threads);
   // The channel section as a whole: the budget and pool are built from it
   // once, and a connection's channels must agree with them.
@@ -41,7 +39,6 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "admin.enabled", running.admin.enabled, next.admin.enabled);
   keep(changed, "admin.address", running.admin.address, next.admin.address);
   keep(changed, "admin.allow_remote", running.admin.allow_remote, next.admin.allow_remote);
-  keep(changed, "auth.tokens_file", running.auth.tokens_file, next.auth.tokens_file);
   return changed;
 }
 

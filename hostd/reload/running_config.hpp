@@ -42,10 +42,11 @@ class CurrentConfig {
 
 // What hostd cannot change while it runs: the libvirt connection, the
 // number of I/O threads, the channel budget and pool (sized once, shared by
-// every connection), the listeners, the admin listener and the tokens
-// file's path (its contents do reload). `next`'s values for those are set back to
-// `running`'s, and the keys that differed are returned ("libvirt.uri"), for
-// the log to say they need a restart.
+// every connection) and the admin listener. (Listeners and the tokens file,
+// path and contents, do change: Server::prepare_listeners, TokenFile.)
+// `next`'s values for those are set back to `running`'s, and the keys that
+// differed are returned ("libvirt.uri"), for the log to say they need a
+// restart.
 std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConfig& next);
 
 }  // namespace vmgate::hostd

@@ -172,6 +172,34 @@ TEST_CASE("an unknown key that is not a bare key is named quoted, as TOML writes
         "hostd.toml:2: limits.\"a: b\\u000A\": unknown key (misspelt, or not valid here)");
 }
 
+TEST_CASE("two listeners on one address are refused at the second, naming the first") {
+  auto e = error_of(
+      "[[listener]]\naddress = \"tcp:127.0.0.1:5986\"\ntrusted = true\n\n"
+      "[[listener]]\naddress = \"tcp:127.0.0.1:5986\"\ntrusted = true\n");
+  CHECK(e ==
+        "hostd.toml:6: listener[1].address: tcp:127.0.0.1:5986 is the address of an "
+        "earlier listener too (hostd.toml:1: listener[0])");
+  // Port 0 is a port of the kernel's choosing for each.
+  auto c = parse_hostd_config(
+      "[[listener]]\naddress = \"tcp:127.0.0.1:0\"\ntrusted = true\n"
+      "[[listener]]\naddress = \"tcp:127.0.0.1:0\"\ntrusted = true\n",
+      "hostd.toml");
+  CHECK(c.listeners.size() == 2);
+}
+
+TEST_CASE("a listener knows its section's line, and moving the section changes nothing else") {
+  auto c = parse_hostd_config(
+      "threads = 1\n[[listener]]\nname = \"a\"\naddress = \"tcp:127.0.0.1:1\"\ntrusted = true\n",
+      "hostd.toml");
+  CHECK(c.listeners.at(0).where.text == "hostd.toml:2: listener[0]");
+  auto moved = parse_hostd_config(
+      "\n\nthreads = 1\n[[listener]]\nname = \"a\"\naddress = \"tcp:127.0.0.1:1\"\n"
+      "trusted = true\n",
+      "hostd.toml");
+  CHECK(moved.listeners.at(0).where.text == "hostd.toml:4: listener[0]");
+  CHECK(moved.listeners.at(0) == c.listeners.at(0));
+}
+
 TEST_CASE("a trusted listener off loopback must be asked for twice") {
   auto e = error_of("[[listener]]\naddress = \"tcp:0.0.0.0:5986\"\ntrusted = true\n");
   CHECK(e.find("not a loopback address") != std::string::npos);

@@ -14,12 +14,23 @@ TEST_CASE("a reload keeps the keys that need a restart at their running values a
       "trusted = true\n",
       "hostd.toml");
   auto changed = keep_restart_only(running, next);
-  CHECK(changed == std::vector<std::string>{"libvirt.uri", "listener", "channel.max_per_vm"});
+  CHECK(changed == std::vector<std::string>{"libvirt.uri", "channel.max_per_vm"});
   CHECK(next.libvirt.uri == "test:///a");
   CHECK(next.channel.max_per_vm == running.channel.max_per_vm);
-  CHECK(next.listeners == running.listeners);
   // What may change at runtime is the new file's.
   CHECK(next.limits.header_bytes == 2048);
+}
+
+TEST_CASE("a reload takes the new file's listeners and tokens file") {
+  auto running = parse_hostd_config("", "hostd.toml");
+  auto next = parse_hostd_config(
+      "[auth]\ntokens_file = \"/etc/vmgate/tokens\"\n"
+      "[[listener]]\naddress = \"tcp:127.0.0.1:1\"\nidentity = \"token\"\n",
+      "hostd.toml");
+  CHECK(keep_restart_only(running, next).empty());
+  REQUIRE(next.listeners.size() == 1);
+  CHECK(next.listeners[0].address.to_string() == "tcp:127.0.0.1:1");
+  CHECK(next.auth.tokens_file == "/etc/vmgate/tokens");
 }
 
 TEST_CASE("a reload of the same file needs no restart") {
