@@ -23,7 +23,9 @@
 // BITS-Error-Context, as the BITS server sends them.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
