@@ -5,7 +5,8 @@
 // streamed through buffer_body in fixed pieces, both ways.
 //
 //   vmgate-test-agent --listen 127.0.0.1:0 [--files DIR] [--name NAME]
-//                     [--threads N] [--idle-timeout SECONDS] [--verbose]
+//                     [--bits-dir DIR] [--threads N] [--idle-timeout SECONDS]
+//                     [--verbose]
 //
 // Prints exactly one line, `listening PORT` (0 for a unix socket), once it
 // accepts connections. Endpoints:
@@ -20,6 +21,11 @@
 //   POST /wsman              a fixed 8 KiB SOAP envelope
 //   GET  /slow?ms=N          "slow\n" after N ms (at most 60000)
 //   GET  /close              "bye\n", then the connection is closed
+//   BITS_POST /ANY/NAME      (any path but /echo-headers)
+//                            a BITS upload server (bits_upload.hpp): sessions
+//                            assemble DIR/NAME in --bits-dir (default: the
+//                            --files DIR); Close-Session's Ack carries
+//                            X-Content-SHA256 of the assembled file
 //   GET  /hang-up-next       "ok\n"; the connection's next request is read,
 //                            not answered, and the connection closed (an
 //                            agent dropping a kept-alive connection just as
@@ -78,6 +84,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include <fmt/format.h>
@@ -89,6 +96,7 @@
 #include "common/log.hpp"
 #include "common/transport.hpp"
 #include "tests/agents/agent_content.hpp"
+#include "tests/agents/bits_upload.hpp"
 
 namespace vmgate::test_agent {
 namespace {
@@ -107,6 +115,7 @@ constexpr auto lingering_close_time = std::chrono::seconds(2);
 struct Options {
   std::string listen = "127.0.0.1:0";
   std::string files_dir;
+  std::string bits_dir;  // empty: files_dir
   std::string name = "agent";
   unsigned threads = 1;
   std::chrono::seconds idle_timeout{120};
@@ -157,10 +166,12 @@ bool is_parse_error(const error_code& ec) {
 
 class Connection {
  public:
-  Connection(Stream& socket, Deadline& deadline, const Options& options, std::uint64_t id)
+  Connection(Stream& socket, Deadline& deadline, const Options& options, bits::Uploads& uploads,
+             std::uint64_t id)
       : socket_(socket),
         deadline_(deadline),
         options_(options),
+        uploads_(uploads),
         id_(id),
         scratch_(std::make_unique<char[]>(piece_size)) {}
   // The deadline's action names this connection: it must not outlive it.
@@ -319,6 +330,10 @@ class Connection {
           .kv("version", info.version);
     }
     const std::string_view path = info.path;
+    // Beast parses a method it does not know (verb::unknown) and keeps its text.
+    // /echo-headers still echoes one, so tests can see it arrive unchanged.
+    if (info.method_name == bits::method && path != "/echo-headers")
+      co_return co_await bits_post(head, info);
     if (path == "/sha256") {
       Sha256 sha;
       auto count =
@@ -406,6 +421,27 @@ class Connection {
       co_return true;
     }
     co_return (co_await read_body(head, info, [](const char*, std::size_t) {})).has_value();
+  }
+
+  // One BITS packet: a fragment's body goes to its session's file; any other
+  // packet's body is skipped (BITS sends none).
+  awaitable<bool> bits_post(http::request_parser<http::empty_body>& head, RequestInfo& info) {
+    auto packet = uploads_.receive(head.get(), info.path);
+    bits::Reply reply;
+    if (auto* fragment = std::get_if<bits::Fragment>(&packet)) {
+      auto count = co_await read_body(head, info,
+                                      [&](const char* p, std::size_t n) { fragment->write(p, n); });
+      // A body cut short ends the connection, and the fragment counts for nothing.
+      if (!count) co_return false;
+      reply = fragment->finish(*count);
+    } else {
+      if (!co_await skip_body(head, info)) co_return false;
+      reply = std::get<bits::Reply>(std::move(packet));
+    }
+    auto res = make_response(info, reply.status, std::move(reply.body));
+    for (auto& [name, value] : reply.headers)
+      res.set(name, value);
+    co_return co_await send(info, std::move(res));
   }
 
   // The body, if any, is already skipped.
@@ -593,6 +629,7 @@ class Connection {
   Stream& socket_;
   Deadline& deadline_;
   const Options& options_;
+  bits::Uploads& uploads_;
   std::uint64_t id_;
   // Holds bytes read past the current head or body piece (the next pipelined
   // request); it must outlive every read on the connection.
@@ -609,13 +646,15 @@ class Connection {
   }
 };
 
-awaitable<void> serve(Stream socket, const Options& options, std::uint64_t id) {
+awaitable<void> serve(Stream socket, const Options& options, bits::Uploads& uploads,
+                      std::uint64_t id) {
   Deadline deadline(socket.get_executor());
-  Connection connection(socket, deadline, options, id);
+  Connection connection(socket, deadline, options, uploads, id);
   co_await connection.run();
 }
 
-awaitable<void> accept_loop(Acceptor& acceptor, transport::Kind kind, const Options& options) {
+awaitable<void> accept_loop(Acceptor& acceptor, transport::Kind kind, const Options& options,
+                            bits::Uploads& uploads) {
   std::uint64_t next_id = 1;
   for (;;) {
     // One strand per connection: the deadline and the work may otherwise run
@@ -633,7 +672,8 @@ awaitable<void> accept_loop(Acceptor& acceptor, transport::Kind kind, const Opti
     transport::tune(socket, kind);
     std::uint64_t id = next_id++;
     auto executor = socket.get_executor();
-    asio::co_spawn(executor, serve(std::move(socket), options, id), [id](std::exception_ptr e) {
+    auto connection = serve(std::move(socket), options, uploads, id);
+    asio::co_spawn(executor, std::move(connection), [id](std::exception_ptr e) {
       if (!e) return;
       try {
         std::rethrow_exception(e);
@@ -650,8 +690,8 @@ awaitable<void> accept_loop(Acceptor& acceptor, transport::Kind kind, const Opti
   fmt::print(stderr,
              "vmgate-test-agent: {}\n"
              "usage: vmgate-test-agent [--listen HOST:PORT | --listen unix:/PATH] [--files DIR]\n"
-             "                         [--name NAME] [--threads N] [--idle-timeout SECONDS]\n"
-             "                         [--verbose]\n",
+             "                         [--bits-dir DIR] [--name NAME] [--threads N]\n"
+             "                         [--idle-timeout SECONDS] [--verbose]\n",
              message);
   std::exit(2);
 }
@@ -675,6 +715,8 @@ Options parse_args(int argc, char** argv) {
       options.listen = value();
     else if (arg == "--files")
       options.files_dir = value();
+    else if (arg == "--bits-dir")
+      options.bits_dir = value();
     else if (arg == "--name")
       options.name = value();
     else if (arg == "--threads")
@@ -702,6 +744,8 @@ int run(int argc, char** argv) {
     usage_error("--listen takes HOST:PORT or unix:/PATH");
 
   std::signal(SIGPIPE, SIG_IGN);
+  // Before the io_context: connections still in it when it is destroyed use it.
+  bits::Uploads uploads(options.bits_dir.empty() ? options.files_dir : options.bits_dir);
   asio::io_context io(static_cast<int>(options.threads));
   error_code ec;
   Acceptor acceptor = transport::listen(io.get_executor(), *address, ec);
@@ -720,7 +764,8 @@ int run(int argc, char** argv) {
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const error_code&, int) { io.stop(); });
-  asio::co_spawn(io, accept_loop(acceptor, address->kind, options), [](std::exception_ptr e) {
+  auto accepting = accept_loop(acceptor, address->kind, options, uploads);
+  asio::co_spawn(io, std::move(accepting), [](std::exception_ptr e) {
     if (!e) return;
     try {
       std::rethrow_exception(e);
