@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <stdexcept>
 
@@ -209,12 +210,16 @@ void Server::start() {
   }
 }
 
-void Server::close_acceptors(Listener& listener) {
+void Server::close_acceptors(Listener& listener, std::function<void()> closed) {
   // Each acceptor belongs to its thread's io_context: it is closed there.
+  // The last to close runs `closed`: until then the port still accepts.
+  auto left = std::make_shared<std::atomic<std::size_t>>(listener.acceptors.size());
+  auto done = std::make_shared<std::function<void()>>(std::move(closed));
   for (auto& acceptor : listener.acceptors) {
-    asio::post(acceptor.get_executor(), [&acceptor] {
+    asio::post(acceptor.get_executor(), [&acceptor, left, done] {
       error_code ignored;
       acceptor.close(ignored);
+      if (--*left == 0 && *done) (*done)();
     });
   }
 }
@@ -274,8 +279,10 @@ void Server::apply_listeners(ListenerReload reload) {
     if (std::find(next.begin(), next.end(), l) != next.end()) continue;
     // Its accept loops end as they see the socket close; the connections
     // they accepted go on, each holding the settings it was accepted with.
-    close_acceptors(*l);
-    log::info("listener_removed").kv("listener", l->name()).kv("addr", l->bound);
+    // Logged once the port refuses connections (every thread's acceptor closed).
+    close_acceptors(*l, [name = l->name(), addr = l->bound] {
+      log::info("listener_removed").kv("listener", name).kv("addr", addr);
+    });
     retired_.push_back(std::move(l));
   }
   listeners_ = std::move(next);

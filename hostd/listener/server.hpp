@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -87,7 +88,7 @@ class Server {
  private:
   std::shared_ptr<Listener> open_listener(const ListenerConfig& config, std::string key);
   void start_accepting(const std::shared_ptr<Listener>& listener);
-  static void close_acceptors(Listener& listener);
+  static void close_acceptors(Listener& listener, std::function<void()> closed = {});
   awaitable<void> accept_loop(Listener& listener, Acceptor& acceptor);
   bool take_connection_slot(const LimitsConfig& limits);
   bool take_client_place(const ListenerConfig& listener, Stream& socket, const LimitsConfig& limits,
