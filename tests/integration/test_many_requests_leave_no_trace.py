@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from vmgate_lab import VM, Lab, wait_until
+from vmgate_lab import VM, Lab, built_with_asan, wait_until
 
 REQUESTS = 100_000
 WARM_UP = 5_000
@@ -95,8 +95,11 @@ def test_100000_mixed_requests_leave_descriptors_and_memory_as_they_were(tmp_pat
         answered = load(lab, str(script), REQUESTS)
         wait_until(lambda: settled() <= fds_before, 10, "hostd's descriptors back to %d" % fds_before)
         growth = rss_kib(pid) - rss_before
-        assert growth < RSS_GROWTH_BOUND_KIB, (
-            "hostd grew by %d KiB over %d requests" % (growth, answered))
+        # ASan holds freed memory in its quarantine (and finds leaks itself,
+        # at exit): there the bound says nothing.
+        if not built_with_asan():
+            assert growth < RSS_GROWTH_BOUND_KIB, (
+                "hostd grew by %d KiB over %d requests" % (growth, answered))
         # Every kind was met, and hostd still serves.
         log = "\n".join(lab.hostd.lines())
         for status in ("status=200", "status=404", "status=503", "status=400", "status=431",

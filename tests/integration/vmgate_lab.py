@@ -39,6 +39,12 @@ TEST_AGENT = os.environ.get(
 WSMAN_AGENT = os.path.join(SOURCE_DIR, "tests", "agents", "wsman_agent.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-winrm imports only here
 
+
+def built_with_asan(path=HOSTD):
+    """Whether the binary at `path` is an AddressSanitizer build."""
+    with open(path, "rb") as f:
+        return b"__asan_init" in f.read()
+
 START_TIMEOUT = 15.0  # seconds for any process to say it is ready
 
 
