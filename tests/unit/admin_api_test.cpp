@@ -188,7 +188,8 @@ TEST_CASE("/v1/resolve answers found, not_found, ambiguous with 200, 404, 409") 
   CHECK(a["result"] == "ambiguous");
   CHECK(a["candidates"].size() == 2);
 
-  CHECK(f.request("GET", "/v1/resolve?target=group:web").status == 501);
+  CHECK(f.request("GET", "/v1/resolve?target=group:web").status == 404);
+  CHECK(f.request("GET", "/v1/resolve?target=kvm7/vm1").status == 501);
   CHECK(f.request("GET", "/v1/resolve?target=bad%20name").status == 400);
   CHECK(f.request("GET", "/v1/resolve").status == 400);
 }
