@@ -71,7 +71,9 @@ boost::system::result<RangePattern, std::string> parse_range(std::string_view te
     const auto open = rest.find('[');
     std::string_view literal = rest.substr(0, open);
     for (unsigned char c : literal)
-      if (!valid_name_char(c))
+      if (c == ']') {
+        return bad("']' without '['");
+      } else if (!valid_name_char(c))
         return bad("names hold printable characters, no spaces, '/' or quotes");
     pattern.literals.push_back(literal);
     longest += literal.size();
@@ -110,7 +112,6 @@ boost::system::result<RangePattern, std::string> parse_range(std::string_view te
     longest += widest;
     rest = rest.substr(close + 1);
   }
-  if (rest.find(']') != std::string_view::npos) return bad("']' without '['");
   if (longest > max_name)
     return bad(fmt::format("its names would be longer than {} bytes", max_name));
   *count = total;
