@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <tuple>
 #include <vector>
 
 #include "hostd/directory/group_membership.hpp"
@@ -125,13 +126,13 @@ Resolution EmbeddedDirectory::resolve(const Target& target) const {
   }
   // A copy of the VMs, then no lock held: resolving a large group does not
   // hold up the lookups of unicast requests.
-  const std::vector<VmRecord> vms = snapshot();
+  const std::vector<VmRecord> vms = snapshot_by_name();
   const std::vector<GuestJoin> joins = joins_ ? joins_->joins() : std::vector<GuestJoin>{};
   return resolve_target(target, vms, GroupSources{*groups_, joins, *limits_});
 }
 
 std::vector<GroupReport> EmbeddedDirectory::groups() const {
-  const std::vector<VmRecord> vms = snapshot();
+  const std::vector<VmRecord> vms = snapshot_by_name();
   const std::vector<GuestJoin> joins = joins_ ? joins_->joins() : std::vector<GuestJoin>{};
   return report_groups(vms, GroupSources{*groups_, joins, *limits_});
 }
@@ -176,6 +177,15 @@ std::vector<VmRecord> EmbeddedDirectory::snapshot() const {
   for (const auto& [uuid, vm] : index_.by_uuid)
     out.push_back(vm);
   return out;
+}
+
+// A group's members are listed in name order, as an operator reads them.
+std::vector<VmRecord> EmbeddedDirectory::snapshot_by_name() const {
+  std::vector<VmRecord> vms = snapshot();
+  std::ranges::sort(vms, [](const VmRecord& a, const VmRecord& b) {
+    return std::tie(a.name, a.uuid) < std::tie(b.name, b.uuid);
+  });
+  return vms;
 }
 
 std::size_t EmbeddedDirectory::size() const {

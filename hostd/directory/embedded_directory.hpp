@@ -49,6 +49,7 @@ class EmbeddedDirectory final : public Directory, public DirectoryFeed {
     // A restored or redefined domain can briefly share a CID with its old self.
     std::multimap<std::uint32_t, std::string> uuid_by_cid;
   };
+  std::vector<VmRecord> snapshot_by_name() const;
   void insert_into(Index& index, VmRecord vm) const;
   static void erase_from(Index& index, const std::string& uuid);
   void notify(const DirectoryChange& change);
