@@ -98,7 +98,7 @@ TEST_CASE("a corrupt state file is refused with an error naming the file") {
   }
 }
 
-TEST_CASE("a missing state file is an empty store; one that cannot be written fails the join") {
+TEST_CASE("a missing state file is an empty store, and one that cannot be written fails the join") {
   TempDir dir;
   auto store =
       GroupMembership::open((dir.path / "no-such-dir" / "state.json").string(), joinable());
