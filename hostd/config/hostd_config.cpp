@@ -241,6 +241,12 @@ HostdConfig read(const Section& root) {
     if (auto parsed = transport::parse(sample); !parsed) s->fail("transport", parsed.error());
     c.channel.connect_timeout =
         s->get_ms("connect_timeout_ms", c.channel.connect_timeout, 10ms, 600'000ms);
+    c.channel.connect_retry_min =
+        s->get_ms("connect_retry_min_ms", c.channel.connect_retry_min, 1ms, 60'000ms);
+    c.channel.connect_retry_max =
+        s->get_ms("connect_retry_max_ms", c.channel.connect_retry_max, 1ms, 600'000ms);
+    if (c.channel.connect_retry_max < c.channel.connect_retry_min)
+      s->fail("connect_retry_max_ms", "must not be smaller than connect_retry_min_ms");
     c.channel.pool_max_idle =
         static_cast<std::uint32_t>(s->get_int("pool_max_idle", c.channel.pool_max_idle, 0, 65536));
     c.channel.pool_idle_timeout =

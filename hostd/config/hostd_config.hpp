@@ -88,7 +88,15 @@ struct ChannelConfig {
   // Per-VM transport to reach guestd; placeholders {cid} {name} {uuid} {port}.
   std::string transport_template = "vsock:{cid}:{port}";
   std::uint32_t guestd_port = default_channel_port;
-  std::chrono::milliseconds connect_timeout{3000};  // connect + guestd's answer
+  // Connect + guestd's answer, retries included: a guestd that is not
+  // answering yet (its VM booting, guestd restarting: the connect refused or
+  // reset, or closed before an answer) is tried again within it, after a
+  // wait drawn from [d/2, d], d doubling from connect_retry_min up to
+  // connect_retry_max; then 502 "guestd not answering". An answer (guestd's
+  // refusal included) is never retried.
+  std::chrono::milliseconds connect_timeout{3000};
+  std::chrono::milliseconds connect_retry_min{50};
+  std::chrono::milliseconds connect_retry_max{500};
   // Idle keep-alive channels kept for later requests of any client, per
   // (VM, agent port); 0 turns the pool off. A client connection gives its
   // channel back here as soon as its exchange is done, so this, not the

@@ -30,6 +30,8 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "channel.transport", rc.transport_template, nc.transport_template);
   keep(changed, "channel.guestd_port", rc.guestd_port, nc.guestd_port);
   keep(changed, "channel.connect_timeout_ms", rc.connect_timeout, nc.connect_timeout);
+  keep(changed, "channel.connect_retry_min_ms", rc.connect_retry_min, nc.connect_retry_min);
+  keep(changed, "channel.connect_retry_max_ms", rc.connect_retry_max, nc.connect_retry_max);
   keep(changed, "channel.pool_max_idle", rc.pool_max_idle, nc.pool_max_idle);
   keep(changed, "channel.pool_idle_timeout_ms", rc.pool_idle_timeout, nc.pool_idle_timeout);
   keep(changed, "channel.max_per_vm", rc.max_per_vm, nc.max_per_vm);

@@ -124,6 +124,15 @@ TEST_CASE("a libvirt reconnect_max_ms below reconnect_min_ms is refused at its l
   CHECK(c.libvirt.reconnect_max.count() == 1000);
 }
 
+TEST_CASE("the channel connect retries have their defaults, and max below min is refused") {
+  auto c = parse_hostd_config("", "hostd.toml");
+  CHECK(c.channel.connect_retry_min.count() == 50);
+  CHECK(c.channel.connect_retry_max.count() == 500);
+  CHECK(error_of("[channel]\nconnect_retry_min_ms = 200\nconnect_retry_max_ms = 100\n") ==
+        "hostd.toml:3: channel.connect_retry_max_ms: must not be smaller than "
+        "connect_retry_min_ms");
+}
+
 TEST_CASE("values out of their range are refused at their line and key") {
   struct Case {
     const char* text;
