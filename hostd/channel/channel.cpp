@@ -191,9 +191,11 @@ boost::system::result<transport::Address, Refusal> channel_address(const Channel
 
 awaitable<ChannelResult> open_channel(const ChannelConfig& config, const VmRecord& vm,
                                       const transport::Address& address, std::uint16_t port,
-                                      std::string_view client, std::string_view request_id) {
+                                      std::string_view client, std::string_view request_id,
+                                      std::optional<AttachedDevice> attached) {
   using clock = std::chrono::steady_clock;
-  const std::chrono::milliseconds limit = config.connect_timeout;
+  const std::chrono::milliseconds limit =
+      attached ? attached->guestd_timeout : config.connect_timeout;
   const auto started = clock::now();
   const auto deadline = started + limit;
   // Made at the first failure: most channels open at the first attempt.
@@ -223,6 +225,11 @@ awaitable<ChannelResult> open_channel(const ChannelConfig& config, const VmRecor
   const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started);
   const std::string tried = fmt::format("{}; {} {} in {} ms", last, attempts,
                                         attempts == 1 ? "attempt" : "attempts", waited.count());
+  if (attached) {
+    co_return Refusal{503, fmt::format("vm {} was given a vsock device, but its guestd is not "
+                                       "answering on {}: {}",
+                                       vm.name, where_guestd_is(address), tried)};
+  }
   co_return Refusal{502, fmt::format("guestd not answering on {} (vm {}): {}",
                                      where_guestd_is(address), vm.name, tried)};
 }

@@ -18,7 +18,17 @@ inline constexpr std::uint32_t default_channel_port = 5500;
 // The libvirt connection the inventory keeps.
 struct LibvirtConfig {
   std::string uri = "qemu:///system";
+  // Unless attach_vsock_on_demand, which needs read-write and makes it the default.
   bool read_only = true;
+  // A request for a running domain without a vsock device attaches one to
+  // the live domain (hostd/channel/channel_on_demand.hpp). libvirt answers
+  // the attach within attach_timeout (else 503), and the guest's guestd
+  // then has attached_guestd_timeout to answer on the new device (else 503):
+  // longer than channel.connect_timeout, as the guest must take in the
+  // device and guestd bind to it.
+  bool attach_vsock_on_demand = false;
+  std::chrono::milliseconds attach_timeout{10'000};
+  std::chrono::milliseconds attached_guestd_timeout{15'000};
   std::chrono::milliseconds reconnect_min{500};
   std::chrono::milliseconds reconnect_max{30'000};
 };

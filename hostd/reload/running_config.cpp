@@ -22,6 +22,12 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
        next.libvirt.reconnect_min);
   keep(changed, "libvirt.reconnect_max_ms", running.libvirt.reconnect_max,
        next.libvirt.reconnect_max);
+  keep(changed, "libvirt.attach_vsock_on_demand", running.libvirt.attach_vsock_on_demand,
+       next.libvirt.attach_vsock_on_demand);
+  keep(changed, "libvirt.attach_timeout_ms", running.libvirt.attach_timeout,
+       next.libvirt.attach_timeout);
+  keep(changed, "libvirt.attached_guestd_timeout_ms", running.libvirt.attached_guestd_timeout,
+       next.libvirt.attached_guestd_timeout);
   keep(changed, "threads", running.threads, next.threads);
   // The channel section as a whole: the budget and pool are built from it
   // once, and a connection's channels must agree with them.
