@@ -49,10 +49,9 @@ boost::system::result<std::uint32_t> parse_answer(std::string_view line) {
   if (line.size() > max_answer_bytes) return make_error_code(Error::too_long);
   constexpr std::string_view ok = "OK ";
   if (!line.starts_with(ok)) return make_error_code(Error::not_ok);
+  // from_chars takes neither a sign nor spaces for an unsigned number, and
+  // says where it stopped: only digits, all of them, are a port.
   std::string_view digits = line.substr(ok.size());
-  // from_chars alone would take a sign or leave a suffix; only digits are a port.
-  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string_view::npos)
-    return make_error_code(Error::not_ok);
   std::uint32_t port = 0;
   auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
   if (ec != std::errc() || end != digits.data() + digits.size())
