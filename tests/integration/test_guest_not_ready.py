@@ -5,6 +5,7 @@ request, one that never does is a 502 "guestd not answering on cid N (vm
 NAME)" (the transport address for the unix stand-in) within the bound, and
 an answer from guestd, a refusal included, is never retried."""
 
+import socket
 import threading
 import time
 
@@ -109,9 +110,19 @@ def test_a_refusal_from_guestd_is_answered_at_once_never_retried(lab):
     assert len(seen) == 1, seen
 
 
+def vsock_available():
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not vsock_available(), reason="no AF_VSOCK in this kernel")
 def test_a_vsock_guest_not_answering_is_502_naming_its_cid():
-    # This machine's own CID (3) answers a connect at once with ENODEV: no
-    # vsock transport reaches it, as for a guest whose device is not up yet.
+    # CID 3 with a port nobody listens on: in a guest (this lab machine is
+    # one) the connect fails at once with ENODEV, on a host it is reset or
+    # times out; each is a guest not answering. Never CID 2: the host.
     vm = VM("vsockvm", cid=3, agent=None, guestd=False)
     hostd = {"channel": {"transport": "vsock:{cid}:%d" % NOBODY_LISTENS,
                          "connect_timeout_ms": 1000}}
