@@ -94,7 +94,9 @@ awaitable<AttemptResult> connect_and_handshake(const transport::Address& address
     co_return failed_attempt(ec,
                              {502, fmt::format("guestd on vm {} is unreachable ({}: {})", vm.name,
                                                address.to_string(), ec.message())},
-                             "the connect failed");
+                             ec.category() == hybrid_vsock::category()
+                                 ? "the hybrid vsock handshake failed"
+                                 : "the connect failed");
   }
   preamble::Request request{.verb = preamble::Verb::connect, .argument = std::to_string(port)};
   request.fields.emplace_back("Client", std::string(client));

@@ -148,7 +148,8 @@ def test_a_vmm_that_closes_without_answering_is_502_after_retries(lab):
     assert r.status == 502, (r, r.text)
     assert r.text.startswith("502 Bad Gateway: guestd not answering on fcvsock:%s:%d (vm fc-close): "
                              % (lab.path("fc-close.vsock"), GUESTD_PORT)), r.text
-    assert "the VMM closed the hybrid vsock socket without answering CONNECT" in r.text, r.text
+    assert ("the hybrid vsock handshake failed (the VMM closed the hybrid vsock socket without "
+            "answering CONNECT" in r.text), r.text
     assert len(lab.vmms["fc-close"].requests) >= 2, "a refusal by closing is tried again"
 
 
