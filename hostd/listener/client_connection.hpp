@@ -24,6 +24,8 @@
 
 namespace vmgate::hostd {
 
+class PeerChannels;
+
 struct ConnectionContext {
   const HostdConfig& config;
   const ListenerConfig& listener;
@@ -37,6 +39,9 @@ struct ConnectionContext {
   IdleConnections* idle = nullptr;    // null: not closed early on SIGTERM (tests)
   LiveChannels* live = nullptr;       // null: channels in use are not cut when their VM goes
   ConnectionCaps* caps = nullptr;     // null: tunnels are not capped (tests)
+  // Cluster mode: VMs on other hosts are reached through them. Null: every
+  // VM is this host's.
+  PeerChannels* peers = nullptr;
 };
 
 // A connection's place under max_connections, given back when the

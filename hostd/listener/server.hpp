@@ -22,6 +22,7 @@
 namespace vmgate::hostd {
 
 class ConnectionSlot;
+class PeerChannels;
 
 class Server {
   struct Listener;
@@ -52,7 +53,7 @@ class Server {
          ChannelBudget& budget, HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
          std::vector<asio::any_io_executor> session_executors = {},
          const TokenFile* tokens = nullptr, IdleConnections* idle = nullptr,
-         LiveChannels* live = nullptr);
+         LiveChannels* live = nullptr, PeerChannels* peers = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener
   // ("FILE:LINE: listener[N].address: cannot listen on ...") on failure.
@@ -104,6 +105,7 @@ class Server {
   const TokenFile* tokens_;
   IdleConnections* idle_;
   LiveChannels* live_;
+  PeerChannels* peers_;
   // The running listeners, in config order, and those removed whose accept
   // loops may not have ended yet; changed on `io`'s thread only. Owned here,
   // not by the loops, so that all are gone before the io_contexts.
