@@ -1,5 +1,7 @@
 #include "hostd/cluster/cluster_sync.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "common/log.hpp"
@@ -153,27 +155,46 @@ awaitable<void> ClusterSync::keep_alive_loop() {
 awaitable<void> ClusterSync::watch_loop(std::int64_t revision) {
   const std::string prefix(cluster_prefix);
   const std::string end = prefix_range_end(prefix);
+  asio::steady_timer pause(executor_);
+  // Named, not a temporary in the co_await (see client_connection.cpp).
+  const EtcdClient::WatchHandler handler = [this](const EtcdWatchMessage& m) { on_watch(m); };
+  watched_ = revision;
   for (;;) {
-    auto ended = co_await client_.watch(prefix, end, revision + 1,
-                                        [this](const EtcdWatchMessage& m) { on_watch(m); });
+    auto ended = co_await client_.watch(prefix, end, watched_ + 1, handler);
     if (end_) co_return;
     if (ended.compact_revision == 0) {
-      end_session(ended.reason);
-      co_return;
+      // The stream broke (a member restarted, a connection reset): watched
+      // again from just after the last event it delivered, on whichever
+      // member answers; the session ends only when none does.
+      log::info("etcd_watch_broken")
+          .kv("host", self_.name)
+          .kv("reason", ended.reason)
+          .kv("from", static_cast<long long>(watched_ + 1));
+      pause.expires_after(config_.reconnect_min);
+      auto [ec] = co_await pause.async_wait(use_tuple);
+      if (ec || end_) co_return;
+      auto alive = co_await client_.range(std::string(cluster_hosts_prefix), "", 0);
+      if (!alive) {
+        end_session(ended.reason + "; " + alive.error().message);
+        co_return;
+      }
+      continue;
     }
     // The changes after `revision` are gone from etcd's history: the state
     // is read again, whole, at one revision, and watched from just after it.
     ++status_.compactions_;
     log::warn("etcd_watch_compacted")
         .kv("host", self_.name)
-        .kv("watched_from", static_cast<long long>(revision + 1))
+        .kv("watched_from", static_cast<long long>(watched_ + 1))
         .kv("compact_revision", static_cast<long long>(ended.compact_revision));
     auto reread = co_await read_everything();
     if (!reread) {
       end_session(reread.error().message);
       co_return;
     }
-    revision = *reread;
+    for (const auto& uuid : directory_.local_uuids())
+      mark_dirty(uuid);
+    watched_ = *reread;
   }
 }
 
@@ -297,6 +318,7 @@ awaitable<EtcdResult<void>> ClusterSync::publish_claim(const std::string& uuid) 
 void ClusterSync::on_watch(const EtcdWatchMessage& message) {
   status_.revision_ = message.revision;
   for (const auto& event : message.events) {
+    watched_ = std::max(watched_, event.kv.mod_revision);
     const ClusterKey key = parse_cluster_key(event.kv.key);
     if (key.kind == ClusterKey::Kind::host) {
       if (event.deleted) {

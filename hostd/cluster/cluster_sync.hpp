@@ -101,6 +101,9 @@ class ClusterSync {
   EtcdClient client_;
   ClusterStatus status_;
   std::int64_t lease_ = 0;
+  // The revision of the last change the watch delivered (or of the read it
+  // started after): a broken watch resumes just after it.
+  std::int64_t watched_ = 0;
   std::optional<SessionEnd> end_;
   std::set<std::string> dirty_;
   asio::steady_timer wake_publisher_;

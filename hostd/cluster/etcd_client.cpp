@@ -214,7 +214,8 @@ awaitable<EtcdWatchEnd> EtcdClient::watch(std::string key, std::string range_end
   while (!parser.is_done()) {
     parser.get().body().data = chunk.data();
     parser.get().body().size = chunk.size();
-    auto [ec, n] = co_await http::async_read(*stream, buffer, parser, use_tuple);
+    // read_some: a watch message is delivered as it arrives, not once 64 KiB have.
+    auto [ec, n] = co_await http::async_read_some(*stream, buffer, parser, use_tuple);
     if (ec == http::error::need_buffer) ec = {};
     pending.append(chunk.data(), chunk.size() - parser.get().body().size);
     const bool lines_ok = take_lines(pending, [&](std::string_view line) {
