@@ -172,6 +172,7 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
   const std::string client = field_of(head, peer_client_field);
   const std::string identity = field_of(head, peer_identity_field);
   {
+    std::optional<std::string> delivery_vm;
     auto record = [&](unsigned status, std::string_view reason) {
       log::Line l(log::Level::info, "peer_request");
       l.kv("conn", static_cast<unsigned long long>(id))
@@ -182,6 +183,7 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
           .kv("identity", identity)
           .kv("target", std::string(head.target()))
           .kv("status", status);
+      if (delivery_vm) l.kv("vm", *delivery_vm);
       if (!reason.empty()) l.kv("reason", reason);
     };
     // Only a host of the cluster is heard, and only as the host it is.
@@ -192,6 +194,7 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
       co_return;
     }
     auto delivery = check_request(head, config_, directory_);
+    if (delivery) delivery_vm = delivery->vm.name;
     if (!delivery) {
       record(delivery.error().status, delivery.error().reason);
       co_await respond(delivery.error(), request_id);
@@ -205,6 +208,7 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
       co_return;
     }
     deadline.expires_never();
+    record(200, {});
     static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
     auto [wec, wn] = co_await asio::async_write(peer, asio::buffer(established), use_tuple);
     if (wec) co_return;
@@ -227,16 +231,13 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
     error_code ignored;
     channel->stream.close(ignored);
     co_await peer.close(!relayed.error, std::chrono::milliseconds(1000));
-    log::Line l(log::Level::info, "peer_request");
+    // The link's end: a pooled link carries several requests to its VM.
+    log::Line l(log::Level::info, "peer_link_closed");
     l.kv("conn", static_cast<unsigned long long>(id))
-        .kv("peer", from_address)
         .kv("from", *from_host)
         .kv("req", request_id)
-        .kv("client", client)
-        .kv("identity", identity)
         .kv("vm", delivery->vm.name)
         .kv("port", static_cast<unsigned>(delivery->port))
-        .kv("status", 200)
         .kv("bytes_in", static_cast<unsigned long long>(relayed.a_to_b))
         .kv("bytes_out", static_cast<unsigned long long>(relayed.b_to_a))
         .kv("ms", static_cast<long long>(

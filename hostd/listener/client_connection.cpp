@@ -390,11 +390,13 @@ class ClientConnection {
   awaitable<ChannelResult> open_channel_to(const Destination& destination, std::uint16_t port,
                                            const RequestRecord& rec) {
     if (ctx_.peers && ctx_.peers->remote(destination.vm)) {
-      co_return co_await ctx_.peers->open(destination.vm, port,
-                                          PeerRequest{.target_host = destination.vm.host,
-                                                      .client = peer_,
-                                                      .identity = identity_.to_string(),
-                                                      .request_id = rec.id});
+      // A named local: g++ 12 destroys a temporary in a co_await twice.
+      const PeerRequest request{.target_host = destination.vm.host,
+                                .client = peer_,
+                                .identity = identity_.to_string(),
+                                .request_id = rec.id};
+      auto channel = co_await ctx_.peers->open(destination.vm, port, request);
+      co_return channel;
     }
     co_return co_await open_channel(ctx_.config.channel, destination.vm, destination.address,
                                     port, peer_, rec.id);
