@@ -28,7 +28,7 @@ TEST_CASE("a range answer gives its revision and its keys, and none when nothing
       R"({"header":{"cluster_id":"1","member_id":"2","revision":"2","raft_term":"2"},)"
       R"("kvs":[{"key":"L3ZtZ2F0ZS92MS9h","create_revision":"2","mod_revision":"2",)"
       R"("version":"1","value":"aGVsbG8=","lease":"7587"}],"count":"1"})");
-  REQUIRE(range);
+  REQUIRE(range.has_value());
   CHECK(range->revision == 2);
   REQUIRE(range->kvs.size() == 1);
   CHECK(range->kvs[0].key == "/vmgate/v1/a");
@@ -36,7 +36,7 @@ TEST_CASE("a range answer gives its revision and its keys, and none when nothing
   CHECK(range->kvs[0].mod_revision == 2);
   CHECK(range->kvs[0].lease == 7587);
   auto empty = decode_range_response(R"({"header":{"revision":"9"}})");
-  REQUIRE(empty);
+  REQUIRE(empty.has_value());
   CHECK(empty->revision == 9);
   CHECK(empty->kvs.empty());
 }
@@ -44,12 +44,12 @@ TEST_CASE("a range answer gives its revision and its keys, and none when nothing
 TEST_CASE("an etcd error answer is an error, and UNAVAILABLE sends the call to another member") {
   auto unavailable = decode_range_response(
       R"({"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14})");
-  REQUIRE_FALSE(unavailable);
+  REQUIRE_FALSE(unavailable.has_value());
   CHECK(unavailable.error().try_another_endpoint);
   CHECK(unavailable.error().message == "etcd: etcdserver: no leader");
   auto compacted = decode_range_response(
       R"({"error":"etcdserver: mvcc: required revision has been compacted","code":11})");
-  REQUIRE_FALSE(compacted);
+  REQUIRE_FALSE(compacted.has_value());
   CHECK_FALSE(compacted.error().try_another_endpoint);
 }
 
@@ -67,13 +67,13 @@ TEST_CASE("a transaction on a key compares its mod_revision, and a lost compare 
 
   auto won = decode_txn_response(
       R"({"header":{"revision":"3"},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"3"}}}]})");
-  REQUIRE(won);
+  REQUIRE(won.has_value());
   CHECK(won->succeeded);
   CHECK(won->revision == 3);
   auto lost = decode_txn_response(
       R"({"header":{"revision":"3"},"responses":[{"response_range":{"header":{"revision":"3"},)"
       R"("kvs":[{"key":"L3ZtZ2F0ZS92MS9i","create_revision":"3","mod_revision":"3","version":"1","value":"eA=="}],"count":"1"}}]})");
-  REQUIRE(lost);
+  REQUIRE(lost.has_value());
   CHECK_FALSE(lost->succeeded);
   REQUIRE(lost->current);
   CHECK(lost->current->value == "x");
@@ -83,24 +83,24 @@ TEST_CASE("a transaction on a key compares its mod_revision, and a lost compare 
 TEST_CASE("a keepalive of a lease etcd no longer knows says TTL 0") {
   auto alive = decode_lease_keepalive(
       R"({"result":{"header":{"revision":"3"},"ID":"4111120373580346380","TTL":"5"}})");
-  REQUIRE(alive);
+  REQUIRE(alive.has_value());
   CHECK(alive->id == 4111120373580346380);
   CHECK(alive->ttl == 5);
   auto gone = decode_lease_keepalive(R"({"result":{"header":{"revision":"3"},"ID":"12345"}})");
-  REQUIRE(gone);
+  REQUIRE(gone.has_value());
   CHECK(gone->ttl == 0);
 }
 
 TEST_CASE("watch messages give events, deletes and the compact revision of a canceled watch") {
   auto created = decode_watch_message(R"({"result":{"header":{"revision":"3"},"created":true}})");
-  REQUIRE(created);
+  REQUIRE(created.has_value());
   CHECK(created->created);
   CHECK(created->events.empty());
   auto events = decode_watch_message(
       R"({"result":{"header":{"revision":"4"},"events":[{"kv":{"key":"L3ZtZ2F0ZS92MS9i",)"
       R"("create_revision":"3","mod_revision":"3","version":"1","value":"eA=="}},)"
       R"({"type":"DELETE","kv":{"key":"L3ZtZ2F0ZS92MS9h","mod_revision":"4"}}]}})");
-  REQUIRE(events);
+  REQUIRE(events.has_value());
   CHECK(events->revision == 4);
   REQUIRE(events->events.size() == 2);
   CHECK_FALSE(events->events[0].deleted);
@@ -109,7 +109,7 @@ TEST_CASE("watch messages give events, deletes and the compact revision of a can
   CHECK(events->events[1].kv.key == "/vmgate/v1/a");
   auto compacted = decode_watch_message(
       R"({"result":{"header":{"raft_term":"2"},"canceled":true,"compact_revision":"6"}})");
-  REQUIRE(compacted);
+  REQUIRE(compacted.has_value());
   CHECK(compacted->canceled);
   CHECK(compacted->compact_revision == 6);
 }
