@@ -54,8 +54,7 @@ struct PeerRequest {
 
 // The CONNECT head of a forwarded message; fields that would break a line
 // are dropped.
-std::string encode_peer_request(const VmRecord& vm, std::uint16_t port,
-                                const PeerRequest& request);
+std::string encode_peer_request(const VmRecord& vm, std::uint16_t port, const PeerRequest& request);
 
 class PeerChannels {
  public:
@@ -77,8 +76,7 @@ class PeerChannels {
  private:
   awaitable<boost::system::result<Channel, Refusal>> connect(const HostRecord& host,
                                                              const transport::Address& address,
-                                                             const VmRecord& vm,
-                                                             std::uint16_t port,
+                                                             const VmRecord& vm, std::uint16_t port,
                                                              const PeerRequest& request);
 
   const ClusterConfig& config_;

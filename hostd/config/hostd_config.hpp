@@ -196,7 +196,7 @@ struct ClusterConfig {
   // The peer listener: HTTP/1.1 over mutual TLS, for requests other hostds
   // forward to this host's VMs.
   transport::Address peer_listen{.kind = transport::Kind::tcp, .port = 7443, .host = "0.0.0.0"};
-  std::string peer_address;  // what other hosts connect to; default: peer_listen
+  std::string peer_address;      // what other hosts connect to; default: peer_listen
   std::string peer_certificate;  // names host_name (DNS SAN or CN)
   std::string peer_key;
   std::string peer_ca;  // the cluster CA: every host's certificate chains to it

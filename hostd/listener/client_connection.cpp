@@ -54,10 +54,13 @@ class ClientConnection {
         peer_(std::move(peer)),
         identity_(std::move(identity)),
         over_client_cap_(over_client_cap),
-        admission_{context.config.routing, context.config.channel, context.config.limits,
-                   context.directory, context.policy,
-                   context.peers ? std::string_view(context.peers->local_host())
-                                 : std::string_view()},
+        admission_{
+            context.config.routing,
+            context.config.channel,
+            context.config.limits,
+            context.directory,
+            context.policy,
+            context.peers ? std::string_view(context.peers->local_host()) : std::string_view()},
         deadline_(client_.get_executor()) {}
   ClientConnection(const ClientConnection&) = delete;
   ClientConnection& operator=(const ClientConnection&) = delete;
@@ -398,8 +401,8 @@ class ClientConnection {
       auto channel = co_await ctx_.peers->open(destination.vm, port, request);
       co_return channel;
     }
-    co_return co_await open_channel(ctx_.config.channel, destination.vm, destination.address,
-                                    port, peer_, rec.id);
+    co_return co_await open_channel(ctx_.config.channel, destination.vm, destination.address, port,
+                                    peer_, rec.id);
   }
 
   ChannelResult reused(RequestRecord& rec, Channel channel) {
