@@ -41,6 +41,10 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "admin.allow_remote", running.admin.allow_remote, next.admin.allow_remote);
   // The etcd session, this host's name and the peer listener are built once.
   keep(changed, "cluster", running.cluster, next.cluster);
+  // Its sockets are bound once, and its zone answers from the first snapshot.
+  keep(changed, "dns", running.dns, next.dns);
+  if (running.dns.enabled())
+    keep(changed, "routing.host_suffix", running.routing.host_suffix, next.routing.host_suffix);
   return changed;
 }
 
