@@ -274,217 +274,219 @@ ClusterConfig read_cluster(const Section& s) {
   }
   s.reject_unknown_keys();
   return c;
-  // "vms.example": labels of letters, digits, '-' and '_', each 1..63
-  // bytes, 253 in all (RFC 1035 §2.3.4), as the zone's SOA is written.
-  bool valid_dns_name(std::string_view name) {
-    if (name.empty() || name.size() > 253) return false;
-    std::size_t label = 0;
-    for (char c : name) {
-      if (c == '.') {
-        if (label == 0) return false;
-        label = 0;
-        continue;
-      }
-      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                      c == '-' || c == '_';
-      if (!ok || ++label > 63) return false;
-    }
-    return label != 0;
-  }
+}
 
-  // "127.0.0.1:53", "[::1]:5353".
-  std::optional<DnsListen> parse_dns_listen(std::string_view text) {
-    DnsListen l;
-    std::string_view port;
-    if (text.starts_with('[')) {
-      const auto close = text.find("]:");
-      if (close == std::string_view::npos) return std::nullopt;
-      l.host = text.substr(1, close - 1);
-      port = text.substr(close + 2);
-    } else {
-      const auto colon = text.rfind(':');
-      if (colon == std::string_view::npos || text.find(':') != colon) return std::nullopt;
-      l.host = text.substr(0, colon);
-      port = text.substr(colon + 1);
+// "vms.example": labels of letters, digits, '-' and '_', each 1..63
+// bytes, 253 in all (RFC 1035 §2.3.4), as the zone's SOA is written.
+bool valid_dns_name(std::string_view name) {
+  if (name.empty() || name.size() > 253) return false;
+  std::size_t label = 0;
+  for (char c : name) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      continue;
     }
-    unsigned value = 0;
-    if (port.empty() || port.size() > 5) return std::nullopt;
-    for (char c : port) {
-      if (c < '0' || c > '9') return std::nullopt;
-      value = value * 10 + static_cast<unsigned>(c - '0');
-    }
-    if (value > 65535 || !valid_ip_address(l.host)) return std::nullopt;
-    l.port = static_cast<std::uint16_t>(value);
-    return l;
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '-' || c == '_';
+    if (!ok || ++label > 63) return false;
   }
+  return label != 0;
+}
 
-  DnsConfig read_dns(const Section& s, const RoutingConfig& routing) {
-    DnsConfig d;
-    for (const std::string& text : s.get_string_array("listen", {})) {
-      auto listen = parse_dns_listen(text);
-      if (!listen)
-        s.fail("listen",
-               fmt::format("'{}' is not a numeric HOST:PORT ('127.0.0.1:53', '[::1]:53')", text));
-      d.listen.push_back(*listen);
-    }
-    d.addresses = s.get_string_array("addresses", {});
-    for (const std::string& address : d.addresses)
-      if (!valid_ip_address(address))
-        s.fail("addresses", fmt::format("'{}' is not an IPv4 or IPv6 address", address));
-    d.ttl_seconds = static_cast<std::uint32_t>(s.get_int("ttl_seconds", d.ttl_seconds, 0, 86'400));
-    d.max_tcp_connections = static_cast<std::uint32_t>(
-        s.get_int("max_tcp_connections", d.max_tcp_connections, 1, 65'536));
-    d.tcp_idle_timeout = s.get_ms("tcp_idle_timeout_ms", d.tcp_idle_timeout, 100ms, 600'000ms);
-    if (d.enabled()) {
-      if (routing.host_suffix.empty())
-        s.fail("listen", "DNS answers names under [routing] host_suffix: set it");
-      if (!valid_dns_name(std::string_view(routing.host_suffix).substr(1)))
-        s.fail("listen",
-               fmt::format("[routing] host_suffix '{}' is not a DNS name", routing.host_suffix));
-      if (d.addresses.empty())
-        s.fail("addresses", "the addresses to answer for this host's VMs are needed");
-    }
-    s.reject_unknown_keys();
-    return d;
+// "127.0.0.1:53", "[::1]:5353".
+std::optional<DnsListen> parse_dns_listen(std::string_view text) {
+  DnsListen l;
+  std::string_view port;
+  if (text.starts_with('[')) {
+    const auto close = text.find("]:");
+    if (close == std::string_view::npos) return std::nullopt;
+    l.host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos || text.find(':') != colon) return std::nullopt;
+    l.host = text.substr(0, colon);
+    port = text.substr(colon + 1);
   }
+  unsigned value = 0;
+  if (port.empty() || port.size() > 5) return std::nullopt;
+  for (char c : port) {
+    if (c < '0' || c > '9') return std::nullopt;
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (value > 65535 || !valid_ip_address(l.host)) return std::nullopt;
+  l.port = static_cast<std::uint16_t>(value);
+  return l;
+}
 
-  HostdConfig read(const Section& root) {
-    HostdConfig c;
-    if (auto s = root.section("libvirt")) {
-      c.libvirt.uri = s->get_string("uri", c.libvirt.uri);
-      if (c.libvirt.uri.empty()) s->fail("uri", "must not be empty");
-      c.libvirt.read_only = s->get_bool("read_only", c.libvirt.read_only);
-      c.libvirt.reconnect_min =
-          s->get_ms("reconnect_min_ms", c.libvirt.reconnect_min, 10ms, 600'000ms);
-      c.libvirt.reconnect_max =
-          s->get_ms("reconnect_max_ms", c.libvirt.reconnect_max, 10ms, 3'600'000ms);
-      if (c.libvirt.reconnect_max < c.libvirt.reconnect_min)
-        s->fail("reconnect_max_ms", "must not be smaller than reconnect_min_ms");
-      s->reject_unknown_keys();
-    }
-    if (auto s = root.section("routing")) {
-      c.routing.vm_header = s->get_string("vm_header", c.routing.vm_header);
-      if (!valid_header_name(c.routing.vm_header))
-        s->fail("vm_header", "must be a header name (letters, digits, '-')");
-      c.routing.host_suffix = s->get_string("host_suffix", "");
-      if (!c.routing.host_suffix.empty() && c.routing.host_suffix.front() != '.')
-        c.routing.host_suffix.insert(c.routing.host_suffix.begin(), '.');
-      s->reject_unknown_keys();
-    }
-    if (auto s = root.section("channel")) {
-      c.channel.guestd_port = static_cast<std::uint32_t>(
-          s->get_int("guestd_port", c.channel.guestd_port, 1, 0xFFFFFFFE));
-      c.channel.transport_template = s->get_string("transport", c.channel.transport_template);
-      // Check the template's shape with sample values, so a typo fails at start-up.
-      std::string sample = c.channel.transport_template;
-      for (auto [key, value] : {std::pair{"{cid}", "3"}, std::pair{"{name}", "vm"},
-                                std::pair{"{uuid}", "00000000-0000-0000-0000-000000000000"},
-                                std::pair{"{port}", "5500"}}) {
-        for (auto pos = sample.find(key); pos != std::string::npos; pos = sample.find(key))
-          sample.replace(pos, std::string_view(key).size(), value);
-      }
-      if (sample.find('{') != std::string::npos)
-        s->fail("transport", "unknown placeholder (use {cid}, {name}, {uuid}, {port})");
-      if (auto parsed = transport::parse(sample); !parsed) s->fail("transport", parsed.error());
-      c.channel.connect_timeout =
-          s->get_ms("connect_timeout_ms", c.channel.connect_timeout, 10ms, 600'000ms);
-      c.channel.pool_max_idle = static_cast<std::uint32_t>(
-          s->get_int("pool_max_idle", c.channel.pool_max_idle, 0, 65536));
-      c.channel.pool_idle_timeout =
-          s->get_ms("pool_idle_timeout_ms", c.channel.pool_idle_timeout, 100ms, 3'600'000ms);
-      c.channel.max_per_vm =
-          static_cast<std::uint32_t>(s->get_int("max_per_vm", c.channel.max_per_vm, 1, 1'000'000));
-      // Unset, it follows a smaller max_per_vm down.
-      c.channel.max_private_per_vm = static_cast<std::uint32_t>(
-          s->get_int("max_private_per_vm",
-                     std::min(c.channel.max_private_per_vm, c.channel.max_per_vm), 0, 1'000'000));
-      if (c.channel.max_private_per_vm > c.channel.max_per_vm)
-        s->fail("max_private_per_vm", "must not be larger than max_per_vm");
-      c.channel.wait_timeout = s->get_ms("wait_timeout_ms", c.channel.wait_timeout, 0ms, 600'000ms);
-      c.channel.max_waiting_per_vm = static_cast<std::uint32_t>(
-          s->get_int("max_waiting_per_vm", c.channel.max_waiting_per_vm, 0, 1'000'000));
-      s->reject_unknown_keys();
-    }
-    if (auto s = root.section("limits")) {
-      c.limits.header_bytes = static_cast<std::uint32_t>(
-          s->get_int("header_bytes", c.limits.header_bytes, 1024, 1024 * 1024));
-      c.limits.request_line_bytes = static_cast<std::uint32_t>(
-          s->get_int("request_line_bytes", c.limits.request_line_bytes, 64, 1024 * 1024));
-      c.limits.header_fields = static_cast<std::uint32_t>(
-          s->get_int("header_fields", c.limits.header_fields, 8, 10'000));
-      c.limits.chunk_extension_bytes = static_cast<std::uint32_t>(
-          s->get_int("chunk_extension_bytes", c.limits.chunk_extension_bytes, 0, 64 * 1024));
-      c.limits.trailer_bytes = static_cast<std::uint32_t>(
-          s->get_int("trailer_bytes", c.limits.trailer_bytes, 0, 1024 * 1024));
-      c.limits.max_request_body = static_cast<std::uint64_t>(
-          s->get_int("max_request_body", 0, 0, std::numeric_limits<std::int64_t>::max()));
-      c.limits.header_timeout =
-          s->get_ms("header_timeout_ms", c.limits.header_timeout, 100ms, 3'600'000ms);
-      c.limits.idle_timeout =
-          s->get_ms("idle_timeout_ms", c.limits.idle_timeout, 100ms, 86'400'000ms);
-      c.limits.max_connections = static_cast<std::uint32_t>(
-          s->get_int("max_connections", c.limits.max_connections, 1, 1'000'000));
-      // Unset, each follows a smaller max_connections down.
-      c.limits.max_connections_per_client = static_cast<std::uint32_t>(s->get_int(
-          "max_connections_per_client",
-          std::min(c.limits.max_connections_per_client, c.limits.max_connections), 1, 1'000'000));
-      if (c.limits.max_connections_per_client > c.limits.max_connections)
-        s->fail("max_connections_per_client", "must not be larger than max_connections");
-      c.limits.max_tunnels = static_cast<std::uint32_t>(s->get_int(
-          "max_tunnels", std::min(c.limits.max_tunnels, c.limits.max_connections), 1, 1'000'000));
-      if (c.limits.max_tunnels > c.limits.max_connections)
-        s->fail("max_tunnels", "must not be larger than max_connections");
-      c.limits.client_hello_bytes = static_cast<std::uint32_t>(
-          s->get_int("client_hello_bytes", c.limits.client_hello_bytes, 512, 1024 * 1024));
-      c.limits.client_hello_timeout =
-          s->get_ms("client_hello_timeout_ms", c.limits.client_hello_timeout, 100ms, 600'000ms);
-      c.limits.stop_grace = s->get_ms("stop_grace_ms", c.limits.stop_grace, 0ms, 3'600'000ms);
-      s->reject_unknown_keys();
-    }
-    if (auto s = root.section("admin")) c.admin = read_admin(*s);
-    if (auto s = root.section("cluster")) c.cluster = read_cluster(*s);
-    if (auto s = root.section("dns")) c.dns = read_dns(*s, c.routing);
-    if (auto s = root.section("auth")) {
-      c.auth.tokens_file = s->get_string("tokens_file", "");
-      s->reject_unknown_keys();
-    }
-    c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
-    for (const auto& s : root.sections("listener")) {
-      ListenerConfig l = read_listener(s, c.auth, c.routing);
-      // An address names its listener on SIGHUP (hostd/listener/server.hpp):
-      // two listeners on one could not both bind. Port 0 asks for a port each.
-      const bool ephemeral = l.address.kind == transport::Kind::tcp && l.address.port == 0;
-      for (const ListenerConfig& other : c.listeners)
-        if (!ephemeral && other.address == l.address)
-          s.fail("address", fmt::format("{} is the address of an earlier listener too ({})",
-                                        l.address.to_string(), other.where.text));
-      c.listeners.push_back(std::move(l));
-    }
-    for (const auto& s : root.sections("acl")) {
-      AclRule rule = read_acl_rule(s, c.acl.size());
-      for (const AclRule& other : c.acl)
-        if (other.name == rule.name)
-          s.fail("name", fmt::format("'{}' names an earlier rule too: records and /v1/check name "
-                                     "the deciding rule, so names must be unique",
-                                     rule.name));
-      c.acl.push_back(std::move(rule));
-    }
-    if (c.listeners.empty()) {
-      // The agent ports, on loopback, until authentication is configured.
-      for (std::uint16_t port : {5986, 8114}) {
-        ListenerConfig l;
-        l.address =
-            transport::Address{.kind = transport::Kind::tcp, .port = port, .host = "127.0.0.1"};
-        l.name = l.address.to_string();
-        l.guest_port = port;
-        l.identity = ListenerIdentity::trusted;
-        l.where.text = root.where("listener");
-        c.listeners.push_back(l);
-      }
-    }
-    root.reject_unknown_keys();
-    return c;
+DnsConfig read_dns(const Section& s, const RoutingConfig& routing) {
+  DnsConfig d;
+  for (const std::string& text : s.get_string_array("listen", {})) {
+    auto listen = parse_dns_listen(text);
+    if (!listen)
+      s.fail("listen",
+             fmt::format("'{}' is not a numeric HOST:PORT ('127.0.0.1:53', '[::1]:53')", text));
+    d.listen.push_back(*listen);
   }
+  d.addresses = s.get_string_array("addresses", {});
+  for (const std::string& address : d.addresses)
+    if (!valid_ip_address(address))
+      s.fail("addresses", fmt::format("'{}' is not an IPv4 or IPv6 address", address));
+  d.ttl_seconds = static_cast<std::uint32_t>(s.get_int("ttl_seconds", d.ttl_seconds, 0, 86'400));
+  d.max_tcp_connections = static_cast<std::uint32_t>(
+      s.get_int("max_tcp_connections", d.max_tcp_connections, 1, 65'536));
+  d.tcp_idle_timeout = s.get_ms("tcp_idle_timeout_ms", d.tcp_idle_timeout, 100ms, 600'000ms);
+  if (d.enabled()) {
+    if (routing.host_suffix.empty())
+      s.fail("listen", "DNS answers names under [routing] host_suffix: set it");
+    if (!valid_dns_name(std::string_view(routing.host_suffix).substr(1)))
+      s.fail("listen",
+             fmt::format("[routing] host_suffix '{}' is not a DNS name", routing.host_suffix));
+    if (d.addresses.empty())
+      s.fail("addresses", "the addresses to answer for this host's VMs are needed");
+  }
+  s.reject_unknown_keys();
+  return d;
+}
+
+HostdConfig read(const Section& root) {
+  HostdConfig c;
+  if (auto s = root.section("libvirt")) {
+    c.libvirt.uri = s->get_string("uri", c.libvirt.uri);
+    if (c.libvirt.uri.empty()) s->fail("uri", "must not be empty");
+    c.libvirt.read_only = s->get_bool("read_only", c.libvirt.read_only);
+    c.libvirt.reconnect_min =
+        s->get_ms("reconnect_min_ms", c.libvirt.reconnect_min, 10ms, 600'000ms);
+    c.libvirt.reconnect_max =
+        s->get_ms("reconnect_max_ms", c.libvirt.reconnect_max, 10ms, 3'600'000ms);
+    if (c.libvirt.reconnect_max < c.libvirt.reconnect_min)
+      s->fail("reconnect_max_ms", "must not be smaller than reconnect_min_ms");
+    s->reject_unknown_keys();
+  }
+  if (auto s = root.section("routing")) {
+    c.routing.vm_header = s->get_string("vm_header", c.routing.vm_header);
+    if (!valid_header_name(c.routing.vm_header))
+      s->fail("vm_header", "must be a header name (letters, digits, '-')");
+    c.routing.host_suffix = s->get_string("host_suffix", "");
+    if (!c.routing.host_suffix.empty() && c.routing.host_suffix.front() != '.')
+      c.routing.host_suffix.insert(c.routing.host_suffix.begin(), '.');
+    s->reject_unknown_keys();
+  }
+  if (auto s = root.section("channel")) {
+    c.channel.guestd_port =
+        static_cast<std::uint32_t>(s->get_int("guestd_port", c.channel.guestd_port, 1, 0xFFFFFFFE));
+    c.channel.transport_template = s->get_string("transport", c.channel.transport_template);
+    // Check the template's shape with sample values, so a typo fails at start-up.
+    std::string sample = c.channel.transport_template;
+    for (auto [key, value] : {std::pair{"{cid}", "3"}, std::pair{"{name}", "vm"},
+                              std::pair{"{uuid}", "00000000-0000-0000-0000-000000000000"},
+                              std::pair{"{port}", "5500"}}) {
+      for (auto pos = sample.find(key); pos != std::string::npos; pos = sample.find(key))
+        sample.replace(pos, std::string_view(key).size(), value);
+    }
+    if (sample.find('{') != std::string::npos)
+      s->fail("transport", "unknown placeholder (use {cid}, {name}, {uuid}, {port})");
+    if (auto parsed = transport::parse(sample); !parsed) s->fail("transport", parsed.error());
+    c.channel.connect_timeout =
+        s->get_ms("connect_timeout_ms", c.channel.connect_timeout, 10ms, 600'000ms);
+    c.channel.pool_max_idle =
+        static_cast<std::uint32_t>(s->get_int("pool_max_idle", c.channel.pool_max_idle, 0, 65536));
+    c.channel.pool_idle_timeout =
+        s->get_ms("pool_idle_timeout_ms", c.channel.pool_idle_timeout, 100ms, 3'600'000ms);
+    c.channel.max_per_vm =
+        static_cast<std::uint32_t>(s->get_int("max_per_vm", c.channel.max_per_vm, 1, 1'000'000));
+    // Unset, it follows a smaller max_per_vm down.
+    c.channel.max_private_per_vm = static_cast<std::uint32_t>(
+        s->get_int("max_private_per_vm",
+                   std::min(c.channel.max_private_per_vm, c.channel.max_per_vm), 0, 1'000'000));
+    if (c.channel.max_private_per_vm > c.channel.max_per_vm)
+      s->fail("max_private_per_vm", "must not be larger than max_per_vm");
+    c.channel.wait_timeout = s->get_ms("wait_timeout_ms", c.channel.wait_timeout, 0ms, 600'000ms);
+    c.channel.max_waiting_per_vm = static_cast<std::uint32_t>(
+        s->get_int("max_waiting_per_vm", c.channel.max_waiting_per_vm, 0, 1'000'000));
+    s->reject_unknown_keys();
+  }
+  if (auto s = root.section("limits")) {
+    c.limits.header_bytes = static_cast<std::uint32_t>(
+        s->get_int("header_bytes", c.limits.header_bytes, 1024, 1024 * 1024));
+    c.limits.request_line_bytes = static_cast<std::uint32_t>(
+        s->get_int("request_line_bytes", c.limits.request_line_bytes, 64, 1024 * 1024));
+    c.limits.header_fields =
+        static_cast<std::uint32_t>(s->get_int("header_fields", c.limits.header_fields, 8, 10'000));
+    c.limits.chunk_extension_bytes = static_cast<std::uint32_t>(
+        s->get_int("chunk_extension_bytes", c.limits.chunk_extension_bytes, 0, 64 * 1024));
+    c.limits.trailer_bytes = static_cast<std::uint32_t>(
+        s->get_int("trailer_bytes", c.limits.trailer_bytes, 0, 1024 * 1024));
+    c.limits.max_request_body = static_cast<std::uint64_t>(
+        s->get_int("max_request_body", 0, 0, std::numeric_limits<std::int64_t>::max()));
+    c.limits.header_timeout =
+        s->get_ms("header_timeout_ms", c.limits.header_timeout, 100ms, 3'600'000ms);
+    c.limits.idle_timeout =
+        s->get_ms("idle_timeout_ms", c.limits.idle_timeout, 100ms, 86'400'000ms);
+    c.limits.max_connections = static_cast<std::uint32_t>(
+        s->get_int("max_connections", c.limits.max_connections, 1, 1'000'000));
+    // Unset, each follows a smaller max_connections down.
+    c.limits.max_connections_per_client = static_cast<std::uint32_t>(s->get_int(
+        "max_connections_per_client",
+        std::min(c.limits.max_connections_per_client, c.limits.max_connections), 1, 1'000'000));
+    if (c.limits.max_connections_per_client > c.limits.max_connections)
+      s->fail("max_connections_per_client", "must not be larger than max_connections");
+    c.limits.max_tunnels = static_cast<std::uint32_t>(s->get_int(
+        "max_tunnels", std::min(c.limits.max_tunnels, c.limits.max_connections), 1, 1'000'000));
+    if (c.limits.max_tunnels > c.limits.max_connections)
+      s->fail("max_tunnels", "must not be larger than max_connections");
+    c.limits.client_hello_bytes = static_cast<std::uint32_t>(
+        s->get_int("client_hello_bytes", c.limits.client_hello_bytes, 512, 1024 * 1024));
+    c.limits.client_hello_timeout =
+        s->get_ms("client_hello_timeout_ms", c.limits.client_hello_timeout, 100ms, 600'000ms);
+    c.limits.stop_grace = s->get_ms("stop_grace_ms", c.limits.stop_grace, 0ms, 3'600'000ms);
+    s->reject_unknown_keys();
+  }
+  if (auto s = root.section("admin")) c.admin = read_admin(*s);
+  if (auto s = root.section("cluster")) c.cluster = read_cluster(*s);
+  if (auto s = root.section("dns")) c.dns = read_dns(*s, c.routing);
+  if (auto s = root.section("auth")) {
+    c.auth.tokens_file = s->get_string("tokens_file", "");
+    s->reject_unknown_keys();
+  }
+  c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
+  for (const auto& s : root.sections("listener")) {
+    ListenerConfig l = read_listener(s, c.auth, c.routing);
+    // An address names its listener on SIGHUP (hostd/listener/server.hpp):
+    // two listeners on one could not both bind. Port 0 asks for a port each.
+    const bool ephemeral = l.address.kind == transport::Kind::tcp && l.address.port == 0;
+    for (const ListenerConfig& other : c.listeners)
+      if (!ephemeral && other.address == l.address)
+        s.fail("address", fmt::format("{} is the address of an earlier listener too ({})",
+                                      l.address.to_string(), other.where.text));
+    c.listeners.push_back(std::move(l));
+  }
+  for (const auto& s : root.sections("acl")) {
+    AclRule rule = read_acl_rule(s, c.acl.size());
+    for (const AclRule& other : c.acl)
+      if (other.name == rule.name)
+        s.fail("name", fmt::format("'{}' names an earlier rule too: records and /v1/check name "
+                                   "the deciding rule, so names must be unique",
+                                   rule.name));
+    c.acl.push_back(std::move(rule));
+  }
+  if (c.listeners.empty()) {
+    // The agent ports, on loopback, until authentication is configured.
+    for (std::uint16_t port : {5986, 8114}) {
+      ListenerConfig l;
+      l.address =
+          transport::Address{.kind = transport::Kind::tcp, .port = port, .host = "127.0.0.1"};
+      l.name = l.address.to_string();
+      l.guest_port = port;
+      l.identity = ListenerIdentity::trusted;
+      l.where.text = root.where("listener");
+      c.listeners.push_back(l);
+    }
+  }
+  root.reject_unknown_keys();
+  return c;
+}
 
 }  // namespace
 

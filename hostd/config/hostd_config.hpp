@@ -206,44 +206,46 @@ struct ClusterConfig {
   std::uint32_t peer_header_bytes = 8 * 1024;
 
   friend bool operator==(const ClusterConfig&, const ClusterConfig&) = default;
-  // hostd answering DNS (hostd/dns) for names under routing.host_suffix: a
-  // VM's name → the address of the host that runs it, so that clients go
-  // straight to the right host.
-  struct DnsListen {
-    std::string host;  // numeric: "127.0.0.1", "::1"
-    std::uint16_t port = 53;
-    friend bool operator==(const DnsListen&, const DnsListen&) = default;
-  };
+};
 
-  struct DnsConfig {
-    std::vector<DnsListen> listen;  // each served over UDP and TCP; empty: no DNS
-    // What a name of this host's VMs answers: the addresses clients reach this
-    // hostd's listeners on (A and AAAA records).
-    std::vector<std::string> addresses;
-    std::uint32_t ttl_seconds = 5;  // short: a VM that moves is followed soon
-    std::uint32_t max_tcp_connections = 128;
-    std::chrono::milliseconds tcp_idle_timeout{10'000};
+// hostd answering DNS (hostd/dns) for names under routing.host_suffix: a
+// VM's name → the address of the host that runs it, so that clients go
+// straight to the right host.
+struct DnsListen {
+  std::string host;  // numeric: "127.0.0.1", "::1"
+  std::uint16_t port = 53;
+  friend bool operator==(const DnsListen&, const DnsListen&) = default;
+};
 
-    bool enabled() const { return !listen.empty(); }
-    friend bool operator==(const DnsConfig&, const DnsConfig&) = default;
-  };
+struct DnsConfig {
+  std::vector<DnsListen> listen;  // each served over UDP and TCP; empty: no DNS
+  // What a name of this host's VMs answers: the addresses clients reach this
+  // hostd's listeners on (A and AAAA records).
+  std::vector<std::string> addresses;
+  std::uint32_t ttl_seconds = 5;  // short: a VM that moves is followed soon
+  std::uint32_t max_tcp_connections = 128;
+  std::chrono::milliseconds tcp_idle_timeout{10'000};
 
-  struct HostdConfig {
-    LibvirtConfig libvirt;
-    std::vector<ListenerConfig> listeners;
-    RoutingConfig routing;
-    ChannelConfig channel;
-    LimitsConfig limits;
-    AdminConfig admin;
-    AuthConfig auth;
-    std::vector<AclRule> acl;
-    ClusterConfig cluster;
-    DnsConfig dns;
-    unsigned threads = 0;  // 0: one per core
-  };
+  bool enabled() const { return !listen.empty(); }
+  friend bool operator==(const DnsConfig&, const DnsConfig&) = default;
+};
 
-  // Throws config::ConfigError naming file, line and key.
-  HostdConfig load_hostd_config(const std::string& path);
-  HostdConfig parse_hostd_config(std::string_view text, const std::string& name);
+struct HostdConfig {
+  LibvirtConfig libvirt;
+  std::vector<ListenerConfig> listeners;
+  RoutingConfig routing;
+  ChannelConfig channel;
+  LimitsConfig limits;
+  AdminConfig admin;
+  AuthConfig auth;
+  std::vector<AclRule> acl;
+  ClusterConfig cluster;
+  DnsConfig dns;
+  unsigned threads = 0;  // 0: one per core
+};
+
+// Throws config::ConfigError naming file, line and key.
+HostdConfig load_hostd_config(const std::string& path);
+HostdConfig parse_hostd_config(std::string_view text, const std::string& name);
 
 }  // namespace vmgate::hostd
