@@ -276,6 +276,7 @@ Lookup ClusterDirectory::find(std::string_view name_or_uuid) const {
 
 Selection ClusterDirectory::select(const Target& target) const {
   Selection selection;
+  if (target.kind == Target::Kind::host_vm) return select_on_host(target);
   if (!target.single_vm()) {
     selection.status = Selection::Status::unsupported;
     return selection;
@@ -293,6 +294,34 @@ Selection ClusterDirectory::select(const Target& target) const {
       break;
     case LookupStatus::not_found:
       break;
+  }
+  return selection;
+}
+
+// HOST/NAME: a name (or UUID) among the VMs the directory places on HOST,
+// for names that are ambiguous across the cluster.
+Selection ClusterDirectory::select_on_host(const Target& target) const {
+  Selection selection;
+  selection.name = target.to_string();
+  std::lock_guard lock(mutex_);
+  std::vector<const VmRecord*> matches;
+  auto collect = [&](bool ignoring_case) {
+    for (const auto& [uuid, vm] : index_.by_uuid) {
+      if (vm.host != target.host) continue;
+      const bool named = ignoring_case ? equal_ignoring_case(vm.name, target.value)
+                                       : vm.name == target.value || uuid == to_lower(target.value);
+      if (named) matches.push_back(&vm);
+    }
+  };
+  collect(false);
+  if (matches.empty()) collect(true);
+  if (matches.size() == 1) {
+    selection.status = Selection::Status::found;
+    selection.vms.push_back(*matches.front());
+  } else if (matches.size() > 1) {
+    selection.status = Selection::Status::ambiguous;
+    for (const VmRecord* vm : matches)
+      selection.candidates.push_back(vm->name + " (" + vm->uuid + ")");
   }
   return selection;
 }

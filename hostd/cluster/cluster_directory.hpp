@@ -78,6 +78,7 @@ class ClusterDirectory final : public Directory, public DirectoryFeed {
   // claims; the lock is held.
   void refresh(const std::string& uuid);
   void rebuild();
+  Selection select_on_host(const Target& target) const;
   void notify(const DirectoryChange& change);
   void local_changed(const std::vector<std::string>& uuids);
 

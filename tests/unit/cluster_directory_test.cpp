@@ -148,3 +148,18 @@ TEST_CASE("one name on two hosts is ambiguous, listing both") {
   CHECK(found.status == LookupStatus::ambiguous);
   CHECK(found.candidates.size() == 2);
 }
+
+TEST_CASE("HOST/NAME picks the VM of that name on that host") {
+  ClusterDirectory directory("kvm1");
+  directory.replace_all({vm("web1", kWebUuid, 3)});
+  directory.put_remote_claim(remote("kvm2", vm("web1", kDbUuid, std::nullopt), 1));
+  auto parsed = parse_target("kvm2/web1");
+  REQUIRE(parsed.has_value());
+  auto selection = directory.select(*parsed);
+  REQUIRE(selection.status == Selection::Status::found);
+  CHECK(selection.vms.front().uuid == kDbUuid);
+  auto local = directory.select(*parse_target("kvm1/WEB1"));
+  REQUIRE(local.status == Selection::Status::found);
+  CHECK(local.vms.front().uuid == kWebUuid);
+  CHECK(directory.select(*parse_target("kvm3/web1")).status == Selection::Status::not_found);
+}
