@@ -133,12 +133,13 @@ class ClusterHost:
         finally:
             c.close()
 
-    def sees(self, vm_name, host):
-        """Whether this host's directory places `vm_name` on `host`."""
+    def sees(self, vm_name, host, state=None):
+        """Whether this host's directory places `vm_name` on `host` (in `state`)."""
         status, body = self.admin("/v1/vms")
         if status != 200:
             return False
-        return any(v["name"] == vm_name and v["host"] == host for v in json.loads(body))
+        return any(v["name"] == vm_name and v["host"] == host and
+                   (state is None or v["state"] == state) for v in json.loads(body))
 
     def knows(self, vm_name):
         status, body = self.admin("/v1/vms")

@@ -191,7 +191,7 @@ def test_a_vm_undefined_on_one_host_and_started_on_another_is_routed_there_withi
             f.write(domain_xml(vm_a))
         lv1.virsh("define", path)
         lv1.virsh("start", "vm9")
-        wait_until(lambda: kvm2.sees("vm9", "kvm1"), 5, "kvm2 to place vm9 on kvm1")
+        wait_until(lambda: kvm2.sees("vm9", "kvm1", "running"), 5, "kvm2 to place vm9 on kvm1")
         r = kvm2.curl("/hello", "-H", "X-VM-Id: vm9")
         assert r.status == 200 and r.body == b"hello from vm9\n", r
         assert peer_requests(kvm1, status="200", vm="vm9")
@@ -201,7 +201,9 @@ def test_a_vm_undefined_on_one_host_and_started_on_another_is_routed_there_withi
         lv2.virsh("define", path)
         lv2.virsh("start", "vm9")
         started = time.monotonic()
-        wait_until(lambda: kvm1.sees("vm9", "kvm2"), 5, "kvm1 to place vm9 on kvm2")
+        # Defined there first (shut off), then started: routable once running.
+        wait_until(lambda: kvm1.sees("vm9", "kvm2", "running"), 5,
+                   "kvm1 to place vm9 on kvm2, running")
         assert time.monotonic() - started < 1.0
         r = kvm1.curl("/hello", "-H", "X-VM-Id: vm9")
         assert r.status == 200 and r.body == b"hello from vm9\n", r
