@@ -32,6 +32,7 @@
 #include "hostd/cluster/peer_tls.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
+#include "hostd/directory/group_membership.hpp"
 #include "hostd/dns/dns_server.hpp"
 #include "hostd/dns/vm_zone.hpp"
 #include "hostd/identity/tls_server.hpp"
@@ -114,20 +115,34 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   const auto first = std::make_shared<const hostd::RunningConfig>(std::move(loaded));
   const hostd::HostdConfig& config = first->config;
   hostd::CurrentConfig current(first);
+  // Guests' group joins, from the state file; the one store, which guest
+  // JOIN and LEAVE write. Groups and limits are the first config's: a
+  // reload does not change them.
+  auto memberships =
+      hostd::GroupMembership::open(config.directory.state_file, config.groups.joinable);
+  if (!memberships) {
+    log::error("directory_state_unreadable").kv("error", memberships.error());
+    return 1;
+  }
+  hostd::GroupMembership& group_membership = **memberships;
   // One host on its own (the default), or one of a cluster whose directory
   // is in etcd (docs/architecture.md, "Cluster").
   const bool clustered = config.cluster.enabled;
   const std::string this_host = this_host_name(config);
   std::optional<hostd::EmbeddedDirectory> embedded;
   std::optional<hostd::ClusterDirectory> cluster_directory;
-  if (clustered)
+  if (clustered) {
     cluster_directory.emplace(this_host);
-  else
+    cluster_directory->use_groups(config.groups, config.fanout, &group_membership);
+  } else {
     embedded.emplace(this_host);
+    embedded->use_groups(config.groups, config.fanout, &group_membership);
+  }
   hostd::Directory& directory =
       clustered ? static_cast<hostd::Directory&>(*cluster_directory) : *embedded;
   hostd::DirectoryFeed& feed =
       clustered ? static_cast<hostd::DirectoryFeed&>(*cluster_directory) : *embedded;
+  group_membership.follow(directory);
   hostd::LibvirtInventory inventory(config.libvirt, feed);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <set>
 
+#include "hostd/directory/group_membership.hpp"
+
 namespace vmgate::hostd {
 namespace {
 
@@ -274,13 +276,47 @@ Lookup ClusterDirectory::find(std::string_view name_or_uuid) const {
   return result;
 }
 
+void ClusterDirectory::use_groups(const GroupsConfig& groups, const FanoutConfig& limits,
+                                  const GroupMembership* joins) {
+  groups_ = &groups;
+  limits_ = &limits;
+  joins_ = joins;
+}
+
+GroupSources ClusterDirectory::group_sources(const std::vector<GuestJoin>& joins) const {
+  static const GroupsConfig no_groups;
+  static const FanoutConfig default_limits;
+  return GroupSources{groups_ ? *groups_ : no_groups, joins, limits_ ? *limits_ : default_limits};
+}
+
+std::vector<VmRecord> ClusterDirectory::snapshot_by_name() const {
+  std::vector<VmRecord> vms = snapshot();
+  std::ranges::stable_sort(vms,
+                           [](const VmRecord& a, const VmRecord& b) { return a.name < b.name; });
+  return vms;
+}
+
+Resolution ClusterDirectory::resolve(const Target& target) const {
+  // One VM, or HOST/NAME: as select() finds it.
+  if (target.single_vm() || (target.kind == Target::Kind::host_vm && !target.exclude))
+    return Directory::resolve(target);
+  // The resolver is the embedded directory's, over a copy of every host's
+  // VMs, outside the lock: one group resolves alike on every host.
+  const std::vector<VmRecord> vms = snapshot_by_name();
+  const std::vector<GuestJoin> joins = joins_ ? joins_->joins() : std::vector<GuestJoin>{};
+  return resolve_target(target, vms, group_sources(joins));
+}
+
+std::vector<GroupReport> ClusterDirectory::groups() const {
+  const std::vector<VmRecord> vms = snapshot_by_name();
+  const std::vector<GuestJoin> joins = joins_ ? joins_->joins() : std::vector<GuestJoin>{};
+  return report_groups(vms, group_sources(joins));
+}
+
 Selection ClusterDirectory::select(const Target& target) const {
   Selection selection;
-  if (target.kind == Target::Kind::host_vm) return select_on_host(target);
-  if (!target.single_vm()) {
-    selection.status = Selection::Status::unsupported;
-    return selection;
-  }
+  if (target.kind == Target::Kind::host_vm && !target.exclude) return select_on_host(target);
+  if (!target.single_vm()) return resolve(target).selection();
   selection.name = target.value;
   auto lookup = find(target.value);
   switch (lookup.status) {

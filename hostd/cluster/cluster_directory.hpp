@@ -23,9 +23,13 @@
 #include <vector>
 
 #include "hostd/cluster/cluster_records.hpp"
+#include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
+#include "hostd/directory/target_resolver.hpp"
 
 namespace vmgate::hostd {
+
+class GroupMembership;
 
 class ClusterDirectory final : public Directory, public DirectoryFeed {
  public:
@@ -33,6 +37,11 @@ class ClusterDirectory final : public Directory, public DirectoryFeed {
   explicit ClusterDirectory(std::string host, Clock clock = {});
 
   const std::string& host() const { return host_; }
+  // Groups, ranges, networks and lists resolve as the embedded directory's
+  // do (target_resolver.hpp), over every host's VMs. Set once, before any
+  // request; unset, a group names nothing but VM metadata.
+  void use_groups(const GroupsConfig& groups, const FanoutConfig& limits,
+                  const GroupMembership* joins);
 
   // DirectoryFeed: this host's VMs.
   void replace_all(std::vector<VmRecord> vms) override;
@@ -42,6 +51,8 @@ class ClusterDirectory final : public Directory, public DirectoryFeed {
   // Directory.
   Lookup find(std::string_view name_or_uuid) const override;
   Selection select(const Target& target) const override;
+  Resolution resolve(const Target& target) const override;
+  std::vector<GroupReport> groups() const override;
   std::optional<VmRecord> by_cid(std::uint32_t cid) const override;
   std::vector<VmRecord> snapshot() const override;
   std::size_t size() const override;
@@ -79,11 +90,16 @@ class ClusterDirectory final : public Directory, public DirectoryFeed {
   void refresh(const std::string& uuid);
   void rebuild();
   Selection select_on_host(const Target& target) const;
+  std::vector<VmRecord> snapshot_by_name() const;
+  GroupSources group_sources(const std::vector<GuestJoin>& joins) const;
   void notify(const DirectoryChange& change);
   void local_changed(const std::vector<std::string>& uuids);
 
   const std::string host_;
   Clock clock_;
+  const GroupsConfig* groups_ = nullptr;
+  const FanoutConfig* limits_ = nullptr;
+  const GroupMembership* joins_ = nullptr;
   mutable std::mutex mutex_;
   std::uint64_t sequence_ = 0;
   std::map<std::string, VmClaim, std::less<>> local_;   // by UUID
