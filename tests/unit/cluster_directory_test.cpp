@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include <map>
+
 namespace {
 
 using namespace vmgate::hostd;
@@ -162,4 +164,24 @@ TEST_CASE("HOST/NAME picks the VM of that name on that host") {
   REQUIRE(local.status == Selection::Status::found);
   CHECK(local.vms.front().uuid == kWebUuid);
   CHECK(directory.select(*parse_target("kvm3/web1")).status == Selection::Status::not_found);
+}
+
+TEST_CASE("a group resolves over every host's VMs, each where it runs") {
+  ClusterDirectory directory("kvm1");
+  GroupsConfig groups;
+  groups.groups.push_back(GroupDefinition{.name = "web", .members = {"web1", "db1"}});
+  const FanoutConfig limits;
+  directory.use_groups(groups, limits, nullptr);
+  directory.replace_all({vm("web1", kWebUuid, 3)});
+  directory.put_remote_claim(remote("kvm2", vm("db1", kDbUuid, std::nullopt), 1));
+  auto parsed = parse_target("group:web");
+  REQUIRE(parsed.has_value());
+  auto selection = directory.select(*parsed);
+  REQUIRE(selection.status == Selection::Status::found);
+  REQUIRE(selection.vms.size() == 2);
+  std::map<std::string, std::string> hosts;
+  for (const auto& found : selection.vms)
+    hosts[found.name] = found.host;
+  CHECK(hosts["web1"] == "kvm1");
+  CHECK(hosts["db1"] == "kvm2");
 }
