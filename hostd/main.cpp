@@ -25,6 +25,12 @@
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/channel/channel_revoker.hpp"
 #include "hostd/channel/live_channels.hpp"
+#include "hostd/cluster/cluster_directory.hpp"
+#include "hostd/cluster/cluster_metrics.hpp"
+#include "hostd/cluster/cluster_sync.hpp"
+#include "hostd/cluster/peer_channels.hpp"
+#include "hostd/cluster/peer_server.hpp"
+#include "hostd/cluster/peer_tls.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
 #include "hostd/directory/group_membership.hpp"
@@ -49,6 +55,13 @@ std::string host_name() {
   char name[256] = {};
   if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
   return name;
+}
+
+// This host's name: the directory's `host` of its VMs, and in a cluster its
+// record's name in etcd, which its peer certificate must carry.
+std::string this_host_name(const vmgate::hostd::HostdConfig& config) {
+  if (!config.cluster.host_name.empty()) return config.cluster.host_name;
+  return host_name();
 }
 
 constexpr std::string_view usage =
@@ -103,7 +116,6 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   const auto first = std::make_shared<const hostd::RunningConfig>(std::move(loaded));
   const hostd::HostdConfig& config = first->config;
   hostd::CurrentConfig current(first);
-  hostd::EmbeddedDirectory directory(host_name());
   // Guests' group joins, from the state file; the one store, which guest
   // JOIN and LEAVE write. Groups and limits are the first config's: a
   // reload does not change them.
@@ -114,9 +126,25 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
     return 1;
   }
   hostd::GroupMembership& group_membership = **memberships;
-  directory.use_groups(config.groups, config.fanout, &group_membership);
+  // One host on its own (the default), or one of a cluster whose directory
+  // is in etcd (docs/architecture.md, "Cluster").
+  const bool clustered = config.cluster.enabled;
+  const std::string this_host = this_host_name(config);
+  std::optional<hostd::EmbeddedDirectory> embedded;
+  std::optional<hostd::ClusterDirectory> cluster_directory;
+  if (clustered) {
+    cluster_directory.emplace(this_host);
+    cluster_directory->use_groups(config.groups, config.fanout, &group_membership);
+  } else {
+    embedded.emplace(this_host);
+    embedded->use_groups(config.groups, config.fanout, &group_membership);
+  }
+  hostd::Directory& directory =
+      clustered ? static_cast<hostd::Directory&>(*cluster_directory) : *embedded;
+  hostd::DirectoryFeed& feed =
+      clustered ? static_cast<hostd::DirectoryFeed&>(*cluster_directory) : *embedded;
   group_membership.follow(directory);
-  hostd::LibvirtInventory inventory(config.libvirt, directory);
+  hostd::LibvirtInventory inventory(config.libvirt, feed);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());
   inventory.start();
@@ -133,6 +161,11 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   // Likewise: an exchange's or tunnel's watch of its channel ends with it.
   hostd::LiveChannels live_channels(
       [&directory](const hostd::ChannelKey& key) { return hostd::channel_gone(key, directory); });
+  // Declared before the io_contexts too: their coroutines, destroyed with
+  // them, refer to these.
+  std::optional<hostd::ClusterSync> cluster_sync;
+  std::optional<hostd::PeerChannels> peers;
+  std::optional<hostd::PeerServer> peer_server;
   asio::io_context io{1};
   // Caught from here on, before anything listens: a signal that comes
   // before its handler is waiting is kept for it, and never kills hostd.
@@ -157,9 +190,27 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   std::optional<hostd::ChannelOnDemand> on_demand;
   if (config.libvirt.attach_vsock_on_demand)
     on_demand.emplace(inventory, config.libvirt.attach_timeout);
+  if (clustered) {
+    const hostd::ClusterConfig& cc = config.cluster;
+    hostd::PeerTls tls = hostd::load_peer_tls(cc, this_host);
+    peers.emplace(cc, *cluster_directory, tls.client, config.limits.idle_timeout);
+    peer_server.emplace(io.get_executor(), config, *cluster_directory, tls.server, &live_channels);
+    peer_server->start();
+    hostd::HostRecord self{
+        .name = this_host,
+        .peer_address = cc.peer_address.empty() ? cc.peer_listen.to_string() : cc.peer_address,
+        .version = VMGATE_VERSION};
+    cluster_sync.emplace(io.get_executor(), cc, *cluster_directory, std::move(self));
+    readiness.set_cluster(&cluster_sync->status());
+    cluster_sync->on_first_sync([&readiness] { readiness.cluster_synced(); });
+    metrics.set_extra([&] {
+      return hostd::render_cluster_metrics(cluster_sync->status(), *peers, *peer_server);
+    });
+    cluster_sync->start();
+  }
   hostd::Server server(io, current, directory, channel_budget, &metrics, &channel_pool,
                        session_executors, &tokens, &idle_connections, &live_channels,
-                       on_demand ? &*on_demand : nullptr);
+                       on_demand ? &*on_demand : nullptr, peers ? &*peers : nullptr);
   server.start();
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
@@ -170,7 +221,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   }
   std::optional<hostd::DnsServer> dns;
   if (config.dns.enabled()) {
-    dns.emplace(io, config.dns, hostd::vm_zone(directory, config, host_name()));
+    dns.emplace(io, config.dns, hostd::vm_zone(directory, config, this_host));
     dns->start();
   }
   readiness.listeners_bound();
@@ -226,6 +277,8 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
     hangup.cancel(ignored);
     readiness.stopping();  // /readyz answers 503 while sessions drain
     server.stop_accepting();
+    if (peer_server) peer_server->stop();
+    if (cluster_sync) cluster_sync->stop();
     if (dns) dns->stop();
     // Connections between requests close now; requests and tunnels in
     // progress get limits.stop_grace to finish, then what is left is closed.
@@ -248,6 +301,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   io_threads.clear();
   metrics.set_channel_pool(nullptr);
   metrics.set_channel_budget(nullptr);
+  metrics.set_extra({});
   first_sync.request_stop();
   first_sync.join();
   inventory.stop();
@@ -321,6 +375,15 @@ int main(int argc, char** argv) {
       tokens.emplace(config.auth.tokens_file);
     for (const auto& listener : config.listeners) {
       if (listener.tls) hostd::TlsServer check(listener.name, *listener.tls);
+    }
+    if (config.cluster.enabled) {
+      const std::string name = this_host_name(config);
+      if (!hostd::valid_host_name(name))
+        throw std::runtime_error(
+            fmt::format("cluster.host_name: this host's name '{}' cannot be "
+                        "part of an etcd key; set cluster.host_name",
+                        name));
+      hostd::load_peer_tls(config.cluster, name);
     }
   } catch (const std::exception& e) {
     std::cerr << "vmgate-hostd: config error: " << e.what() << "\n";

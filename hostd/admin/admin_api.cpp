@@ -423,7 +423,12 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
   std::string_view path = target.substr(0, target.find('?'));
   if (path == "/healthz") co_return text_response(200, "ok");
   if (path == "/readyz") {
-    if (context.readiness.ready()) co_return text_response(200, "ready");
+    if (context.readiness.ready()) {
+      // Still 200: the host routes from its cache (readiness.hpp).
+      if (auto why = context.readiness.degraded(); !why.empty())
+        co_return text_response(200, "degraded: " + why);
+      co_return text_response(200, "ready");
+    }
     std::string why = "not ready: " + context.readiness.reason();
     co_return text_response(503, std::move(why));
   }

@@ -3,6 +3,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "common/log.hpp"
+#include "hostd/cluster/cluster_sync.hpp"
 
 namespace vmgate::hostd {
 
@@ -25,7 +26,14 @@ void Readiness::stopping() {
 }
 
 bool Readiness::ready() const {
-  return listeners_ && synced_ && !stopping_;
+  return listeners_ && synced_ && !stopping_ && (cluster_ == nullptr || cluster_->synced());
+}
+
+std::string Readiness::degraded() const {
+  if (cluster_ == nullptr || !cluster_->synced() || cluster_->connected()) return {};
+  return "etcd unreachable (" + cluster_->last_error() +
+         "); routing from the cluster directory as read at revision " +
+         std::to_string(cluster_->revision());
 }
 
 std::string Readiness::reason() const {
@@ -36,6 +44,11 @@ std::string Readiness::reason() const {
   };
   if (stopping_) add("hostd is stopping");
   if (!listeners_) add("listeners are not bound yet");
+  if (cluster_ != nullptr && !cluster_->synced()) {
+    std::string error = cluster_->last_error();
+    add("cluster: the directory has not been read from etcd yet" +
+        (error.empty() ? std::string() : " (" + error + ")"));
+  }
   if (!synced_) {
     bool connected = inventory_ != nullptr && inventory_->connected;
     add("libvirt: first synchronisation with " + libvirt_uri_ + " not done yet" +
@@ -45,7 +58,7 @@ std::string Readiness::reason() const {
 }
 
 void Readiness::notify_if_ready() {
-  if (!listeners_ || !synced_ || stopping_) return;
+  if (!ready()) return;
   if (notified_.exchange(true)) return;
   log::info("ready");
   // Without NOTIFY_SOCKET (not under systemd) sd_notify does nothing.

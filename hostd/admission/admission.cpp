@@ -127,6 +127,8 @@ boost::system::result<Admitted, Refused> admit_route(Route route, const Identity
                   {413, fmt::format("request body of {} bytes exceeds the limit of {}",
                                     *content_length, max_body)});
   }
+  if (!context.local_host.empty() && vm.host != context.local_host)
+    return Admitted{std::move(route), Destination{std::move(vm), {}}, std::move(access)};
   auto address = channel_address(context.channel, vm);
   if (!address) return refuse(AdmissionStep::channel, address.error());
   return Admitted{std::move(route), Destination{std::move(vm), std::move(*address)},

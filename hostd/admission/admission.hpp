@@ -44,6 +44,11 @@ struct AdmissionContext {
   const LimitsConfig& limits;
   const Directory& directory;
   const AccessPolicy& policy;
+  // In a cluster, this host's name: a VM the directory places on another
+  // host is admitted without a channel address here (its own host has
+  // it), and delivered through that host (hostd/cluster/peer_channels.hpp).
+  // Empty: every VM is this host's.
+  std::string_view local_host = {};
 };
 
 // The request as the client connection has it: its head, what its framing

@@ -29,9 +29,12 @@ struct ChannelKey {
   std::string name;
   std::optional<std::uint32_t> cid;
   std::uint16_t port = 0;
+  // The host that runs the VM: in a cluster, a channel to a VM that moved
+  // to another host (a peer link, peer_channels.hpp) leads to its old place.
+  std::string host;
 
   static ChannelKey of(const VmRecord& vm, std::uint16_t port) {
-    return {vm.uuid, vm.name, vm.cid, port};
+    return {vm.uuid, vm.name, vm.cid, port, vm.host};
   }
   friend bool operator==(const ChannelKey&, const ChannelKey&) = default;
 };

@@ -27,6 +27,8 @@ std::optional<std::string> channel_gone(const ChannelKey& key, const VmRecord* n
     return fmt::format("vm {} changed its vsock CID from {} to {}", key.name, cid_text(key.cid),
                        cid_text(now->cid));
   if (now->name != key.name) return fmt::format("vm {} was renamed {}", key.name, now->name);
+  if (!key.host.empty() && now->host != key.host)
+    return fmt::format("vm {} moved from host {} to {}", key.name, key.host, now->host);
   return std::nullopt;
 }
 

@@ -10,6 +10,7 @@
 #include "common/config_reader.hpp"
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/authz/acl_pattern.hpp"
+#include "hostd/cluster/cluster_records.hpp"
 #include "hostd/route/target.hpp"
 
 namespace vmgate::hostd {
@@ -209,6 +210,72 @@ AdminConfig read_admin(const Section& s) {
   }
   s.reject_unknown_keys();
   return a;
+}
+
+ClusterConfig read_cluster(const Section& s) {
+  ClusterConfig c;
+  c.enabled = s.get_bool("enabled", c.enabled);
+  c.host_name = s.get_string("host_name", "");
+  if (!c.host_name.empty() && !valid_host_name(c.host_name))
+    s.fail("host_name", "must be letters, digits, '.', '-' or '_' (it is part of etcd keys)");
+  if (auto endpoints = s.get_string_array("etcd_endpoints", {}); !endpoints.empty()) {
+    c.etcd_endpoints.clear();
+    for (const auto& text : endpoints) {
+      auto parsed = transport::parse(text);
+      if (!parsed) s.fail("etcd_endpoints", parsed.error());
+      if (parsed->kind != transport::Kind::tcp)
+        s.fail("etcd_endpoints", fmt::format("'{}': etcd is reached at tcp:HOST:PORT", text));
+      c.etcd_endpoints.push_back(*parsed);
+    }
+  }
+  c.lease_ttl = std::chrono::seconds(s.get_int("lease_ttl_s", c.lease_ttl.count(), 2, 3600));
+  c.etcd_timeout = s.get_ms("etcd_timeout_ms", c.etcd_timeout, 50ms, 60'000ms);
+  c.reconcile_interval =
+      s.get_ms("reconcile_interval_ms", c.reconcile_interval, 1000ms, 86'400'000ms);
+  c.reconnect_min = s.get_ms("reconnect_min_ms", c.reconnect_min, 10ms, 600'000ms);
+  c.reconnect_max = s.get_ms("reconnect_max_ms", c.reconnect_max, 10ms, 3'600'000ms);
+  if (c.reconnect_max < c.reconnect_min)
+    s.fail("reconnect_max_ms", "must not be smaller than reconnect_min_ms");
+  if (auto listen = s.optional_string("peer_listen")) {
+    auto parsed = transport::parse(*listen);
+    if (!parsed) s.fail("peer_listen", parsed.error());
+    if (parsed->kind != transport::Kind::tcp) s.fail("peer_listen", "is tcp:HOST:PORT");
+    c.peer_listen = *parsed;
+  }
+  c.peer_address = s.get_string("peer_address", "");
+  if (!c.peer_address.empty()) {
+    auto parsed = transport::parse(c.peer_address);
+    if (!parsed) s.fail("peer_address", parsed.error());
+    if (parsed->kind != transport::Kind::tcp) s.fail("peer_address", "is tcp:HOST:PORT");
+  }
+  c.peer_certificate = s.get_string("peer_certificate", "");
+  c.peer_key = s.get_string("peer_key", "");
+  c.peer_ca = s.get_string("peer_ca", "");
+  c.peer_connect_timeout =
+      s.get_ms("peer_connect_timeout_ms", c.peer_connect_timeout, 50ms, 600'000ms);
+  c.peer_header_bytes = static_cast<std::uint32_t>(
+      s.get_int("peer_header_bytes", c.peer_header_bytes, 1024, 1024 * 1024));
+  if (c.enabled) {
+    // Hosts trust each other's forwarded requests (the client's identity
+    // and address ride in them): never without mutual TLS.
+    for (auto [key, value] :
+         {std::pair{"peer_certificate", &c.peer_certificate}, std::pair{"peer_key", &c.peer_key},
+          std::pair{"peer_ca", &c.peer_ca}}) {
+      if (value->empty())
+        s.fail(key,
+               "is required in cluster mode: hosts authenticate each other with TLS "
+               "certificates from one cluster CA (PEM files)");
+    }
+    const bool wildcard =
+        c.peer_listen.host == "0.0.0.0" || c.peer_listen.host == "::" || c.peer_listen.port == 0;
+    if (c.peer_address.empty() && wildcard)
+      s.fail("peer_address",
+             fmt::format("is required when peer_listen ({}) is not an address other hosts can "
+                         "connect to",
+                         c.peer_listen.to_string()));
+  }
+  s.reject_unknown_keys();
+  return c;
 }
 
 bool valid_group_name(std::string_view name) {
@@ -438,6 +505,7 @@ HostdConfig read(const Section& root) {
     s->reject_unknown_keys();
   }
   if (auto s = root.section("admin")) c.admin = read_admin(*s);
+  if (auto s = root.section("cluster")) c.cluster = read_cluster(*s);
   if (auto s = root.section("dns")) c.dns = read_dns(*s, c.routing);
   if (auto s = root.section("auth")) {
     c.auth.tokens_file = s->get_string("tokens_file", "");

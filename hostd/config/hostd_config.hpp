@@ -191,6 +191,41 @@ struct AclRule {
   std::vector<std::uint16_t> ports;     // empty: every port
 };
 
+// Cluster mode (docs/architecture.md, "Cluster"): the directory in etcd and
+// the peer listener other hostds forward to. Off by default: one host, the
+// embedded directory, no etcd anywhere.
+struct ClusterConfig {
+  bool enabled = false;
+  std::string host_name;  // this host in etcd and in peers' certificates; default: gethostname()
+  // etcd's client URLs (its JSON gateway), tried in turn: a cluster's members.
+  std::vector<transport::Address> etcd_endpoints{
+      {.kind = transport::Kind::tcp, .port = 2379, .host = "127.0.0.1"}};
+  // This host's records live as long as its lease: a host that dies drops
+  // out of every directory after this, and requests for its VMs meanwhile
+  // get a prompt 502 naming it.
+  std::chrono::seconds lease_ttl{10};
+  std::chrono::milliseconds etcd_timeout{2000};  // one etcd call
+  // Everything is read again this often, whatever the watch said.
+  std::chrono::milliseconds reconcile_interval{60'000};
+  // etcd unreachable: tried again with jittered exponential backoff
+  // (inventory/reconnect_backoff.hpp) between these.
+  std::chrono::milliseconds reconnect_min{200};
+  std::chrono::milliseconds reconnect_max{10'000};
+  // The peer listener: HTTP/1.1 over mutual TLS, for requests other hostds
+  // forward to this host's VMs.
+  transport::Address peer_listen{.kind = transport::Kind::tcp, .port = 7443, .host = "0.0.0.0"};
+  std::string peer_address;      // what other hosts connect to; default: peer_listen
+  std::string peer_certificate;  // names host_name (DNS SAN or CN)
+  std::string peer_key;
+  std::string peer_ca;  // the cluster CA: every host's certificate chains to it
+  // Connect, TLS handshake and the peer's answer, for a forwarded request.
+  std::chrono::milliseconds peer_connect_timeout{2000};
+  // A forwarded request's head (the peer listener's limit).
+  std::uint32_t peer_header_bytes = 8 * 1024;
+
+  friend bool operator==(const ClusterConfig&, const ClusterConfig&) = default;
+};
+
 // Targets that name many VMs (docs/architecture.md, "Targets and groups").
 struct FanoutConfig {
   // The most VMs one target may name: a range is refused (400) before it is
@@ -256,6 +291,7 @@ struct HostdConfig {
   AdminConfig admin;
   AuthConfig auth;
   std::vector<AclRule> acl;
+  ClusterConfig cluster;
   FanoutConfig fanout;
   GroupsConfig groups;
   DirectoryConfig directory;

@@ -17,6 +17,7 @@
 #include "hostd/channel/channel.hpp"
 #include "hostd/channel/channel_on_demand.hpp"
 #include "hostd/channel/live_channels.hpp"
+#include "hostd/cluster/peer_channels.hpp"
 #include "hostd/identity/proxy_credentials.hpp"
 #include "hostd/proxy/connection_auth.hpp"
 #include "hostd/proxy/error_response.hpp"
@@ -54,8 +55,13 @@ class ClientConnection {
         peer_(std::move(peer)),
         identity_(std::move(identity)),
         over_client_cap_(over_client_cap),
-        admission_{context.config.routing, context.config.channel, context.config.limits,
-                   context.directory, context.policy},
+        admission_{
+            context.config.routing,
+            context.config.channel,
+            context.config.limits,
+            context.directory,
+            context.policy,
+            context.peers ? std::string_view(context.peers->local_host()) : std::string_view()},
         deadline_(client_.get_executor()) {}
   ClientConnection(const ClientConnection&) = delete;
   ClientConnection& operator=(const ClientConnection&) = delete;
@@ -393,13 +399,29 @@ class ClientConnection {
     // After a wait: the channel another request to the same port was done with.
     if (grant->channel) co_return reused(rec, std::move(*grant->channel));
     ChannelConnectTimer connect_timer(ctx_.metrics);
-    auto channel = co_await open_channel(ctx_.config.channel, vm, destination.address, port, peer_,
-                                         rec.id, attached_device_);
+    auto channel = co_await open_channel_to(destination, port, rec);
     connect_timer.done(bool(channel));
     if (!channel) co_return channel;
     channel->ticket = std::move(grant->ticket);
     if (ctx_.metrics) ctx_.metrics->channel_used(false);
     co_return channel;
+  }
+
+  // A new channel to the destination's guestd: here over its transport, or,
+  // for a VM on another host, through that host's peer listener.
+  awaitable<ChannelResult> open_channel_to(const Destination& destination, std::uint16_t port,
+                                           const RequestRecord& rec) {
+    if (ctx_.peers && ctx_.peers->remote(destination.vm)) {
+      // A named local: g++ 12 destroys a temporary in a co_await twice.
+      const PeerRequest request{.target_host = destination.vm.host,
+                                .client = peer_,
+                                .identity = identity_.to_string(),
+                                .request_id = rec.id};
+      auto channel = co_await ctx_.peers->open(destination.vm, port, request);
+      co_return channel;
+    }
+    co_return co_await open_channel(ctx_.config.channel, destination.vm, destination.address, port,
+                                    peer_, rec.id, attached_device_);
   }
 
   ChannelResult reused(RequestRecord& rec, Channel channel) {
@@ -429,8 +451,7 @@ class ClientConnection {
     }
     const Destination& destination = admitted.destination;
     ChannelConnectTimer connect_timer(ctx_.metrics);
-    auto channel = co_await open_channel(ctx_.config.channel, destination.vm, destination.address,
-                                         admitted.route.port, peer_, rec.id, attached_device_);
+    auto channel = co_await open_channel_to(destination, admitted.route.port, rec);
     connect_timer.done(bool(channel));
     if (!channel) {
       Refusal refusal = channel.error();

@@ -25,6 +25,8 @@
 
 namespace vmgate::hostd {
 
+class PeerChannels;
+
 struct ConnectionContext {
   const HostdConfig& config;
   const ListenerConfig& listener;
@@ -40,6 +42,9 @@ struct ConnectionContext {
   ConnectionCaps* caps = nullptr;     // null: tunnels are not capped (tests)
   // null: a VM without a vsock device is refused 503 (libvirt.attach_vsock_on_demand off).
   ChannelOnDemand* on_demand = nullptr;
+  // Cluster mode: VMs on other hosts are reached through them. Null: every
+  // VM is this host's.
+  PeerChannels* peers = nullptr;
 };
 
 // A connection's place under max_connections, given back when the

@@ -23,6 +23,7 @@
 namespace vmgate::hostd {
 
 class ConnectionSlot;
+class PeerChannels;
 
 class Server {
   struct Listener;
@@ -53,7 +54,8 @@ class Server {
          ChannelBudget& budget, HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
          std::vector<asio::any_io_executor> session_executors = {},
          const TokenFile* tokens = nullptr, IdleConnections* idle = nullptr,
-         LiveChannels* live = nullptr, ChannelOnDemand* on_demand = nullptr);
+         LiveChannels* live = nullptr, ChannelOnDemand* on_demand = nullptr,
+         PeerChannels* peers = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener
   // ("FILE:LINE: listener[N].address: cannot listen on ...") on failure.
@@ -106,6 +108,7 @@ class Server {
   IdleConnections* idle_;
   LiveChannels* live_;
   ChannelOnDemand* on_demand_;
+  PeerChannels* peers_;
   // The running listeners, in config order, and those removed whose accept
   // loops may not have ended yet; changed on `io`'s thread only. Owned here,
   // not by the loops, so that all are gone before the io_contexts.

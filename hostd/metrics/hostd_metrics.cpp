@@ -46,6 +46,7 @@ struct HostdMetrics::Impl {
 
   const Directory& directory;
   const InventoryStats* inventory;
+  std::function<std::string()> extra;  // under scrape_mutex
   prom::Registry registry;
 
   prom::Family<prom::Counter>& requests = prom::BuildCounter()
@@ -313,9 +314,17 @@ void HostdMetrics::set_channel_budget(const ChannelBudget* budget) {
   impl_->budget = budget;
 }
 
+void HostdMetrics::set_extra(std::function<std::string()> render) {
+  std::lock_guard lock(impl_->scrape_mutex);
+  impl_->extra = std::move(render);
+}
+
 std::string HostdMetrics::render() {
   impl_->refresh();
-  return prom::TextSerializer().Serialize(impl_->registry.Collect());
+  std::string text = prom::TextSerializer().Serialize(impl_->registry.Collect());
+  std::lock_guard lock(impl_->scrape_mutex);
+  if (impl_->extra) text += impl_->extra();
+  return text;
 }
 
 }  // namespace vmgate::hostd

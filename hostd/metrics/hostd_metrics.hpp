@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -49,6 +50,9 @@ class HostdMetrics {
   // The budget whose open channels and waits /metrics reports, with the
   // VMs that have the most channels open; null: none.
   void set_channel_budget(const ChannelBudget* budget);
+  // More metrics in the text format, appended at each scrape (cluster
+  // mode's, hostd/cluster/cluster_metrics.hpp); empty: none.
+  void set_extra(std::function<std::string()> render);
 
   // Every metric in the Prometheus text exposition format 0.0.4.
   std::string render();

@@ -47,6 +47,8 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "admin.enabled", running.admin.enabled, next.admin.enabled);
   keep(changed, "admin.address", running.admin.address, next.admin.address);
   keep(changed, "admin.allow_remote", running.admin.allow_remote, next.admin.allow_remote);
+  // The etcd session, this host's name and the peer listener are built once.
+  keep(changed, "cluster", running.cluster, next.cluster);
   // Its sockets are bound once, and its zone answers from the first snapshot.
   keep(changed, "dns", running.dns, next.dns);
   if (running.dns.enabled())

@@ -99,3 +99,8 @@ class Pki:
 
     def server(self, ca, name, dns=("localhost",), ips=("127.0.0.1",)):
         return self._issue(ca, name, "serverAuth", dns=dns, ips=ips)
+
+    def peer(self, ca, name):
+        """A cluster host's certificate: it serves the peer listener and
+        connects to other hosts', and names the host (DNS SAN and CN)."""
+        return self._issue(ca, name, "serverAuth,clientAuth", dns=[name])

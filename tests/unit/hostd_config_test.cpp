@@ -415,6 +415,43 @@ TEST_CASE("a bad [[acl]] rule stops hostd at its line and key, saying what is wr
             .starts_with("hostd.toml:6: acl[1].name: 'acl[0]' names an earlier rule too"));
 }
 
+TEST_CASE("cluster mode is off unless enabled, with its documented defaults") {
+  auto c = parse_hostd_config("", "hostd.toml");
+  CHECK_FALSE(c.cluster.enabled);
+  CHECK(c.cluster.lease_ttl.count() == 10);
+  REQUIRE(c.cluster.etcd_endpoints.size() == 1);
+  CHECK(c.cluster.etcd_endpoints[0].to_string() == "tcp:127.0.0.1:2379");
+  CHECK(c.cluster.peer_listen.port == 7443);
+}
+
+TEST_CASE("cluster mode without the peer TLS files is refused at its line") {
+  CHECK(error_of("[cluster]\nenabled = true\npeer_address = \"tcp:10.0.0.1:7443\"\n") ==
+        "hostd.toml:1: cluster.peer_certificate: is required in cluster mode: hosts "
+        "authenticate each other with TLS certificates from one cluster CA (PEM files)");
+}
+
+TEST_CASE("a cluster host listening on every address must say where peers reach it") {
+  CHECK(error_of("[cluster]\nenabled = true\npeer_certificate = \"c\"\npeer_key = \"k\"\n"
+                 "peer_ca = \"ca\"\n") ==
+        "hostd.toml:1: cluster.peer_address: is required when peer_listen (tcp:0.0.0.0:7443) is "
+        "not an address other hosts can connect to");
+  auto c = parse_hostd_config(
+      "[cluster]\nenabled = true\nhost_name = \"kvm1\"\npeer_certificate = \"c\"\n"
+      "peer_key = \"k\"\npeer_ca = \"ca\"\npeer_listen = \"tcp:10.0.0.1:7443\"\n"
+      "etcd_endpoints = [\"tcp:10.0.0.5:2379\", \"tcp:10.0.0.6:2379\"]\nlease_ttl_s = 5\n",
+      "hostd.toml");
+  CHECK(c.cluster.enabled);
+  CHECK(c.cluster.host_name == "kvm1");
+  CHECK(c.cluster.etcd_endpoints.size() == 2);
+  CHECK(c.cluster.lease_ttl.count() == 5);
+}
+
+TEST_CASE("a cluster host name that cannot be an etcd key segment is refused") {
+  CHECK(error_of("[cluster]\nhost_name = \"kvm/1\"\n") ==
+        "hostd.toml:2: cluster.host_name: must be letters, digits, '.', '-' or '_' (it is part of "
+        "etcd keys)");
+}
+
 TEST_CASE("static groups, joinable groups, fan-out limits and the state file are read") {
   auto c = parse_hostd_config(R"(
 [fanout]

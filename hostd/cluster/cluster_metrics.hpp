@@ -1,0 +1,19 @@
+// Cluster mode's metrics, in the Prometheus text format, appended to
+// hostd's /metrics (HostdMetrics::set_extra). Messages between hosts are
+// counted at both ends: a host's `sent` are the CONNECTs its client
+// connections opened to other hosts (a pooled link carries several requests
+// to one VM), its `received` the ones other hosts opened to it.
+#pragma once
+
+#include <string>
+
+namespace vmgate::hostd {
+
+class ClusterStatus;
+class PeerChannels;
+class PeerServer;
+
+std::string render_cluster_metrics(const ClusterStatus& status, const PeerChannels& sent,
+                                   const PeerServer& received);
+
+}  // namespace vmgate::hostd

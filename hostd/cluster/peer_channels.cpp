@@ -1,0 +1,164 @@
+#include "hostd/cluster/peer_channels.hpp"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+
+#include "common/deadline.hpp"
+#include "common/log.hpp"
+#include "hostd/proxy/client_stream.hpp"
+
+namespace vmgate::hostd {
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+namespace {
+
+using ChannelResult = boost::system::result<Channel, Refusal>;
+
+// Printable ASCII only: a value that could end a line or a field is left out.
+bool safe_field_value(std::string_view value) {
+  if (value.size() > 1024) return false;
+  for (unsigned char c : value)
+    if (c < 0x20 || c > 0x7e) return false;
+  return true;
+}
+
+// A peer's refusal body is one line; more is not read.
+constexpr std::uint64_t max_refusal_body = 4096;
+
+// Carries the TLS link and the pair's far end until either side ends.
+awaitable<void> relay_peer(std::unique_ptr<ClientStream> peer, Stream pair_end,
+                           std::chrono::milliseconds idle) {
+  co_await relay_tunnel(*peer, pair_end, idle);
+  error_code ignored;
+  pair_end.close(ignored);
+  co_await peer->close(true, std::chrono::milliseconds(1000));
+}
+
+}  // namespace
+
+std::string encode_peer_request(const VmRecord& vm, std::uint16_t port,
+                                const PeerRequest& request) {
+  std::string head = fmt::format("CONNECT {0}:{1} HTTP/1.1\r\nHost: {0}:{1}\r\n", vm.uuid, port);
+  auto field = [&head](std::string_view name, std::string_view value) {
+    if (!value.empty() && safe_field_value(value)) head += fmt::format("{}: {}\r\n", name, value);
+  };
+  field(peer_host_field, request.target_host);
+  field(peer_client_field, request.client);
+  field(peer_identity_field, request.identity);
+  field(peer_request_id_field, request.request_id);
+  head += "\r\n";
+  return head;
+}
+
+PeerChannels::PeerChannels(const ClusterConfig& config, const ClusterDirectory& directory,
+                           std::shared_ptr<asio::ssl::context> tls,
+                           std::chrono::milliseconds relay_idle)
+    : config_(config), directory_(directory), tls_(std::move(tls)), relay_idle_(relay_idle) {}
+
+awaitable<ChannelResult> PeerChannels::open(const VmRecord& vm, std::uint16_t port,
+                                            const PeerRequest& request) {
+  auto host = directory_.host_record(vm.host);
+  if (!host) {
+    ++failed_;
+    co_return Refusal{502, fmt::format("host {} of vm {} has no record in the cluster directory",
+                                       vm.host, vm.name)};
+  }
+  auto address = transport::parse(host->peer_address);
+  if (!address || address->kind != transport::Kind::tcp) {
+    ++failed_;
+    co_return Refusal{502, fmt::format("host {} has no usable peer address ('{}')", host->name,
+                                       host->peer_address)};
+  }
+  ++sent_;
+  auto outcome =
+      co_await within(config_.peer_connect_timeout, connect(*host, *address, vm, port, request));
+  if (!outcome) {
+    ++failed_;
+    co_return Refusal{502, fmt::format("host {} ({}) did not answer within {} ms", host->name,
+                                       address->to_string(), config_.peer_connect_timeout.count())};
+  }
+  if (!*outcome) ++failed_;
+  co_return std::move(*outcome);
+}
+
+awaitable<ChannelResult> PeerChannels::connect(const HostRecord& host,
+                                               const transport::Address& address,
+                                               const VmRecord& vm, std::uint16_t port,
+                                               const PeerRequest& request) {
+  auto [ec, socket] = co_await transport::connect(address);
+  if (ec) {
+    co_return Refusal{502, fmt::format("host {} ({}) is unreachable: {}", host.name,
+                                       address.to_string(), ec.message())};
+  }
+  transport::tune(socket, transport::Kind::tcp);
+  auto executor = socket.get_executor();
+  auto tls = std::make_unique<ClientStream::TlsStream>(std::move(socket), *tls_);
+  // The peer proves it is the host its record names (RFC 6125 §6 via
+  // OpenSSL's host check); SNI says which one is meant.
+  SSL_set_tlsext_host_name(tls->native_handle(), host.name.c_str());
+  tls->set_verify_callback(asio::ssl::host_name_verification(host.name));
+  auto [hec] = co_await tls->async_handshake(asio::ssl::stream_base::client, use_tuple);
+  if (hec) {
+    co_return Refusal{502, fmt::format("host {} ({}): TLS failed: {}", host.name,
+                                       address.to_string(), hec.message())};
+  }
+  const std::string head = encode_peer_request(vm, port, request);
+  auto [wec, written] = co_await asio::async_write(*tls, asio::buffer(head), use_tuple);
+  if (wec) {
+    co_return Refusal{502, fmt::format("host {} ({}) closed the link: {}", host.name,
+                                       address.to_string(), wec.message())};
+  }
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> answer;
+  answer.header_limit(config_.peer_header_bytes);
+  answer.body_limit(max_refusal_body);
+  auto [rec, read] = co_await http::async_read_header(*tls, buffer, answer, use_tuple);
+  if (rec) {
+    co_return Refusal{502, fmt::format("host {} ({}) sent no answer: {}", host.name,
+                                       address.to_string(), rec.message())};
+  }
+  if (answer.get().result() != http::status::ok) {
+    // A refusal: status and one line, which the client sees as the host said it.
+    co_await http::async_read(*tls, buffer, answer, use_tuple);
+    std::string reason = answer.get().body();
+    while (!reason.empty() && (reason.back() == '\n' || reason.back() == '\r'))
+      reason.pop_back();
+    if (auto eol = reason.find_first_of("\r\n"); eol != std::string::npos) reason.resize(eol);
+    unsigned status = answer.get().result_int();
+    if (status < 400 || status > 599) status = 502;
+    co_return Refusal{status, fmt::format("host {}: {}", host.name, reason)};
+  }
+
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    co_return Refusal{
+        502, fmt::format("no socket pair for host {}: {}", host.name, std::strerror(errno))};
+  }
+  Stream near(executor), far(executor);
+  error_code aec;
+  near.assign(asio::generic::stream_protocol(AF_UNIX, 0), pair[0], aec);
+  far.assign(asio::generic::stream_protocol(AF_UNIX, 0), pair[1], aec);
+  Channel channel{std::move(near), {}, ChannelKey::of(vm, port)};
+  // What the agent sent right behind the answer is the start of its reply.
+  if (buffer.size() > 0) {
+    channel.buffer.commit(asio::buffer_copy(channel.buffer.prepare(buffer.size()), buffer.data()));
+  }
+  auto peer = std::make_unique<ClientStream>(std::move(tls), tls_);
+  asio::co_spawn(executor, relay_peer(std::move(peer), std::move(far), relay_idle_),
+                 [host = host.name](std::exception_ptr e) {
+                   if (e)
+                     log::error("peer_relay_failed").kv("host", host).kv("error", log::describe(e));
+                 });
+  co_return channel;
+}
+
+}  // namespace vmgate::hostd

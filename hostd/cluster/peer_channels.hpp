@@ -1,0 +1,90 @@
+// Forwarding to another host (docs/architecture.md, "Cluster"): a request
+// for a VM that the directory places on another host goes to that host's
+// peer listener, once. The link is HTTP/1.1 over mutual TLS:
+//
+//   CONNECT 6f1c...-uuid:5986 HTTP/1.1
+//   Host: 6f1c...-uuid:5986
+//   Vmgate-Host: kvm2                 the host the sender means to reach
+//   Vmgate-Client: 203.0.113.7:51514  the original client, for guestd's log
+//   Vmgate-Identity: token:alice      who admission let through, for the log
+//   Vmgate-Request-Id: 5b2c0e9a
+//
+// and, once that host's guestd has connected the agent port, "200 Connection
+// established" and the agent's bytes both ways. Everything HTTP (framing
+// checks, the head rewritten for the agent, Forwarded) was done by the first
+// host, which also decided the ACLs; the receiver only checks that the VM is
+// its own, by UUID, and never forwards again (peer_server.hpp).
+//
+// To the client connection such a link is a channel like any other: its end
+// here is one side of a socket pair, and a relay carries the other side over
+// TLS, so exchanges, tunnels and the channel pool work unchanged.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <boost/asio/ssl/context.hpp>
+#include <boost/system/result.hpp>
+
+#include "common/asio.hpp"
+#include "hostd/channel/channel.hpp"
+#include "hostd/cluster/cluster_directory.hpp"
+#include "hostd/config/hostd_config.hpp"
+#include "hostd/identity/identity.hpp"
+#include "hostd/refusal.hpp"
+
+namespace vmgate::hostd {
+
+inline constexpr std::string_view peer_host_field = "Vmgate-Host";
+inline constexpr std::string_view peer_client_field = "Vmgate-Client";
+inline constexpr std::string_view peer_identity_field = "Vmgate-Identity";
+inline constexpr std::string_view peer_request_id_field = "Vmgate-Request-Id";
+
+// What one forwarded message carries besides the VM and port.
+struct PeerRequest {
+  std::string_view target_host;  // the host the directory places the VM on
+  std::string_view client;       // the original client's address
+  std::string identity;          // Identity::to_string() of the original client
+  std::string_view request_id;
+};
+
+// The CONNECT head of a forwarded message; fields that would break a line
+// are dropped.
+std::string encode_peer_request(const VmRecord& vm, std::uint16_t port, const PeerRequest& request);
+
+class PeerChannels {
+ public:
+  PeerChannels(const ClusterConfig& config, const ClusterDirectory& directory,
+               std::shared_ptr<asio::ssl::context> tls, std::chrono::milliseconds relay_idle);
+
+  const std::string& local_host() const { return directory_.host(); }
+  bool remote(const VmRecord& vm) const { return vm.host != directory_.host(); }
+
+  // A channel to `vm`'s agent `port` through its host. A refusal names the
+  // host: 502 when it cannot be reached (a dead host, before its lease
+  // expires), or its peer listener's own answer (404, 503, 502...).
+  awaitable<boost::system::result<Channel, Refusal>> open(const VmRecord& vm, std::uint16_t port,
+                                                          const PeerRequest& request);
+
+  std::uint64_t sent() const { return sent_; }
+  std::uint64_t failed() const { return failed_; }
+
+ private:
+  awaitable<boost::system::result<Channel, Refusal>> connect(const HostRecord& host,
+                                                             const transport::Address& address,
+                                                             const VmRecord& vm, std::uint16_t port,
+                                                             const PeerRequest& request);
+
+  const ClusterConfig& config_;
+  const ClusterDirectory& directory_;
+  std::shared_ptr<asio::ssl::context> tls_;
+  std::chrono::milliseconds relay_idle_;
+  std::atomic<std::uint64_t> sent_{0};
+  std::atomic<std::uint64_t> failed_{0};
+};
+
+}  // namespace vmgate::hostd

@@ -1,0 +1,249 @@
+#include "hostd/cluster/peer_server.hpp"
+
+#include <chrono>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+
+#include "common/deadline.hpp"
+#include "common/log.hpp"
+#include "hostd/channel/channel.hpp"
+#include "hostd/cluster/peer_channels.hpp"
+#include "hostd/identity/tls_server.hpp"
+#include "hostd/proxy/client_stream.hpp"
+#include "hostd/proxy/error_response.hpp"
+#include "hostd/route/target.hpp"
+
+namespace vmgate::hostd {
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+std::string field_of(const http::request_header<>& head, std::string_view name) {
+  auto it = head.find(name);
+  return it == head.end() ? std::string() : std::string(it->value());
+}
+
+// What the sender names, checked as the receiver must: its own VM, by
+// UUID, running, on a port; else the refusal.
+struct Delivery {
+  VmRecord vm;
+  std::uint16_t port = 0;
+  transport::Address address;
+};
+
+boost::system::result<Delivery, Refusal> check_request(const http::request_header<>& head,
+                                                       const HostdConfig& config,
+                                                       const ClusterDirectory& directory) {
+  if (head.method() != http::verb::connect)
+    return Refusal{405, "the peer listener takes CONNECT UUID:PORT only"};
+  auto authority = parse_authority(head.target());
+  if (!authority || authority->port == 0)
+    return Refusal{400, "the peer listener takes CONNECT UUID:PORT only"};
+  if (!looks_like_uuid(authority->host))
+    return Refusal{400, "peer requests name their VM by UUID (the first host resolves names)"};
+  const std::string target_host = field_of(head, peer_host_field);
+  if (target_host != directory.host())
+    return Refusal{421, fmt::format("this is host {}, not '{}'", directory.host(), target_host)};
+  Lookup lookup = directory.find(authority->host);
+  // Only a VM this host runs: another host's is never forwarded again.
+  if (lookup.status != LookupStatus::found || lookup.vm->host != directory.host())
+    return Refusal{404, fmt::format("vm {} is not on host {}", authority->host, directory.host())};
+  VmRecord& vm = *lookup.vm;
+  if (vm.state != VmState::running)
+    return Refusal{503, fmt::format("vm {} is {}", vm.name, state_name(vm.state))};
+  auto address = channel_address(config.channel, vm);
+  if (!address) return address.error();
+  return Delivery{std::move(vm), authority->port, std::move(*address)};
+}
+
+// The connecting host, from its certificate: the first name that is a host
+// with a record in the directory.
+std::optional<std::string> peer_host(SSL* ssl, const ClusterDirectory& directory) {
+  Identity identity = certificate_identity(ssl);
+  for (const auto& name : identity.certificate_names)
+    if (directory.host_record(name)) return name;
+  return std::nullopt;
+}
+
+}  // namespace
+
+PeerServer::PeerServer(asio::any_io_executor executor, const HostdConfig& config,
+                       const ClusterDirectory& directory, std::shared_ptr<asio::ssl::context> tls,
+                       LiveChannels* live)
+    : executor_(std::move(executor)),
+      config_(config),
+      directory_(directory),
+      tls_(std::move(tls)),
+      live_(live) {}
+
+PeerServer::~PeerServer() = default;
+
+void PeerServer::start() {
+  error_code ec;
+  auto acceptor = transport::listen(executor_, config_.cluster.peer_listen, ec);
+  if (ec) {
+    throw std::runtime_error(fmt::format("cluster.peer_listen: cannot listen on {}: {}",
+                                         config_.cluster.peer_listen.to_string(), ec.message()));
+  }
+  acceptor_ = std::make_unique<Acceptor>(std::move(acceptor));
+  log::info("peer_listening")
+      .kv("addr", transport::local_uri(*acceptor_, config_.cluster.peer_listen))
+      .kv("host", directory_.host());
+  asio::co_spawn(executor_, accept_loop(), [](std::exception_ptr e) {
+    if (e) log::error("peer_listener_failed").kv("error", log::describe(e));
+  });
+}
+
+void PeerServer::stop() {
+  if (!acceptor_) return;
+  error_code ignored;
+  acceptor_->close(ignored);
+}
+
+awaitable<void> PeerServer::accept_loop() {
+  asio::steady_timer pause(executor_);
+  while (acceptor_->is_open()) {
+    auto [ec, socket] = co_await acceptor_->async_accept(use_tuple);
+    if (ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
+    if (ec) {
+      // Out of descriptors, most likely: wait, then go on.
+      log::warn("peer_accept_failed").kv("error", ec.message());
+      pause.expires_after(std::chrono::milliseconds(100));
+      co_await pause.async_wait(use_tuple);
+      continue;
+    }
+    const std::uint64_t id = next_id_++;
+    asio::co_spawn(executor_, serve(std::move(socket), id), [id](std::exception_ptr e) {
+      if (e)
+        log::error("peer_connection_failed")
+            .kv("conn", static_cast<unsigned long long>(id))
+            .kv("error", log::describe(e));
+    });
+  }
+}
+
+awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
+  const auto started = clock::now();
+  const std::string from_address = transport::describe_peer(socket);
+  transport::tune(socket, transport::Kind::tcp);
+  auto tls = std::make_unique<ClientStream::TlsStream>(std::move(socket), *tls_);
+  Deadline deadline(executor_);
+  auto close_on_expiry = [&] {
+    deadline.expires_after(config_.cluster.peer_connect_timeout, [&tls] {
+      error_code ignored;
+      tls->next_layer().close(ignored);
+    });
+  };
+  close_on_expiry();
+  auto [hec] = co_await tls->async_handshake(asio::ssl::stream_base::server, use_tuple);
+  if (hec) {
+    deadline.expires_never();
+    log::warn("peer_handshake_failed")
+        .kv("conn", static_cast<unsigned long long>(id))
+        .kv("peer", from_address)
+        .kv("reason", handshake_failure(tls->native_handle(), hec));
+    co_return;
+  }
+  ClientStream peer(std::move(tls), tls_);
+  beast::flat_buffer buffer;
+  http::request_parser<http::empty_body> parser;
+  parser.header_limit(config_.cluster.peer_header_bytes);
+  auto respond = [&](const Refusal& refusal, const std::string& request_id) -> awaitable<void> {
+    auto response = make_error_response(refusal, request_id, 11, false);
+    co_await http::async_write(peer, response, use_tuple);
+    deadline.expires_never();
+    co_await peer.close(true, std::chrono::milliseconds(1000));
+  };
+  const auto from_host = peer_host(peer.tls()->native_handle(), directory_);
+  auto [rec, n] = co_await http::async_read_header(peer, buffer, parser, use_tuple);
+  if (rec) {
+    deadline.expires_never();
+    co_return;
+  }
+  ++received_;
+  const auto& head = parser.get();
+  const std::string request_id = field_of(head, peer_request_id_field);
+  const std::string client = field_of(head, peer_client_field);
+  const std::string identity = field_of(head, peer_identity_field);
+  {
+    std::optional<std::string> delivery_vm;
+    auto record = [&](unsigned status, std::string_view reason) {
+      log::Line l(log::Level::info, "peer_request");
+      l.kv("conn", static_cast<unsigned long long>(id))
+          .kv("peer", from_address)
+          .kv("from", from_host.value_or("unknown"))
+          .kv("req", request_id)
+          .kv("client", client)
+          .kv("identity", identity)
+          .kv("target", std::string(head.target()))
+          .kv("status", status);
+      if (delivery_vm) l.kv("vm", *delivery_vm);
+      if (!reason.empty()) l.kv("reason", reason);
+    };
+    // Only a host of the cluster is heard, and only as the host it is.
+    if (!from_host) {
+      Refusal refusal{403, "the peer's certificate names no host in the cluster directory"};
+      record(refusal.status, refusal.reason);
+      co_await respond(refusal, request_id);
+      co_return;
+    }
+    auto delivery = check_request(head, config_, directory_);
+    if (delivery) delivery_vm = delivery->vm.name;
+    if (!delivery) {
+      record(delivery.error().status, delivery.error().reason);
+      co_await respond(delivery.error(), request_id);
+      co_return;
+    }
+    auto channel = co_await open_channel(config_.channel, delivery->vm, delivery->address,
+                                         delivery->port, client, request_id);
+    if (!channel) {
+      record(channel.error().status, channel.error().reason);
+      co_await respond(channel.error(), request_id);
+      co_return;
+    }
+    deadline.expires_never();
+    record(200, {});
+    static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
+    auto [wec, wn] = co_await asio::async_write(peer, asio::buffer(established), use_tuple);
+    if (wec) co_return;
+    if (buffer.size() > 0) {
+      auto [bec, bn] = co_await asio::async_write(channel->stream, buffer.data(), use_tuple);
+      if (bec) co_return;
+      buffer.consume(bn);
+    }
+    if (channel->buffer.size() > 0) {
+      auto [bec, bn] = co_await asio::async_write(peer, channel->buffer.data(), use_tuple);
+      if (bec) co_return;
+      channel->buffer.consume(bn);
+    }
+    RelayResult relayed;
+    {
+      // Cut when the VM goes away here, as a local request's channel is.
+      const ChannelWatch watch(live_, channel->key, channel->stream, &peer.socket());
+      relayed = co_await relay_tunnel(peer, channel->stream, config_.limits.idle_timeout);
+    }
+    error_code ignored;
+    channel->stream.close(ignored);
+    co_await peer.close(!relayed.error, std::chrono::milliseconds(1000));
+    // The link's end: a pooled link carries several requests to its VM.
+    log::Line l(log::Level::info, "peer_link_closed");
+    l.kv("conn", static_cast<unsigned long long>(id))
+        .kv("from", *from_host)
+        .kv("req", request_id)
+        .kv("vm", delivery->vm.name)
+        .kv("port", static_cast<unsigned>(delivery->port))
+        .kv("bytes_in", static_cast<unsigned long long>(relayed.a_to_b))
+        .kv("bytes_out", static_cast<unsigned long long>(relayed.b_to_a))
+        .kv("ms", static_cast<long long>(
+                      std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started)
+                          .count()));
+  }
+}
+
+}  // namespace vmgate::hostd

@@ -1,0 +1,210 @@
+"""Cluster mode: hostds sharing a directory in a real etcd (started here, on
+loopback ports), each with its own libvirt test-driver node, agents and
+guestds, forwarding to one another over mutual TLS.
+
+Each test names the behaviour it proves; each was checked to fail with the
+behaviour taken out of hostd.
+"""
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from cluster_lab import Cluster, Etcd
+from vmgate_lab import VM, SessionLibvirtd, domain_xml, metric, wait_until
+
+
+def peer_requests(host, **match):
+    lines = [l for l in host.lab.hostd.lines() if "event=peer_request" in l]
+    return [l for l in lines if all("%s=%s" % kv in l for kv in match.items())]
+
+
+def test_a_request_for_a_vm_on_another_host_is_delivered_there_once():
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        kvm2 = cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        # Header form, entering at the host that does not run the VM.
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
+        assert r.status == 200, r
+        assert r.body == b"hello from vm2\n"
+        # Absolute form (a client told HTTP_PROXY).
+        r = kvm1.curl("http://vm2:5986/hello", "--proxy", "http://127.0.0.1:%d" % kvm1.port)
+        assert r.status == 200, r
+        assert r.body == b"hello from vm2\n"
+        # The receiver delivered it, knowing the first host and the client.
+        wait_until(lambda: peer_requests(kvm2, status="200", **{"from": "kvm1"}), 5,
+                   "kvm2's record of the forwarded request")
+        line = peer_requests(kvm2, status="200")[0]
+        assert "client=127.0.0.1:" in line
+        assert metric(kvm1.lab, "vmgate_peer_messages_total", direction="sent") >= 1
+        assert metric(kvm2.lab, "vmgate_peer_messages_total", direction="received") >= 1
+        # Local VMs are not forwarded anywhere.
+        sent = metric(kvm2.lab, "vmgate_peer_messages_total", direction="sent")
+        r = kvm2.curl("/hello", "-H", "X-VM-Id: vm2")
+        assert r.status == 200 and r.body == b"hello from vm2\n"
+        assert metric(kvm2.lab, "vmgate_peer_messages_total", direction="sent") == sent
+
+
+def test_a_peer_that_is_not_a_cluster_host_or_names_a_vm_by_name_is_refused():
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        # A certificate from the cluster CA for a host with no record.
+        stranger = cluster.pki.peer(cluster.ca, "kvm9")
+        uuid = kvm1.lab.vms[0].uuid
+        import subprocess
+
+        def ask(cert, target):
+            request = ("CONNECT %s HTTP/1.1\r\nHost: %s\r\nVmgate-Host: kvm1\r\n\r\n"
+                       % (target, target))
+            r = subprocess.run(
+                ["openssl", "s_client", "-quiet", "-connect", "127.0.0.1:%d" % kvm1.peer_port,
+                 "-cert", cert.cert, "-key", cert.key, "-CAfile", cluster.ca.cert,
+                 "-servername", "kvm1"], input=request.encode(), capture_output=True, timeout=20)
+            return r.stdout.decode(errors="replace")
+
+        assert " 403 " in ask(stranger, "%s:5986" % uuid).splitlines()[0]
+        kvm2_cert = cluster.pki.peer(cluster.ca, "kvm2")
+        assert " 400 " in ask(kvm2_cert, "vm1:5986").splitlines()[0]
+        # A VM this host does not run is never forwarded on.
+        vm2_uuid = cluster.hosts["kvm2"].lab.vms[0].uuid
+        first = ask(kvm2_cert, "%s:5986" % vm2_uuid).splitlines()[0]
+        assert " 404 " in first
+        assert metric(kvm1.lab, "vmgate_peer_messages_total", direction="sent") == 0
+
+
+def test_a_killed_host_gets_a_prompt_502_naming_it_then_its_vms_are_gone_after_the_ttl():
+    with Etcd() as etcd, Cluster(etcd, lease_ttl_s=3) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        kvm2 = cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        kvm2.lab.hostd.kill()
+        started = time.monotonic()
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2", timeout=10)
+        assert time.monotonic() - started < 2.0
+        assert r.status == 502, r
+        assert "kvm2" in r.text
+        # The lease expires: vm2 is gone from kvm1's directory.
+        wait_until(lambda: not kvm1.knows("vm2"), 3 + 5, "vm2 to vanish with kvm2's lease")
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
+        assert r.status == 404, r
+
+
+def test_routing_goes_on_from_the_cache_while_etcd_is_down_and_readyz_says_degraded():
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        assert kvm1.admin("/readyz") == (200, "ready")
+        etcd.kill_member(0)
+        kvm1.lab.hostd.wait_for(r"event=etcd_unreachable")
+        status, body = kvm1.admin("/readyz")
+        assert status == 200 and body.startswith("degraded: etcd unreachable"), body
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
+        assert r.status == 200 and r.body == b"hello from vm2\n", r
+        etcd.start_member(0)
+        wait_until(lambda: kvm1.admin("/readyz") == (200, "ready"), 10,
+                   "kvm1 ready again once etcd is back")
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
+        assert r.status == 200, r
+
+
+def test_a_watch_behind_a_compaction_reads_everything_again_and_converges():
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        kvm2 = cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        # kvm1's watch falls behind: stopped while etcd restarts (which
+        # breaks the watch), kvm3 arrives, kvm2 leaves, and etcd compacts away
+        # the history in between. Resumed, kvm1 watches again from after the
+        # last change it saw, finds that compacted, and reads everything again.
+        kvm1.lab.hostd.popen.send_signal(signal.SIGSTOP)
+        try:
+            etcd.kill_member(0)
+            etcd.start_member(0)
+            kvm3 = cluster.host("kvm3", [VM("vm3")])
+            kvm2.lab.hostd.stop()
+            etcd.ctl("del", "--prefix", "/vmgate/v1/vms/" + kvm2.lab.vms[0].uuid)
+            etcd.ctl("compact", str(etcd.revision()))
+        finally:
+            kvm1.lab.hostd.popen.send_signal(signal.SIGCONT)
+        kvm1.lab.hostd.wait_for(r"event=etcd_watch_compacted")
+        wait_until(lambda: kvm1.sees("vm3", "kvm3") and not kvm1.knows("vm2"), 10,
+                   "kvm1 to converge after the compaction")
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm3")
+        assert r.status == 200 and r.body == b"hello from vm3\n", r
+        assert metric(kvm1.lab, "vmgate_cluster_watch_compactions_total") >= 1
+        del kvm3
+
+
+def test_a_three_member_etcd_with_one_member_killed_keeps_working():
+    with Etcd(members=3) as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        etcd.kill_member(0)
+        # A host that arrives now is seen by kvm1 through the other members.
+        cluster.host("kvm3", [VM("vm3")])
+        wait_until(lambda: kvm1.sees("vm3", "kvm3"), 15, "kvm1 to see vm3 with one member down")
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm3")
+        assert r.status == 200 and r.body == b"hello from vm3\n", r
+        status, body = kvm1.admin("/readyz")
+        assert status == 200 and body == "ready", body
+
+
+def test_a_lease_that_expires_while_the_host_lives_is_replaced_and_everything_republished():
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        kvm2 = cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        # As etcd does when a lease expires: the lease and its keys go.
+        leases = etcd.ctl("lease", "list").split()
+        for lease in leases:
+            if all(c in "0123456789abcdef" for c in lease) and len(lease) > 8:
+                etcd.ctl("lease", "revoke", lease)
+        kvm2.lab.hostd.wait_for(r"event=etcd_lease_lost")
+        wait_until(lambda: kvm1.sees("vm2", "kvm2"), 10, "kvm2's VMs republished")
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
+        assert r.status == 200, r
+
+
+def test_a_vm_undefined_on_one_host_and_started_on_another_is_routed_there_within_a_second():
+    if os.geteuid() != 0:
+        pytest.skip("SessionLibvirtd needs root")
+    vm_a = VM("vm9")
+    vm_b = VM("vm9", uuid=vm_a.uuid)
+    with SessionLibvirtd() as lv1, SessionLibvirtd() as lv2, Etcd() as etcd, \
+            Cluster(etcd) as cluster:
+        for lv in (lv1, lv2):
+            lv.virsh("destroy", "test", check=False)
+            lv.virsh("undefine", "test", check=False)
+        kvm1 = cluster.host("kvm1", [vm_a], libvirt_uri=lv1.uri)
+        kvm2 = cluster.host("kvm2", [vm_b], libvirt_uri=lv2.uri)
+        vm_a.cid = vm_b.cid = 9
+        path = os.path.join(kvm1.lab.dir, "vm9.xml")
+        with open(path, "w") as f:
+            f.write(domain_xml(vm_a))
+        lv1.virsh("define", path)
+        lv1.virsh("start", "vm9")
+        wait_until(lambda: kvm2.sees("vm9", "kvm1", "running"), 5, "kvm2 to place vm9 on kvm1")
+        r = kvm2.curl("/hello", "-H", "X-VM-Id: vm9")
+        assert r.status == 200 and r.body == b"hello from vm9\n", r
+        assert peer_requests(kvm1, status="200", vm="vm9")
+        # The move: gone from kvm1, started on kvm2.
+        lv1.virsh("destroy", "vm9")
+        lv1.virsh("undefine", "vm9")
+        lv2.virsh("define", path)
+        lv2.virsh("start", "vm9")
+        started = time.monotonic()
+        # Defined there first (shut off), then started: routable once running.
+        wait_until(lambda: kvm1.sees("vm9", "kvm2", "running"), 5,
+                   "kvm1 to place vm9 on kvm2, running")
+        assert time.monotonic() - started < 1.0
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm9")
+        assert r.status == 200 and r.body == b"hello from vm9\n", r
+        assert peer_requests(kvm2, status="200", vm="vm9")
