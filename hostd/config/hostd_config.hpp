@@ -144,6 +144,23 @@ struct LimitsConfig {
   std::chrono::milliseconds stop_grace{10'000};
 };
 
+// Fan-out (hostd/fanout): one request delivered to every VM a group, network
+// or list target names, with each VM's answer streamed back as it comes.
+struct FanoutConfig {
+  // The request body is read whole, once, and held once for every VM: above
+  // this it is refused 413 before any VM is tried.
+  std::uint64_t max_body = 4 * 1024 * 1024;
+  // VMs delivered to at once: each holds a channel (a descriptor in hostd, a
+  // session in its guestd) while its request is in flight.
+  std::uint32_t max_parallel = 256;
+  // One VM's whole delivery (channel, request, response) may take this long;
+  // then it is reported timed out and the others go on.
+  std::chrono::milliseconds vm_timeout{30'000};
+  // One VM's response body is held until its part is written: above this the
+  // VM is reported too_large and its response dropped.
+  std::uint64_t max_response = 1024 * 1024;
+};
+
 inline constexpr std::uint16_t default_admin_port = 9090;
 
 // The admin listener: health, readiness, metrics and the JSON API vmgatectl
@@ -179,6 +196,7 @@ struct HostdConfig {
   RoutingConfig routing;
   ChannelConfig channel;
   LimitsConfig limits;
+  FanoutConfig fanout;
   AdminConfig admin;
   AuthConfig auth;
   std::vector<AclRule> acl;
