@@ -56,6 +56,21 @@ boost::system::result<Admitted, Refused> admit_route(Route route, const Identity
   const bool trusted = identity.kind == Identity::Kind::trusted_listener;
 
   auto selection = context.directory.select(route.target);
+  // Several VMs: each is authorized, and its state and channel settled, on
+  // its own (fanout/fanout_plan.hpp); the body limit is fanout.max_body,
+  // checked as the body is read.
+  if (selection.status == Selection::Status::found && names_many(route.target)) {
+    FanoutPlan plan = plan_fanout(std::move(selection.vms), route.target, identity, route.port,
+                                  context.policy, context.channel);
+    if (plan.members.empty()) {
+      if (plan.access) return forbidden(std::move(*plan.access));
+      refused.refusal = {404, fmt::format("'{}' names no VM", target_text)};
+      return refused;
+    }
+    AccessDecision access = *plan.access;
+    return Admitted{std::move(route), Destination{}, std::move(access),
+                    std::make_shared<const FanoutPlan>(std::move(plan))};
+  }
   switch (selection.status) {
     case Selection::Status::unsupported:
       refused.refusal = {501,
