@@ -106,7 +106,9 @@ class Fanout {
     auto& head = request_.head;
     const std::uint64_t limit = config_.max_body;
     if (auto declared = head.content_length(); declared && *declared > limit) {
-      co_await refuse({413, too_large_reason(*declared)});
+      // Named, not a temporary in the co_await: GCC 12 destroys those twice.
+      const Refusal refusal{413, too_large_reason(*declared)};
+      co_await refuse(refusal);
       co_return false;
     }
     if (head.is_done()) co_return true;  // no body
@@ -125,7 +127,8 @@ class Fanout {
     auto [ec, n] = co_await http::async_read(ends_.client, ends_.client_buffer, parser, use_tuple);
     ends_.deadline.expires_never();
     if (ec == http::error::body_limit) {
-      co_await refuse({413, too_large_reason(std::nullopt)});
+      const Refusal refusal{413, too_large_reason(std::nullopt)};
+      co_await refuse(refusal);
       co_return false;
     }
     if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
@@ -137,7 +140,8 @@ class Fanout {
       co_return false;
     }
     if (ec) {
-      co_await refuse({400, fmt::format("malformed request body: {}", ec.message())});
+      const Refusal refusal{400, fmt::format("malformed request body: {}", ec.message())};
+      co_await refuse(refusal);
       co_return false;
     }
     message_.emplace(parser.release());
