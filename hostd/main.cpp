@@ -26,6 +26,9 @@
 #include "hostd/channel/live_channels.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
+#include "hostd/directory/group_membership.hpp"
+#include "hostd/dns/dns_server.hpp"
+#include "hostd/dns/vm_zone.hpp"
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/identity/token_file.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
@@ -100,6 +103,18 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   const hostd::HostdConfig& config = first->config;
   hostd::CurrentConfig current(first);
   hostd::EmbeddedDirectory directory(host_name());
+  // Guests' group joins, from the state file; the one store, which guest
+  // JOIN and LEAVE write. Groups and limits are the first config's: a
+  // reload does not change them.
+  auto memberships =
+      hostd::GroupMembership::open(config.directory.state_file, config.groups.joinable);
+  if (!memberships) {
+    log::error("directory_state_unreadable").kv("error", memberships.error());
+    return 1;
+  }
+  hostd::GroupMembership& group_membership = **memberships;
+  directory.use_groups(config.groups, config.fanout, &group_membership);
+  group_membership.follow(directory);
   hostd::LibvirtInventory inventory(config.libvirt, directory);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());
@@ -146,6 +161,11 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
                   hostd::AdminContext{config, directory, metrics, readiness, first->policy},
                   &current);
     admin->start();
+  }
+  std::optional<hostd::DnsServer> dns;
+  if (config.dns.enabled()) {
+    dns.emplace(io, config.dns, hostd::vm_zone(directory, config, host_name()));
+    dns->start();
   }
   readiness.listeners_bound();
   // Ready once libvirt has been read too. wait_first_sync blocks, so it waits
@@ -200,6 +220,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
     hangup.cancel(ignored);
     readiness.stopping();  // /readyz answers 503 while sessions drain
     server.stop_accepting();
+    if (dns) dns->stop();
     // Connections between requests close now; requests and tunnels in
     // progress get limits.stop_grace to finish, then what is left is closed.
     idle_connections.stop(session_executors);

@@ -39,6 +39,10 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "admin.enabled", running.admin.enabled, next.admin.enabled);
   keep(changed, "admin.address", running.admin.address, next.admin.address);
   keep(changed, "admin.allow_remote", running.admin.allow_remote, next.admin.allow_remote);
+  // Its sockets are bound once, and its zone answers from the first snapshot.
+  keep(changed, "dns", running.dns, next.dns);
+  if (running.dns.enabled())
+    keep(changed, "routing.host_suffix", running.routing.host_suffix, next.routing.host_suffix);
   return changed;
 }
 

@@ -203,6 +203,7 @@ class VM:
     # {"5986": "tcp:127.0.0.1:PORT"}; guestd then runs even with agent=None.
     guestd_agents: dict = None
     vsock: bool = True  # False: the domain has no <vsock> device (and no CID)
+    groups: tuple = ()  # <vmgate:groups> metadata of the domain
 
 
 def toml_value(value):
@@ -250,10 +251,13 @@ def domain_xml(vm):
         runstate = "<test:runstate>5</test:runstate>"
     vsock = ("<vsock model='virtio'><cid auto='no' address='%d'/></vsock>" % vm.cid
              if vm.vsock else "")
+    metadata = ("<metadata><vmgate:groups xmlns:vmgate='urn:vmgate:1'>%s</vmgate:groups>"
+                "</metadata>" % "".join("<group>%s</group>" % g for g in vm.groups)
+                if vm.groups else "")
     return (
         "%s<name>%s</name><uuid>%s</uuid><memory>65536</memory>"
-        "<os><type>hvm</type></os><devices>%s</devices>%s</domain>"
-        % (head, vm.name, vm.uuid, vsock, runstate))
+        "<os><type>hvm</type></os><devices>%s</devices>%s%s</domain>"
+        % (head, vm.name, vm.uuid, vsock, metadata, runstate))
 
 
 def node_xml(vms):
