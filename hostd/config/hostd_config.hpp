@@ -144,8 +144,9 @@ struct LimitsConfig {
   std::chrono::milliseconds stop_grace{10'000};
 };
 
-// Fan-out (hostd/fanout): one request delivered to every VM a group, network
-// or list target names, with each VM's answer streamed back as it comes.
+// Fan-out (hostd/fanout): one request delivered to every VM a group, network,
+// range or list target names (docs/architecture.md, "Targets and groups",
+// "Fan-out"), with each VM's answer streamed back as it comes.
 struct FanoutConfig {
   // The request body is read whole, once, and held once for every VM: above
   // this it is refused 413 before any VM is tried.
@@ -159,6 +160,11 @@ struct FanoutConfig {
   // One VM's response body is held until its part is written: above this the
   // VM is reported too_large and its response dropped.
   std::uint64_t max_response = 1024 * 1024;
+  // The most VMs one target may name: a range is refused (400) before it is
+  // expanded when it would name more, and so is any target resolving to more.
+  std::uint64_t max_targets = 10'000;
+  // How deeply groups may name groups: group:a → group:b is depth 2.
+  std::uint32_t max_group_depth = 8;
 };
 
 inline constexpr std::uint16_t default_admin_port = 9090;
@@ -188,15 +194,6 @@ struct AclRule {
   std::vector<std::string> identities;  // "cert:GLOB", "token:GLOB", "cidr:NETWORK"
   std::vector<std::string> vms;         // name globs ("web*"), UUIDs, "*"
   std::vector<std::uint16_t> ports;     // empty: every port
-};
-
-// Targets that name many VMs (docs/architecture.md, "Targets and groups").
-struct FanoutConfig {
-  // The most VMs one target may name: a range is refused (400) before it is
-  // expanded when it would name more, and so is any target resolving to more.
-  std::uint64_t max_targets = 10'000;
-  // How deeply groups may name groups: group:a → group:b is depth 2.
-  std::uint32_t max_group_depth = 8;
 };
 
 // [groups]: static groups (web = ["vm1", "web[01-04]", "group:db", "net:lab"])
@@ -256,7 +253,6 @@ struct HostdConfig {
   AdminConfig admin;
   AuthConfig auth;
   std::vector<AclRule> acl;
-  FanoutConfig fanout;
   GroupsConfig groups;
   DirectoryConfig directory;
   DnsConfig dns;

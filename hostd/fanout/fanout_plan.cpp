@@ -23,15 +23,25 @@ std::size_t FanoutPlan::to_deliver() const {
 }
 
 bool names_many(const Target& target) {
-  return target.kind != Target::Kind::vm && target.kind != Target::Kind::host_vm;
+  return !target.single_vm() && target.kind != Target::Kind::host_vm;
 }
 
 std::optional<std::string> named_as(const Target& target, const VmRecord& vm) {
+  if (target.exclude) return std::nullopt;  // `!NAME` names what it takes away
   switch (target.kind) {
     case Target::Kind::vm:
     case Target::Kind::host_vm:
       if (same_text(target.value, vm.name) || same_text(target.value, vm.uuid)) return target.value;
       return std::nullopt;
+    case Target::Kind::range: {
+      // web[01-20] names web07 as surely as "web07" does. Its size was
+      // checked against fanout.max_targets when the directory expanded it.
+      auto names = expand_range(target, target.count);
+      if (!names) return std::nullopt;
+      for (const std::string& name : *names)
+        if (same_text(name, vm.name)) return name;
+      return std::nullopt;
+    }
     case Target::Kind::list:
       for (const Target& member : target.members)
         if (auto named = named_as(member, vm)) return named;

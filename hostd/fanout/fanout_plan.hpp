@@ -46,13 +46,13 @@ struct FanoutPlan {
 };
 
 // Whether a target is answered as a fan-out (a part per VM, a summary),
-// whatever number of VMs it turns out to name: a group, a network, a list.
-// A single name or UUID (or HOST/NAME) is unicast.
+// whatever number of VMs it turns out to name: a group, a network, a range,
+// a list, an exclusion. A single name or UUID (or HOST/NAME) is unicast.
 bool names_many(const Target& target);
 
 // The text the client wrote that names `vm` itself (its name or UUID, any
-// case), as a target or a member of a list; empty when only a group,
-// network or range brought it in.
+// case, or a range it falls in), as a target or a member of a list; empty
+// when only a group or network brought it in, or `!ITEM` names it.
 std::optional<std::string> named_as(const Target& target, const VmRecord& vm);
 
 FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Identity& identity,
