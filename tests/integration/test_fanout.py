@@ -1,8 +1,9 @@
 """Fan-out against real processes: 20 VMs, each a guestd on the unix stand-in
 with a native agent, except one whose guestd is not there (unreachable), one
 whose agent never answers (timed out), one that is shut off (not running) and
-one the ACL rules deny (refused, or never revealed when the client did not
-name it). One POST of a random body reaches every VM that can take it; each
+one the ACL rules deny (a 403 part when the client names it, itself or in a
+range; never revealed when only the group brings it in), all in one static
+group with a VM of another kind the client may not see at all. One POST of a random body reaches every VM that can take it; each
 part and the summary are checked, the body each agent received compared by
 SHA-256, and the multipart read as clients read it: python's `email`,
 `requests`, curl. vmgatectl send collapses the same answers and exits 1."""
@@ -88,14 +89,16 @@ def lab():
         {"name": "not-web20", "action": "deny", "identities": ["cidr:127.0.0.0/8"],
          "vms": [DENIED]},
     ]
-    hostd = {"fanout": {"vm_timeout_ms": VM_TIMEOUT_MS, "max_parallel": 8}}
+    hostd = {"fanout": {"vm_timeout_ms": VM_TIMEOUT_MS, "max_parallel": 8},
+             "groups": {"fleet": ["web[01-20]", HIDDEN]}}
     with Lab(vms, hostd=hostd, listeners=listeners, acl=acl) as lab:
         yield lab
     silent.close()
 
 
-def list_target(*extra):
-    return ",".join(NAMES + list(extra))
+FLEET = "group:fleet"             # DENIED and HIDDEN came in through the group: not revealed
+FLEET_AND_DENIED = FLEET + "," + DENIED  # DENIED named: a 403 part
+RANGE = "web[01-20]"               # DENIED named by the range: a 403 part
 
 
 def parse_multipart(content_type, body):
@@ -120,7 +123,7 @@ def agent_response(part):
     return status, headers, body
 
 
-def check_parts(parts, request_id, expect_denied_part=True):
+def check_parts(parts, request_id, expect_denied_part):
     """Every VM in exactly one class, each answered one with the body's SHA-256."""
     *vm_parts, summary_part = parts
     assert summary_part["X-VM-Summary"] == "true"
@@ -167,29 +170,54 @@ def check_parts(parts, request_id, expect_denied_part=True):
 
 def test_one_post_reaches_every_vm_and_each_answer_comes_back_as_a_part(lab):
     r = requests.post(lab.url("/sha256", port=lab.ports[0]), data=BODY,
-                      headers={"X-VM-Id": list_target()}, timeout=30, stream=True)
+                      headers={"X-VM-Id": FLEET}, timeout=30, stream=True)
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("multipart/mixed; boundary=")
     assert r.headers["Transfer-Encoding"] == "chunked"
-    assert r.headers["X-VM-Count"] == str(len(NAMES))
+    assert r.headers["X-VM-Count"] == str(len(NAMES) - 1)
     content = r.raw.read()
     request_id = r.headers["X-Request-Id"]
-    check_parts(parse_multipart(r.headers["Content-Type"], content), request_id)
+    check_parts(parse_multipart(r.headers["Content-Type"], content), request_id,
+                expect_denied_part=False)
     # One request record and one line per VM, under one request id.
     lines = lab.request_log(request_id)
     records = [parse_kv(l) for l in lines if "event=request " in l]
     per_vm = [parse_kv(l) for l in lines if "event=fanout_vm " in l]
     assert len(records) == 1
-    assert records[0]["vms"] == str(len(NAMES))
-    assert records[0]["failed"] == "4"
+    assert records[0]["vms"] == str(len(NAMES) - 1)
+    assert records[0]["failed"] == "3"
     assert records[0]["status"] == "200"
-    assert sorted(v["vm"] for v in per_vm) == sorted(NAMES)
+    assert sorted(v["vm"] for v in per_vm) == sorted(set(NAMES) - {DENIED})
     assert {v["vm"]: v["class"] for v in per_vm}[SILENT] == "timed_out"
+
+
+def test_the_trusted_client_sees_every_vm_of_the_group(lab):
+    r = requests.post(lab.url("/sha256", port=lab.ports[1]), data=BODY,
+                      headers={"X-VM-Id": FLEET}, timeout=30, stream=True)
+    parts = parse_multipart(r.headers["Content-Type"], r.raw.read())
+    by_vm = {p["X-VM-Id"]: p for p in parts[:-1]}
+    assert set(by_vm) == set(NAMES) | {HIDDEN}
+    assert by_vm[DENIED]["X-VM-Class"] == "answered"
+
+
+def test_a_vm_the_client_names_but_may_not_reach_is_a_403_part(lab):
+    for target in (FLEET_AND_DENIED, RANGE):
+        r = requests.post(lab.url("/sha256", port=lab.ports[0]), data=BODY,
+                          headers={"X-VM-Id": target}, timeout=30, stream=True)
+        check_parts(parse_multipart(r.headers["Content-Type"], r.raw.read()),
+                    r.headers["X-Request-Id"], expect_denied_part=True)
+
+
+def test_a_target_of_vms_the_client_may_not_see_is_refused_403_as_unicast(lab):
+    r = requests.post(lab.url("/sha256", port=lab.ports[0]), data=BODY,
+                      headers={"X-VM-Id": "group:fleet,!web[01-19]"}, timeout=30)
+    assert r.status_code == 403
+    assert HIDDEN not in r.text and DENIED not in r.text
 
 
 def test_the_silent_vm_holds_neither_the_others_nor_the_stream(lab):
     r = requests.post(lab.url("/sha256", port=lab.ports[0]), data=BODY,
-                      headers={"X-VM-Id": list_target()}, timeout=30, stream=True)
+                      headers={"X-VM-Id": FLEET}, timeout=30, stream=True)
     parts = parse_multipart(r.headers["Content-Type"], r.raw.read())
     order = [p["X-VM-Id"] for p in parts[:-1]]
     # The timed-out VM's part comes after every answered one.
@@ -203,14 +231,15 @@ def test_curl_reads_the_stream_and_email_parses_it(lab):
     with open(path, "wb") as f:
         f.write(BODY)
     r = lab.curl(lab.url("/sha256", port=lab.ports[0]), "--data-binary", "@" + path,
-                 "-H", "X-VM-Id: " + list_target())
+                 "-H", "X-VM-Id: " + FLEET_AND_DENIED)
     assert r.status == 200, r.stderr
-    check_parts(parse_multipart(r.headers["content-type"], r.body), r.request_id)
+    check_parts(parse_multipart(r.headers["content-type"], r.body), r.request_id,
+                expect_denied_part=True)
 
 
 def test_ndjson_gives_one_object_per_vm_then_the_summary(lab):
     r = requests.post(lab.url("/sha256", port=lab.ports[0]), data=BODY,
-                      headers={"X-VM-Id": list_target(), "Accept": "application/x-ndjson"},
+                      headers={"X-VM-Id": RANGE, "Accept": "application/x-ndjson"},
                       timeout=30, stream=True)
     assert r.headers["Content-Type"] == "application/x-ndjson"
     lines = [json.loads(l) for l in r.iter_lines() if l]
@@ -229,7 +258,7 @@ def test_ndjson_gives_one_object_per_vm_then_the_summary(lab):
 def test_a_body_over_fanout_max_body_is_refused_413_with_the_request_id(lab):
     big = b"x" * (4 * 1024 * 1024 + 1)
     r = requests.post(lab.url("/sha256", port=lab.ports[0]), data=big,
-                      headers={"X-VM-Id": list_target()}, timeout=30)
+                      headers={"X-VM-Id": FLEET}, timeout=30)
     assert r.status_code == 413
     assert "fanout.max_body" in r.text
     assert r.headers["X-Request-Id"] in r.text
@@ -238,7 +267,7 @@ def test_a_body_over_fanout_max_body_is_refused_413_with_the_request_id(lab):
 def test_fanout_metrics_count_sizes_durations_and_classes(lab):
     before = metric(lab, "vmgate_fanout_vm_results_total", **{"class": "timed_out"})
     requests.post(lab.url("/sha256", port=lab.ports[0]), data=b"x",
-                  headers={"X-VM-Id": list_target()}, timeout=30).content
+                  headers={"X-VM-Id": FLEET}, timeout=30).content
     wait_until(lambda: metric(lab, "vmgate_fanout_vm_results_total",
                               **{"class": "timed_out"}) == before + 1, 5, "the count")
     assert metric(lab, "vmgate_fanout_vms_count") >= 1
@@ -250,7 +279,7 @@ def test_vmgatectl_send_collapses_alike_answers_and_exits_1_when_some_failed(lab
     path = lab.path("send-body.bin")
     with open(path, "wb") as f:
         f.write(BODY)
-    r = subprocess.run([VMGATECTL, "send", list_target(), "--port", str(lab.ports[0]),
+    r = subprocess.run([VMGATECTL, "send", FLEET_AND_DENIED, "--port", str(lab.ports[0]),
                         "--path", "/sha256", "--data", "@" + path],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 1, r.stderr
@@ -262,13 +291,20 @@ def test_vmgatectl_send_collapses_alike_answers_and_exits_1_when_some_failed(lab
     assert any(l.startswith("web20: 403 refused") for l in lines)
     assert lines[-1].startswith("20 VMs: 16 answered; failed: ")
     # --json for scripts: every VM and the summary.
-    r = subprocess.run([VMGATECTL, "send", list_target(), "--port", str(lab.ports[0]),
+    r = subprocess.run([VMGATECTL, "send", FLEET_AND_DENIED, "--port", str(lab.ports[0]),
                         "--path", "/sha256", "--data", "@" + path, "--json"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 1
     document = json.loads(r.stdout)
     assert len(document["vms"]) == 20
     assert document["summary"]["answered"] == 16
+
+
+@pytest.mark.skipif(not VMGATECTL, reason="VMGATECTL is not set")
+def test_vmgatectl_send_exits_3_when_the_target_names_no_vm(lab):
+    r = subprocess.run([VMGATECTL, "send", "group:nosuch", "--port", str(lab.ports[1])],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 3, r.stdout + r.stderr
 
 
 @pytest.mark.skipif(not VMGATECTL, reason="VMGATECTL is not set")
