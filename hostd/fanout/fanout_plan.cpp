@@ -52,8 +52,8 @@ std::optional<std::string> named_as(const Target& target, const VmRecord& vm) {
 }
 
 FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Identity& identity,
-                       std::uint16_t port, const AccessPolicy& policy,
-                       const ChannelConfig& channel) {
+                       std::uint16_t port, const AccessPolicy& policy, const ChannelConfig& channel,
+                       const std::vector<std::string>& unknown) {
   FanoutPlan plan;
   std::optional<AccessDecision> first_denial;
   plan.members.reserve(vms.size());
@@ -86,6 +86,20 @@ FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Id
       member.address = std::move(*address);
     }
     member.vm = std::move(vm);
+    plan.members.push_back(std::move(member));
+  }
+  for (const std::string& name : unknown) {
+    AccessDecision decision = policy.decide_target(identity, name, port);
+    FanoutMember member;
+    member.vm.name = name;
+    member.settled =
+        decision.allowed
+            ? refused_result(name, "",
+                             Refusal{404, fmt::format("vm '{}' is not known to this host", name)})
+            : refused_result(name, "",
+                             Refusal{403, fmt::format("{} may not reach '{}' on port {}",
+                                                      identity.to_string(), name, port)});
+    if (!decision.allowed && !first_denial) first_denial = decision;
     plan.members.push_back(std::move(member));
   }
   if (!plan.access) plan.access = first_denial;

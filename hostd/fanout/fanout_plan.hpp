@@ -55,8 +55,12 @@ bool names_many(const Target& target);
 // when only a group or network brought it in, or `!ITEM` names it.
 std::optional<std::string> named_as(const Target& target, const VmRecord& vm);
 
+// `unknown`: names the target lists that no VM has (Selection::unknown),
+// each a part of its own after the VMs': 404 not_found, or, for a client that
+// could not reach a VM of that name, the 403 a denied VM it named gets, so
+// that it cannot tell the two apart (as for a unicast target).
 FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Identity& identity,
-                       std::uint16_t port, const AccessPolicy& policy,
-                       const ChannelConfig& channel);
+                       std::uint16_t port, const AccessPolicy& policy, const ChannelConfig& channel,
+                       const std::vector<std::string>& unknown = {});
 
 }  // namespace vmgate::hostd

@@ -13,7 +13,8 @@ namespace {
 using json = nlohmann::json;
 
 constexpr std::array<std::string_view, vm_class_count> class_names = {
-    "answered", "refused", "unreachable", "timed_out", "not_running", "agent_error", "too_large"};
+    "answered",    "refused",   "unreachable", "timed_out",
+    "not_running", "not_found", "agent_error", "too_large"};
 
 // Part header values come from VM names and UUIDs, which the directory
 // validated, and from hostd's own reasons; still, nothing may add a line.
@@ -105,6 +106,9 @@ VmResult refused_result(std::string name, std::string uuid, const Refusal& refus
   switch (refusal.status) {
     case 403:
       r.vm_class = VmClass::refused;
+      break;
+    case 404:
+      r.vm_class = VmClass::not_found;
       break;
     case 504:
       r.vm_class = VmClass::timed_out;

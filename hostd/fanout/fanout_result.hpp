@@ -34,10 +34,11 @@ enum class VmClass : unsigned char {
   unreachable,  // no channel, guestd or the agent unreachable, the answer cut or malformed
   timed_out,    // no whole answer within fanout.vm_timeout_ms (or a guestd/agent timeout)
   not_running,  // the VM is not running: not tried
+  not_found,    // a name the target lists that no VM has: 404
   agent_error,  // the agent answered 400 or above
   too_large,    // the agent's response body is over fanout.max_response: dropped
 };
-inline constexpr std::size_t vm_class_count = 7;
+inline constexpr std::size_t vm_class_count = 8;
 std::string_view class_name(VmClass c);
 
 // The agent's response as hostd relays it in a part: its head (hop-by-hop
@@ -64,8 +65,8 @@ struct VmResult {
 // A VM the agent answered for: answered below 400, agent_error from 400 on.
 VmResult agent_result(std::string name, std::string uuid, AgentResponse response);
 // A VM no agent response is relayed for, from the refusal hostd would have
-// answered a unicast request to it with: 403 refused, 504 timed out, the
-// rest unreachable. (not_running and too_large are set by who knows.)
+// answered a unicast request to it with: 403 refused, 404 not found, 504
+// timed out, the rest unreachable. (not_running and too_large are set by who knows.)
 VmResult refused_result(std::string name, std::string uuid, const Refusal& refusal);
 
 // The last part or line: how many VMs, and which, in every class.

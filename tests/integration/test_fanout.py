@@ -316,3 +316,17 @@ def test_vmgatectl_send_exits_0_when_every_vm_answered(lab):
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines()[-1].startswith("5 VMs: 5 answered")
+
+
+def test_a_name_no_vm_has_is_a_404_part_or_403_for_a_client_that_may_not_reach_it(lab):
+    for port, name, vm_class, status in ((lab.ports[1], "nosuch", "not_found", "404"),
+                                          (lab.ports[0], "nosuch", "refused", "403"),
+                                          (lab.ports[0], "web99", "not_found", "404")):
+        r = requests.post(lab.url("/sha256", port=port), data=b"x",
+                          headers={"X-VM-Id": "web01," + name}, timeout=30, stream=True)
+        parts = parse_multipart(r.headers["Content-Type"], r.raw.read())
+        by_vm = {p["X-VM-Id"]: p for p in parts[:-1]}
+        assert by_vm["web01"]["X-VM-Class"] == "answered"
+        assert (by_vm[name]["X-VM-Class"], by_vm[name]["X-VM-Status"]) == (vm_class, status)
+        summary = json.loads(parts[-1].get_payload(decode=True))
+        assert summary["classes"][vm_class]["vms"] == [name]

@@ -136,3 +136,19 @@ TEST_CASE("a VM is named by its name or UUID in any case, as a target or list me
   CHECK_FALSE(named_as(parsed("net:web01"), web01));
   CHECK_FALSE(named_as(parsed("web02,db1"), web01));
 }
+
+TEST_CASE("a name the target lists that no VM has is a 404 part, or 403 for who may not reach it") {
+  const FanoutPlan trusted_plan = plan_fanout(fleet(), parsed("web01,nosuch"), trusted, 5986,
+                                              AccessPolicy(), ChannelConfig{}, {"nosuch"});
+  const FanoutMember* nosuch = member(trusted_plan, "nosuch");
+  REQUIRE(nosuch);
+  REQUIRE(nosuch->settled);
+  CHECK(nosuch->settled->vm_class == VmClass::not_found);
+  CHECK(nosuch->settled->status == 404);
+  // token:ops may reach web* only: of "db9" it learns no more than of a denied VM.
+  const FanoutPlan ops_plan = plan_fanout(fleet(), parsed("web01,db9,web99"), ops, 5986, web_only(),
+                                          ChannelConfig{}, {"db9", "web99"});
+  CHECK(member(ops_plan, "db9")->settled->vm_class == VmClass::refused);
+  CHECK(member(ops_plan, "db9")->settled->status == 403);
+  CHECK(member(ops_plan, "web99")->settled->vm_class == VmClass::not_found);
+}

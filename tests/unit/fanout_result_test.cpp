@@ -51,6 +51,7 @@ TEST_CASE("an agent answer below 400 is answered, from 400 on an agent error") {
 TEST_CASE("hostd's refusals for a VM are refused at 403, timed out at 504, else unreachable") {
   CHECK(refused_result("a", "u", Refusal{403, "acl"}).vm_class == VmClass::refused);
   CHECK(refused_result("a", "u", Refusal{504, "slow"}).vm_class == VmClass::timed_out);
+  CHECK(refused_result("a", "u", Refusal{404, "who"}).vm_class == VmClass::not_found);
   CHECK(refused_result("a", "u", Refusal{502, "gone"}).vm_class == VmClass::unreachable);
   CHECK(refused_result("a", "u", Refusal{503, "busy"}).vm_class == VmClass::unreachable);
   const VmResult r = refused_result("a", "u", Refusal{502, "guestd on vm a is unreachable"});

@@ -13,8 +13,9 @@ namespace {
 using json = nlohmann::json;
 
 // The classes as the summary names them, in the order the report lists them.
-constexpr std::string_view class_order[] = {"answered",  "agent_error", "refused",  "unreachable",
-                                            "timed_out", "not_running", "too_large"};
+constexpr std::string_view class_order[] = {"answered",    "agent_error", "refused",
+                                            "not_found",   "unreachable", "timed_out",
+                                            "not_running", "too_large"};
 
 std::string readable(std::string_view vm_class) {
   std::string out(vm_class);
