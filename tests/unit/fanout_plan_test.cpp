@@ -55,7 +55,7 @@ const Identity trusted{Identity::Kind::trusted_listener, "lab"};
 
 }  // namespace
 
-TEST_CASE("group, network and list targets fan out; a name, a UUID or HOST/NAME does not") {
+TEST_CASE("group, network and list targets fan out, and a name, a UUID or HOST/NAME does not") {
   CHECK(names_many(parsed("group:web")));
   CHECK(names_many(parsed("net:default")));
   CHECK(names_many(parsed("web01,db1")));
