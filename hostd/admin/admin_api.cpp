@@ -254,15 +254,12 @@ AdminResponse groups_response(const AdminContext& context) {
 AdminResponse resolve_response(const AdminContext& context, std::string_view target) {
   json out = {{"target", target}};
   // A target naming many VMs is shown in full, each VM with its rule; the
-  // client connection refuses it 501 until fan-out delivery is wired.
+  // client connection delivers it as a fan-out (hostd/fanout).
   if (auto parsed = parse_target(target);
       parsed && !parsed->single_vm() && parsed->kind != Target::Kind::host_vm) {
     Resolution resolution = context.directory.resolve(*parsed);
     out.update(resolution_json(resolution, context.config.channel));
-    if (resolution.status == Selection::Status::found) {
-      out["routable"] = false;
-      out["reason"] = "fan-out delivery is not ready";
-    }
+    if (resolution.status == Selection::Status::found) out["routable"] = true;
     return json_response(resolution_status(resolution.status), out);
   }
   auto admitted =
@@ -331,6 +328,12 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
   //    whether a request would be let through, then the channel's transport.
   auto t = clock::now();
   auto admitted = admit_target(context, target, port, identity);
+  if (admitted && admitted->fanout) {
+    // A channel check is of one VM: /v1/resolve shows what a group names.
+    json error = {{"target", target},
+                  {"error", "check takes one VM; /v1/resolve shows the VMs this target names"}};
+    co_return json_response(400, error);
+  }
   const double admit_ms = ms_since(t);
   std::optional<Destination> destination;
   std::optional<Refused> refused;

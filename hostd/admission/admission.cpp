@@ -56,25 +56,39 @@ boost::system::result<Admitted, Refused> admit_route(Route route, const Identity
   const bool trusted = identity.kind == Identity::Kind::trusted_listener;
 
   // Targets that name many VMs (group:, net:, ranges, lists, `!ITEM`): the
-  // one place a multi-VM selection goes. Delivery (hostd/fanout) is not
-  // wired yet; until it is, the directory's answer is given to a trusted
-  // client and a resolved set is refused 501. A client that is not trusted
-  // learns nothing of the set: deciding per VM is delivery's job.
-  if (!route.target.single_vm() && route.target.kind != Target::Kind::host_vm) {
+  // one place a multi-VM selection goes. Each VM is authorized, and its
+  // state and channel settled, on its own (fanout/fanout_plan.hpp); the body
+  // limit is fanout.max_body, checked as the body is read.
+  if (names_many(route.target)) {
     auto many = context.directory.select(route.target);
     if (many.status == Selection::Status::invalid)
       return refuse(AdmissionStep::route, {400, std::move(many.reason)});
-    if (trusted && many.status == Selection::Status::not_found)
-      return refuse(AdmissionStep::select, {404, std::move(many.reason)});
-    if (trusted && many.status == Selection::Status::ambiguous) {
+    if (many.status == Selection::Status::found) {
+      FanoutPlan plan = plan_fanout(std::move(many.vms), route.target, identity, route.port,
+                                    context.policy, context.channel, many.unknown);
+      if (plan.members.empty()) {
+        if (plan.access) return forbidden(std::move(*plan.access));
+        return refuse(AdmissionStep::select, {404, fmt::format("'{}' names no VM", target_text)});
+      }
+      AccessDecision access = *plan.access;
+      return Admitted{std::move(route), Destination{}, std::move(access),
+                      std::make_shared<const FanoutPlan>(std::move(plan))};
+    }
+    // Why the set is empty or ambiguous is only for a client that could
+    // reach such a target: any other gets the 403 a unicast target it may
+    // not reach gets, and learns nothing of what exists.
+    if (!trusted) {
+      auto decision = context.policy.decide_target(identity, target_text, route.port);
+      if (!decision.allowed) return forbidden(std::move(decision));
+    }
+    if (many.status == Selection::Status::ambiguous) {
       refused.candidates = std::move(many.candidates);
       return refuse(AdmissionStep::select, {409, std::move(many.reason)});
     }
     return refuse(AdmissionStep::select,
-                  {501, many.status == Selection::Status::found
-                            ? fmt::format("fan-out delivery is not ready: '{}' names {} VMs",
-                                          target_text.substr(0, 128), many.vms.size())
-                            : std::string("fan-out delivery is not ready")});
+                  {many.status == Selection::Status::unsupported ? 501u : 404u,
+                   many.reason.empty() ? fmt::format("'{}' names no VM", target_text)
+                                       : std::move(many.reason)});
   }
 
   auto selection = context.directory.select(route.target);

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,7 @@
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
+#include "hostd/fanout/fanout_plan.hpp"
 #include "hostd/refusal.hpp"
 #include "hostd/route/request_route.hpp"
 
@@ -68,8 +70,11 @@ struct Destination {
 
 struct Admitted {
   Route route;
-  Destination destination;  // one: group, network and list targets are refused (501)
+  Destination destination;  // unicast: the one VM
   AccessDecision access;    // what let it through (rule "trusted" for a trusted client)
+  // A group, network or list target (names_many): every VM it names, and
+  // `destination` is empty. Null for unicast, which pays nothing for it.
+  std::shared_ptr<const FanoutPlan> fanout;
 };
 
 // The steps, in order; a refusal names the one that refused.

@@ -504,18 +504,26 @@ HostdConfig read(const Section& root) {
     c.limits.stop_grace = s->get_ms("stop_grace_ms", c.limits.stop_grace, 0ms, 3'600'000ms);
     s->reject_unknown_keys();
   }
+  if (auto s = root.section("fanout")) {
+    c.fanout.max_body = static_cast<std::uint64_t>(s->get_int(
+        "max_body", static_cast<std::int64_t>(c.fanout.max_body), 0, std::int64_t{1} << 32));
+    c.fanout.max_parallel =
+        static_cast<std::uint32_t>(s->get_int("max_parallel", c.fanout.max_parallel, 1, 65'536));
+    c.fanout.vm_timeout = s->get_ms("vm_timeout_ms", c.fanout.vm_timeout, 10ms, 3'600'000ms);
+    c.fanout.max_response = static_cast<std::uint64_t>(
+        s->get_int("max_response", static_cast<std::int64_t>(c.fanout.max_response), 0,
+                   std::int64_t{1} << 30));
+    c.fanout.max_targets = static_cast<std::uint64_t>(
+        s->get_int("max_targets", static_cast<std::int64_t>(c.fanout.max_targets), 1, 10'000'000));
+    c.fanout.max_group_depth =
+        static_cast<std::uint32_t>(s->get_int("max_group_depth", c.fanout.max_group_depth, 1, 64));
+    s->reject_unknown_keys();
+  }
   if (auto s = root.section("admin")) c.admin = read_admin(*s);
   if (auto s = root.section("cluster")) c.cluster = read_cluster(*s);
   if (auto s = root.section("dns")) c.dns = read_dns(*s, c.routing);
   if (auto s = root.section("auth")) {
     c.auth.tokens_file = s->get_string("tokens_file", "");
-    s->reject_unknown_keys();
-  }
-  if (auto s = root.section("fanout")) {
-    c.fanout.max_targets = static_cast<std::uint64_t>(
-        s->get_int("max_targets", static_cast<std::int64_t>(c.fanout.max_targets), 1, 10'000'000));
-    c.fanout.max_group_depth =
-        static_cast<std::uint32_t>(s->get_int("max_group_depth", c.fanout.max_group_depth, 1, 64));
     s->reject_unknown_keys();
   }
   if (auto s = root.section("groups")) c.groups = read_groups(*s);

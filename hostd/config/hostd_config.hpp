@@ -162,6 +162,29 @@ struct LimitsConfig {
   std::chrono::milliseconds stop_grace{10'000};
 };
 
+// Fan-out (hostd/fanout): one request delivered to every VM a group, network,
+// range or list target names (docs/architecture.md, "Targets and groups",
+// "Fan-out"), with each VM's answer streamed back as it comes.
+struct FanoutConfig {
+  // The request body is read whole, once, and held once for every VM: above
+  // this it is refused 413 before any VM is tried.
+  std::uint64_t max_body = 4 * 1024 * 1024;
+  // VMs delivered to at once: each holds a channel (a descriptor in hostd, a
+  // session in its guestd) while its request is in flight.
+  std::uint32_t max_parallel = 256;
+  // One VM's whole delivery (channel, request, response) may take this long;
+  // then it is reported timed out and the others go on.
+  std::chrono::milliseconds vm_timeout{30'000};
+  // One VM's response body is held until its part is written: above this the
+  // VM is reported too_large and its response dropped.
+  std::uint64_t max_response = 1024 * 1024;
+  // The most VMs one target may name: a range is refused (400) before it is
+  // expanded when it would name more, and so is any target resolving to more.
+  std::uint64_t max_targets = 10'000;
+  // How deeply groups may name groups: group:a → group:b is depth 2.
+  std::uint32_t max_group_depth = 8;
+};
+
 inline constexpr std::uint16_t default_admin_port = 9090;
 
 // The admin listener: health, readiness, metrics and the JSON API vmgatectl
@@ -226,15 +249,6 @@ struct ClusterConfig {
   friend bool operator==(const ClusterConfig&, const ClusterConfig&) = default;
 };
 
-// Targets that name many VMs (docs/architecture.md, "Targets and groups").
-struct FanoutConfig {
-  // The most VMs one target may name: a range is refused (400) before it is
-  // expanded when it would name more, and so is any target resolving to more.
-  std::uint64_t max_targets = 10'000;
-  // How deeply groups may name groups: group:a → group:b is depth 2.
-  std::uint32_t max_group_depth = 8;
-};
-
 // [groups]: static groups (web = ["vm1", "web[01-04]", "group:db", "net:lab"])
 // and [groups.joinable]: which groups a guest may join, and which VMs may
 // (web = ["web*"]: name globs or UUIDs, as ACL rules write VMs; "*" any).
@@ -288,11 +302,11 @@ struct HostdConfig {
   RoutingConfig routing;
   ChannelConfig channel;
   LimitsConfig limits;
+  FanoutConfig fanout;
   AdminConfig admin;
   AuthConfig auth;
   std::vector<AclRule> acl;
   ClusterConfig cluster;
-  FanoutConfig fanout;
   GroupsConfig groups;
   DirectoryConfig directory;
   DnsConfig dns;

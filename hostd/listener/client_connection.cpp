@@ -18,6 +18,7 @@
 #include "hostd/channel/channel_on_demand.hpp"
 #include "hostd/channel/live_channels.hpp"
 #include "hostd/cluster/peer_channels.hpp"
+#include "hostd/fanout/fanout_delivery.hpp"
 #include "hostd/identity/proxy_credentials.hpp"
 #include "hostd/proxy/connection_auth.hpp"
 #include "hostd/proxy/error_response.hpp"
@@ -249,6 +250,7 @@ class ClientConnection {
                                 keep_after_error && refusal.status != 413);
     }
     note_route(rec, admitted->route);
+    if (admitted->fanout) co_return co_await fan_out(rec, *admitted, head);
     rec.vm = admitted->destination.vm.name;
     if (admitted->route.form == RouteForm::connect) {
       co_await open_tunnel(rec, *admitted, req.version(), tunnel);
@@ -461,6 +463,27 @@ class ClientConnection {
     tunnel.emplace(ctx_.metrics, std::move(*channel));
     tunnel->place = std::move(place);
     if (!co_await establish_tunnel(client_, buffer_, *tunnel, rec)) tunnel.reset();
+  }
+
+  // A group, network or list target: delivered to each of its VMs, the
+  // results streamed back (hostd/fanout). A tunnel leads to one VM only.
+  awaitable<bool> fan_out(RequestRecord& rec, const Admitted& admitted,
+                          http::request_parser<http::empty_body>& head) {
+    if (admitted.route.form == RouteForm::connect) {
+      Refusal refusal{400, "CONNECT opens a tunnel to one VM: name one, not a group or list"};
+      co_return co_await refuse(rec, refusal, head.get().version(), false);
+    }
+    const FanoutEnds ends{.client = client_,
+                          .client_buffer = buffer_,
+                          .deadline = deadline_,
+                          .config = ctx_.config,
+                          .budget = ctx_.budget,
+                          .pool = ctx_.pool,
+                          .live = ctx_.live,
+                          .metrics = ctx_.metrics,
+                          .peer = peer_,
+                          .trusted_listener = ctx_.listener.trusted()};
+    co_return co_await run_fanout(ends, FanoutRequest{head, admitted.route, *admitted.fanout}, rec);
   }
 
   awaitable<bool> forward(RequestRecord& rec, const Admitted& admitted,

@@ -13,6 +13,8 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include "hostd/fanout/fanout_result.hpp"
+
 namespace vmgate::hostd {
 namespace {
 
@@ -32,6 +34,13 @@ constexpr unsigned status_slots = 600;  // 0 (no status) .. 599
 // From sub-millisecond (vsock, unix) to the default 3 s connect timeout and past it.
 const prom::Histogram::BucketBoundaries connect_buckets = {
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+// Fan-out sizes from a pair of VMs to a large host's every VM; durations from
+// a LAN round trip to fanout.vm_timeout_ms's default and past it.
+const prom::Histogram::BucketBoundaries fanout_size_buckets = {
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000};
+const prom::Histogram::BucketBoundaries fanout_duration_buckets = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 
 double seconds_since_epoch() {
   using namespace std::chrono;
@@ -93,6 +102,29 @@ struct HostdMetrics::Impl {
           .Register(registry);
   prom::Counter& acl_allow = acl_decisions.Add({{"result", "allow"}});
   prom::Counter& acl_deny = acl_decisions.Add({{"result", "deny"}});
+
+  prom::Histogram& fanout_size = prom::BuildHistogram()
+                                     .Name("vmgate_fanout_vms")
+                                     .Help("VMs one fan-out request named (its parts)")
+                                     .Register(registry)
+                                     .Add({}, fanout_size_buckets);
+  prom::Histogram& fanout_duration = prom::BuildHistogram()
+                                         .Name("vmgate_fanout_duration_seconds")
+                                         .Help("One fan-out request, from admission to its summary")
+                                         .Register(registry)
+                                         .Add({}, fanout_duration_buckets);
+  prom::Family<prom::Counter>& fanout_results_family =
+      prom::BuildCounter()
+          .Name("vmgate_fanout_vm_results_total")
+          .Help("VMs of fan-out requests, by the class each ended in")
+          .Register(registry);
+  std::array<prom::Counter*, vm_class_count> fanout_results = [this] {
+    std::array<prom::Counter*, vm_class_count> out{};
+    for (std::size_t i = 0; i < vm_class_count; ++i)
+      out[i] =
+          &fanout_results_family.Add({{"class", std::string(class_name(static_cast<VmClass>(i)))}});
+    return out;
+  }();
 
   // Read from the channel pool at scrape time.
   const ChannelPoolStats* pool = nullptr;
@@ -302,6 +334,16 @@ void HostdMetrics::channel_used(bool reused) {
 
 void HostdMetrics::acl_decided(bool allowed) {
   (allowed ? impl_->acl_allow : impl_->acl_deny).Increment();
+}
+
+void HostdMetrics::fanout_done(const FanoutSummary& summary,
+                               std::chrono::steady_clock::duration elapsed) {
+  impl_->fanout_size.Observe(static_cast<double>(summary.total()));
+  impl_->fanout_duration.Observe(std::chrono::duration<double>(elapsed).count());
+  for (std::size_t i = 0; i < vm_class_count; ++i) {
+    const std::size_t n = summary.count(static_cast<VmClass>(i));
+    if (n) impl_->fanout_results[i]->Increment(static_cast<double>(n));
+  }
 }
 
 void HostdMetrics::set_channel_pool(const ChannelPoolStats* pool) {

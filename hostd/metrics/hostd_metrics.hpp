@@ -22,6 +22,8 @@
 
 namespace vmgate::hostd {
 
+class FanoutSummary;
+
 class HostdMetrics {
  public:
   // `inventory` may be null (tests without libvirt).
@@ -45,6 +47,9 @@ class HostdMetrics {
   // The ACL rules decided one request (not a trusted listener's, whose
   // clients no rule applies to).
   void acl_decided(bool allowed);
+  // One fan-out request ended: how many VMs it named, how long it took from
+  // admission to the summary, and the class of each VM (fanout_result.hpp).
+  void fanout_done(const FanoutSummary& summary, std::chrono::steady_clock::duration elapsed);
   // The pool whose idle count and discards /metrics reports; null: none.
   void set_channel_pool(const ChannelPoolStats* pool);
   // The budget whose open channels and waits /metrics reports, with the

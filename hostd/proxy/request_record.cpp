@@ -34,6 +34,8 @@ RequestRecord::RequestRecord(RequestRecord&& other) noexcept
       reason(std::move(other.reason)),
       aborted(other.aborted),
       reused_channel(other.reused_channel),
+      fanout_vms(other.fanout_vms),
+      fanout_failed(other.fanout_failed),
       bytes_in(other.bytes_in),
       bytes_out(other.bytes_out),
       metrics(other.metrics),
@@ -63,6 +65,7 @@ RequestRecord::~RequestRecord() {
         .kv("bytes_out", bytes_out)
         .kv("ms", static_cast<long long>(ms));
     if (reused_channel) line.kv("channel", "reused");
+    if (fanout_vms) line.kv("vms", fanout_vms).kv("failed", fanout_failed);
     if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
     if (aborted != Aborted::none) line.kv("aborted", to_string(aborted));
     if (!reason.empty()) line.kv("reason", reason);

@@ -62,6 +62,10 @@ struct RequestRecord {
   std::string reason;
   Aborted aborted = Aborted::none;  // the first end that went away mid-message
   bool reused_channel = false;
+  // A fan-out request: the VMs it named, and how many of them did not answer
+  // below 400 (each VM has a line of its own, event=fanout_vm, with this id).
+  std::uint32_t fanout_vms = 0;
+  std::uint32_t fanout_failed = 0;
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   HostdMetrics* metrics = nullptr;

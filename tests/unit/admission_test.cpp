@@ -189,14 +189,14 @@ TEST_CASE("admission answers 503 for a running VM without a vsock device") {
   CHECK(refused.error().refusal.reason.find("has no vsock device") != std::string::npos);
 }
 
-TEST_CASE("a target naming many VMs is resolved, then refused 501 in one place until delivery") {
+TEST_CASE("a target naming many VMs is admitted as a fan-out, each VM settled on its own") {
   Fixture f;
-  auto refused = f.admit(head_for(Form::header, "vm1, novsock"));
-  REQUIRE_FALSE(refused.has_value());
-  CHECK(refused.error().step == AdmissionStep::select);
-  CHECK(refused.error().refusal.status == 501);
-  CHECK(refused.error().refusal.reason ==
-        "fan-out delivery is not ready: 'vm1,novsock' names 2 VMs");
+  auto admitted = f.admit(head_for(Form::header, "vm1, novsock"));
+  REQUIRE(admitted.has_value());
+  REQUIRE(admitted->fanout);
+  REQUIRE(admitted->fanout->members.size() == 2);
+  CHECK(admitted->fanout->to_deliver() == 1);  // novsock has no channel: settled unreachable
+  CHECK(admitted->access.rule == trusted_rule);
   // What the directory says of the set reaches a trusted client...
   auto unknown_group = f.admit(head_for(Form::header, "group:web"));
   REQUIRE_FALSE(unknown_group.has_value());
@@ -205,11 +205,11 @@ TEST_CASE("a target naming many VMs is resolved, then refused 501 in one place u
   auto too_many = f.admit(head_for(Form::header, "web[1-100000]"));
   REQUIRE_FALSE(too_many.has_value());
   CHECK(too_many.error().refusal.status == 400);
-  // ...and nothing of it reaches one that is not.
+  // ...and nothing of it reaches one that is not: the 403 of a target it may not reach.
   auto untrusted = f.admit(head_for(Form::header, "group:web"), {}, Identity::Kind::token);
   REQUIRE_FALSE(untrusted.has_value());
-  CHECK(untrusted.error().refusal.status == 501);
-  CHECK(untrusted.error().refusal.reason == "fan-out delivery is not ready");
+  CHECK(untrusted.error().refusal.status == 403);
+  CHECK(untrusted.error().refusal.reason == "token:test may not reach 'group:web' on port 5986");
 }
 
 TEST_CASE("admission answers 400 when the head names no usable target") {

@@ -5,6 +5,7 @@
 //   vmgatectl [--admin URL] [--json] vms | groups | resolve TARGET
 //             | check [--as IDENTITY] TARGET [PORT]
 //   vmgatectl token new NAME | token hash
+//   vmgatectl send TARGET [...]        (tools/vmgatectl/send.hpp)
 //
 // Exit codes: 0 ok; 1 the thing asked about failed (unknown VM, channel
 // refused); 2 usage error, or the admin API could not be reached.
@@ -25,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hostd/identity/token_secret.hpp"
+#include "tools/vmgatectl/send.hpp"
 
 #ifndef VMGATE_VERSION
 #define VMGATE_VERSION "0.0.0"
@@ -58,6 +60,9 @@ constexpr std::string_view usage =
     "  token new NAME         make a proxy-credential token: prints the token, once, on stdout,\n"
     "                         and the line for hostd's tokens file on stderr\n"
     "  token hash             read a token from stdin and print its sha256: hash\n"
+    "  send TARGET ...        one request through a hostd listener to every VM TARGET names,\n"
+    "                         the answers collapsed (vmgatectl send --help; its own exit\n"
+    "                         status: 0 all answered, 1 some failed, 3 none matched)\n"
     "\n"
     "options:\n"
     "  --as IDENTITY          check: as this client instead of the operator, and say which ACL\n"
@@ -529,6 +534,14 @@ int token_hash_of_stdin() {
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  // send talks to a client listener, not the admin API: its options are its own.
+  if (!args.empty() && args[0] == "send") {
+    if (args.size() == 2 && (args[1] == "--help" || args[1] == "-h")) {
+      std::cout << vmgate::ctl::send_usage_text;
+      return exit_ok;
+    }
+    return vmgate::ctl::send_main(std::vector<std::string>(args.begin() + 1, args.end()));
+  }
   std::string admin = std::getenv("VMGATE_ADMIN") ? std::getenv("VMGATE_ADMIN") : "";
   if (admin.empty()) admin = default_admin;
   bool as_json = false;
