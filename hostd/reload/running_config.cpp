@@ -39,6 +39,13 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "admin.enabled", running.admin.enabled, next.admin.enabled);
   keep(changed, "admin.address", running.admin.address, next.admin.address);
   keep(changed, "admin.allow_remote", running.admin.allow_remote, next.admin.allow_remote);
+  // The guests' listeners are bound once, from the first snapshot; the
+  // host services, peer CIDs and timeouts follow each snapshot.
+  keep(changed, "inbound.listen", running.inbound.listen, next.inbound.listen);
+  keep(changed, "inbound.per_vm", running.inbound.per_vm_template, next.inbound.per_vm_template);
+  keep(changed, "inbound.hybrid_port", running.inbound.hybrid_port, next.inbound.hybrid_port);
+  keep(changed, "inbound.max_connections", running.inbound.max_connections,
+       next.inbound.max_connections);
   return changed;
 }
 
