@@ -26,6 +26,7 @@
 #include "hostd/channel/live_channels.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
+#include "hostd/guestside/guest_listeners.hpp"
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/identity/token_file.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
@@ -140,6 +141,19 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   hostd::Server server(io, current, directory, channel_budget, &metrics, &channel_pool,
                        session_executors, &tokens, &idle_connections, &live_channels);
   server.start();
+  // The host end of the channels guests start ([inbound]), when configured.
+  std::optional<hostd::GuestListeners> guest_listeners;
+  if (config.inbound.enabled()) {
+    guest_listeners.emplace(io.get_executor(), directory,
+                            hostd::GuestServices{current, config.channel, directory, {}},
+                            config.inbound);
+    if (auto ec = guest_listeners->start()) {
+      log::error("guest_listen_failed")
+          .kv("listen", config.inbound.listen ? config.inbound.listen->to_string() : "")
+          .kv("error", ec.message());
+      return 1;
+    }
+  }
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
     admin.emplace(io, config.admin,
@@ -200,6 +214,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
     hangup.cancel(ignored);
     readiness.stopping();  // /readyz answers 503 while sessions drain
     server.stop_accepting();
+    if (guest_listeners) guest_listeners->stop();
     // Connections between requests close now; requests and tunnels in
     // progress get limits.stop_grace to finish, then what is left is closed.
     idle_connections.stop(session_executors);
