@@ -237,6 +237,7 @@ InboundConfig read_inbound(const Section& s) {
   in.preamble_timeout = s.get_ms("preamble_timeout_ms", in.preamble_timeout, 10ms, 600'000ms);
   in.connect_timeout = s.get_ms("connect_timeout_ms", in.connect_timeout, 10ms, 600'000ms);
   in.header_timeout = s.get_ms("header_timeout_ms", in.header_timeout, 100ms, 3'600'000ms);
+  in.linger = s.get_ms("linger_ms", in.linger, 0ms, 600'000ms);
   in.max_connections =
       static_cast<std::uint32_t>(s.get_int("max_connections", in.max_connections, 1, 1'000'000));
   s.reject_unknown_keys();

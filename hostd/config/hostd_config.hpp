@@ -203,6 +203,10 @@ struct InboundConfig {
   std::chrono::milliseconds connect_timeout{3'000};
   // The guest's request head must arrive within this time after the answer.
   std::chrono::milliseconds header_timeout{30'000};
+  // After an answer or a response, how long hostd reads (and drops) what the
+  // guest still sends before it closes, so the close does not reset the
+  // answer away.
+  std::chrono::milliseconds linger{2'000};
   // Guest connections open at once, every VM together; more are answered
   // 503 busy and closed.
   std::uint32_t max_connections = 1024;

@@ -54,20 +54,27 @@ void close_stream(Stream& stream) {
   stream.close(ignored);
 }
 
-// Writes `bytes`, half-closes, and reads what still comes (bounded) so the
-// peer reads the answer before the close.
-awaitable<void> write_and_linger(Stream& guest, std::string bytes) {
+awaitable<bool> drain(Stream& guest) {
+  std::array<char, 4096> sink;
+  std::size_t drained = 0;
+  while (drained < linger_max_bytes) {
+    auto [read_ec, got] = co_await guest.async_read_some(asio::buffer(sink), use_tuple);
+    drained += got;
+    if (read_ec) break;
+  }
+  co_return true;
+}
+
+// Writes `bytes`, half-closes, and reads what still comes (at most
+// linger_max_bytes, within `linger`) so the peer reads the answer before the
+// close.
+awaitable<void> write_and_linger(Stream& guest, std::string bytes,
+                                 std::chrono::milliseconds linger) {
   auto [ec, n] = co_await asio::async_write(guest, asio::buffer(bytes), use_tuple);
   if (!ec) {
     error_code ignored;
     guest.shutdown(asio::socket_base::shutdown_send, ignored);
-    std::array<char, 4096> sink;
-    std::size_t drained = 0;
-    while (drained < linger_max_bytes) {
-      auto [read_ec, got] = co_await guest.async_read_some(asio::buffer(sink), use_tuple);
-      drained += got;
-      if (read_ec) break;
-    }
+    co_await within(linger, drain(guest));
   }
   close_stream(guest);
 }
@@ -209,14 +216,15 @@ std::optional<std::uint16_t> port_field(const preamble::Request& request, bool& 
 }
 
 // A small HTTP answer to the guest app, once the preamble's 200 is gone.
-awaitable<void> answer_http(Stream& guest, unsigned status, std::string_view text) {
+awaitable<void> answer_http(Stream& guest, unsigned status, std::string_view text,
+                            std::chrono::milliseconds linger) {
   http::response<http::string_body> res{static_cast<http::status>(status), 11};
   res.set(http::field::content_type, "text/plain");
   res.keep_alive(false);
   res.body() = std::string(text) + "\n";
   res.prepare_payload();
   co_await http::async_write(guest, res, use_tuple);  // what the guest does not read is its loss
-  co_await write_and_linger(guest, {});
+  co_await write_and_linger(guest, {}, linger);
 }
 
 struct Moved {
@@ -233,6 +241,7 @@ awaitable<Moved> forward_request(Stream& guest, beast::flat_buffer& in, Upstream
                                  const VmRecord& caller, const RunningConfig& running) {
   Moved moved;
   const auto& limits = running.config.limits;
+  const auto linger = running.config.inbound.linger;
   Deadline deadline(co_await asio::this_coro::executor);
   auto close_both = [&] {
     close_stream(guest);
@@ -244,15 +253,26 @@ awaitable<Moved> forward_request(Stream& guest, beast::flat_buffer& in, Upstream
   parser.body_limit(boost::none);
   auto [hec, hn] = co_await http::async_read_header(guest, in, parser, use_tuple);
   if (hec) {
-    moved.end = deadline.expired() ? "header_timeout" : "bad_request";
+    const bool timed_out = deadline.expired();
+    moved.end = timed_out ? "header_timeout" : "bad_request";
     deadline.expires_never();
-    if (!deadline.expired() && hec != asio::error::eof)
-      co_await answer_http(guest, 400,
-                           fmt::format("hostd could not read the request: {}", hec.message()));
+    if (!timed_out && hec != asio::error::eof)
+      co_await answer_http(
+          guest, 400, fmt::format("hostd could not read the request: {}", hec.message()), linger);
     co_return moved;
   }
   deadline.expires_after(limits.idle_timeout, close_both);
   auto& req = parser.get();
+  if (limits.max_request_body != 0 && parser.content_length() &&
+      *parser.content_length() > limits.max_request_body) {
+    moved.end = "too_large";
+    deadline.expires_never();
+    co_await answer_http(
+        guest, 413,
+        fmt::format("the body is over {} bytes (limits.max_request_body)", limits.max_request_body),
+        linger);
+    co_return moved;
+  }
   // RFC 7239 §4, §5.2: the guest's own claims of who it is are not passed on;
   // the node name is quoted because it holds ':' (§6).
   req.erase(http::field::forwarded);
@@ -321,7 +341,7 @@ awaitable<Moved> forward_request(Stream& guest, beast::flat_buffer& in, Upstream
   }
   deadline.expires_never();
   close_stream(up.stream);
-  co_await write_and_linger(guest, {});
+  co_await write_and_linger(guest, {}, linger);
   co_return moved;
 }
 
@@ -370,7 +390,7 @@ awaitable<void> serve_guest(Stream stream, GuestArrival arrival, const GuestServ
         .kv("verb", what)
         .kv("status", answer.status)
         .kv("reason", answer.reason);
-    return write_and_linger(stream, encode_answer(answer));
+    return write_and_linger(stream, encode_answer(answer), running->config.inbound.linger);
   };
 
   PreambleBuffer buffer;
@@ -428,7 +448,7 @@ awaitable<void> serve_guest(Stream stream, GuestArrival arrival, const GuestServ
         .kv("group", request->argument)
         .kv("status", answer.status)
         .kv("reason", answer.reason);
-    co_await write_and_linger(stream, encode_answer(answer));
+    co_await write_and_linger(stream, encode_answer(answer), running->config.inbound.linger);
     co_return;
   }
   if (request->verb != preamble::Verb::send) {

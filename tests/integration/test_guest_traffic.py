@@ -207,3 +207,24 @@ def test_an_outbound_listener_off_loopback_is_refused_at_load(tmp_path):
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert r.returncode == 1
     assert re.search(r"guestd.toml:4: outbound.listen: tcp:0.0.0.0:5580 is not a loopback", r.stderr), r.stderr
+
+
+def reload(lab):
+    lab.write_hostd_config()
+    start = len(lab.hostd.lines())
+    lab.hostd.popen.send_signal(signal.SIGHUP)
+    lab.hostd.wait_for(r"event=config_reloaded", start=start)
+
+
+def test_a_body_over_max_request_body_is_refused_413(lab):
+    lab.hostd_overrides.setdefault("limits", {})["max_request_body"] = 1000
+    reload(lab)
+    try:
+        r = via_proxy(lab, "vm1", "http://monitor.host/sha256", "--data-binary", "x" * 2000)
+        assert r.status == 413, r
+        assert "limits.max_request_body" in r.text
+        r = via_proxy(lab, "vm1", "http://monitor.host/sha256", "--data-binary", "x" * 1000)
+        assert r.status == 200, r
+    finally:
+        del lab.hostd_overrides["limits"]["max_request_body"]
+        reload(lab)
