@@ -27,6 +27,8 @@
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
 #include "hostd/guestside/guest_listeners.hpp"
+#include "hostd/dns/dns_server.hpp"
+#include "hostd/dns/vm_zone.hpp"
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/identity/token_file.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
@@ -161,6 +163,11 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
                   &current);
     admin->start();
   }
+  std::optional<hostd::DnsServer> dns;
+  if (config.dns.enabled()) {
+    dns.emplace(io, config.dns, hostd::vm_zone(directory, config, host_name()));
+    dns->start();
+  }
   readiness.listeners_bound();
   // Ready once libvirt has been read too. wait_first_sync blocks, so it waits
   // on a thread of its own, never on the io_context; it gives up if hostd
@@ -215,6 +222,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
     readiness.stopping();  // /readyz answers 503 while sessions drain
     server.stop_accepting();
     if (guest_listeners) guest_listeners->stop();
+    if (dns) dns->stop();
     // Connections between requests close now; requests and tunnels in
     // progress get limits.stop_grace to finish, then what is left is closed.
     idle_connections.stop(session_executors);

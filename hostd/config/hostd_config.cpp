@@ -4,6 +4,8 @@
 #include <array>
 #include <charconv>
 
+#include <arpa/inet.h>
+
 #include <fmt/format.h>
 
 #include "common/config_reader.hpp"
@@ -30,6 +32,12 @@ bool valid_header_name(std::string_view name) {
     if (!ok) return false;
   }
   return true;
+}
+
+bool valid_ip_address(const std::string& text) {
+  unsigned char bytes[16];
+  return inet_pton(AF_INET, text.c_str(), bytes) == 1 ||
+         inet_pton(AF_INET6, text.c_str(), bytes) == 1;
 }
 
 // Lowercase hex without separators: "AB:cd:01..." and "abcd01..." name the
@@ -282,6 +290,80 @@ AdminConfig read_admin(const Section& s) {
   return a;
 }
 
+// "vms.example": labels of letters, digits, '-' and '_', each 1..63
+// bytes, 253 in all (RFC 1035 §2.3.4), as the zone's SOA is written.
+bool valid_dns_name(std::string_view name) {
+  if (name.empty() || name.size() > 253) return false;
+  std::size_t label = 0;
+  for (char c : name) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      continue;
+    }
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '-' || c == '_';
+    if (!ok || ++label > 63) return false;
+  }
+  return label != 0;
+}
+
+// "127.0.0.1:53", "[::1]:5353".
+std::optional<DnsListen> parse_dns_listen(std::string_view text) {
+  DnsListen l;
+  std::string_view port;
+  if (text.starts_with('[')) {
+    const auto close = text.find("]:");
+    if (close == std::string_view::npos) return std::nullopt;
+    l.host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos || text.find(':') != colon) return std::nullopt;
+    l.host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  unsigned value = 0;
+  if (port.empty() || port.size() > 5) return std::nullopt;
+  for (char c : port) {
+    if (c < '0' || c > '9') return std::nullopt;
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (value > 65535 || !valid_ip_address(l.host)) return std::nullopt;
+  l.port = static_cast<std::uint16_t>(value);
+  return l;
+}
+
+DnsConfig read_dns(const Section& s, const RoutingConfig& routing) {
+  DnsConfig d;
+  for (const std::string& text : s.get_string_array("listen", {})) {
+    auto listen = parse_dns_listen(text);
+    if (!listen)
+      s.fail("listen",
+             fmt::format("'{}' is not a numeric HOST:PORT ('127.0.0.1:53', '[::1]:53')", text));
+    d.listen.push_back(*listen);
+  }
+  d.addresses = s.get_string_array("addresses", {});
+  for (const std::string& address : d.addresses)
+    if (!valid_ip_address(address))
+      s.fail("addresses", fmt::format("'{}' is not an IPv4 or IPv6 address", address));
+  d.ttl_seconds = static_cast<std::uint32_t>(s.get_int("ttl_seconds", d.ttl_seconds, 0, 86'400));
+  d.max_tcp_connections = static_cast<std::uint32_t>(
+      s.get_int("max_tcp_connections", d.max_tcp_connections, 1, 65'536));
+  d.tcp_idle_timeout = s.get_ms("tcp_idle_timeout_ms", d.tcp_idle_timeout, 100ms, 600'000ms);
+  if (d.enabled()) {
+    if (routing.host_suffix.empty())
+      s.fail("listen", "DNS answers names under [routing] host_suffix: set it");
+    if (!valid_dns_name(std::string_view(routing.host_suffix).substr(1)))
+      s.fail("listen",
+             fmt::format("[routing] host_suffix '{}' is not a DNS name", routing.host_suffix));
+    if (d.addresses.empty())
+      s.fail("addresses", "the addresses to answer for this host's VMs are needed");
+  }
+  s.reject_unknown_keys();
+  return d;
+}
+
 HostdConfig read(const Section& root) {
   HostdConfig c;
   if (auto s = root.section("libvirt")) {
@@ -376,6 +458,7 @@ HostdConfig read(const Section& root) {
     s->reject_unknown_keys();
   }
   if (auto s = root.section("admin")) c.admin = read_admin(*s);
+  if (auto s = root.section("dns")) c.dns = read_dns(*s, c.routing);
   if (auto s = root.section("auth")) {
     c.auth.tokens_file = s->get_string("tokens_file", "");
     s->reject_unknown_keys();

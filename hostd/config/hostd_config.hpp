@@ -214,6 +214,28 @@ struct InboundConfig {
   bool enabled() const { return listen || !per_vm_template.empty() || hybrid_port != 0; }
 };
 
+// hostd answering DNS (hostd/dns) for names under routing.host_suffix: a
+// VM's name → the address of the host that runs it, so that clients go
+// straight to the right host.
+struct DnsListen {
+  std::string host;  // numeric: "127.0.0.1", "::1"
+  std::uint16_t port = 53;
+  friend bool operator==(const DnsListen&, const DnsListen&) = default;
+};
+
+struct DnsConfig {
+  std::vector<DnsListen> listen;  // each served over UDP and TCP; empty: no DNS
+  // What a name of this host's VMs answers: the addresses clients reach this
+  // hostd's listeners on (A and AAAA records).
+  std::vector<std::string> addresses;
+  std::uint32_t ttl_seconds = 5;  // short: a VM that moves is followed soon
+  std::uint32_t max_tcp_connections = 128;
+  std::chrono::milliseconds tcp_idle_timeout{10'000};
+
+  bool enabled() const { return !listen.empty(); }
+  friend bool operator==(const DnsConfig&, const DnsConfig&) = default;
+};
+
 struct HostdConfig {
   LibvirtConfig libvirt;
   std::vector<ListenerConfig> listeners;
@@ -228,6 +250,7 @@ struct HostdConfig {
   // its transport URI ([host_services] monitor = "tcp:127.0.0.1:9000"). A
   // name not here is refused: this is an allowlist.
   std::map<std::string, transport::Address> host_services;
+  DnsConfig dns;
   unsigned threads = 0;  // 0: one per core
 };
 

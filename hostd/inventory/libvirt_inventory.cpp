@@ -438,14 +438,16 @@ void LibvirtInventory::Impl::refresh_domain(const std::string& uuid) {
   DomainHandle domain(virDomainLookupByUUIDString(connection, uuid.c_str()));
   std::optional<VmRecord> vm = domain ? read_domain(domain.get(), std::nullopt) : std::nullopt;
   if (vm) {
-    log::debug("libvirt_domain_changed")
+    // At info: a domain changes rarely, and what hostd last heard of it is
+    // the first thing an operator asks when a VM will not answer.
+    log::info("libvirt_domain_changed")
         .kv("vm", vm->name)
         .kv("uuid", vm->uuid)
         .kv("state", state_name(vm->state))
         .kv("cid", cid_text(vm->cid));
     directory.upsert(std::move(*vm));
   } else if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) {
-    log::debug("libvirt_domain_removed").kv("uuid", uuid);
+    log::info("libvirt_domain_removed").kv("uuid", uuid);
     directory.remove(uuid);
   } else {
     // The connection is failing; the resynchronisation after it will cover this domain.

@@ -46,6 +46,10 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "inbound.hybrid_port", running.inbound.hybrid_port, next.inbound.hybrid_port);
   keep(changed, "inbound.max_connections", running.inbound.max_connections,
        next.inbound.max_connections);
+  // Its sockets are bound once, and its zone answers from the first snapshot.
+  keep(changed, "dns", running.dns, next.dns);
+  if (running.dns.enabled())
+    keep(changed, "routing.host_suffix", running.routing.host_suffix, next.routing.host_suffix);
   return changed;
 }
 

@@ -33,6 +33,10 @@ show_logs_systemd() {
   for u in $U vmgate-guestd vmgate-test-libvirtd; do
     journal $u >$T/journal-$u.log 2>&1
   done
+  # fail() shows 30 lines of each: hostd's view of libvirt and of the
+  # domains is kept apart, so that request lines cannot push it out.
+  journal $U | grep -E 'event=(libvirt|vm_|domain|inventory)|vm=l2a' >$T/journal-$U-libvirt.log 2>&1
+  $V list --all >$T/virsh-list.log 2>&1
 }
 # fail() shows $T/*.log: put the units' journals there first.
 fail_unit() { show_logs_systemd; fail "$@"; }
