@@ -27,6 +27,7 @@
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
 #include "hostd/guestside/guest_listeners.hpp"
+#include "hostd/directory/group_membership.hpp"
 #include "hostd/dns/dns_server.hpp"
 #include "hostd/dns/vm_zone.hpp"
 #include "hostd/identity/tls_server.hpp"
@@ -103,6 +104,18 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   const hostd::HostdConfig& config = first->config;
   hostd::CurrentConfig current(first);
   hostd::EmbeddedDirectory directory(host_name());
+  // Guests' group joins, from the state file; the one store, which guest
+  // JOIN and LEAVE write. Groups and limits are the first config's: a
+  // reload does not change them.
+  auto memberships =
+      hostd::GroupMembership::open(config.directory.state_file, config.groups.joinable);
+  if (!memberships) {
+    log::error("directory_state_unreadable").kv("error", memberships.error());
+    return 1;
+  }
+  hostd::GroupMembership& group_membership = **memberships;
+  directory.use_groups(config.groups, config.fanout, &group_membership);
+  group_membership.follow(directory);
   hostd::LibvirtInventory inventory(config.libvirt, directory);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());

@@ -156,8 +156,115 @@ AdminResponse vms_response(const AdminContext& context) {
   return json_response(200, out);
 }
 
+namespace {
+
+json provenance_json(const Provenance& provenance) {
+  return {{"source", source_name(provenance.source)},
+          {"rule", provenance.rule},
+          {"via", provenance.via}};
+}
+
+std::string_view result_name(Selection::Status status) {
+  switch (status) {
+    case Selection::Status::found:
+      return "found";
+    case Selection::Status::not_found:
+      return "not_found";
+    case Selection::Status::ambiguous:
+      return "ambiguous";
+    case Selection::Status::invalid:
+      return "invalid";
+    case Selection::Status::unsupported:
+      return "unsupported";
+  }
+  return "invalid";
+}
+
+unsigned resolution_status(Selection::Status status) {
+  switch (status) {
+    case Selection::Status::found:
+      return 200;
+    case Selection::Status::not_found:
+      return 404;
+    case Selection::Status::ambiguous:
+      return 409;
+    case Selection::Status::invalid:
+      return 400;
+    case Selection::Status::unsupported:
+      return 501;
+  }
+  return 400;
+}
+
+// The set, each VM with the rule that added it, and what was excluded.
+json resolution_json(const Resolution& resolution, const ChannelConfig& channel) {
+  json out = {{"result", result_name(resolution.status)}};
+  if (resolution.status != Selection::Status::found) out["error"] = resolution.reason;
+  json vms = json::array();
+  for (const ResolvedVm& resolved : resolution.vms) {
+    json vm = vm_json(resolved.vm, channel);
+    vm["added_by"] = provenance_json(resolved.added_by);
+    vms.push_back(std::move(vm));
+  }
+  json excluded = json::array();
+  for (const ExcludedVm& gone : resolution.excluded) {
+    excluded.push_back({{"name", gone.vm.name},
+                        {"uuid", gone.vm.uuid},
+                        {"state", state_name(gone.vm.state)},
+                        {"host", gone.vm.host},
+                        {"excluded_by", gone.excluded_by},
+                        {"reached_by", provenance_json(gone.added_by)}});
+  }
+  out["count"] = resolution.vms.size();
+  out["vms"] = std::move(vms);
+  out["excluded"] = std::move(excluded);
+  out["unknown"] = resolution.unknown;
+  if (!resolution.candidates.empty()) out["candidates"] = resolution.candidates;
+  return out;
+}
+
+}  // namespace
+
+AdminResponse groups_response(const AdminContext& context) {
+  json out = json::array();
+  for (const GroupReport& group : context.directory.groups()) {
+    json members = json::array();
+    for (const ResolvedVm& member : group.members.vms) {
+      members.push_back({{"name", member.vm.name},
+                         {"uuid", member.vm.uuid},
+                         {"state", state_name(member.vm.state)},
+                         {"host", member.vm.host},
+                         {"from", source_name(member.added_by.source)},
+                         {"rule", member.added_by.rule},
+                         {"via", member.added_by.via}});
+    }
+    json entry = {{"name", group.name},
+                  {"in_config", group.in_config},
+                  {"config_members", group.config_members},
+                  {"joinable", !group.may_join.empty()},
+                  {"may_join", group.may_join},
+                  {"members", std::move(members)},
+                  {"unknown", group.members.unknown}};
+    if (group.members.status != Selection::Status::found) entry["note"] = group.members.reason;
+    out.push_back(std::move(entry));
+  }
+  return json_response(200, out);
+}
+
 AdminResponse resolve_response(const AdminContext& context, std::string_view target) {
   json out = {{"target", target}};
+  // A target naming many VMs is shown in full, each VM with its rule; the
+  // client connection refuses it 501 until fan-out delivery is wired.
+  if (auto parsed = parse_target(target);
+      parsed && !parsed->single_vm() && parsed->kind != Target::Kind::host_vm) {
+    Resolution resolution = context.directory.resolve(*parsed);
+    out.update(resolution_json(resolution, context.config.channel));
+    if (resolution.status == Selection::Status::found) {
+      out["routable"] = false;
+      out["reason"] = "fan-out delivery is not ready";
+    }
+    return json_response(resolution_status(resolution.status), out);
+  }
   auto admitted =
       admit_target(context, target, first_guest_port(context.config), operator_identity());
   if (admitted) {
@@ -324,6 +431,7 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
     co_return AdminResponse{200, std::string(metrics_content_type), context.metrics.render()};
   }
   if (path == "/v1/vms") co_return vms_response(context);
+  if (path == "/v1/groups") co_return groups_response(context);
   if (path == "/v1/resolve") {
     auto vm = query_param(target, "target");
     if (!vm || vm->empty()) co_return missing_parameter("/v1/resolve", "?target=NAME");
@@ -338,9 +446,10 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
     AdminResponse response = co_await check_response(context, *vm, port, client, as);
     co_return response;
   }
-  co_return text_response(404,
-                          "no such endpoint; the admin API has /healthz /readyz /metrics /v1/vms "
-                          "/v1/resolve?target=NAME /v1/check?target=NAME&port=N&as=IDENTITY");
+  co_return text_response(
+      404,
+      "no such endpoint; the admin API has /healthz /readyz /metrics /v1/vms "
+      "/v1/groups /v1/resolve?target=NAME /v1/check?target=NAME&port=N&as=IDENTITY");
 }
 
 }  // namespace vmgate::hostd

@@ -8,7 +8,11 @@
 //   GET /readyz                       200 "ready", or 503 with the reason
 //   GET /metrics                      Prometheus text format 0.0.4
 //   GET /v1/vms                       every VM the directory knows
-//   GET /v1/resolve?target=X          the directory's answer: 200 / 404 / 409
+//   GET /v1/groups                    every group: members, and where each came from
+//   GET /v1/resolve?target=X          the directory's answer: 200 / 404 / 409; for a
+//                                     target naming many VMs, each VM with the rule
+//                                     that added it, and what was excluded (400 a
+//                                     cycle, too deep or too many)
 //   GET /v1/check?target=X[&port=N][&as=IDENTITY]
 //                                     opens a channel end to end, hop by hop;
 //                                     `as` (parse_identity: token:NAME,
@@ -57,6 +61,7 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
 // "groups"}
 nlohmann::json vm_json(const VmRecord& vm, const ChannelConfig& channel);
 AdminResponse vms_response(const AdminContext& context);
+AdminResponse groups_response(const AdminContext& context);
 AdminResponse resolve_response(const AdminContext& context, std::string_view target);
 // `port` empty: the first listener's guest port. `as` empty: the operator,
 // a trusted client; else the identity to check for (parse_identity).

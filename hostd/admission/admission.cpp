@@ -55,8 +55,31 @@ boost::system::result<Admitted, Refused> admit_route(Route route, const Identity
   };
   const bool trusted = identity.kind == Identity::Kind::trusted_listener;
 
+  // Targets that name many VMs (group:, net:, ranges, lists, `!ITEM`): the
+  // one place a multi-VM selection goes. Delivery (hostd/fanout) is not
+  // wired yet; until it is, the directory's answer is given to a trusted
+  // client and a resolved set is refused 501. A client that is not trusted
+  // learns nothing of the set: deciding per VM is delivery's job.
+  if (!route.target.single_vm() && route.target.kind != Target::Kind::host_vm) {
+    auto many = context.directory.select(route.target);
+    if (many.status == Selection::Status::invalid)
+      return refuse(AdmissionStep::route, {400, std::move(many.reason)});
+    if (trusted && many.status == Selection::Status::not_found)
+      return refuse(AdmissionStep::select, {404, std::move(many.reason)});
+    if (trusted && many.status == Selection::Status::ambiguous) {
+      refused.candidates = std::move(many.candidates);
+      return refuse(AdmissionStep::select, {409, std::move(many.reason)});
+    }
+    return refuse(AdmissionStep::select,
+                  {501, many.status == Selection::Status::found
+                            ? fmt::format("fan-out delivery is not ready: '{}' names {} VMs",
+                                          target_text.substr(0, 128), many.vms.size())
+                            : std::string("fan-out delivery is not ready")});
+  }
+
   auto selection = context.directory.select(route.target);
   switch (selection.status) {
+    case Selection::Status::invalid:  // only targets naming many VMs, above
     case Selection::Status::unsupported:
       refused.refusal = {501,
                          "group, network, list and HOST/NAME targets are not served by this hostd "

@@ -10,6 +10,7 @@
 
 #include "common/config_reader.hpp"
 #include "hostd/authz/access_policy.hpp"
+#include "hostd/authz/acl_pattern.hpp"
 #include "hostd/route/target.hpp"
 
 namespace vmgate::hostd {
@@ -290,6 +291,49 @@ AdminConfig read_admin(const Section& s) {
   return a;
 }
 
+bool valid_group_name(std::string_view name) {
+  auto parsed = parse_target(name);
+  return parsed && parsed->kind == Target::Kind::vm && !parsed->exclude;
+}
+
+GroupsConfig read_groups(const Section& s) {
+  GroupsConfig g;
+  for (const std::string& name : s.keys()) {
+    if (name == "joinable") continue;
+    if (!valid_group_name(name))
+      s.fail(name, "is not a group name (printable, no spaces, '/', ',', '[', '!' or quotes)");
+    GroupDefinition group{
+        .name = name, .members = s.get_string_array(name, {}), .where = {s.where(name)}};
+    for (const std::string& member : group.members) {
+      auto parsed = parse_target(member);
+      if (!parsed) s.fail(name, fmt::format("'{}': {}", member, parsed.error()));
+      if (parsed->kind == Target::Kind::list)
+        s.fail(name, fmt::format("'{}': one member per string", member));
+      if (parsed->exclude)
+        s.fail(name, fmt::format("'{}': a group lists its members; exclude in the target that "
+                                 "names the group",
+                                 member));
+      if (parsed->kind == Target::Kind::host_vm)
+        s.fail(name, fmt::format("'{}': HOST/NAME members are not served yet", member));
+    }
+    g.groups.push_back(std::move(group));
+  }
+  if (auto joinable = s.section("joinable")) {
+    for (const std::string& name : joinable->keys()) {
+      if (!valid_group_name(name)) joinable->fail(name, "is not a group name");
+      JoinableGroup group{.name = name, .vms = joinable->get_string_array(name, {})};
+      if (group.vms.empty())
+        joinable->fail(name, "names no VM that may join: [\"*\"] for any, or name globs");
+      for (const std::string& vm : group.vms)
+        if (auto parsed = parse_vm_pattern(vm); !parsed) joinable->fail(name, parsed.error());
+      g.joinable.push_back(std::move(group));
+    }
+    joinable->reject_unknown_keys();
+  }
+  s.reject_unknown_keys();
+  return g;
+}
+
 // "vms.example": labels of letters, digits, '-' and '_', each 1..63
 // bytes, 253 in all (RFC 1035 §2.3.4), as the zone's SOA is written.
 bool valid_dns_name(std::string_view name) {
@@ -465,6 +509,20 @@ HostdConfig read(const Section& root) {
   }
   if (auto s = root.section("inbound")) c.inbound = read_inbound(*s);
   if (auto s = root.section("host_services")) c.host_services = read_host_services(*s);
+  if (auto s = root.section("fanout")) {
+    c.fanout.max_targets = static_cast<std::uint64_t>(
+        s->get_int("max_targets", static_cast<std::int64_t>(c.fanout.max_targets), 1, 10'000'000));
+    c.fanout.max_group_depth =
+        static_cast<std::uint32_t>(s->get_int("max_group_depth", c.fanout.max_group_depth, 1, 64));
+    s->reject_unknown_keys();
+  }
+  if (auto s = root.section("groups")) c.groups = read_groups(*s);
+  if (auto s = root.section("directory")) {
+    c.directory.state_file = s->get_string("state_file", c.directory.state_file);
+    if (c.directory.state_file.empty() || c.directory.state_file.front() != '/')
+      s->fail("state_file", "must be an absolute path");
+    s->reject_unknown_keys();
+  }
   c.threads = static_cast<unsigned>(root.get_int("threads", 0, 0, 256));
   for (const auto& s : root.sections("listener")) {
     ListenerConfig l = read_listener(s, c.auth, c.routing);

@@ -214,6 +214,40 @@ struct InboundConfig {
   bool enabled() const { return listen || !per_vm_template.empty() || hybrid_port != 0; }
 };
 
+// Targets that name many VMs (docs/architecture.md, "Targets and groups").
+struct FanoutConfig {
+  // The most VMs one target may name: a range is refused (400) before it is
+  // expanded when it would name more, and so is any target resolving to more.
+  std::uint64_t max_targets = 10'000;
+  // How deeply groups may name groups: group:a → group:b is depth 2.
+  std::uint32_t max_group_depth = 8;
+};
+
+// [groups]: static groups (web = ["vm1", "web[01-04]", "group:db", "net:lab"])
+// and [groups.joinable]: which groups a guest may join, and which VMs may
+// (web = ["web*"]: name globs or UUIDs, as ACL rules write VMs; "*" any).
+struct GroupDefinition {
+  std::string name;
+  std::vector<std::string> members;  // target items as written; no `!ITEM`
+  ConfigSource where;
+  friend bool operator==(const GroupDefinition&, const GroupDefinition&) = default;
+};
+struct JoinableGroup {
+  std::string name;
+  std::vector<std::string> vms;  // who may join: globs or UUIDs
+  friend bool operator==(const JoinableGroup&, const JoinableGroup&) = default;
+};
+struct GroupsConfig {
+  std::vector<GroupDefinition> groups;
+  std::vector<JoinableGroup> joinable;
+  friend bool operator==(const GroupsConfig&, const GroupsConfig&) = default;
+};
+
+// The embedded directory's own state: guest group joins, kept across restarts.
+struct DirectoryConfig {
+  std::string state_file = "/var/lib/vmgate/directory-state.json";
+};
+
 // hostd answering DNS (hostd/dns) for names under routing.host_suffix: a
 // VM's name → the address of the host that runs it, so that clients go
 // straight to the right host.
@@ -250,6 +284,9 @@ struct HostdConfig {
   // its transport URI ([host_services] monitor = "tcp:127.0.0.1:9000"). A
   // name not here is refused: this is an allowlist.
   std::map<std::string, transport::Address> host_services;
+  FanoutConfig fanout;
+  GroupsConfig groups;
+  DirectoryConfig directory;
   DnsConfig dns;
   unsigned threads = 0;  // 0: one per core
 };

@@ -44,14 +44,61 @@ struct Lookup {
   std::vector<std::string> candidates;  // when ambiguous: "name (uuid)"
 };
 
-// What a target names. A single VM is a Lookup; group, network, list and
-// HOST/NAME targets are `unsupported` until the directory can expand them.
+// What a target names. A single VM is a Lookup; group, network, range and
+// list targets are resolved (target_resolver.hpp); HOST/NAME targets are
+// `unsupported` until a cluster directory can answer them.
 struct Selection {
-  enum class Status { found, not_found, ambiguous, unsupported };
+  enum class Status { found, not_found, ambiguous, invalid, unsupported };
   Status status = Status::not_found;
   std::vector<VmRecord> vms;            // found: one or more destinations
   std::vector<std::string> candidates;  // ambiguous: "name (uuid)"
   std::string name;                     // the name that was not found or ambiguous
+  // Set for targets that name many VMs: why not_found (404), invalid (400:
+  // a cycle, too deep, too many) or ambiguous (409).
+  std::string reason;
+  std::vector<std::string> unknown;  // names the target lists that no VM has
+};
+
+// Which rule put a VM into a resolved target, for /v1/resolve and records.
+struct Provenance {
+  enum class Source { name, range, network, config, libvirt, guest_join };
+  Source source = Source::name;
+  std::string rule;              // "config group web", "libvirt metadata of web1", ...
+  std::vector<std::string> via;  // the groups it came through, outermost first
+};
+std::string_view source_name(Provenance::Source source);
+
+struct ResolvedVm {
+  VmRecord vm;
+  Provenance added_by;
+};
+
+struct ExcludedVm {
+  VmRecord vm;
+  std::string excluded_by;  // the `!ITEM` that removed it
+  Provenance added_by;      // how the exclusion reached it
+};
+
+// A target resolved in full: what a Selection is made from, with the rule
+// behind each VM.
+struct Resolution {
+  Selection::Status status = Selection::Status::not_found;
+  std::string reason;
+  std::vector<ResolvedVm> vms;  // found: de-duplicated, in the order first added
+  std::vector<ExcludedVm> excluded;
+  std::vector<std::string> unknown;
+  std::vector<std::string> candidates;
+
+  Selection selection() const;
+};
+
+// One group, as /v1/groups shows it.
+struct GroupReport {
+  std::string name;
+  bool in_config = false;
+  std::vector<std::string> config_members;  // as the config writes them
+  std::vector<std::string> may_join;        // [groups.joinable]: empty when not joinable
+  Resolution members;                       // group:NAME, resolved
 };
 
 // What changed, for observers: some VMs by UUID, or everything at once (a
@@ -78,6 +125,11 @@ class Directory {
   // The VM that holds a vsock CID, for traffic a guest starts: nothing when
   // no VM or more than one claims it (during a restore, briefly).
   virtual std::optional<VmRecord> by_cid(std::uint32_t cid) const = 0;
+  // A target with the rule behind each VM it names; a single VM is found
+  // as select() finds it.
+  virtual Resolution resolve(const Target& target) const;
+  // Every group something names: the config, a VM's metadata, a guest's join.
+  virtual std::vector<GroupReport> groups() const { return {}; }
   virtual std::vector<VmRecord> snapshot() const = 0;
   virtual std::size_t size() const = 0;
 

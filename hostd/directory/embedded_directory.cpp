@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <tuple>
 #include <vector>
+
+#include "hostd/directory/group_membership.hpp"
+#include "hostd/directory/target_resolver.hpp"
 
 namespace vmgate::hostd {
 namespace {
@@ -106,11 +110,41 @@ Lookup EmbeddedDirectory::find(std::string_view name_or_uuid) const {
   return result;
 }
 
+void EmbeddedDirectory::use_groups(const GroupsConfig& groups, const FanoutConfig& limits,
+                                   const hostd::GroupMembership* joins) {
+  groups_ = &groups;
+  limits_ = &limits;
+  joins_ = joins;
+}
+
+Resolution EmbeddedDirectory::resolve(const Target& target) const {
+  if (target.single_vm()) return Directory::resolve(target);
+  if (target.kind == Target::Kind::host_vm) {
+    Resolution out;
+    out.status = Selection::Status::unsupported;
+    return out;
+  }
+  // A copy of the VMs, then no lock held: resolving a large group does not
+  // hold up the lookups of unicast requests.
+  const std::vector<VmRecord> vms = snapshot_by_name();
+  const std::vector<GuestJoin> joins = joins_ ? joins_->joins() : std::vector<GuestJoin>{};
+  return resolve_target(target, vms, GroupSources{*groups_, joins, *limits_});
+}
+
+std::vector<GroupReport> EmbeddedDirectory::groups() const {
+  const std::vector<VmRecord> vms = snapshot_by_name();
+  const std::vector<GuestJoin> joins = joins_ ? joins_->joins() : std::vector<GuestJoin>{};
+  return report_groups(vms, GroupSources{*groups_, joins, *limits_});
+}
+
 Selection EmbeddedDirectory::select(const Target& target) const {
   Selection selection;
   if (!target.single_vm()) {
-    selection.status = Selection::Status::unsupported;
-    return selection;
+    if (target.kind == Target::Kind::host_vm) {
+      selection.status = Selection::Status::unsupported;
+      return selection;
+    }
+    return resolve(target).selection();
   }
   selection.name = target.value;
   auto lookup = find(target.value);
@@ -143,6 +177,15 @@ std::vector<VmRecord> EmbeddedDirectory::snapshot() const {
   for (const auto& [uuid, vm] : index_.by_uuid)
     out.push_back(vm);
   return out;
+}
+
+// A group's members are listed in name order, as an operator reads them.
+std::vector<VmRecord> EmbeddedDirectory::snapshot_by_name() const {
+  std::vector<VmRecord> vms = snapshot();
+  std::ranges::sort(vms, [](const VmRecord& a, const VmRecord& b) {
+    return std::tie(a.name, a.uuid) < std::tie(b.name, b.uuid);
+  });
+  return vms;
 }
 
 std::size_t EmbeddedDirectory::size() const {

@@ -8,9 +8,12 @@
 #include <utility>
 #include <vector>
 
+#include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 
 namespace vmgate::hostd {
+
+class GroupMembership;
 
 class EmbeddedDirectory final : public Directory, public DirectoryFeed {
  public:
@@ -20,8 +23,16 @@ class EmbeddedDirectory final : public Directory, public DirectoryFeed {
   void upsert(VmRecord vm) override;
   void remove(std::string_view uuid) override;
 
+  // What groups are made of besides VM metadata: the config's static groups
+  // and, when given, the guests' joins. Set once, before any request; both
+  // outlive the directory's use. Unset, there are no config groups.
+  void use_groups(const GroupsConfig& groups, const FanoutConfig& limits,
+                  const hostd::GroupMembership* joins);
+
   Lookup find(std::string_view name_or_uuid) const override;
   Selection select(const Target& target) const override;
+  Resolution resolve(const Target& target) const override;
+  std::vector<GroupReport> groups() const override;
   std::optional<VmRecord> by_cid(std::uint32_t cid) const override;
   std::vector<VmRecord> snapshot() const override;
   std::size_t size() const override;
@@ -38,11 +49,17 @@ class EmbeddedDirectory final : public Directory, public DirectoryFeed {
     // A restored or redefined domain can briefly share a CID with its old self.
     std::multimap<std::uint32_t, std::string> uuid_by_cid;
   };
+  std::vector<VmRecord> snapshot_by_name() const;
   void insert_into(Index& index, VmRecord vm) const;
   static void erase_from(Index& index, const std::string& uuid);
   void notify(const DirectoryChange& change);
 
   const std::string host_;
+  const GroupsConfig no_groups_;
+  const FanoutConfig default_limits_;
+  const GroupsConfig* groups_ = &no_groups_;
+  const FanoutConfig* limits_ = &default_limits_;
+  const hostd::GroupMembership* joins_ = nullptr;
   mutable std::mutex mutex_;
   Index index_;
 

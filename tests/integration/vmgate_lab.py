@@ -206,6 +206,7 @@ class VM:
     # guestd's way out for the guest's apps ([outbound]): a loopback proxy on
     # an ephemeral port, to hostd's per-VM socket (Lab(inbound=True)).
     outbound: bool = False
+    groups: tuple = ()  # <vmgate:groups> metadata of the domain
 
 
 def toml_value(value):
@@ -253,10 +254,13 @@ def domain_xml(vm):
         runstate = "<test:runstate>5</test:runstate>"
     vsock = ("<vsock model='virtio'><cid auto='no' address='%d'/></vsock>" % vm.cid
              if vm.vsock else "")
+    metadata = ("<metadata><vmgate:groups xmlns:vmgate='urn:vmgate:1'>%s</vmgate:groups>"
+                "</metadata>" % "".join("<group>%s</group>" % g for g in vm.groups)
+                if vm.groups else "")
     return (
         "%s<name>%s</name><uuid>%s</uuid><memory>65536</memory>"
-        "<os><type>hvm</type></os><devices>%s</devices>%s</domain>"
-        % (head, vm.name, vm.uuid, vsock, runstate))
+        "<os><type>hvm</type></os><devices>%s</devices>%s%s</domain>"
+        % (head, vm.name, vm.uuid, vsock, metadata, runstate))
 
 
 def node_xml(vms):

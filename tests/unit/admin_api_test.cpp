@@ -188,9 +188,54 @@ TEST_CASE("/v1/resolve answers found, not_found, ambiguous with 200, 404, 409") 
   CHECK(a["result"] == "ambiguous");
   CHECK(a["candidates"].size() == 2);
 
-  CHECK(f.request("GET", "/v1/resolve?target=group:web").status == 501);
+  CHECK(f.request("GET", "/v1/resolve?target=group:web").status == 404);
+  CHECK(f.request("GET", "/v1/resolve?target=kvm7/vm1").status == 501);
   CHECK(f.request("GET", "/v1/resolve?target=bad%20name").status == 400);
   CHECK(f.request("GET", "/v1/resolve").status == 400);
+}
+
+TEST_CASE("/v1/resolve shows a set with each VM's rule, and /v1/groups where members come from") {
+  Fixture f;
+  GroupsConfig groups;
+  groups.groups.push_back({"web", {"vm1", "group:meta"}, {}});
+  FanoutConfig limits;
+  f.directory.use_groups(groups, limits, nullptr);
+  VmRecord tagged = vm("vm3", uuid3, 5);
+  tagged.groups = {"meta"};
+  f.directory.upsert(tagged);
+
+  auto set = f.request("GET", "/v1/resolve?target=group:web,%20!vm3,%20vm2");
+  CHECK(set.status == 200);
+  auto j = body_of(set);
+  CHECK(j["result"] == "found");
+  CHECK(j["count"] == 2);
+  CHECK(j["routable"] == false);
+  CHECK(j["reason"] == "fan-out delivery is not ready");
+  REQUIRE(j["vms"].size() == 2);
+  CHECK(j["vms"][0]["name"] == "vm1");
+  CHECK(j["vms"][0]["added_by"]["source"] == "name");
+  CHECK(j["vms"][0]["added_by"]["rule"] == "config group web");
+  CHECK(j["vms"][1]["name"] == "vm2");
+  REQUIRE(j["excluded"].size() == 1);
+  CHECK(j["excluded"][0]["name"] == "vm3");
+  CHECK(j["excluded"][0]["excluded_by"] == "!vm3");
+  CHECK(j["excluded"][0]["reached_by"]["source"] == "name");
+
+  auto nothing = f.request("GET", "/v1/resolve?target=group:nosuch");
+  CHECK(nothing.status == 404);
+  CHECK(body_of(nothing)["error"].get<std::string>().find("group 'nosuch' is not known") !=
+        std::string::npos);
+
+  auto listed = body_of(f.request("GET", "/v1/groups"));
+  REQUIRE(listed.size() == 2);
+  CHECK(listed[0]["name"] == "meta");
+  CHECK(listed[0]["in_config"] == false);
+  CHECK(listed[0]["members"][0]["from"] == "libvirt");
+  CHECK(listed[1]["name"] == "web");
+  CHECK(listed[1]["config_members"] == json({"vm1", "group:meta"}));
+  REQUIRE(listed[1]["members"].size() == 2);
+  CHECK(listed[1]["members"][0]["from"] == "name");
+  CHECK(listed[1]["members"][1]["from"] == "libvirt");
 }
 
 TEST_CASE("/healthz, /readyz, /metrics and unknown paths") {

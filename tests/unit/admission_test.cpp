@@ -189,14 +189,27 @@ TEST_CASE("admission answers 503 for a running VM without a vsock device") {
   CHECK(refused.error().refusal.reason.find("has no vsock device") != std::string::npos);
 }
 
-TEST_CASE("admission answers 501 for targets that name more than one VM") {
+TEST_CASE("a target naming many VMs is resolved, then refused 501 in one place until delivery") {
   Fixture f;
-  for (const char* target : {"group:web", "net:default", "vm1,vm2"}) {
-    INFO(target);
-    auto refused = f.admit(head_for(Form::header, target));
-    REQUIRE_FALSE(refused.has_value());
-    CHECK(refused.error().refusal.status == 501);
-  }
+  auto refused = f.admit(head_for(Form::header, "vm1, novsock"));
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().step == AdmissionStep::select);
+  CHECK(refused.error().refusal.status == 501);
+  CHECK(refused.error().refusal.reason ==
+        "fan-out delivery is not ready: 'vm1,novsock' names 2 VMs");
+  // What the directory says of the set reaches a trusted client...
+  auto unknown_group = f.admit(head_for(Form::header, "group:web"));
+  REQUIRE_FALSE(unknown_group.has_value());
+  CHECK(unknown_group.error().refusal.status == 404);
+  CHECK(unknown_group.error().refusal.reason.find("group 'web' is not known") != std::string::npos);
+  auto too_many = f.admit(head_for(Form::header, "web[1-100000]"));
+  REQUIRE_FALSE(too_many.has_value());
+  CHECK(too_many.error().refusal.status == 400);
+  // ...and nothing of it reaches one that is not.
+  auto untrusted = f.admit(head_for(Form::header, "group:web"), {}, Identity::Kind::token);
+  REQUIRE_FALSE(untrusted.has_value());
+  CHECK(untrusted.error().refusal.status == 501);
+  CHECK(untrusted.error().refusal.reason == "fan-out delivery is not ready");
 }
 
 TEST_CASE("admission answers 400 when the head names no usable target") {

@@ -192,17 +192,22 @@ TEST_CASE("select says which name is unknown or ambiguous") {
   CHECK(ambiguous.vms.empty());
 }
 
-TEST_CASE(
-    "select leaves group, network, list and HOST/NAME targets to a directory that expands "
-    "them") {
+TEST_CASE("select expands group, network and list targets, and leaves HOST/NAME ones") {
   EmbeddedDirectory directory;
   fill_two_vms(directory);
-  for (const char* text : {"group:web", "net:default", "web1,db1", "kvm1/web1"}) {
-    INFO(text);
+  auto select = [&directory](const char* text) {
     auto target = vmgate::hostd::parse_target(text);
     REQUIRE(target.has_value());
-    CHECK(directory.select(*target).status == Selection::Status::unsupported);
-  }
+    return directory.select(*target);
+  };
+  auto list = select("web1,db1");
+  CHECK(list.status == Selection::Status::found);
+  CHECK(list.vms.size() == 2);
+  auto group = select("group:web");
+  CHECK(group.status == Selection::Status::not_found);
+  CHECK(group.reason.find("group 'web' is not known") != std::string::npos);
+  CHECK(select("net:default").status == Selection::Status::not_found);
+  CHECK(select("kvm1/web1").status == Selection::Status::unsupported);
 }
 
 TEST_CASE("by_cid finds the VM that holds a CID, and follows a CID that changes") {

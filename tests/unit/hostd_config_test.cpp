@@ -433,4 +433,45 @@ vms = ["db1"]
   CHECK(c.acl[0].identities == std::vector<std::string>{"vm:web*"});
   CHECK(error_of("[[acl]]\naction = \"allow\"\nidentities = [\"vm:a/b\"]\nvms = [\"*\"]\n")
             .starts_with("hostd.toml:3: acl[0].identities:"));
+TEST_CASE("static groups, joinable groups, fan-out limits and the state file are read") {
+  auto c = parse_hostd_config(R"(
+[fanout]
+max_targets = 500
+max_group_depth = 4
+
+[directory]
+state_file = "/tmp/state.json"
+
+[groups]
+web = ["web[01-04]", "group:db", "net:front"]
+db = []
+
+[groups.joinable]
+batch = ["batch*", "6e3c4f5a-1b2c-4d5e-8f90-a1b2c3d4e5f6"]
+)",
+                              "hostd.toml");
+  CHECK(c.fanout.max_targets == 500);
+  CHECK(c.fanout.max_group_depth == 4);
+  CHECK(c.directory.state_file == "/tmp/state.json");
+  REQUIRE(c.groups.groups.size() == 2);
+  CHECK(c.groups.groups[1].name == "web");
+  CHECK(c.groups.groups[1].members ==
+        std::vector<std::string>{"web[01-04]", "group:db", "net:front"});
+  REQUIRE(c.groups.joinable.size() == 1);
+  CHECK(c.groups.joinable[0].name == "batch");
+  auto defaults = parse_hostd_config("", "hostd.toml");
+  CHECK(defaults.fanout.max_targets == 10'000);
+  CHECK(defaults.fanout.max_group_depth == 8);
+  CHECK(defaults.directory.state_file.starts_with("/var/lib/vmgate/"));
+}
+
+TEST_CASE("a group member that is not a target item is refused at its line") {
+  CHECK(error_of("[groups]\nweb = [\"vm 1\"]\n").starts_with("hostd.toml:2: groups.web: 'vm 1': "));
+  CHECK(error_of("[groups]\nweb = [\"!vm1\"]\n").starts_with("hostd.toml:2: groups.web: '!vm1': "));
+  CHECK(error_of("[groups]\nweb = [\"a,b\"]\n") ==
+        "hostd.toml:2: groups.web: 'a,b': one member per string");
+  CHECK(
+      error_of("[groups.joinable]\nweb = []\n").starts_with("hostd.toml:2: groups.joinable.web: "));
+  CHECK(error_of("[directory]\nstate_file = \"rel.json\"\n") ==
+        "hostd.toml:2: directory.state_file: must be an absolute path");
 }

@@ -76,3 +76,78 @@ TEST_CASE("authorities carry an optional port in 1..65535") {
   CHECK_FALSE(parse_authority("vm1:65536").has_value());
   CHECK_FALSE(parse_authority("vm1:x").has_value());
 }
+
+TEST_CASE("a range keeps the zero padding of its lower bound and takes lists of spans") {
+  auto range = parse_target("web[01-03,09]");
+  REQUIRE(range.has_value());
+  CHECK(range->kind == Target::Kind::range);
+  CHECK(range->count == 4);
+  auto names = vmgate::hostd::expand_range(*range, 100);
+  REQUIRE(names.has_value());
+  CHECK(*names == std::vector<std::string>{"web01", "web02", "web03", "web09"});
+
+  auto unpadded = vmgate::hostd::expand_range(*parse_target("db[8-10]"), 100);
+  REQUIRE(unpadded.has_value());
+  CHECK(*unpadded == std::vector<std::string>{"db8", "db9", "db10"});
+
+  auto two = parse_target("rack[1-2]-node[01-02].lab");
+  REQUIRE(two.has_value());
+  CHECK(two->count == 4);
+  CHECK(*vmgate::hostd::expand_range(*two, 100) ==
+        std::vector<std::string>{"rack1-node01.lab", "rack1-node02.lab", "rack2-node01.lab",
+                                 "rack2-node02.lab"});
+}
+
+TEST_CASE("a range past the limit is refused from its count, before it is expanded") {
+  auto huge = parse_target("web[1-999999999999999999]");
+  REQUIRE(huge.has_value());
+  CHECK(huge->count == 999999999999999999ULL);
+  auto refused = vmgate::hostd::expand_range(*huge, 10000);
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error() ==
+        "range 'web[1-999999999999999999]' names 999999999999999999 VMs, more than "
+        "fanout.max_targets (10000)");
+  // Products saturate rather than wrap around to a small count.
+  auto product = parse_target("a[1-999999999]b[1-999999999]c[1-999999999]");
+  REQUIRE(product.has_value());
+  CHECK_FALSE(vmgate::hostd::expand_range(*product, 10000).has_value());
+}
+
+TEST_CASE("lists mix groups, ranges and exclusions, with spaces after commas") {
+  auto list = parse_target("group:web, db[1-3], !db2,!group:old");
+  REQUIRE(list.has_value());
+  REQUIRE(list->kind == Target::Kind::list);
+  REQUIRE(list->members.size() == 4);
+  CHECK(list->members[0].kind == Target::Kind::group);
+  CHECK(list->members[1].kind == Target::Kind::range);
+  CHECK(list->members[1].value == "db[1-3]");
+  CHECK(list->members[2].exclude);
+  CHECK(list->members[2].value == "db2");
+  CHECK(list->members[3].exclude);
+  CHECK(list->members[3].kind == Target::Kind::group);
+  CHECK(list->to_string() == "group:web,db[1-3],!db2,!group:old");
+  // A range's own commas make no list.
+  auto one = parse_target("web[01-05,09]");
+  REQUIRE(one.has_value());
+  CHECK(one->kind == Target::Kind::range);
+  auto alone = parse_target("!vm1");
+  REQUIRE(alone.has_value());
+  CHECK(alone->exclude);
+  CHECK_FALSE(alone->single_vm());
+}
+
+TEST_CASE("malformed ranges are refused with a reason") {
+  auto reason = [](std::string_view text) {
+    auto parsed = parse_target(text);
+    return parsed ? std::string("accepted") : parsed.error();
+  };
+  CHECK(reason("web[01-") == "invalid range 'web[01-': '[' without ']'");
+  CHECK(reason("web]") == "invalid range 'web]': ']' without '['");
+  CHECK(reason("web[]") == "invalid range 'web[]': empty '[]'");
+  CHECK(reason("web[5-1]") == "invalid range 'web[5-1]': 5 is above 1");
+  CHECK(reason("web[a-b]").find("is not N or N-M") != std::string::npos);
+  CHECK(reason("web[1,]") == "invalid range 'web[1,]': empty item after ','");
+  CHECK(reason("w b[1-2]").find("printable") != std::string::npos);
+  CHECK(reason("!!vm1") == "'!!' in a target: exclude an item once");
+  CHECK(reason("!") == "empty target");
+}

@@ -2,7 +2,7 @@
 // it knows, what a target resolves to, and whether a channel to a VM works;
 // and makes the proxy-credential tokens hostd's tokens file names.
 //
-//   vmgatectl [--admin URL] [--json] vms | resolve TARGET
+//   vmgatectl [--admin URL] [--json] vms | groups | resolve TARGET
 //             | check [--as IDENTITY] TARGET [PORT]
 //   vmgatectl token new NAME | token hash
 //
@@ -48,7 +48,11 @@ constexpr std::string_view usage =
     "\n"
     "commands:\n"
     "  vms                    list the VMs hostd knows: name, uuid, cid, state, channel transport\n"
-    "  resolve TARGET         what hostd's directory answers for TARGET (name or UUID)\n"
+    "  groups                 list every group: its members and where each membership comes\n"
+    "                         from (config, libvirt metadata, guest join)\n"
+    "  resolve TARGET         what hostd's directory answers for TARGET: a name or UUID, or\n"
+    "                         group:NAME, net:NETWORK, web[01-05,09], lists with !ITEM; each VM\n"
+    "                         with the rule that added it, and what was excluded\n"
     "  check TARGET [PORT]    open a channel to TARGET's guestd for PORT and report each hop\n"
     "                         (PORT defaults to hostd's first listener's guest port)\n"
     "  token new NAME         make a proxy-credential token: prints the token, once, on stdout,\n"
@@ -294,8 +298,100 @@ std::vector<std::vector<std::string>> vm_rows(const json& vm) {
   return rows;
 }
 
+std::string via_text(const json& provenance) {
+  std::string rule = text_of(provenance.value("rule", json()));
+  std::string via;
+  for (const auto& group : provenance.value("via", json::array()))
+    via += (via.empty() ? "" : " > ") + ("group:" + text_of(group));
+  return via.empty() ? rule : rule + " (via " + via + ")";
+}
+
+// A target naming many VMs: one row per VM with the rule that added it.
+int show_resolved_set(const Answer& a, std::string_view target) {
+  const json& b = a.body;
+  const std::string result = text_of(b.value("result", json()));
+  if (result != "found") {
+    std::cout << target << ": " << (result == "not_found" ? "not found" : result) << " ("
+              << error_of(a) << ")\n";
+    for (const auto& c : b.value("candidates", json::array()))
+      std::cout << "  " << text_of(c) << "\n";
+    return result == "invalid" ? exit_usage : exit_failed;
+  }
+  std::cout << target << ": " << text_of(b.value("count", json())) << " VMs";
+  if (!b.value("routable", true)) std::cout << " (" << text_of(b.value("reason", json())) << ")";
+  std::cout << "\n";
+  std::vector<std::vector<std::string>> rows{{"NAME", "UUID", "STATE", "HOST", "ADDED BY"}};
+  for (const auto& vm : b.value("vms", json::array()))
+    rows.push_back({text_of(vm.value("name", json())), text_of(vm.value("uuid", json())),
+                    text_of(vm.value("state", json())), text_of(vm.value("host", json())),
+                    via_text(vm.value("added_by", json::object()))});
+  print_table(rows, "  ");
+  const json excluded = b.value("excluded", json::array());
+  if (!excluded.empty()) {
+    std::cout << "excluded:\n";
+    std::vector<std::vector<std::string>> ex{{"NAME", "UUID", "EXCLUDED BY", "REACHED BY"}};
+    for (const auto& vm : excluded)
+      ex.push_back({text_of(vm.value("name", json())), text_of(vm.value("uuid", json())),
+                    text_of(vm.value("excluded_by", json())),
+                    via_text(vm.value("reached_by", json::object()))});
+    print_table(ex, "  ");
+  }
+  const json unknown = b.value("unknown", json::array());
+  if (!unknown.empty()) {
+    std::string names;
+    for (const auto& name : unknown)
+      names += (names.empty() ? "" : ", ") + text_of(name);
+    std::cout << "named but not known to this host: " << names << "\n";
+  }
+  return exit_ok;
+}
+
+int show_groups(const Answer& a) {
+  if (a.status != 200 || !a.body.is_array()) {
+    std::cerr << "vmgatectl: " << error_of(a) << "\n";
+    return exit_usage;
+  }
+  if (a.body.empty()) {
+    std::cout << "no groups: none in the config, no VM's metadata and no guest join names one\n";
+    return exit_ok;
+  }
+  for (const auto& group : a.body) {
+    std::vector<std::string> notes;
+    if (group.value("in_config", false)) notes.push_back("config");
+    if (group.value("joinable", false)) {
+      std::string who;
+      for (const auto& p : group.value("may_join", json::array()))
+        who += (who.empty() ? "" : " ") + text_of(p);
+      notes.push_back("joinable by " + who);
+    }
+    std::string header = "group:" + text_of(group.value("name", json()));
+    if (!notes.empty()) {
+      header += " (";
+      for (std::size_t i = 0; i < notes.size(); ++i)
+        header += (i ? "; " : "") + notes[i];
+      header += ")";
+    }
+    std::cout << header << "\n";
+    const json members = group.value("members", json::array());
+    if (members.empty()) {
+      std::cout << "  no members"
+                << (group.contains("note") ? " (" + text_of(group["note"]) + ")" : std::string())
+                << "\n";
+      continue;
+    }
+    std::vector<std::vector<std::string>> rows{{"NAME", "UUID", "STATE", "FROM", "RULE"}};
+    for (const auto& m : members)
+      rows.push_back({text_of(m.value("name", json())), text_of(m.value("uuid", json())),
+                      text_of(m.value("state", json())), text_of(m.value("from", json())),
+                      via_text(m)});
+    print_table(rows, "  ");
+  }
+  return exit_ok;
+}
+
 int show_resolve(const Answer& a, std::string_view target) {
   const json& b = a.body;
+  if (b.is_object() && b.contains("vms")) return show_resolved_set(a, target);
   std::string result = b.is_object() ? text_of(b.value("result", json())) : "-";
   if (result == "found") {
     auto rows = vm_rows(b["vm"]);
@@ -494,6 +590,8 @@ int main(int argc, char** argv) {
   std::string path;
   if (command == "vms" && operands == 0) {
     path = "/v1/vms";
+  } else if (command == "groups" && operands == 0) {
+    path = "/v1/groups";
   } else if (command == "resolve" && operands == 1) {
     path = "/v1/resolve?target=" + percent_encode(positional[1]);
   } else if (command == "check" && (operands == 1 || operands == 2)) {
@@ -502,7 +600,8 @@ int main(int argc, char** argv) {
     if (!as.empty()) path += "&as=" + percent_encode(as);
   } else {
     std::cerr << "vmgatectl: "
-              << (command == "vms" || command == "resolve" || command == "check"
+              << (command == "vms" || command == "groups" || command == "resolve" ||
+                          command == "check"
                       ? "wrong number of arguments for '" + command + "'"
                       : "unknown command '" + command + "'")
               << "\n"
@@ -514,11 +613,13 @@ int main(int argc, char** argv) {
     Answer answer = get(parse_admin_url(admin), path, std::chrono::seconds(timeout_s));
     if (as_json) {
       std::cout << answer.body.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
-      if (command == "vms") return answer.status == 200 ? exit_ok : exit_usage;
+      if (command == "vms" || command == "groups")
+        return answer.status == 200 ? exit_ok : exit_usage;
       if (answer.status == 200) return exit_ok;
       return answer.status == 400 ? exit_usage : exit_failed;
     }
     if (command == "vms") return show_vms(answer);
+    if (command == "groups") return show_groups(answer);
     if (command == "resolve") return show_resolve(answer, positional[1]);
     return show_check(answer, positional[1]);
   } catch (const UsageError& e) {
