@@ -433,6 +433,8 @@ vms = ["db1"]
   CHECK(c.acl[0].identities == std::vector<std::string>{"vm:web*"});
   CHECK(error_of("[[acl]]\naction = \"allow\"\nidentities = [\"vm:a/b\"]\nvms = [\"*\"]\n")
             .starts_with("hostd.toml:3: acl[0].identities:"));
+}
+
 TEST_CASE("static groups, joinable groups, fan-out limits and the state file are read") {
   auto c = parse_hostd_config(R"(
 [fanout]
