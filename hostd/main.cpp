@@ -26,10 +26,11 @@
 #include "hostd/channel/live_channels.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/embedded_directory.hpp"
-#include "hostd/guestside/guest_listeners.hpp"
 #include "hostd/directory/group_membership.hpp"
 #include "hostd/dns/dns_server.hpp"
 #include "hostd/dns/vm_zone.hpp"
+#include "hostd/guestside/guest_listeners.hpp"
+#include "hostd/guestside/guest_membership.hpp"
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/identity/token_file.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
@@ -160,7 +161,8 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   std::optional<hostd::GuestListeners> guest_listeners;
   if (config.inbound.enabled()) {
     guest_listeners.emplace(io.get_executor(), directory,
-                            hostd::GuestServices{current, config.channel, directory, {}},
+                            hostd::GuestServices{current, config.channel, directory,
+                                                 hostd::membership_change(group_membership)},
                             config.inbound);
     if (auto ec = guest_listeners->start()) {
       log::error("guest_listen_failed")

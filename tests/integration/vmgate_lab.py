@@ -521,6 +521,8 @@ class Lab:
             "limits": {"header_bytes": 32768, "idle_timeout_ms": 300000},
             # Never the default fixed port 9090: labs run side by side.
             "admin": {"address": "unix:" + self.path("admin.sock")},
+            # Guests' group joins, kept across a restart of the lab's hostd.
+            "directory": {"state_file": self.path("directory-state.json")},
         }
         if self.inbound:
             base["inbound"] = {"per_vm": "unix:" + self.path("in", "{name}.sock")}
