@@ -7,7 +7,7 @@
 # hostd knows the caller only by the kernel's peer CID: first no VM holds
 # CID 1 and the request is refused as unknown; then [inbound.peer_cids] maps
 # CID 1 to the lab VM (by SIGHUP) and the service sees Forwarded and
-# X-VM-Uuid naming it.
+# X-VM-Uuid naming it, and a JOIN is recorded for it.
 #
 # Needs among the runner's FILEs: vmgate-hostd vmgate-guestd vmgate-test-agent curl.
 # Exit: 0 pass, 1 fail (the message says which step and why).
@@ -76,6 +76,12 @@ listen = "vsock:ANY:$INBOUND_PORT"
 
 [host_services]
 monitor = "tcp:127.0.0.1:19000"
+
+[groups.joinable]
+web = ["labvm"]
+
+[directory]
+state_file = "$T/directory-state.json"
 
 [[listener]]
 address = "tcp:127.0.0.1:8080"
@@ -149,6 +155,20 @@ note "$body"
 grep -q 'event=guest_request.*vm=labvm.*to=host:monitor' $T/hostd.log ||
   fail "hostd logged no guest_request from labvm to host:monitor"
 
+step "vmgate-guestd join web: hostd records it for labvm, shown by /v1/groups"
+vmgate-guestd join web --config $T/guestd.toml >$T/cli.out 2>$T/cli.err ||
+  fail "join failed: $(cat $T/cli.err)"
+[ "$(cat $T/cli.out)" = "joined web" ] || fail "join printed '$(cat $T/cli.out)'"
+curl -sS --max-time 30 http://127.0.0.1:9090/v1/groups >$T/groups.json 2>$T/curl.err ||
+  fail "GET /v1/groups failed: $(cat $T/curl.err)"
+tr -d ' \n' <$T/groups.json | grep -q '"name":"labvm"[^]]*"from":"guest_join"\|"from":"guest_join"[^]]*"name":"labvm"' ||
+  fail "/v1/groups does not show labvm joined to web: $(cat $T/groups.json)"
+grep -q "$LAB_UUID" $T/directory-state.json || fail "the state file does not hold labvm's join"
+note "$(grep 'event=guest_membership' $T/hostd.log | head -1)"
+vmgate-guestd leave web --config $T/guestd.toml >$T/cli.out 2>$T/cli.err ||
+  fail "leave failed: $(cat $T/cli.err)"
+grep -q "$LAB_UUID" $T/directory-state.json && fail "the state file still holds labvm's join after LEAVE"
+
 # ---------------------------------------------------------------------------------------
 step "no daemon logged an error"
 errors=$(grep -h 'level=error' $T/hostd.log $T/guestd.log)
@@ -158,5 +178,5 @@ step "stopping the daemons: each exits on SIGTERM"
 kill $hostd_pid $guestd_pid $service_pid 2>/dev/null
 exited() { for pid in $hostd_pid $guestd_pid; do kill -0 $pid 2>/dev/null && return 1; done; return 0; }
 wait_for 20 "all daemons exited" exited || fail "a daemon did not exit within 20 s of SIGTERM"
-echo "== PASS: guest -> AF_VSOCK -> hostd -> host service, caller known by peer CID only"
+echo "== PASS: guest -> AF_VSOCK -> hostd -> host service and JOIN, caller known by peer CID only"
 exit 0
