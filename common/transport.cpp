@@ -18,6 +18,8 @@
 
 #include <fmt/format.h>
 
+#include "common/hybrid_vsock.hpp"
+
 namespace vmgate::transport {
 namespace {
 
@@ -147,25 +149,28 @@ awaitable<error_code> connect_endpoint(Stream& socket, const Endpoint& ep) {
   co_return cec;
 }
 
-// Hybrid vsock (Firecracker, Cloud Hypervisor): after connecting to the unix
-// socket, send "CONNECT PORT\n" and expect a line starting "OK ".
+// Hybrid vsock (common/hybrid_vsock.hpp): "CONNECT PORT\n", then the VMM's
+// answer line. Read byte by byte: what follows the '\n' is the guest's, and
+// stays in the socket for whoever reads the channel next.
 awaitable<error_code> fcvsock_handshake(Stream& socket, std::uint32_t port) {
-  std::string request = fmt::format("CONNECT {}\n", port);
+  const std::string request = hybrid_vsock::connect_line(port);
   auto [wec, n] = co_await asio::async_write(socket, asio::buffer(request), use_tuple);
   if (wec) co_return wec;
-  // Read byte by byte: nothing after the newline belongs to the handshake.
   std::string line;
   for (;;) {
     char c = 0;
     auto [rec, got] = co_await asio::async_read(socket, asio::buffer(&c, 1), use_tuple);
+    // A VMM with nothing accepting on the port closes the socket: that is its refusal.
+    if (rec == asio::error::eof || rec == asio::error::connection_reset)
+      co_return hybrid_vsock::make_error_code(hybrid_vsock::Error::closed);
     if (rec) co_return rec;
     if (c == '\n') break;
+    if (line.size() == hybrid_vsock::max_answer_bytes)
+      co_return hybrid_vsock::make_error_code(hybrid_vsock::Error::too_long);
     line.push_back(c);
-    if (line.size() > 64) co_return asio::error::make_error_code(asio::error::connection_refused);
   }
-  if (!line.starts_with("OK "))
-    co_return asio::error::make_error_code(asio::error::connection_refused);
-  co_return error_code{};
+  auto answer = hybrid_vsock::parse_answer(line);
+  co_return answer ? error_code{} : answer.error();
 }
 
 }  // namespace

@@ -38,7 +38,8 @@ struct Address {
 boost::system::result<Address, std::string> parse(std::string_view uri);
 
 // Connects; the caller bounds the time (Deadline). For fcvsock this includes
-// the "CONNECT PORT\n" / "OK ...\n" handshake.
+// the "CONNECT PORT\n" / "OK ...\n" handshake, whose failures are
+// hybrid_vsock::Error codes (common/hybrid_vsock.hpp).
 awaitable<std::tuple<error_code, Stream>> connect(const Address& address);
 
 // Opens, binds and listens. On a unix path, a socket file left by an earlier

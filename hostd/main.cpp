@@ -21,6 +21,7 @@
 #include "hostd/admin/admin_server.hpp"
 #include "hostd/admin/readiness.hpp"
 #include "hostd/authz/access_policy.hpp"
+#include "hostd/channel/channel_on_demand.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/channel/channel_revoker.hpp"
 #include "hostd/channel/live_channels.hpp"
@@ -154,8 +155,13 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   // A VM that stops, vanishes or takes a new CID loses its channels, in use
   // and idle, as the directory hears of it (channel/channel_revoker.hpp).
   hostd::ChannelRevoker revoker(directory, live_channels, &channel_pool);
+  // libvirt.attach_vsock_on_demand: the inventory attaches the devices.
+  std::optional<hostd::ChannelOnDemand> on_demand;
+  if (config.libvirt.attach_vsock_on_demand)
+    on_demand.emplace(inventory, config.libvirt.attach_timeout);
   hostd::Server server(io, current, directory, channel_budget, &metrics, &channel_pool,
-                       session_executors, &tokens, &idle_connections, &live_channels);
+                       session_executors, &tokens, &idle_connections, &live_channels,
+                       on_demand ? &*on_demand : nullptr);
   server.start();
   // The host end of the channels guests start ([inbound]), when configured.
   std::optional<hostd::GuestListeners> guest_listeners;

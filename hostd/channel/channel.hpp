@@ -3,6 +3,7 @@
 // connect, the preamble, and guestd's answer.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -87,12 +88,25 @@ std::optional<Channel> move_to(Channel channel, const asio::any_io_executor& exe
 boost::system::result<transport::Address, Refusal> channel_address(const ChannelConfig& config,
                                                                    const VmRecord& vm);
 
+// A channel to a VM whose vsock device was attached for this very request
+// (channel_on_demand.hpp): its guest may take a while to take the device in
+// and guestd to bind to it, and one that never answers is the VM's state,
+// not a fault on the way: 503.
+struct AttachedDevice {
+  std::chrono::milliseconds guestd_timeout;
+};
+
 // Connects to `address`, sends `VMGATE/1 CONNECT port`, and waits for
-// guestd's answer, all within config.connect_timeout. Refusals map guestd's
-// answer and transport errors to the status the client should see
-// (502/503/504/403).
+// guestd's answer, all within config.connect_timeout (attached->guestd_timeout
+// when given). A guestd that is not answering yet (refused, reset, closed
+// before its answer) is tried again with jittered backoff inside that bound,
+// then refused 502 "guestd not answering on cid N (vm NAME)" (the transport
+// address instead of the CID for other transports; 503 after an attach). An
+// answer is final: guestd's refusals map to the status the client should see
+// (403/502/503/504).
 awaitable<boost::system::result<Channel, Refusal>> open_channel(
     const ChannelConfig& config, const VmRecord& vm, const transport::Address& address,
-    std::uint16_t port, std::string_view client, std::string_view request_id);
+    std::uint16_t port, std::string_view client, std::string_view request_id,
+    std::optional<AttachedDevice> attached = std::nullopt);
 
 }  // namespace vmgate::hostd

@@ -413,7 +413,17 @@ HostdConfig read(const Section& root) {
   if (auto s = root.section("libvirt")) {
     c.libvirt.uri = s->get_string("uri", c.libvirt.uri);
     if (c.libvirt.uri.empty()) s->fail("uri", "must not be empty");
-    c.libvirt.read_only = s->get_bool("read_only", c.libvirt.read_only);
+    c.libvirt.attach_vsock_on_demand =
+        s->get_bool("attach_vsock_on_demand", c.libvirt.attach_vsock_on_demand);
+    // Attaching a device is a write: read-only unless on demand asks for more.
+    c.libvirt.read_only = s->get_bool("read_only", !c.libvirt.attach_vsock_on_demand);
+    if (c.libvirt.attach_vsock_on_demand && c.libvirt.read_only)
+      s->fail("attach_vsock_on_demand",
+              "needs a read-write libvirt connection, and read_only = true makes it read-only");
+    c.libvirt.attach_timeout =
+        s->get_ms("attach_timeout_ms", c.libvirt.attach_timeout, 100ms, 600'000ms);
+    c.libvirt.attached_guestd_timeout = s->get_ms(
+        "attached_guestd_timeout_ms", c.libvirt.attached_guestd_timeout, 100ms, 600'000ms);
     c.libvirt.reconnect_min =
         s->get_ms("reconnect_min_ms", c.libvirt.reconnect_min, 10ms, 600'000ms);
     c.libvirt.reconnect_max =
@@ -448,6 +458,12 @@ HostdConfig read(const Section& root) {
     if (auto parsed = transport::parse(sample); !parsed) s->fail("transport", parsed.error());
     c.channel.connect_timeout =
         s->get_ms("connect_timeout_ms", c.channel.connect_timeout, 10ms, 600'000ms);
+    c.channel.connect_retry_min =
+        s->get_ms("connect_retry_min_ms", c.channel.connect_retry_min, 1ms, 60'000ms);
+    c.channel.connect_retry_max =
+        s->get_ms("connect_retry_max_ms", c.channel.connect_retry_max, 1ms, 600'000ms);
+    if (c.channel.connect_retry_max < c.channel.connect_retry_min)
+      s->fail("connect_retry_max_ms", "must not be smaller than connect_retry_min_ms");
     c.channel.pool_max_idle =
         static_cast<std::uint32_t>(s->get_int("pool_max_idle", c.channel.pool_max_idle, 0, 65536));
     c.channel.pool_idle_timeout =

@@ -19,7 +19,17 @@ inline constexpr std::uint32_t default_channel_port = 5500;
 // The libvirt connection the inventory keeps.
 struct LibvirtConfig {
   std::string uri = "qemu:///system";
+  // Unless attach_vsock_on_demand, which needs read-write and makes it the default.
   bool read_only = true;
+  // A request for a running domain without a vsock device attaches one to
+  // the live domain (hostd/channel/channel_on_demand.hpp). libvirt answers
+  // the attach within attach_timeout (else 503), and the guest's guestd
+  // then has attached_guestd_timeout to answer on the new device (else 503):
+  // longer than channel.connect_timeout, as the guest must take in the
+  // device and guestd bind to it.
+  bool attach_vsock_on_demand = false;
+  std::chrono::milliseconds attach_timeout{10'000};
+  std::chrono::milliseconds attached_guestd_timeout{15'000};
   std::chrono::milliseconds reconnect_min{500};
   std::chrono::milliseconds reconnect_max{30'000};
 };
@@ -89,7 +99,15 @@ struct ChannelConfig {
   // Per-VM transport to reach guestd; placeholders {cid} {name} {uuid} {port}.
   std::string transport_template = "vsock:{cid}:{port}";
   std::uint32_t guestd_port = default_channel_port;
-  std::chrono::milliseconds connect_timeout{3000};  // connect + guestd's answer
+  // Connect + guestd's answer, retries included: a guestd that is not
+  // answering yet (its VM booting, guestd restarting: the connect refused or
+  // reset, or closed before an answer) is tried again within it, after a
+  // wait drawn from [d/2, d], d doubling from connect_retry_min up to
+  // connect_retry_max; then 502 "guestd not answering". An answer (guestd's
+  // refusal included) is never retried.
+  std::chrono::milliseconds connect_timeout{3000};
+  std::chrono::milliseconds connect_retry_min{50};
+  std::chrono::milliseconds connect_retry_max{500};
   // Idle keep-alive channels kept for later requests of any client, per
   // (VM, agent port); 0 turns the pool off. A client connection gives its
   // channel back here as soon as its exchange is done, so this, not the

@@ -88,6 +88,7 @@ DomainFacts parse_domain_xml(std::string_view xml) {
     pugi::xml_node domain = document.child("domain");
     facts.uuid = domain.child("uuid").text().get();
     pugi::xml_node devices = domain.child("devices");
+    facts.vsock = bool(devices.child("vsock"));
     facts.cid = extract_cid(devices);
     facts.networks = extract_networks(devices);
     facts.groups = extract_groups(domain.child("metadata"));

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdlib>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -18,6 +20,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "common/log.hpp"
 #include "hostd/inventory/domain_xml.hpp"
@@ -263,6 +267,15 @@ ReadResult read_all(const std::vector<ListedDomain>& domains) {
 
 void wake_event_loop(int, void*) {}
 
+// A one-shot wake-up: the event loop returns, and the work queued runs.
+void wake_once(int timer, void*) {
+  virEventRemoveTimeout(timer);
+}
+
+// libvirt's formatdomain "Vsock": a CID of libvirt's choosing (QEMU picks a
+// free one when the device is attached to a running domain).
+constexpr const char* kOnDemandVsock = "<vsock model='virtio'><cid auto='yes'/></vsock>";
+
 }  // namespace
 
 struct LibvirtInventory::Impl {
@@ -278,6 +291,14 @@ struct LibvirtInventory::Impl {
   void refresh_domain(const std::string& uuid);
   void disconnect();
   bool wait_or_stop(std::chrono::milliseconds delay);  // true when stopping
+
+  struct Attach {
+    std::string uuid;
+    std::function<void(VsockAttachOutcome)> done;
+  };
+  void run_attaches();
+  void attach_now(const Attach& attach);
+  void refuse_attaches(const std::string& reason);
 
   void mark_pending(virDomainPtr domain);
   static int on_lifecycle(virConnectPtr, virDomainPtr domain, int, int, void* opaque);
@@ -305,6 +326,8 @@ struct LibvirtInventory::Impl {
   std::atomic<bool> stopping{false};
   bool first_sync_done = false;
   std::set<std::string> pending;  // UUIDs named by events, not yet re-read
+  std::deque<Attach> attaches;    // run on the inventory thread while connected
+  bool following = false;         // the event loop runs on a live connection
 };
 
 // The directory keeps its last view while libvirt is away: requests go on
@@ -414,13 +437,74 @@ bool LibvirtInventory::Impl::synchronise() {
 }
 
 void LibvirtInventory::Impl::follow_events() {
+  {
+    std::lock_guard lock(mutex);
+    following = true;
+  }
   while (!stopping && !closed) {
+    run_attaches();
     if (virEventRunDefaultImpl() < 0) {
       log::warn("libvirt_event_loop_failed").kv("error", last_libvirt_error());
-      return;
+      break;
     }
     refresh_pending_domains();
   }
+  {
+    std::lock_guard lock(mutex);
+    following = false;
+  }
+  refuse_attaches(fmt::format("hostd lost its libvirt connection ({})", options.uri));
+}
+
+void LibvirtInventory::Impl::run_attaches() {
+  std::deque<Attach> queued;
+  {
+    std::lock_guard lock(mutex);
+    queued.swap(attaches);
+  }
+  for (const auto& attach : queued)
+    attach_now(attach);
+}
+
+void LibvirtInventory::Impl::refuse_attaches(const std::string& reason) {
+  std::deque<Attach> queued;
+  {
+    std::lock_guard lock(mutex);
+    queued.swap(attaches);
+  }
+  for (const auto& attach : queued)
+    attach.done(reason);
+}
+
+// The device only if the live XML has none: a domain may have gained one
+// (another request's attach, an operator's) since the directory read it.
+// The live XML is read again after the attach for the CID libvirt chose.
+void LibvirtInventory::Impl::attach_now(const Attach& attach) {
+  virResetLastError();
+  DomainHandle domain(virDomainLookupByUUIDString(connection, attach.uuid.c_str()));
+  if (!domain) {
+    attach.done(fmt::format("looking up domain {}: {}", attach.uuid, last_libvirt_error()));
+    return;
+  }
+  std::unique_ptr<char, decltype(&std::free)> xml(virDomainGetXMLDesc(domain.get(), 0), &std::free);
+  if (!xml) {
+    attach.done(fmt::format("reading domain {}: {}", attach.uuid, last_libvirt_error()));
+    return;
+  }
+  if (!parse_domain_xml(xml.get()).vsock &&
+      virDomainAttachDeviceFlags(domain.get(), kOnDemandVsock, VIR_DOMAIN_AFFECT_LIVE) < 0) {
+    attach.done(last_libvirt_error());
+    return;
+  }
+  std::optional<VmRecord> vm = read_domain(domain.get(), std::nullopt);
+  if (!vm) {
+    attach.done(
+        fmt::format("reading domain {} after the attach: {}", attach.uuid, last_libvirt_error()));
+    return;
+  }
+  std::optional<std::uint32_t> cid = vm->cid;
+  directory.upsert(std::move(*vm));
+  attach.done(cid);
 }
 
 void LibvirtInventory::Impl::refresh_pending_domains() {
@@ -471,9 +555,21 @@ void LibvirtInventory::Impl::disconnect() {
   pending.clear();  // the next synchronisation reads everything
 }
 
+// While libvirt is away, an attach asked for meanwhile is refused at once
+// rather than left waiting for the reconnect.
 bool LibvirtInventory::Impl::wait_or_stop(std::chrono::milliseconds delay) {
+  const auto until = std::chrono::steady_clock::now() + delay;
   std::unique_lock lock(mutex);
-  return changed.wait_for(lock, delay, [this] { return stopping.load(); });
+  for (;;) {
+    if (changed.wait_until(lock, until, [this] { return stopping.load() || !attaches.empty(); })) {
+      if (stopping) return true;
+      lock.unlock();
+      refuse_attaches(fmt::format("hostd is not connected to libvirt ({})", options.uri));
+      lock.lock();
+      continue;
+    }
+    return false;
+  }
 }
 
 void LibvirtInventory::Impl::mark_pending(virDomainPtr domain) {
@@ -537,6 +633,29 @@ void LibvirtInventory::stop() {
   int wake_timer = virEventAddTimeout(0, wake_event_loop, nullptr, nullptr);
   impl_->thread.join();
   if (wake_timer >= 0) virEventRemoveTimeout(wake_timer);
+  impl_->refuse_attaches("hostd is stopping");
+}
+
+void LibvirtInventory::attach_vsock(const std::string& uuid,
+                                    std::function<void(VsockAttachOutcome)> done) {
+  bool queued = false;
+  bool following = false;
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (!impl_->stopping && impl_->thread.joinable()) {
+      impl_->attaches.push_back({uuid, std::move(done)});
+      queued = true;
+      following = impl_->following;
+    }
+  }
+  if (!queued) {
+    done(std::string("hostd is stopping"));
+    return;
+  }
+  // Wakes whichever waits: the event loop (outside our lock, as libvirt takes
+  // its own), or the wait before a reconnect.
+  if (following) virEventAddTimeout(0, wake_once, nullptr, nullptr);
+  impl_->changed.notify_all();
 }
 
 bool LibvirtInventory::wait_first_sync(std::chrono::milliseconds timeout) {

@@ -22,6 +22,7 @@
 #include <string>
 #include <thread>
 
+#include "hostd/channel/vsock_attacher.hpp"
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 
@@ -34,7 +35,9 @@ struct InventoryStats {
   std::atomic<bool> connected{false};
 };
 
-class LibvirtInventory {
+// It is also how a channel is formed on demand (VsockAttacher): the attach
+// is queued for its thread, which runs it between turns of the event loop.
+class LibvirtInventory final : public VsockAttacher {
  public:
   LibvirtInventory(LibvirtConfig options, DirectoryFeed& directory);
   ~LibvirtInventory();
@@ -51,6 +54,12 @@ class LibvirtInventory {
   bool wait_first_sync(std::chrono::milliseconds timeout);
 
   const InventoryStats& stats() const { return stats_; }
+
+  // VIR_DOMAIN_AFFECT_LIVE: the device lasts until the domain stops, and its
+  // persistent definition is left as the operator wrote it. Needs a
+  // read-write connection (libvirt.read_only = false); while libvirt is not
+  // connected, or once stop() has begun, `done` is told so at once.
+  void attach_vsock(const std::string& uuid, std::function<void(VsockAttachOutcome)> done) override;
 
  private:
   struct Impl;

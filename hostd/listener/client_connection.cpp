@@ -15,6 +15,7 @@
 #include "common/transport.hpp"
 #include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/channel/channel_on_demand.hpp"
 #include "hostd/channel/live_channels.hpp"
 #include "hostd/identity/proxy_credentials.hpp"
 #include "hostd/proxy/connection_auth.hpp"
@@ -215,13 +216,31 @@ class ClientConnection {
                                    .guest_port = ctx_.listener.guest_port,
                                    .identity = identity_};
     auto admitted = admit(request, admission_);
+    attached_device_.reset();
+    // A running domain without a vsock device, and channels formed on
+    // demand: give it one, then admit again, with the CID the directory has now.
+    std::optional<Refusal> not_attached;
+    if (!admitted && ctx_.on_demand) {
+      const Refused refused = admitted.error();
+      if (refused.step == AdmissionStep::channel && refused.vm &&
+          needs_vsock_device(ctx_.config.channel, *refused.vm)) {
+        auto cid = co_await ctx_.on_demand->attach(*refused.vm);
+        if (!cid) {
+          not_attached = cid.error();
+        } else {
+          admitted = admit(request, admission_);
+          attached_device_ = AttachedDevice{ctx_.config.libvirt.attached_guestd_timeout};
+        }
+      }
+    }
     rec.note_access(identity_, admitted ? admitted->access : admitted.error().access);
     if (!admitted) {
       const Refused& refused = admitted.error();
       if (refused.route) note_route(rec, *refused.route);
       if (refused.vm) rec.vm = refused.vm->name;
-      co_return co_await refuse(rec, refused.refusal, req.version(),
-                                keep_after_error && refused.refusal.status != 413);
+      const Refusal& refusal = not_attached ? *not_attached : refused.refusal;
+      co_return co_await refuse(rec, refusal, req.version(),
+                                keep_after_error && refusal.status != 413);
     }
     note_route(rec, admitted->route);
     rec.vm = admitted->destination.vm.name;
@@ -374,8 +393,8 @@ class ClientConnection {
     // After a wait: the channel another request to the same port was done with.
     if (grant->channel) co_return reused(rec, std::move(*grant->channel));
     ChannelConnectTimer connect_timer(ctx_.metrics);
-    auto channel =
-        co_await open_channel(ctx_.config.channel, vm, destination.address, port, peer_, rec.id);
+    auto channel = co_await open_channel(ctx_.config.channel, vm, destination.address, port, peer_,
+                                         rec.id, attached_device_);
     connect_timer.done(bool(channel));
     if (!channel) co_return channel;
     channel->ticket = std::move(grant->ticket);
@@ -411,7 +430,7 @@ class ClientConnection {
     const Destination& destination = admitted.destination;
     ChannelConnectTimer connect_timer(ctx_.metrics);
     auto channel = co_await open_channel(ctx_.config.channel, destination.vm, destination.address,
-                                         admitted.route.port, peer_, rec.id);
+                                         admitted.route.port, peer_, rec.id, attached_device_);
     connect_timer.done(bool(channel));
     if (!channel) {
       Refusal refusal = channel.error();
@@ -553,6 +572,9 @@ class ClientConnection {
   // A channel bound to this connection's agent authentication (NTLM,
   // Negotiate): never pooled, closed with the connection.
   std::unique_ptr<Channel> private_;
+  // Set while the request in hand goes to a VM whose vsock device was
+  // attached for it: its first channel waits longer for guestd.
+  std::optional<AttachedDevice> attached_device_;
   BodyChunks chunks_;
   bool response_cut_ = false;  // an exchange ended mid-response: no orderly close
   // Held while the connection lives, wherever it waits (see park()): its

@@ -13,6 +13,7 @@
 #include "hostd/admission/connection_caps.hpp"
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_budget.hpp"
+#include "hostd/channel/channel_on_demand.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/channel/live_channels.hpp"
 #include "hostd/config/hostd_config.hpp"
@@ -37,6 +38,8 @@ struct ConnectionContext {
   IdleConnections* idle = nullptr;    // null: not closed early on SIGTERM (tests)
   LiveChannels* live = nullptr;       // null: channels in use are not cut when their VM goes
   ConnectionCaps* caps = nullptr;     // null: tunnels are not capped (tests)
+  // null: a VM without a vsock device is refused 503 (libvirt.attach_vsock_on_demand off).
+  ChannelOnDemand* on_demand = nullptr;
 };
 
 // A connection's place under max_connections, given back when the

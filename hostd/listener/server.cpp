@@ -116,7 +116,7 @@ void log_listening(const ListenerConfig& lc, const std::string& bound, const cha
 Server::Server(asio::io_context& io, const CurrentConfig& current, const Directory& directory,
                ChannelBudget& budget, HostdMetrics* metrics, ChannelPool* pool,
                std::vector<asio::any_io_executor> session_executors, const TokenFile* tokens,
-               IdleConnections* idle, LiveChannels* live)
+               IdleConnections* idle, LiveChannels* live, ChannelOnDemand* on_demand)
     : io_(io),
       current_(current),
       directory_(directory),
@@ -126,7 +126,8 @@ Server::Server(asio::io_context& io, const CurrentConfig& current, const Directo
       session_executors_(std::move(session_executors)),
       tokens_(tokens),
       idle_(idle),
-      live_(live) {
+      live_(live),
+      on_demand_(on_demand) {
   if (session_executors_.empty()) session_executors_.push_back(io_.get_executor());
 }
 
@@ -385,7 +386,7 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     auto kept = std::make_shared<const SnapshotContext>(SnapshotContext{
         running, settings,
         ConnectionContext{config, lc, directory_, running->policy, budget_, metrics_, pool_,
-                          settings->tls.get(), tokens_, idle_, live_, &caps_}});
+                          settings->tls.get(), tokens_, idle_, live_, &caps_, on_demand_}});
     auto connection =
         lc.mode == ListenerMode::passthrough
             ? serve_passthrough(std::move(socket), kept->context, id, std::move(slot))

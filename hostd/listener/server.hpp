@@ -10,6 +10,7 @@
 #include "common/asio.hpp"
 #include "hostd/admission/connection_caps.hpp"
 #include "hostd/authz/access_policy.hpp"
+#include "hostd/channel/channel_on_demand.hpp"
 #include "hostd/channel/channel_pool.hpp"
 #include "hostd/channel/live_channels.hpp"
 #include "hostd/config/hostd_config.hpp"
@@ -52,7 +53,7 @@ class Server {
          ChannelBudget& budget, HostdMetrics* metrics = nullptr, ChannelPool* pool = nullptr,
          std::vector<asio::any_io_executor> session_executors = {},
          const TokenFile* tokens = nullptr, IdleConnections* idle = nullptr,
-         LiveChannels* live = nullptr);
+         LiveChannels* live = nullptr, ChannelOnDemand* on_demand = nullptr);
   ~Server();
   // Binds every listener; throws std::runtime_error naming the listener
   // ("FILE:LINE: listener[N].address: cannot listen on ...") on failure.
@@ -104,6 +105,7 @@ class Server {
   const TokenFile* tokens_;
   IdleConnections* idle_;
   LiveChannels* live_;
+  ChannelOnDemand* on_demand_;
   // The running listeners, in config order, and those removed whose accept
   // loops may not have ended yet; changed on `io`'s thread only. Owned here,
   // not by the loops, so that all are gone before the io_contexts.

@@ -22,6 +22,12 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
        next.libvirt.reconnect_min);
   keep(changed, "libvirt.reconnect_max_ms", running.libvirt.reconnect_max,
        next.libvirt.reconnect_max);
+  keep(changed, "libvirt.attach_vsock_on_demand", running.libvirt.attach_vsock_on_demand,
+       next.libvirt.attach_vsock_on_demand);
+  keep(changed, "libvirt.attach_timeout_ms", running.libvirt.attach_timeout,
+       next.libvirt.attach_timeout);
+  keep(changed, "libvirt.attached_guestd_timeout_ms", running.libvirt.attached_guestd_timeout,
+       next.libvirt.attached_guestd_timeout);
   keep(changed, "threads", running.threads, next.threads);
   // The channel section as a whole: the budget and pool are built from it
   // once, and a connection's channels must agree with them.
@@ -30,6 +36,8 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "channel.transport", rc.transport_template, nc.transport_template);
   keep(changed, "channel.guestd_port", rc.guestd_port, nc.guestd_port);
   keep(changed, "channel.connect_timeout_ms", rc.connect_timeout, nc.connect_timeout);
+  keep(changed, "channel.connect_retry_min_ms", rc.connect_retry_min, nc.connect_retry_min);
+  keep(changed, "channel.connect_retry_max_ms", rc.connect_retry_max, nc.connect_retry_max);
   keep(changed, "channel.pool_max_idle", rc.pool_max_idle, nc.pool_max_idle);
   keep(changed, "channel.pool_idle_timeout_ms", rc.pool_idle_timeout, nc.pool_idle_timeout);
   keep(changed, "channel.max_per_vm", rc.max_per_vm, nc.max_per_vm);

@@ -127,3 +127,14 @@ TEST_CASE("domain XML from libvirt gives CID, networks and groups together") {
 TEST_CASE("domain XML without a uuid element has an empty UUID") {
   CHECK(parse_domain_xml(domain_with_devices("")).uuid.empty());
 }
+
+TEST_CASE("domain XML says whether a vsock device is there, CID or not") {
+  // What channels on demand ask before attaching: a device without its CID
+  // yet must not get a second one.
+  CHECK(parse_domain_xml(domain_with_devices("<vsock model='virtio'><cid auto='yes'/></vsock>"))
+            .vsock);
+  CHECK(parse_domain_xml(
+            domain_with_devices("<vsock model='virtio'><cid auto='no' address='5'/></vsock>"))
+            .vsock);
+  CHECK_FALSE(parse_domain_xml(domain_with_devices("<interface type='user'/>")).vsock);
+}

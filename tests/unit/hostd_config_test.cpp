@@ -124,6 +124,36 @@ TEST_CASE("a libvirt reconnect_max_ms below reconnect_min_ms is refused at its l
   CHECK(c.libvirt.reconnect_max.count() == 1000);
 }
 
+TEST_CASE("channels on demand need a read-write libvirt connection, and make it the default") {
+  auto off = parse_hostd_config("", "hostd.toml");
+  CHECK_FALSE(off.libvirt.attach_vsock_on_demand);
+  CHECK(off.libvirt.read_only);
+  CHECK(off.libvirt.attach_timeout.count() == 10'000);
+  CHECK(off.libvirt.attached_guestd_timeout.count() == 15'000);
+
+  auto on = parse_hostd_config(
+      "[libvirt]\nattach_vsock_on_demand = true\nattach_timeout_ms = 500\n"
+      "attached_guestd_timeout_ms = 700\n",
+      "hostd.toml");
+  CHECK(on.libvirt.attach_vsock_on_demand);
+  CHECK_FALSE(on.libvirt.read_only);
+  CHECK(on.libvirt.attach_timeout.count() == 500);
+  CHECK(on.libvirt.attached_guestd_timeout.count() == 700);
+
+  CHECK(error_of("[libvirt]\nread_only = true\nattach_vsock_on_demand = true\n") ==
+        "hostd.toml:3: libvirt.attach_vsock_on_demand: needs a read-write libvirt connection, "
+        "and read_only = true makes it read-only");
+}
+
+TEST_CASE("the channel connect retries have their defaults, and max below min is refused") {
+  auto c = parse_hostd_config("", "hostd.toml");
+  CHECK(c.channel.connect_retry_min.count() == 50);
+  CHECK(c.channel.connect_retry_max.count() == 500);
+  CHECK(error_of("[channel]\nconnect_retry_min_ms = 200\nconnect_retry_max_ms = 100\n") ==
+        "hostd.toml:3: channel.connect_retry_max_ms: must not be smaller than "
+        "connect_retry_min_ms");
+}
+
 TEST_CASE("values out of their range are refused at their line and key") {
   struct Case {
     const char* text;
