@@ -5,6 +5,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -14,6 +15,8 @@
 #include "common/log.hpp"
 #include "guestd/config/guestd_config.hpp"
 #include "guestd/dispatch/server.hpp"
+#include "guestd/outbound/guest_command.hpp"
+#include "guestd/outbound/outbound_proxy.hpp"
 
 #ifndef VMGATE_VERSION
 #define VMGATE_VERSION "unknown"
@@ -26,10 +29,12 @@ using namespace vmgate;
 constexpr std::string_view usage =
     "usage: vmgate-guestd [--config FILE] [--check-config]\n"
     "       vmgate-guestd --version\n"
+    "{}"
     "\n"
     "  --config FILE    configuration (default: {})\n"
     "  --check-config   validate the configuration, print the error if any, exit 0 or 1\n"
-    "  --version        print the version and exit\n";
+    "  --version        print the version and exit\n"
+    "  send, join, leave  guest-originated traffic for scripts, through hostd\n";
 
 struct Options {
   std::string config_path = guestd::default_config_path;
@@ -67,13 +72,17 @@ bool parse_args(int argc, char** argv, Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && guestd::is_command(argv[1])) {
+    std::signal(SIGPIPE, SIG_IGN);
+    return guestd::run_command(std::vector<std::string>(argv + 1, argv + argc));
+  }
   Options options;
   if (!parse_args(argc, argv, options)) {
-    fmt::print(stderr, fmt::runtime(usage), guestd::default_config_path);
+    fmt::print(stderr, fmt::runtime(usage), guestd::command_usage, guestd::default_config_path);
     return 2;
   }
   if (options.help) {
-    fmt::print(fmt::runtime(usage), guestd::default_config_path);
+    fmt::print(fmt::runtime(usage), guestd::command_usage, guestd::default_config_path);
     return 0;
   }
   if (options.version) {
@@ -106,6 +115,16 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  // The way out for this VM's own apps, when [outbound] listen is set.
+  guestd::OutboundProxy outbound(io.get_executor(), config);
+  if (auto ec = outbound.start()) {
+    log::error("listen_failed")
+        .kv("listen", config.outbound.listen->to_string())
+        .kv("error", ec.message())
+        .kv("config", options.config_path);
+    return 1;
+  }
+
   // First SIGTERM/SIGINT: stop accepting and let relays finish within the
   // grace period. A second one closes everything now.
   asio::signal_set signals(io, SIGTERM, SIGINT);
@@ -113,6 +132,7 @@ int main(int argc, char** argv) {
   std::function<void(error_code, int)> on_signal = [&](error_code ec, int signal) {
     if (ec) return;
     log::info("signal").kv("signal", signal);
+    outbound.stop();
     server.stop(signalled ? std::chrono::milliseconds(0) : config.limits.shutdown_grace);
     signalled = true;
     signals.async_wait(on_signal);

@@ -36,6 +36,8 @@
 #include "hostd/directory/group_membership.hpp"
 #include "hostd/dns/dns_server.hpp"
 #include "hostd/dns/vm_zone.hpp"
+#include "hostd/guestside/guest_listeners.hpp"
+#include "hostd/guestside/guest_membership.hpp"
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/identity/token_file.hpp"
 #include "hostd/inventory/libvirt_inventory.hpp"
@@ -212,6 +214,20 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
                        session_executors, &tokens, &idle_connections, &live_channels,
                        on_demand ? &*on_demand : nullptr, peers ? &*peers : nullptr);
   server.start();
+  // The host end of the channels guests start ([inbound]), when configured.
+  std::optional<hostd::GuestListeners> guest_listeners;
+  if (config.inbound.enabled()) {
+    guest_listeners.emplace(io.get_executor(), directory,
+                            hostd::GuestServices{current, config.channel, directory,
+                                                 hostd::membership_change(group_membership)},
+                            config.inbound);
+    if (auto ec = guest_listeners->start()) {
+      log::error("guest_listen_failed")
+          .kv("listen", config.inbound.listen ? config.inbound.listen->to_string() : "")
+          .kv("error", ec.message());
+      return 1;
+    }
+  }
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
     admin.emplace(io, config.admin,
@@ -279,6 +295,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
     server.stop_accepting();
     if (peer_server) peer_server->stop();
     if (cluster_sync) cluster_sync->stop();
+    if (guest_listeners) guest_listeners->stop();
     if (dns) dns->stop();
     // Connections between requests close now; requests and tunnels in
     // progress get limits.stop_grace to finish, then what is left is closed.

@@ -129,6 +129,37 @@ void read_limits(const Section& s, LimitsConfig& l) {
   s.reject_unknown_keys();
 }
 
+void read_outbound(const Section& s, OutboundConfig& o) {
+  if (auto uri = s.optional_string("listen")) {
+    auto parsed = transport::parse(*uri);
+    if (!parsed) s.fail("listen", parsed.error());
+    error_code ec;
+    auto ip = parsed->kind == transport::Kind::tcp ? asio::ip::make_address(parsed->host, ec)
+                                                   : asio::ip::address{};
+    // Whoever reaches this listener sends as this VM: only its own apps may.
+    if (parsed->kind != transport::Kind::tcp || ec || !ip.is_loopback())
+      s.fail("listen", fmt::format("{} is not a loopback address: the outbound proxy is for this "
+                                   "VM's own apps (tcp:127.0.0.1:PORT or tcp:[::1]:PORT)",
+                                   *uri));
+    o.listen = *parsed;
+  }
+  if (auto uri = s.optional_string("hostd")) {
+    auto parsed = transport::parse(*uri);
+    if (!parsed) s.fail("hostd", parsed.error());
+    o.hostd = *parsed;
+  }
+  o.host_suffix = s.get_string("host_suffix", o.host_suffix);
+  if (o.host_suffix.size() < 2 || o.host_suffix.front() != '.')
+    s.fail("host_suffix", "must be a DNS suffix starting with '.' (\".host\")");
+  o.connect_timeout = s.get_ms("connect_timeout_ms", o.connect_timeout, 10ms, 600'000ms);
+  o.header_timeout = s.get_ms("header_timeout_ms", o.header_timeout, 100ms, 3'600'000ms);
+  o.header_bytes =
+      static_cast<std::uint32_t>(s.get_int("header_bytes", o.header_bytes, 1024, 1024 * 1024));
+  o.max_connections =
+      static_cast<std::uint32_t>(s.get_int("max_connections", o.max_connections, 1, 100'000));
+  s.reject_unknown_keys();
+}
+
 GuestdConfig read(const Section& root) {
   GuestdConfig c;
   c.listen = read_listen(root, c.listen);
@@ -152,6 +183,7 @@ GuestdConfig read(const Section& root) {
 
   if (auto s = root.section("agents")) read_agents(*s, c);
   if (auto s = root.section("limits")) read_limits(*s, c.limits);
+  if (auto s = root.section("outbound")) read_outbound(*s, c.outbound);
   root.reject_unknown_keys();
   return c;
 }

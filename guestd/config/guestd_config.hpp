@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -28,6 +29,26 @@ struct LimitsConfig {
   std::uint32_t max_connections = 1024;  // concurrent sessions; above → 503 busy
 };
 
+inline constexpr std::uint32_t default_hostd_inbound_port = 5501;
+
+// The way out for guest apps (guestd/outbound): a loopback HTTP proxy whose
+// requests go to hostd over a channel of their own, `SEND target`.
+struct OutboundConfig {
+  // tcp:127.0.0.1:PORT (loopback only: whoever reaches it speaks for this
+  // VM); none: off.
+  std::optional<transport::Address> listen;
+  // Where hostd listens for its guests: the host is CID 2.
+  transport::Address hostd{
+      .kind = transport::Kind::vsock, .cid = vsock_host_cid, .port = default_hostd_inbound_port};
+  // A proxy request for http://NAME<suffix>/ goes to host:NAME, a service
+  // on the host; any other name is a VM.
+  std::string host_suffix = ".host";
+  std::chrono::milliseconds connect_timeout{5'000};  // to hostd, and its answer
+  std::chrono::milliseconds header_timeout{30'000};  // an app's request head
+  std::uint32_t header_bytes = 32 * 1024;            // an app's request head → 431
+  std::uint32_t max_connections = 256;               // apps' connections at once → 503
+};
+
 struct GuestdConfig {
   transport::Address listen{.kind = transport::Kind::vsock,
                             .cid = transport::vsock_cid_any,
@@ -45,6 +66,7 @@ struct GuestdConfig {
   // Ports whose agent is not tcp:127.0.0.1:PORT.
   std::map<std::uint16_t, transport::Address> agents;
   LimitsConfig limits;
+  OutboundConfig outbound;
 
   // Where CONNECT PORT goes: the [agents] entry, or the port on loopback.
   transport::Address agent_for(std::uint16_t port) const;

@@ -98,6 +98,10 @@ bool IdentityPattern::matches(const Identity& identity) const {
     case Kind::cidr:
       return identity.kind == Identity::Kind::source && identity.address &&
              network.contains(*identity.address);
+    case Kind::vm:
+      // A VM is named as destinations are: by name glob, or by UUID.
+      return identity.kind == Identity::Kind::vm &&
+             (glob_match(glob, identity.name) || glob == identity.vm_uuid);
   }
   return false;
 }
@@ -109,7 +113,7 @@ boost::system::result<IdentityPattern, std::string> parse_identity_pattern(std::
   const std::string_view value =
       colon == std::string_view::npos ? std::string_view{} : text.substr(colon + 1);
   if (colon == std::string_view::npos || value.empty())
-    return fmt::format("'{}' is not cert:GLOB, token:GLOB or cidr:NETWORK", text);
+    return fmt::format("'{}' is not cert:GLOB, token:GLOB, cidr:NETWORK or vm:GLOB", text);
   if (kind == "cert") {
     pattern.kind = IdentityPattern::Kind::certificate;
     pattern.glob = value;
@@ -121,13 +125,18 @@ boost::system::result<IdentityPattern, std::string> parse_identity_pattern(std::
     auto network = parse_network(value);
     if (!network) return network.error();
     pattern.network = *network;
+  } else if (kind == "vm") {
+    auto vm = parse_vm_pattern(value);
+    if (!vm) return vm.error();
+    pattern.kind = IdentityPattern::Kind::vm;
+    pattern.glob = vm->text;
   } else if (kind == "trusted") {
     return fmt::format(
         "'{}': a client of a trusted listener may reach every VM whatever the "
-        "rules say; ACL rules name cert:, token: and cidr: identities",
+        "rules say; ACL rules name cert:, token:, cidr: and vm: identities",
         text);
   } else {
-    return fmt::format("'{}' is not cert:GLOB, token:GLOB or cidr:NETWORK", text);
+    return fmt::format("'{}' is not cert:GLOB, token:GLOB, cidr:NETWORK or vm:GLOB", text);
   }
   return pattern;
 }

@@ -5,6 +5,7 @@
 //   identities  cert:GLOB      any of a client certificate's SANs or its CN
 //               token:GLOB     the name of the token a client presented
 //               cidr:NETWORK   the address of a client known by its source
+//               vm:GLOB        a guest calling from that VM (its name, or its UUID)
 //   vms         GLOB           a VM's libvirt name ("web*", "*")
 //               UUID           one VM, whatever its name
 //
@@ -43,9 +44,9 @@ struct Network {
 boost::system::result<Network, std::string> parse_network(std::string_view text);
 
 struct IdentityPattern {
-  enum class Kind { certificate, token, cidr };
+  enum class Kind { certificate, token, cidr, vm };
   Kind kind = Kind::token;
-  std::string glob;  // certificate, token
+  std::string glob;  // certificate, token, vm
   Network network;   // cidr
 
   bool matches(const Identity& identity) const;

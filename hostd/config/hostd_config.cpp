@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 
 #include <arpa/inet.h>
 
@@ -178,8 +179,8 @@ AclRule read_acl_rule(const Section& s, std::size_t index) {
     if (list.empty()) s.fail(key, fmt::format("is required and must not be empty: {}", what));
     return list;
   };
-  rule.identities =
-      required_list("identities", "[\"cert:GLOB\", \"token:GLOB\", \"cidr:NETWORK\", ...]");
+  rule.identities = required_list(
+      "identities", "[\"cert:GLOB\", \"token:GLOB\", \"cidr:NETWORK\", \"vm:GLOB\", ...]");
   for (const auto& text : rule.identities)
     if (auto parsed = parse_identity_pattern(text); !parsed) s.fail("identities", parsed.error());
   rule.vms = required_list("vms", "[\"NAME-GLOB\", \"UUID\", \"*\", ...]");
@@ -189,6 +190,85 @@ AclRule read_acl_rule(const Section& s, std::size_t index) {
     rule.ports.push_back(static_cast<std::uint16_t>(port));
   s.reject_unknown_keys();
   return rule;
+}
+
+// Placeholders of a template replaced with sample values, to check its shape.
+std::string with_samples(std::string text) {
+  for (auto [key, value] :
+       {std::pair{"{cid}", "3"}, std::pair{"{name}", "vm"},
+        std::pair{"{uuid}", "00000000-0000-0000-0000-000000000000"}, std::pair{"{port}", "5500"}}) {
+    for (auto pos = text.find(key); pos != std::string::npos; pos = text.find(key))
+      text.replace(pos, std::string_view(key).size(), value);
+  }
+  return text;
+}
+
+InboundConfig read_inbound(const Section& s) {
+  InboundConfig in;
+  using namespace std::chrono_literals;
+  if (auto uri = s.optional_string("listen")) {
+    auto parsed = transport::parse(*uri);
+    if (!parsed) s.fail("listen", parsed.error());
+    // Only the kernel's peer CID says who a caller is; a tcp or unix
+    // listener could not tell one VM from another (per_vm is for that).
+    if (parsed->kind != transport::Kind::vsock)
+      s.fail("listen",
+             "is vsock:ANY:PORT (the peer CID names the VM); for unix sockets per VM "
+             "use per_vm = \"unix:/run/vmgate/in/{name}.sock\"");
+    if (parsed->port == 0) s.fail("listen", "vsock port must not be 0");
+    in.listen = *parsed;
+  }
+  in.per_vm_template = s.get_string("per_vm", "");
+  if (!in.per_vm_template.empty()) {
+    const std::string sample = with_samples(in.per_vm_template);
+    if (in.per_vm_template.find("{name}") == std::string::npos &&
+        in.per_vm_template.find("{uuid}") == std::string::npos)
+      s.fail("per_vm", "must name each VM's socket apart: use {name} or {uuid}");
+    if (sample.find('{') != std::string::npos)
+      s.fail("per_vm", "unknown placeholder (use {name}, {uuid})");
+    auto parsed = transport::parse(sample);
+    if (!parsed) s.fail("per_vm", parsed.error());
+    if (parsed->kind != transport::Kind::unix_socket)
+      s.fail("per_vm", "is a unix:PATH template (\"unix:/run/vmgate/in/{name}.sock\")");
+  }
+  in.hybrid_port = static_cast<std::uint32_t>(s.get_int("hybrid_port", 0, 0, 0xFFFFFFFE));
+  if (auto cids = s.section("peer_cids")) {
+    for (const auto& key : cids->keys()) {
+      auto name = cids->optional_string(key);
+      unsigned cid = 0;
+      auto [p, ec] = std::from_chars(key.data(), key.data() + key.size(), cid);
+      if (key.empty() || ec != std::errc() || p != key.data() + key.size())
+        cids->fail(key, "must be a CID, a decimal number (\"1\" = \"labvm\")");
+      if (!name || !valid_vm_name(*name)) cids->fail(key, "must name a VM (\"1\" = \"labvm\")");
+      in.peer_cids[cid] = *name;
+    }
+    cids->reject_unknown_keys();
+  }
+  in.preamble_timeout = s.get_ms("preamble_timeout_ms", in.preamble_timeout, 10ms, 600'000ms);
+  in.connect_timeout = s.get_ms("connect_timeout_ms", in.connect_timeout, 10ms, 600'000ms);
+  in.header_timeout = s.get_ms("header_timeout_ms", in.header_timeout, 100ms, 3'600'000ms);
+  in.linger = s.get_ms("linger_ms", in.linger, 0ms, 600'000ms);
+  in.max_connections =
+      static_cast<std::uint32_t>(s.get_int("max_connections", in.max_connections, 1, 1'000'000));
+  s.reject_unknown_keys();
+  return in;
+}
+
+std::map<std::string, transport::Address> read_host_services(const Section& s) {
+  std::map<std::string, transport::Address> services;
+  for (const auto& key : s.keys()) {
+    auto uri = s.optional_string(key);
+    if (!valid_vm_name(key))
+      s.fail(key, "a service name is letters, digits, '-', '_' or '.' (guests send host:NAME)");
+    if (!uri) s.fail(key, "must be a transport URI (\"tcp:127.0.0.1:9000\", \"unix:/run/x.sock\")");
+    auto parsed = transport::parse(*uri);
+    if (!parsed) s.fail(key, parsed.error());
+    if (parsed->kind == transport::Kind::tcp && parsed->port == 0)
+      s.fail(key, "tcp port must not be 0");
+    services[key] = *parsed;
+  }
+  s.reject_unknown_keys();
+  return services;
 }
 
 AdminConfig read_admin(const Section& s) {
@@ -504,6 +584,8 @@ HostdConfig read(const Section& root) {
     c.limits.stop_grace = s->get_ms("stop_grace_ms", c.limits.stop_grace, 0ms, 3'600'000ms);
     s->reject_unknown_keys();
   }
+  if (auto s = root.section("inbound")) c.inbound = read_inbound(*s);
+  if (auto s = root.section("host_services")) c.host_services = read_host_services(*s);
   if (auto s = root.section("fanout")) {
     c.fanout.max_body = static_cast<std::uint64_t>(s->get_int(
         "max_body", static_cast<std::int64_t>(c.fanout.max_body), 0, std::int64_t{1} << 32));

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -209,9 +210,49 @@ struct AuthConfig {
 struct AclRule {
   std::string name;  // for records and /v1/check; "acl[N]" unless named
   bool deny = false;
-  std::vector<std::string> identities;  // "cert:GLOB", "token:GLOB", "cidr:NETWORK"
-  std::vector<std::string> vms;         // name globs ("web*"), UUIDs, "*"
-  std::vector<std::uint16_t> ports;     // empty: every port
+  // "cert:GLOB", "token:GLOB", "cidr:NETWORK", "vm:GLOB" (a calling VM)
+  std::vector<std::string> identities;
+  std::vector<std::string> vms;      // name globs ("web*"), UUIDs, "*"
+  std::vector<std::uint16_t> ports;  // empty: every port
+};
+
+inline constexpr std::uint32_t default_inbound_port = 5501;
+
+// The host end of channels that guests start (hostd/guestside,
+// docs/architecture.md "Guest-originated traffic"). Who the caller is comes
+// only from where its connection arrived: the kernel's peer CID on the vsock
+// listener, or the per-VM socket it connected to. Off unless one is set.
+struct InboundConfig {
+  // vsock:ANY:PORT (guestd's [outbound] hostd = "vsock:2:PORT").
+  std::optional<transport::Address> listen;
+  // One unix socket per VM, "unix:/run/vmgate/in/{name}.sock" ({name},
+  // {uuid}): the stand-in for a VM's vsock, created and removed as VMs
+  // appear and disappear. The socket a connection arrived on is its VM.
+  std::string per_vm_template;
+  // Hybrid vsock (Firecracker, Cloud Hypervisor): a guest's connection to
+  // the host's port P arrives on UDS_PATH_P, where UDS_PATH is the VM's
+  // fcvsock: socket. Set, hostd listens on UDS_PATH_PORT for each VM whose
+  // channel transport is fcvsock:UDS_PATH:...; 0: off.
+  std::uint32_t hybrid_port = 0;
+  // Peer CIDs that stand for a VM by name, for hosts where the kernel's peer
+  // CID is not the VM's own (the vsock-loopback lab: every peer is CID 1).
+  // Looked at before the directory's CID index.
+  std::map<std::uint32_t, std::string> peer_cids;
+  // The guest's preamble (SEND, JOIN, LEAVE) must arrive within this time.
+  std::chrono::milliseconds preamble_timeout{5'000};
+  // Connecting to a host service, or a channel to a destination VM.
+  std::chrono::milliseconds connect_timeout{3'000};
+  // The guest's request head must arrive within this time after the answer.
+  std::chrono::milliseconds header_timeout{30'000};
+  // After an answer or a response, how long hostd reads (and drops) what the
+  // guest still sends before it closes, so the close does not reset the
+  // answer away.
+  std::chrono::milliseconds linger{2'000};
+  // Guest connections open at once, every VM together; more are answered
+  // 503 busy and closed.
+  std::uint32_t max_connections = 1024;
+
+  bool enabled() const { return listen || !per_vm_template.empty() || hybrid_port != 0; }
 };
 
 // Cluster mode (docs/architecture.md, "Cluster"): the directory in etcd and
@@ -307,6 +348,11 @@ struct HostdConfig {
   AuthConfig auth;
   std::vector<AclRule> acl;
   ClusterConfig cluster;
+  InboundConfig inbound;
+  // The services on the host side a guest may name as host:NAME, each at
+  // its transport URI ([host_services] monitor = "tcp:127.0.0.1:9000"). A
+  // name not here is refused: this is an allowlist.
+  std::map<std::string, transport::Address> host_services;
   GroupsConfig groups;
   DirectoryConfig directory;
   DnsConfig dns;

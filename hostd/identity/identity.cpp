@@ -14,6 +14,8 @@ std::string Identity::to_string() const {
       return "token:" + name;
     case Kind::source:
       return "source:" + name;
+    case Kind::vm:
+      return "vm:" + name;
     case Kind::anonymous:
       break;
   }

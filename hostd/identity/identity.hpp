@@ -21,6 +21,7 @@ struct Identity {
     certificate,       // a verified TLS client certificate
     token,             // proxy credentials (Proxy-Authorization) naming a token
     source,            // its address, on a listener with identity = "source"
+    vm,                // a guest, known by where its connection arrived (hostd/guestside)
   };
   Kind kind = Kind::anonymous;
   // trusted_listener: the listener's name; certificate: the first DNS or URI
@@ -31,8 +32,10 @@ struct Identity {
   std::vector<std::string> certificate_names;
   // The client's address when it came over TCP (source identity, records).
   std::optional<boost::asio::ip::address> address;
+  // vm: the VM's UUID (lower case), which `vm:UUID` rules match whatever its name.
+  std::string vm_uuid;
 
-  // "trusted:NAME", "cert:NAME", "token:NAME", "source:ADDRESS" or "anonymous":
+  // "trusted:NAME", "cert:NAME", "token:NAME", "source:ADDRESS", "vm:NAME" or "anonymous":
   // the form ACL rules and request records use.
   std::string to_string() const;
 };

@@ -49,6 +49,13 @@ std::vector<std::string> keep_restart_only(const HostdConfig& running, HostdConf
   keep(changed, "admin.allow_remote", running.admin.allow_remote, next.admin.allow_remote);
   // The etcd session, this host's name and the peer listener are built once.
   keep(changed, "cluster", running.cluster, next.cluster);
+  // The guests' listeners are bound once, from the first snapshot; the
+  // host services, peer CIDs and timeouts follow each snapshot.
+  keep(changed, "inbound.listen", running.inbound.listen, next.inbound.listen);
+  keep(changed, "inbound.per_vm", running.inbound.per_vm_template, next.inbound.per_vm_template);
+  keep(changed, "inbound.hybrid_port", running.inbound.hybrid_port, next.inbound.hybrid_port);
+  keep(changed, "inbound.max_connections", running.inbound.max_connections,
+       next.inbound.max_connections);
   // Its sockets are bound once, and its zone answers from the first snapshot.
   keep(changed, "dns", running.dns, next.dns);
   if (running.dns.enabled())

@@ -42,7 +42,8 @@ class CurrentConfig {
 
 // What hostd cannot change while it runs: the libvirt connection, the
 // number of I/O threads, the channel budget and pool (sized once, shared by
-// every connection) and the admin listener. (Listeners and the tokens file,
+// every connection), the admin listener and the guests' listeners
+// ([inbound]). (Listeners and the tokens file,
 // path and contents, do change: Server::prepare_listeners, TokenFile.)
 // `next`'s values for those are set back to `running`'s, and the keys that
 // differed are returned ("libvirt.uri"), for the log to say they need a

@@ -203,6 +203,9 @@ class VM:
     # {"5986": "tcp:127.0.0.1:PORT"}; guestd then runs even with agent=None.
     guestd_agents: dict = None
     vsock: bool = True  # False: the domain has no <vsock> device (and no CID)
+    # guestd's way out for the guest's apps ([outbound]): a loopback proxy on
+    # an ephemeral port, to hostd's per-VM socket (Lab(inbound=True)).
+    outbound: bool = False
     groups: tuple = ()  # <vmgate:groups> metadata of the domain
 
 
@@ -344,7 +347,8 @@ def parse_raw_response(raw):
 
 class Lab:
     def __init__(self, vms, hostd=None, guestd=None, listeners=None, libvirt_uri=None,
-                 start_hostd=True, files=None, acl=None, channel="unix"):
+                 start_hostd=True, files=None, acl=None, channel="unix", inbound=False,
+                 host_services=()):
         """
         vms:        [VM]
         hostd:      {section: {key: value}} merged over the defaults
@@ -357,6 +361,10 @@ class Lab:
         channel:    "unix" (guestd on unix:DIR/NAME.sock) or "tcp": guestd on
                     tcp:127.0.0.1:CID, each VM's CID a free port, for what only
                     TCP carries (a reset; unix and vsock streams have none)
+        inbound:    hostd makes one socket per VM, DIR/in/NAME.sock, for the
+                    traffic guests start ([inbound] per_vm)
+        host_services: names of host-side services: each a test agent
+                    ("hello from host-NAME") in hostd's [host_services]
         """
         self.vms = list(vms)
         self.channel = channel
@@ -371,6 +379,9 @@ class Lab:
         self.start_hostd_now = start_hostd
         self.files_spec = files or {}
         self.acl_rules = list(acl or [])
+        self.inbound = inbound
+        self.host_service_names = list(host_services)
+        self.host_service_ports = {}
         self.processes = []
         self.dir = None
         self.hostd = None
@@ -420,6 +431,11 @@ class Lab:
                 subprocess.run(["head", "-c", str(size), "/dev/urandom"], stdout=out, check=True)
         with open(self.path("node.xml"), "w") as f:
             f.write(node_xml(self.vms))
+        for name in self.host_service_names:
+            p = self.spawn("service-" + name, [TEST_AGENT, "--listen", "127.0.0.1:0",
+                                               "--name", "host-" + name])
+            m = p.wait_for(r"^listening (\d+)$", stream="stdout")
+            self.host_service_ports[name] = int(m.group(1))
         for vm in self.vms:
             if vm.agent:
                 self.start_agent(vm)
@@ -459,7 +475,26 @@ class Lab:
             None: {"listen": listen, "allowed_ports": [5986, 8114]},
             "agents": agents,
         }
+        if vm.outbound:
+            base["outbound"] = {"listen": "tcp:127.0.0.1:0",
+                                "hostd": "unix:" + self.inbound_path(vm.name)}
         return merge(base, self.guestd_overrides)
+
+    def inbound_path(self, vm_name):
+        """hostd's socket for the traffic `vm_name` starts (Lab(inbound=True))."""
+        return self.path("in", vm_name + ".sock")
+
+    def outbound_port(self, vm_name):
+        """The port of the VM's guestd outbound proxy (VM(outbound=True))."""
+        m = self.guestds[vm_name].wait_for(r"event=outbound_listening listen=tcp:[\d.]+:(\d+)")
+        return int(m.group(1))
+
+    def guestd_command(self, vm_name, *args, input=None, timeout=30):
+        """vmgate-guestd send|join|leave ... with the VM's guestd config, as a
+        script inside that guest would run it."""
+        return subprocess.run([GUESTD, *args, "--config", self.path("guestd-%s.toml" % vm_name)],
+                              input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout)
 
     def start_guestd(self, vm):
         path = self.path("guestd-%s.toml" % vm.name)
@@ -486,7 +521,14 @@ class Lab:
             "limits": {"header_bytes": 32768, "idle_timeout_ms": 300000},
             # Never the default fixed port 9090: labs run side by side.
             "admin": {"address": "unix:" + self.path("admin.sock")},
+            # Guests' group joins, kept across a restart of the lab's hostd.
+            "directory": {"state_file": self.path("directory-state.json")},
         }
+        if self.inbound:
+            base["inbound"] = {"per_vm": "unix:" + self.path("in", "{name}.sock")}
+        if self.host_service_ports:
+            base["host_services"] = {name: "tcp:127.0.0.1:%d" % port
+                                     for name, port in self.host_service_ports.items()}
         sections = merge(base, self.hostd_overrides)
         return toml_text(sections, [("listener", t) for t in self.listener_tables] +
                          [("acl", r) for r in self.acl_rules])
@@ -517,6 +559,10 @@ class Lab:
         # With a libvirtd, its own domains count as well: any sync will do.
         count = r"\d+" if expect_domains is None else "%d\\b" % expect_domains
         p.wait_for(r"event=libvirt_sync .*domains=" + count)
+        if self.inbound and self.libvirt_uri is None:
+            for vm in self.vms:
+                wait_until(lambda: os.path.exists(self.inbound_path(vm.name)), START_TIMEOUT,
+                           "hostd's inbound socket of " + vm.name)
         return p
 
     def _hostd_dead(self):

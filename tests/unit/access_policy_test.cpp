@@ -279,3 +279,32 @@ TEST_CASE("an identity written out is read back as the client it names") {
                           "source:", "trusted:admin", "user:bob"})
     CHECK_FALSE_MESSAGE(parse_identity(bad).has_value(), bad);
 }
+
+TEST_CASE("a calling VM reaches another only where a vm: rule names the pair and the port") {
+  const std::vector<AclRule> rules = {
+      {.name = "web-to-db", .identities = {"vm:web*"}, .vms = {"db1"}, .ports = {5432}},
+      {.name = "app-by-uuid", .identities = {std::string("vm:") + kApp}, .vms = {"web1"}},
+      {.name = "no-web2", .deny = true, .identities = {"vm:web2"}, .vms = {"*"}},
+  };
+  AccessPolicy policy(rules);
+  auto calling = [](std::string name, std::string uuid) {
+    Identity identity;
+    identity.kind = Identity::Kind::vm;
+    identity.name = std::move(name);
+    identity.vm_uuid = std::move(uuid);
+    return identity;
+  };
+  VmRecord db1{.uuid = kDb1, .name = "db1"};
+  VmRecord web1{.uuid = kWeb1, .name = "web1"};
+  CHECK(policy.decide(calling("web1", kWeb1), db1, 5432) == AccessDecision{true, "web-to-db"});
+  CHECK(policy.decide(calling("web1", kWeb1), db1, 22) == AccessDecision{false, "default"});
+  CHECK(policy.decide(calling("db1", kDb1), web1, 5432) == AccessDecision{false, "default"});
+  CHECK(policy.decide(calling("web2", kWeb2), db1, 5432) == AccessDecision{false, "no-web2"});
+  // By UUID, whatever the calling VM is called now.
+  CHECK(policy.decide(calling("renamed", kApp), web1, 5986) == AccessDecision{true, "app-by-uuid"});
+  // A client whose token is called like a VM is not that VM.
+  Identity token;
+  token.kind = Identity::Kind::token;
+  token.name = "web1";
+  CHECK(policy.decide(token, db1, 5432) == AccessDecision{false, "default"});
+}

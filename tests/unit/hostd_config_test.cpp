@@ -450,6 +450,55 @@ TEST_CASE("a cluster host name that cannot be an etcd key segment is refused") {
   CHECK(error_of("[cluster]\nhost_name = \"kvm/1\"\n") ==
         "hostd.toml:2: cluster.host_name: must be letters, digits, '.', '-' or '_' (it is part of "
         "etcd keys)");
+
+TEST_CASE("guest-started traffic is off by default and its listeners are checked at load") {
+  auto c = parse_hostd_config("", "hostd.toml");
+  CHECK_FALSE(c.inbound.enabled());
+  CHECK(c.host_services.empty());
+
+  c = parse_hostd_config(R"([inbound]
+listen = "vsock:ANY:5501"
+per_vm = "unix:/run/vmgate/in/{name}.sock"
+[inbound.peer_cids]
+"1" = "labvm"
+[host_services]
+monitor = "tcp:127.0.0.1:9000"
+"registry.v2" = "unix:/run/registry.sock"
+)",
+                         "hostd.toml");
+  CHECK(c.inbound.enabled());
+  REQUIRE(c.inbound.listen);
+  CHECK(c.inbound.listen->to_string() == "vsock:ANY:5501");
+  CHECK(c.inbound.peer_cids.at(1) == "labvm");
+  CHECK(c.host_services.at("monitor").to_string() == "tcp:127.0.0.1:9000");
+  CHECK(c.host_services.at("registry.v2").to_string() == "unix:/run/registry.sock");
+
+  // Only the peer CID could tell VMs apart on one listener.
+  CHECK(error_of("[inbound]\nlisten = \"tcp:127.0.0.1:5501\"\n")
+            .starts_with("hostd.toml:2: inbound.listen: is vsock:ANY:PORT"));
+  CHECK(error_of("[inbound]\nper_vm = \"unix:/run/in/all.sock\"\n")
+            .starts_with("hostd.toml:2: inbound.per_vm: must name each VM's socket apart"));
+  CHECK(error_of("[inbound]\nper_vm = \"tcp:127.0.0.1:{name}\"\n")
+            .starts_with("hostd.toml:2: inbound.per_vm:"));
+  CHECK(error_of("[inbound.peer_cids]\nx = \"labvm\"\n")
+            .starts_with("hostd.toml:2: inbound.peer_cids.x: must be a CID"));
+  CHECK(error_of("[host_services]\nmonitor = \"http://x\"\n")
+            .starts_with("hostd.toml:2: host_services.monitor:"));
+  CHECK(error_of("[host_services]\n\"a/b\" = \"tcp:127.0.0.1:1\"\n")
+            .starts_with("hostd.toml:2: host_services.a/b:"));
+}
+
+TEST_CASE("an ACL rule may name calling VMs, and a bad vm: pattern is refused at its line") {
+  auto c = parse_hostd_config(R"([[acl]]
+action = "allow"
+identities = ["vm:web*"]
+vms = ["db1"]
+)",
+                              "hostd.toml");
+  REQUIRE(c.acl.size() == 1);
+  CHECK(c.acl[0].identities == std::vector<std::string>{"vm:web*"});
+  CHECK(error_of("[[acl]]\naction = \"allow\"\nidentities = [\"vm:a/b\"]\nvms = [\"*\"]\n")
+            .starts_with("hostd.toml:3: acl[0].identities:"));
 }
 
 TEST_CASE("static groups, joinable groups, fan-out limits and the state file are read") {

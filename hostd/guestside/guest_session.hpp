@@ -1,0 +1,75 @@
+// The life of one connection a guest started (docs/architecture.md,
+// "Guest-originated traffic"): its preamble, then
+//
+//   SEND host:NAME   a host service from [host_services]        (the allowlist)
+//   SEND VM          another VM's agent port, over its channel  (an ACL rule must allow it)
+//   JOIN / LEAVE     a group, for the calling VM                (the membership store)
+//
+// answered as guestd answers hostd ("VMGATE/1 200 OK", or a status, a
+// reason token and a `Reason:` field saying why in words). After a 200 to
+// SEND the connection carries one HTTP request and its response (hostd
+// rewrites the request's head: the service learns the caller from
+// `Forwarded: for="vm:NAME"` and `X-VM-Uuid`, and what the guest wrote in
+// those is dropped), or, with `Form: tunnel`, raw bytes both ways.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <boost/system/result.hpp>
+
+#include "common/asio.hpp"
+#include "common/preamble.hpp"
+#include "hostd/config/hostd_config.hpp"
+#include "hostd/directory/directory.hpp"
+#include "hostd/guestside/guest_caller.hpp"
+#include "hostd/reload/running_config.hpp"
+
+namespace vmgate::hostd {
+
+// The header naming the calling VM's UUID to a host service or agent.
+inline constexpr std::string_view vm_uuid_header = "X-VM-Uuid";
+
+// An answer to a guest, before anything else is sent on its connection.
+struct GuestAnswer {
+  unsigned status = 200;
+  std::string token = "OK";  // the preamble's one-token reason
+  std::string reason;        // words, in the Reason field (empty for 200)
+
+  bool ok() const { return status == 200; }
+};
+
+// JOIN and LEAVE for `vm`, which the connection's arrival named. Empty: the
+// verbs are answered 501.
+using MembershipChange =
+    std::function<GuestAnswer(const VmRecord& vm, preamble::Verb verb, std::string_view group)>;
+
+struct GuestServices {
+  CurrentConfig& current;        // host services, ACL rules, timeouts: each connection's snapshot
+  const ChannelConfig& channel;  // the running channel settings (restart-only)
+  const Directory& directory;
+  MembershipChange membership;
+};
+
+// Where the connection arrived, and how that names the calling VM: asked
+// once the preamble is in, so a VM undefined (or a CID moved to another VM)
+// while the connection waited is seen as it is then.
+struct GuestArrival {
+  std::function<Caller()> identify;
+  std::string via;  // "vsock cid 3", "unix:/run/vmgate/in/vm1.sock"
+  // Over inbound.max_connections: answered 503 busy once its preamble is in.
+  bool busy = false;
+};
+
+// Serves the connection to its end on the stream's executor; never throws
+// for what the guest sends.
+awaitable<void> serve_guest(Stream stream, GuestArrival arrival, const GuestServices& services,
+                            std::uint64_t id);
+
+// The answer's preamble: "VMGATE/1 403 not-allowed" and `Reason: ...`.
+std::string encode_answer(const GuestAnswer& answer);
+
+}  // namespace vmgate::hostd
