@@ -140,6 +140,10 @@ struct Lab {
     dir = ::mkdtemp(pattern);
     config.channel.transport_template = "unix:" + dir + "/{name}.sock";
     config.fanout.vm_timeout = 1000ms;
+    // A guestd that is not there is tried again until the connect timeout
+    // (hostd/channel): well inside the VM's own, so that it is unreachable,
+    // not timed out.
+    config.channel.connect_timeout = 300ms;
   }
   ~Lab() { std::filesystem::remove_all(dir); }
 

@@ -450,6 +450,7 @@ TEST_CASE("a cluster host name that cannot be an etcd key segment is refused") {
   CHECK(error_of("[cluster]\nhost_name = \"kvm/1\"\n") ==
         "hostd.toml:2: cluster.host_name: must be letters, digits, '.', '-' or '_' (it is part of "
         "etcd keys)");
+}
 
 TEST_CASE("guest-started traffic is off by default and its listeners are checked at load") {
   auto c = parse_hostd_config("", "hostd.toml");
