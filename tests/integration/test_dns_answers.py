@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from vmgate_lab import VM, Lab, SessionLibvirtd, domain_xml, parse_kv, wait_until
+from vmgate_lab import VM, Lab, SessionLibvirtd, domain_xml, wait_until
 
 V4 = "192.0.2.10"
 V6 = "2001:db8::10"
@@ -25,10 +25,10 @@ def dns_lab(vms, **kw):
 
 
 def dns_port(lab):
-    for line in lab.hostd.lines():
-        if "event=dns_listening" in line:
-            return int(parse_kv(line)["addr"].rsplit(":", 1)[1])
-    raise AssertionError("hostd logged no dns_listening line:\n" + "\n".join(lab.hostd.lines()))
+    # Logged just after the listeners and libvirt's first sync, which is all
+    # the lab waits for.
+    m = lab.hostd.wait_for(r"event=dns_listening addr=\S+:(\d+) ")
+    return int(m.group(1))
 
 
 class Dig:

@@ -123,8 +123,9 @@ expect_http 502 "502" -H 'X-VM-Id: l2' http://127.0.0.1:8114/
 case $body in *agent*) ;; *) fail "502 without the agent named as the reason: $body" ;; esac
 
 step "guestd stopped in L2 -> 502; started again -> 200"
-l2ctl $CID '/tmp/stop-guestd; pidof vmgate-guestd || echo stopped' | grep -q '^stopped$' ||
-  fail "could not stop guestd in L2"
+stop_out=$(l2ctl $CID '/tmp/stop-guestd; pidof vmgate-guestd || echo stopped')
+[ "$(printf '%s\n' "$stop_out" | tail -n 1)" = stopped ] ||
+  fail "could not stop guestd in L2: '$stop_out' $(cat $T/l2ctl.err)"
 expect_http 502 "502" -H 'X-VM-Id: l2' $HOSTD/hello
 l2ctl $CID '/tmp/start-guestd' || fail "could not start guestd in L2"
 listening_twice() { l2ctl $CID 'grep -c event=listening /tmp/guestd.log' | grep -qx 2; }

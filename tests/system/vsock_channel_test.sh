@@ -258,7 +258,7 @@ code=$(echo "$out" | tail -n 1)
 body=$(echo "$out" | sed '$d')
 [ "$code" = 502 ] || fail "a refused CID: HTTP $code, body: $body (expected 502)"
 case "$body" in
-  "502 guestd not answering on cid 1 (vm labvm)"*"guestd closed the channel"*) ;;
+  *"guestd not answering on cid 1 (vm labvm)"*"guestd closed the channel"*) ;;
   *) fail "a refused CID: the 502 does not say guestd closed the channel: $body" ;;
 esac
 note "$body"
