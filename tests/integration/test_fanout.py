@@ -89,7 +89,10 @@ def lab():
         {"name": "not-web20", "action": "deny", "identities": ["cidr:127.0.0.0/8"],
          "vms": [DENIED]},
     ]
+    # A guestd that is not there is tried again until the connect timeout:
+    # inside the VM's own, so that the dead one is unreachable, not timed out.
     hostd = {"fanout": {"vm_timeout_ms": VM_TIMEOUT_MS, "max_parallel": 8},
+             "channel": {"connect_timeout_ms": 500},
              "groups": {"fleet": ["web[01-20]", HIDDEN]}}
     with Lab(vms, hostd=hostd, listeners=listeners, acl=acl) as lab:
         yield lab
