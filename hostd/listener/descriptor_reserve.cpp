@@ -88,7 +88,10 @@ void note_descriptor_exhaustion(std::string_view listener, bool refused) {
   const std::int64_t interval_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(exhaustion_log_interval).count();
   if (!starts && now_ns - last < interval_ns) return;
-  if (!log.last_line_ns.compare_exchange_strong(last, now_ns) && !starts) return;
+  // One line per turn, whatever the threads: the acceptor that wins the
+  // exchange writes it. One that starts the exhaustion and loses has been
+  // beaten by a line written this very moment.
+  if (!log.last_line_ns.compare_exchange_strong(last, now_ns)) return;
   log::warn("descriptors_exhausted")
       .kv("listener", listener)
       .kv("limit", descriptor_limit())
@@ -121,6 +124,12 @@ void DescriptorReserve::accepted() {
   ExhaustionLog& log = exhaustion_log();
   if (!log.exhausted.load(std::memory_order_relaxed)) return;
   if (log.lost.load() > 0) return;
+  // This connection may hold the very number a refusing acceptor freed a
+  // moment ago, with the process still at its limit: free only if one more
+  // number is. (Only while exhausted: never on the way of a normal accept.)
+  const int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (probe < 0) return;
+  ::close(probe);
   if (!log.exhausted.exchange(false)) return;
   log::info("descriptors_available").kv("refused", log.refused.exchange(0));
 }

@@ -388,8 +388,7 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     auto kept = std::make_shared<const SnapshotContext>(SnapshotContext{
         running, settings,
         ConnectionContext{config, lc, directory_, running->policy, budget_, metrics_, pool_,
-                          settings->tls.get(), tokens_, idle_, live_, &caps_, on_demand_,
-                          peers_}});
+                          settings->tls.get(), tokens_, idle_, live_, &caps_, on_demand_, peers_}});
     auto connection =
         lc.mode == ListenerMode::passthrough
             ? serve_passthrough(std::move(socket), kept->context, id, std::move(slot))
