@@ -11,22 +11,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "hostd/directory/name_index.hpp"
+
 namespace vmgate::hostd {
 namespace {
-
-std::string to_lower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
-
-bool equal_ignoring_case(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 // VMs collected for one side of a target (included, or excluded), each once.
 struct Collected {
