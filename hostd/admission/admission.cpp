@@ -95,9 +95,10 @@ boost::system::result<Admitted, Refused> admit_route(Route route, const Identity
   switch (selection.status) {
     case Selection::Status::invalid:  // only targets naming many VMs, above
     case Selection::Status::unsupported:
+      // Only HOST/NAME comes here: the embedded directory knows no other host.
       refused.refusal = {501,
-                         "group, network, list and HOST/NAME targets are not served by this hostd "
-                         "yet"};
+                         "HOST/NAME targets are served in cluster mode ([cluster] enabled); this "
+                         "hostd knows only its own VMs"};
       return refused;
     case Selection::Status::not_found:
       if (!trusted) {

@@ -382,7 +382,7 @@ def test_a_name_matching_two_vms_is_409_naming_both(lab):
 @pytest.mark.parametrize("target,status,needle", [
     ("group:web", 404, "group 'web' is not known"),
     ("net:default", 404, "no VM is attached to network 'default'"),
-    ("kvm7/vm1", 501, "are not served by this hostd yet")])
+    ("kvm7/vm1", 501, "HOST/NAME targets are served in cluster mode")])
 def test_group_network_list_and_host_targets_are_refused_saying_why(lab, target, status, needle):
     r = lab.curl("/hello", "-H", "X-VM-Id: " + target)
     request_id = check_error(lab, r, status, needle)
