@@ -146,6 +146,12 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   hostd::DirectoryFeed& feed =
       clustered ? static_cast<hostd::DirectoryFeed&>(*cluster_directory) : *embedded;
   group_membership.follow(directory);
+  // The store is declared before the directories and outlives them: it stops
+  // following before they go, or its destructor would reach a dead one.
+  struct Unfollow {
+    hostd::GroupMembership& store;
+    ~Unfollow() { store.unfollow(); }
+  } unfollow_directory{group_membership};
   hostd::LibvirtInventory inventory(config.libvirt, feed);
   hostd::HostdMetrics metrics(directory, &inventory.stats());
   hostd::Readiness readiness(config.libvirt.uri, &inventory.stats());

@@ -93,7 +93,12 @@ boost::system::result<std::unique_ptr<GroupMembership>, std::string> GroupMember
 }
 
 GroupMembership::~GroupMembership() {
+  unfollow();
+}
+
+void GroupMembership::unfollow() {
   if (followed_) followed_->unobserve(observer_);
+  followed_ = nullptr;
 }
 
 boost::system::result<bool, std::string> GroupMembership::join(const VmRecord& vm,

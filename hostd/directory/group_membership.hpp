@@ -47,6 +47,8 @@ class GroupMembership {
   // From now on a VM `directory` no longer knows loses its joins; until
   // the store is destroyed.
   void follow(Directory& directory);
+  // Stops following, for a directory that goes before the store does.
+  void unfollow();
 
  private:
   GroupMembership(std::string state_file, std::vector<JoinableGroup> joinable)
