@@ -4,6 +4,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <boost/asio/ip/address.hpp>
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/rfc7230.hpp>
 
@@ -108,8 +109,12 @@ void rewrite_request(http::request_header<>& req, const Route& route, std::strin
     req.erase("X-Real-IP");
     req.erase("X-Forwarded-Host");
     req.erase("X-Forwarded-Proto");
+    // X-Forwarded-For carries addresses only: a unix peer, or a guest
+    // (peer "vm:NAME"), has none to give.
     const std::string_view address = address_of(client.peer);
-    if (address == "unix" || address == "unknown" || address.empty()) {
+    boost::system::error_code not_ip;
+    boost::asio::ip::make_address(address, not_ip);
+    if (not_ip) {
       req.erase("X-Forwarded-For");
     } else {
       req.set("X-Forwarded-For", address);

@@ -110,6 +110,18 @@ TEST_CASE("an IPv6 client's X-Forwarded-For is its address without brackets or p
   CHECK(h["X-Forwarded-For"] == "2001:db8::1");
 }
 
+TEST_CASE("a caller with no address, a unix client or a guest, sets no X-Forwarded-For") {
+  for (std::string_view peer : {"unix", "vm:web1", "unknown"}) {
+    http::request_header<> h;
+    h.method(http::verb::get);
+    h.target("/");
+    h.set("X-Forwarded-For", "203.0.113.9");
+    rewrite_request(h, route_for(RouteForm::header, "/"), "X-VM-Id",
+                    ForwardedClient{.peer = peer, .trusted = false});
+    CHECK(h.find("X-Forwarded-For") == h.end());
+  }
+}
+
 TEST_CASE("agent responses lose hop-by-hop headers and gain Via") {
   http::response_header<> h;
   h.result(http::status::ok);
