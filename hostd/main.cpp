@@ -221,12 +221,16 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
                        on_demand ? &*on_demand : nullptr, peers ? &*peers : nullptr);
   server.start();
   // The host end of the channels guests start ([inbound]), when configured.
+  // A guest's SEND to many VMs shares each VM's channels with the clients'.
+  const hostd::GuestFanout guest_fanout{
+      .budget = channel_budget, .pool = &channel_pool, .live = &live_channels, .metrics = &metrics};
   std::optional<hostd::GuestListeners> guest_listeners;
   if (config.inbound.enabled()) {
-    guest_listeners.emplace(io.get_executor(), directory,
-                            hostd::GuestServices{current, config.channel, directory,
-                                                 hostd::membership_change(group_membership)},
-                            config.inbound);
+    guest_listeners.emplace(
+        io.get_executor(), directory,
+        hostd::GuestServices{current, config.channel, directory,
+                             hostd::membership_change(group_membership), &guest_fanout},
+        config.inbound);
     if (auto ec = guest_listeners->start()) {
       log::error("guest_listen_failed")
           .kv("listen", config.inbound.listen ? config.inbound.listen->to_string() : "")

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
 
 #include "common/config_reader.hpp"
 #include "common/log.hpp"
@@ -112,6 +113,38 @@ awaitable<Outcome> membership(const OutboundConfig& config, const CommandArgs& a
       0, fmt::format("{} {}\n", args.verb == "join" ? "joined" : "left", args.argument), {}};
 }
 
+// A SEND naming many VMs is answered as a fan-out (X-VM-Count, a part or
+// line per VM, a summary last): its status is 200 even when VMs failed, so
+// a script learns of those from the summary. Returns {failed, vms}, or
+// nothing when the body is not a fan-out's.
+std::optional<std::pair<std::uint64_t, std::uint64_t>> fanout_failures(
+    const http::response<http::string_body>& res) {
+  if (res.find("X-VM-Count") == res.end()) return std::nullopt;
+  const std::string_view body = res.body();
+  const std::string_view type = res[http::field::content_type];
+  std::string_view summary;
+  if (type.starts_with("application/x-ndjson")) {
+    std::string_view lines = body;
+    while (lines.ends_with('\n'))
+      lines.remove_suffix(1);
+    const auto last = lines.rfind('\n');
+    summary = last == std::string_view::npos ? lines : lines.substr(last + 1);
+  } else if (auto at = type.find("boundary="); at != std::string_view::npos) {
+    // RFC 2046 §5.1.1: the summary is the last part, before "--B--".
+    const std::string close = fmt::format("\r\n--{}--", type.substr(at + 9));
+    const auto end = body.rfind(close);
+    if (end == std::string_view::npos) return std::nullopt;
+    const auto start = body.rfind("\r\n\r\n", end);
+    if (start == std::string_view::npos) return std::nullopt;
+    summary = body.substr(start + 4, end - start - 4);
+  } else {
+    return std::nullopt;
+  }
+  auto json = nlohmann::json::parse(summary, nullptr, false);
+  if (!json.is_object() || !json.value("summary", false)) return std::nullopt;
+  return std::pair{json.value("failed", std::uint64_t{0}), json.value("vms", std::uint64_t{0})};
+}
+
 awaitable<Outcome> send(const OutboundConfig& config, const CommandArgs& args) {
   preamble::Request request{.verb = preamble::Verb::send, .argument = args.argument};
   request.fields.emplace_back("Port", std::to_string(args.port));
@@ -128,7 +161,11 @@ awaitable<Outcome> send(const OutboundConfig& config, const CommandArgs& args) {
   req.target(args.path);
   req.version(11);
   const std::string_view target = args.argument;
-  req.set(http::field::host, target.starts_with("host:") ? target.substr(5) : target);
+  // A group, list or range is no authority (RFC 9110 §7.2): each agent of
+  // such a target is asked as "localhost", where guestd reaches it.
+  const std::string_view host = target.starts_with("host:") ? target.substr(5) : target;
+  const bool names_one = host.find_first_of(":,[]!") == std::string_view::npos;
+  req.set(http::field::host, names_one ? host : std::string_view("localhost"));
   req.set(http::field::user_agent, "vmgate-guestd");
   for (const auto& [name, value] : args.headers)
     req.set(name, value);
@@ -158,6 +195,11 @@ awaitable<Outcome> send(const OutboundConfig& config, const CommandArgs& args) {
     co_return Outcome{1, res.body(),
                       fmt::format("vmgate-guestd: send {}: {} {}\n", args.argument, status,
                                   std::string_view(res.reason()))};
+  if (auto failures = fanout_failures(res); failures && failures->first > 0)
+    co_return Outcome{1, res.body(),
+                      fmt::format("vmgate-guestd: send {}: {} of {} VMs did not answer below "
+                                  "400 (the summary names them)\n",
+                                  args.argument, failures->first, failures->second)};
   co_return Outcome{0, res.body(), {}};
 }
 

@@ -5,8 +5,12 @@
 //   vmgate-guestd send web2 --port 8080 --path /status
 //   vmgate-guestd join web        vmgate-guestd leave web
 //
+//   vmgate-guestd send group:web --port 5986 --path /status   one part per VM
+//
 // The response body goes to stdout; a refusal or an HTTP error status goes
-// to stderr with its reason, and the exit status is 1 (2 for bad usage).
+// to stderr with its reason, and the exit status is 1 (2 for bad usage). A
+// target naming many VMs answers with a part per VM and a summary: the
+// exit status is 1 when any VM did not answer below 400.
 #pragma once
 
 #include <string>

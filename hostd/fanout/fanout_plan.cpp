@@ -53,12 +53,13 @@ std::optional<std::string> named_as(const Target& target, const VmRecord& vm) {
 
 FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Identity& identity,
                        std::uint16_t port, const AccessPolicy& policy, const ChannelConfig& channel,
-                       const std::vector<std::string>& unknown) {
+                       const std::vector<std::string>& unknown, const AccessObserver& decided) {
   FanoutPlan plan;
   std::optional<AccessDecision> first_denial;
   plan.members.reserve(vms.size());
   for (VmRecord& vm : vms) {
     AccessDecision decision = policy.decide(identity, vm, port);
+    if (decided) decided(vm, decision);
     if (!decision.allowed) {
       if (!first_denial) first_denial = decision;
       auto named = named_as(target, vm);

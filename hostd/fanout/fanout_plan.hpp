@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,8 +60,13 @@ std::optional<std::string> named_as(const Target& target, const VmRecord& vm);
 // each a part of its own after the VMs': 404 not_found, or, for a client that
 // could not reach a VM of that name, the 403 a denied VM it named gets, so
 // that it cannot tell the two apart (as for a unicast target).
+// `decided`, when set, hears each VM's ACL decision, those the plan hides
+// included: the operator's log names every decision; the caller learns only
+// what it named.
+using AccessObserver = std::function<void(const VmRecord& vm, const AccessDecision& decision)>;
 FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Identity& identity,
                        std::uint16_t port, const AccessPolicy& policy, const ChannelConfig& channel,
-                       const std::vector<std::string>& unknown = {});
+                       const std::vector<std::string>& unknown = {},
+                       const AccessObserver& decided = {});
 
 }  // namespace vmgate::hostd

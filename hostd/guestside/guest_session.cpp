@@ -14,8 +14,13 @@
 #include "common/relay.hpp"
 #include "common/transport.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/fanout/fanout_delivery.hpp"
+#include "hostd/fanout/fanout_plan.hpp"
 #include "hostd/guestside/guest_caller.hpp"
+#include "hostd/proxy/client_stream.hpp"
+#include "hostd/proxy/request_record.hpp"
 #include "hostd/request_id.hpp"
+#include "hostd/route/request_route.hpp"
 #include "hostd/route/target.hpp"
 
 namespace vmgate::hostd {
@@ -145,10 +150,10 @@ awaitable<Reached> reach_host_service(std::string_view service, const RunningCon
 awaitable<Reached> reach_vm(const VmRecord& caller, const Target& target,
                             std::optional<std::uint16_t> port, const RunningConfig& running,
                             const GuestServices& services, std::string_view request_id) {
+  // Targets naming many VMs went to the fan-out; HOST/NAME is left.
   if (!target.single_vm())
     co_return refuse(501, "not-implemented",
-                     fmt::format("'{}' names several VMs: a guest may send to one VM (or "
-                                 "host:SERVICE) in this version",
+                     fmt::format("'{}' names a VM on a named host: a guest names the VM alone",
                                  target.to_string()));
   if (!port)
     co_return refuse(400, "bad-port", "a SEND to a VM needs a Port field (its agent port)");
@@ -368,6 +373,140 @@ awaitable<Moved> tunnel(Stream& guest, std::string_view leftover, Upstream& up,
   co_return moved;
 }
 
+// A SEND naming many VMs (a group, list, range or network): which of them
+// the caller may reach, decided per VM as for a client's fan-out
+// (fanout_plan.hpp: a VM it may not reach and did not name is never
+// revealed), each decision logged. A refusal of the whole SEND is worded
+// from what the guest wrote, as for a unicast target.
+using Planned = boost::system::result<FanoutPlan, GuestAnswer>;
+
+Planned plan_guest_fanout(const VmRecord& caller, const Target& target,
+                          std::optional<std::uint16_t> port, std::string_view form,
+                          const RunningConfig& running, const GuestServices& services,
+                          std::string_view request_id) {
+  if (!services.fanout)
+    return refuse(501, "not-implemented", "this hostd does not deliver a guest's SEND to many VMs");
+  if (!port) return refuse(400, "bad-port", "a SEND to VMs needs a Port field (their agent port)");
+  if (form != "http")
+    return refuse(
+        400, "bad-form",
+        fmt::format("'{}' names several VMs: a tunnel leads to one VM", target.to_string()));
+  const Identity identity = vm_identity(caller);
+  const std::string text = target.to_string();
+  auto denied = [&] {
+    return refuse(403, "not-allowed",
+                  fmt::format("vm {} may not reach '{}' on port {}", caller.name, text, *port));
+  };
+  auto selection = services.directory.select(target);
+  if (selection.status == Selection::Status::invalid)
+    return refuse(400, "bad-target", std::move(selection.reason));
+  if (selection.status != Selection::Status::found) {
+    // Why nothing was found is only for a VM that could reach such a target.
+    auto could = running.policy.decide_target(identity, text, *port);
+    log::info("guest_acl")
+        .kv("req", request_id)
+        .kv("vm", caller.name)
+        .kv("target", text)
+        .kv("port", static_cast<unsigned>(*port))
+        .kv("decision", could.allowed ? "allow" : "deny")
+        .kv("rule", could.rule)
+        .kv("found", false);
+    if (!could.allowed) return denied();
+    if (selection.status == Selection::Status::unsupported)
+      return refuse(501, "not-implemented", std::move(selection.reason));
+    return refuse(selection.status == Selection::Status::ambiguous ? 409 : 404, "unknown-vm",
+                  selection.reason.empty() ? fmt::format("'{}' names no vm", text)
+                                           : std::move(selection.reason));
+  }
+  FanoutPlan plan = plan_fanout(std::move(selection.vms), target, identity, *port, running.policy,
+                                services.channel, selection.unknown,
+                                [&](const VmRecord& vm, const AccessDecision& decision) {
+                                  log::info("guest_acl")
+                                      .kv("req", request_id)
+                                      .kv("vm", caller.name)
+                                      .kv("target", vm.name)
+                                      .kv("via", text)
+                                      .kv("port", static_cast<unsigned>(*port))
+                                      .kv("decision", decision.allowed ? "allow" : "deny")
+                                      .kv("rule", decision.rule);
+                                });
+  if (plan.members.empty()) {
+    if (plan.access) return denied();
+    return refuse(404, "unknown-vm", fmt::format("'{}' names no vm", text));
+  }
+  return plan;
+}
+
+// After the 200 to the SEND: the guest's one HTTP request, its head read
+// here (the caller's claims of who it is dropped, X-VM-Uuid set), then the
+// fan-out delivers it to every VM of the plan and streams the parts back,
+// exactly as for a client; the connection closes after it.
+awaitable<void> send_to_many(Stream stream, std::string_view leftover, const VmRecord& caller,
+                             const Target& target, std::uint16_t port, const FanoutPlan& plan,
+                             const RunningConfig& running, const GuestServices& services,
+                             std::string_view request_id, std::uint64_t id) {
+  const auto& limits = running.config.limits;
+  ClientStream guest(std::move(stream));
+  beast::flat_buffer in;
+  in.commit(asio::buffer_copy(in.prepare(leftover.size()), asio::buffer(leftover)));
+  Deadline deadline(guest.get_executor());
+  deadline.expires_after(running.config.inbound.header_timeout, [&guest] {
+    error_code ignored;
+    guest.socket().close(ignored);
+  });
+  http::request_parser<http::empty_body> head;
+  head.header_limit(limits.header_bytes);
+  auto [hec, hn] = co_await http::async_read_header(guest, in, head, use_tuple);
+  const bool timed_out = deadline.expired();
+  deadline.expires_never();
+  if (hec) {
+    if (!timed_out && hec != asio::error::eof)
+      co_await answer_http(guest.socket(), 400,
+                           fmt::format("hostd could not read the request: {}", hec.message()),
+                           running.config.inbound.linger);
+    else
+      close_stream(guest.socket());
+    co_return;
+  }
+  auto& req = head.get();
+  // RFC 7239 §4, §5.2: what the guest wrote of who it is does not pass;
+  // rewrite_request sets Forwarded from the caller's identity.
+  req.erase(http::field::forwarded);
+  req.erase("X-Forwarded-For");
+  req.set(vm_uuid_header, caller.uuid);
+  req.keep_alive(false);
+  const Identity identity = vm_identity(caller);
+  const std::string who = identity.to_string();
+  const Route route{.form = RouteForm::header,
+                    .target = target,
+                    .port = port,
+                    .origin_target = std::string(req.target())};
+  RequestRecord record;
+  record.id = std::string(request_id);
+  record.conn = id;
+  record.listener = "inbound";
+  record.client = who;
+  record.method = std::string(req.method_string());
+  record.form = "guest";
+  record.target = target.to_string();
+  record.vm = "-";
+  record.port = port;
+  record.note_access(identity, plan.access);
+  const FanoutEnds ends{.client = guest,
+                        .client_buffer = in,
+                        .deadline = deadline,
+                        .config = running.config,
+                        .budget = services.fanout->budget,
+                        .pool = services.fanout->pool,
+                        .live = services.fanout->live,
+                        .metrics = services.fanout->metrics,
+                        .peer = who,
+                        .trusted_listener = false};
+  const FanoutRequest request{head, route, plan};
+  co_await run_fanout(ends, request, record);
+  co_await write_and_linger(guest.socket(), {}, running.config.inbound.linger);
+}
+
 }  // namespace
 
 std::string encode_answer(const GuestAnswer& answer) {
@@ -474,6 +613,28 @@ awaitable<void> serve_guest(Stream stream, GuestArrival arrival, const GuestServ
     reached = co_await reach_host_service(target_text.substr(host_prefix.size()), *running);
   } else if (auto target = parse_target(target_text); !target) {
     reached = refuse(400, "bad-target", target.error());
+  } else if (names_many(*target)) {
+    auto plan = plan_guest_fanout(caller, *target, port, form, *running, services, request_id);
+    if (!plan) {
+      co_await refused(plan.error(), verb);
+      co_return;
+    }
+    log::info("guest_send")
+        .kv("req", request_id)
+        .kv("conn", static_cast<unsigned long long>(id))
+        .kv("vm", caller.name)
+        .kv("to", target->to_string())
+        .kv("form", form)
+        .kv("vms", static_cast<unsigned long long>(plan->members.size()));
+    static const std::string ok = encode_answer(GuestAnswer{});
+    auto [aec, an] = co_await asio::async_write(stream, asio::buffer(ok), use_tuple);
+    if (aec) {
+      close_stream(stream);
+      co_return;
+    }
+    co_await send_to_many(std::move(stream), leftover, caller, *target, *port, *plan, *running,
+                          services, request_id, id);
+    co_return;
   } else {
     reached = co_await reach_vm(caller, *target, port, *running, services, request_id);
   }

@@ -3,6 +3,9 @@
 //
 //   SEND host:NAME   a host service from [host_services]        (the allowlist)
 //   SEND VM          another VM's agent port, over its channel  (an ACL rule must allow it)
+//   SEND group:G     every VM of a group, list, range or network the ACL
+//                    rules let the caller reach: one request, a part per VM
+//                    (hostd/fanout, as for a client)
 //   JOIN / LEAVE     a group, for the calling VM                (the membership store)
 //
 // answered as guestd answers hostd ("VMGATE/1 200 OK", or a status, a
@@ -47,11 +50,28 @@ struct GuestAnswer {
 using MembershipChange =
     std::function<GuestAnswer(const VmRecord& vm, preamble::Verb verb, std::string_view group)>;
 
+class ChannelBudget;
+class ChannelPool;
+class LiveChannels;
+class HostdMetrics;
+
+// What a guest's SEND to many VMs delivers with: the channels client
+// fan-outs use, so that a guest's fan-out shares each VM's channel budget
+// with the clients'.
+struct GuestFanout {
+  ChannelBudget& budget;
+  ChannelPool* pool = nullptr;
+  LiveChannels* live = nullptr;
+  HostdMetrics* metrics = nullptr;
+};
+
 struct GuestServices {
   CurrentConfig& current;        // host services, ACL rules, timeouts: each connection's snapshot
   const ChannelConfig& channel;  // the running channel settings (restart-only)
   const Directory& directory;
   MembershipChange membership;
+  // Null: a SEND naming many VMs is answered 501.
+  const GuestFanout* fanout = nullptr;
 };
 
 // Where the connection arrived, and how that names the calling VM: asked

@@ -10,6 +10,7 @@ the socket a connection arrives on is its VM; guestd's [outbound] hostd
 points at its VM's socket."""
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -167,9 +168,64 @@ def test_vm_to_vm_is_denied_by_default(lab):
     assert r.returncode == 1 and b"may not reach vm1" in r.stderr
 
 
-def test_a_group_target_is_not_served_yet(lab):
-    r = lab.guestd_command("vm1", "send", "group:web", "--port", "5986")
-    assert r.returncode == 1 and b"501" in r.stderr, r.stderr
+def ndjson(out):
+    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
+def test_a_guest_send_to_a_group_reaches_each_vm_an_acl_rule_lets_it():
+    """SEND group:web: one part per VM the caller may reach, in the fan-out's
+    format; a VM of the group no rule lets it reach is not revealed, only
+    logged; one it names itself is a 403 part, and the CLI exits 1."""
+    rule = {"name": "vm1-to-web", "action": "allow", "identities": ["vm:vm1"],
+            "vms": ["vm2", "vm3"], "ports": [5986]}
+    with Lab([VM("vm1", outbound=True), VM("vm2", outbound=True), VM("vm3"), VM("vm4")], inbound=True,
+             acl=[rule], hostd={"groups": {"web": ["vm2", "vm3", "vm4"]}}) as lab:
+        r = lab.guestd_command("vm1", "send", "group:web", "--port", "5986", "--path", "/hello")
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.decode()
+        assert "hello from vm2" in out and "hello from vm3" in out, out
+        assert "vm4" not in out, out
+        assert guest_log(lab, "guest_acl", vm="vm1", target="vm4", via="group:web",
+                         decision="deny", rule="default")
+        assert guest_log(lab, "guest_acl", vm="vm1", target="vm2", via="group:web",
+                         decision="allow", rule="vm1-to-web")
+
+        # Each agent learns the caller from hostd alone, as for one VM.
+        r = lab.guestd_command("vm1", "send", "group:web", "--port", "5986",
+                               "--path", "/echo-headers",
+                               "--header", "Accept: application/x-ndjson",
+                               "--header", "Forwarded: for=\"vm:vm4\"",
+                               "--header", "X-VM-Uuid: " + lab.vms[3].uuid,
+                               "--header", "X-Forwarded-For: 203.0.113.9")
+        assert r.returncode == 0, r.stderr
+        lines = ndjson(r.stdout)
+        parts, summary = lines[:-1], lines[-1]
+        assert sorted(p["vm"] for p in parts) == ["vm2", "vm3"]
+        assert summary["summary"] and summary["vms"] == 2 and summary["failed"] == 0
+        for part in parts:
+            headers = echoed_headers(part["response"]["body"])
+            assert [v for n, v in headers if n == "forwarded"] == ['for="vm:vm1"'], headers
+            assert [v for n, v in headers if n == "x-vm-uuid"] == [lab.vms[0].uuid], headers
+            assert not [v for n, v in headers if n == "x-forwarded-for"], headers
+            assert ("host", "localhost") in headers
+
+        # A VM the caller names but may not reach: a 403 part, and exit 1.
+        r = lab.guestd_command("vm1", "send", "vm2,vm4", "--port", "5986", "--path", "/hello",
+                               "--header", "Accept: application/x-ndjson")
+        assert r.returncode == 1, r.stderr
+        assert b"1 of 2 VMs did not answer below 400" in r.stderr, r.stderr
+        by_vm = {p["vm"]: p for p in ndjson(r.stdout)[:-1]}
+        assert by_vm["vm2"]["status"] == 200
+        assert by_vm["vm4"]["status"] == 403 and "uuid" not in by_vm["vm4"] or \
+            not by_vm["vm4"].get("uuid")
+
+        # No rule lets vm2 reach any of them: the whole SEND is refused, worded
+        # from what it wrote; a tunnel to many VMs is refused too.
+        r = lab.guestd_command("vm2", "send", "group:web", "--port", "5986")
+        assert r.returncode == 1
+        assert b"refused (403 not-allowed): vm vm2 may not reach 'group:web' on port 5986" \
+            in r.stderr, r.stderr
+        assert guest_log(lab, "guest_refused", vm="vm2", status=403)
 
 
 def test_a_rule_removed_by_sighup_denies_the_next_request(lab):
