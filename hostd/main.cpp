@@ -267,8 +267,11 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   using clock = std::chrono::steady_clock;
   // A connection ends on its own thread and tells nobody: the shared count
   // is looked at every 20 ms instead, and the stop is over when it is zero.
+  // Guests' connections (on `io`, as this is) count too: a guest's request
+  // in progress, a fan-out most of all, finishes like a client's.
   std::function<void(clock::time_point)> drain_until = [&](clock::time_point grace_end) {
-    const std::uint32_t open = server.open_connections();
+    const std::uint32_t open =
+        server.open_connections() + (guest_listeners ? guest_listeners->open_connections() : 0);
     if (open == 0 || clock::now() >= grace_end) {
       if (open != 0) log::warn("stop_grace_expired").kv("connections", open);
       io.stop();

@@ -209,4 +209,8 @@ void GuestListeners::stop() {
   }
 }
 
+std::uint32_t GuestListeners::open_connections() const {
+  return state_->open;
+}
+
 }  // namespace vmgate::hostd

@@ -29,8 +29,11 @@ class GuestListeners {
   // makes the per-VM sockets of the VMs the directory holds; later ones
   // follow its changes.
   error_code start();
-  // Stops accepting and removes the per-VM socket files.
+  // Stops accepting and removes the per-VM socket files; connections in
+  // progress go on (hostd's stop waits for them within limits.stop_grace).
   void stop();
+  // Guest connections not yet ended. Read on the listeners' executor.
+  std::uint32_t open_connections() const;
 
  private:
   struct State;

@@ -101,3 +101,26 @@ def test_an_idle_keep_alive_client_is_closed_at_once_and_does_not_hold_the_stop(
         c.close()
         assert lab.hostd.popen.wait(NOT_A_HANG) == 0
         assert "event=stop_grace_expired" not in lab.hostd.stderr()
+
+
+def test_a_guest_request_in_progress_finishes_after_sigterm():
+    """A request a guest started (here to a host service) is drained like a
+    client's, not cut when hostd stops accepting."""
+    with Lab([VM("vm1", outbound=True)], inbound=True, host_services=["monitor"],
+             hostd={"limits": {"stop_grace_ms": GRACE_MS}}) as lab:
+        result = {}
+
+        def ask():
+            result["r"] = lab.curl("http://monitor.host/slow?ms=1000", "-x",
+                                   "http://127.0.0.1:%d" % lab.outbound_port("vm1"))
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        lab.hostd.wait_for(r"event=guest_send ")
+        lab.hostd.popen.send_signal(15)
+        lab.hostd.wait_for(r"event=stopping")
+        asker.join(NOT_A_HANG)
+        r = result["r"]
+        assert r.status == 200 and r.body.endswith(b"slow\n"), r
+        assert lab.hostd.popen.wait(NOT_A_HANG) == 0
+        assert "event=stop_grace_expired" not in lab.hostd.stderr()
