@@ -132,8 +132,9 @@ int main(int argc, char** argv) {
   std::function<void(error_code, int)> on_signal = [&](error_code ec, int signal) {
     if (ec) return;
     log::info("signal").kv("signal", signal);
-    outbound.stop();
-    server.stop(signalled ? std::chrono::milliseconds(0) : config.limits.shutdown_grace);
+    const auto grace = signalled ? std::chrono::milliseconds(0) : config.limits.shutdown_grace;
+    outbound.stop(grace);
+    server.stop(grace);
     signalled = true;
     signals.async_wait(on_signal);
   };

@@ -103,12 +103,13 @@ std::string send_target(const OutboundConfig& config, std::string_view host) {
 
 struct OutboundProxy::State : std::enable_shared_from_this<State> {
   State(asio::any_io_executor ex, GuestdConfig c)
-      : executor(ex), config(std::move(c)), acceptor(ex), retry(ex) {}
+      : executor(ex), config(std::move(c)), acceptor(ex), retry(ex), grace(ex) {}
 
   asio::any_io_executor executor;
   const GuestdConfig config;
   Acceptor acceptor;
   asio::steady_timer retry;
+  asio::steady_timer grace;               // stop(): when what is still open is closed
   std::map<std::uint64_t, Stream*> open;  // the apps' connections, closed by stop()
   std::uint64_t next_id = 0;
   bool stopping = false;
@@ -133,6 +134,7 @@ awaitable<void> OutboundProxy::State::accept_loop() {
     asio::co_spawn(executor, serve(std::move(socket), id),
                    [self = shared_from_this(), id](std::exception_ptr e) {
                      self->open.erase(id);
+                     if (self->stopping && self->open.empty()) self->grace.cancel();
                      if (e)
                        log::error("outbound_session_failed")
                            .kv("conn", static_cast<unsigned long long>(id))
@@ -243,7 +245,7 @@ OutboundProxy::OutboundProxy(asio::any_io_executor executor, GuestdConfig config
     : state_(std::make_shared<State>(std::move(executor), std::move(config))) {}
 
 OutboundProxy::~OutboundProxy() {
-  stop();
+  stop(std::chrono::milliseconds(0));
 }
 
 error_code OutboundProxy::start() {
@@ -266,15 +268,29 @@ std::string OutboundProxy::local_uri() const {
   return transport::local_uri(state_->acceptor, *state_->config.outbound.listen);
 }
 
-void OutboundProxy::stop() {
+void OutboundProxy::stop(std::chrono::milliseconds grace) {
   auto& s = *state_;
-  if (s.stopping) return;
-  s.stopping = true;
-  error_code ignored;
-  s.acceptor.close(ignored);
-  s.retry.cancel();
-  for (auto& [id, stream] : s.open)
-    close_stream(*stream);
+  if (!s.stopping) {
+    s.stopping = true;
+    error_code ignored;
+    s.acceptor.close(ignored);
+    s.retry.cancel();
+  }
+  if (grace.count() == 0 || s.open.empty()) {
+    s.grace.cancel();
+    for (auto& [id, stream] : s.open)
+      close_stream(*stream);
+    return;
+  }
+  // An app's request in progress finishes, as hostd's requests to this VM
+  // do (Server::stop); what is left when the grace is over is closed.
+  s.grace.expires_after(grace);
+  s.grace.async_wait([weak = std::weak_ptr<State>(state_)](error_code ec) {
+    auto self = weak.lock();
+    if (ec || !self) return;
+    for (auto& [id, stream] : self->open)
+      close_stream(*stream);
+  });
 }
 
 }  // namespace vmgate::guestd

@@ -11,6 +11,7 @@
 // comes back to the app as an HTTP error whose body says hostd's reason.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -32,8 +33,8 @@ class OutboundProxy {
   // Binds [outbound] listen and accepts.
   error_code start();
   std::string local_uri() const;
-  // Stops accepting and closes the apps' connections.
-  void stop();
+  // Stops accepting; the apps' connections get `grace` to finish (0: closed now).
+  void stop(std::chrono::milliseconds grace);
 
  private:
   struct State;

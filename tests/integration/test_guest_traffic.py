@@ -284,3 +284,24 @@ def test_a_body_over_max_request_body_is_refused_413(lab):
     finally:
         del lab.hostd_overrides["limits"]["max_request_body"]
         reload(lab)
+
+
+def test_an_app_request_in_progress_finishes_when_guestd_is_asked_to_stop():
+    """SIGTERM to guestd: its outbound proxy stops accepting, and an app's
+    request under way finishes within limits.shutdown_grace_ms."""
+    import threading
+    with Lab([VM("vm1", outbound=True)], inbound=True, host_services=["monitor"]) as lab:
+        result = {}
+
+        def ask():
+            result["r"] = via_proxy(lab, "vm1", "http://monitor.host/slow?ms=1000")
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        lab.hostd.wait_for(r"event=guest_send ")
+        guestd = lab.guestds["vm1"]
+        guestd.popen.send_signal(signal.SIGTERM)
+        asker.join(30)
+        r = result["r"]
+        assert r.status == 200 and r.body.endswith(b"slow\n"), r
+        assert guestd.popen.wait(30) == 0
