@@ -101,37 +101,44 @@ void GroupMembership::unfollow() {
   followed_ = nullptr;
 }
 
-boost::system::result<bool, std::string> GroupMembership::join(const VmRecord& vm,
-                                                               std::string_view group) {
-  if (!valid_group(group)) return std::string("not a group name");
+boost::system::result<bool, MembershipRefusal> GroupMembership::join(const VmRecord& vm,
+                                                                     std::string_view group) {
+  using Kind = MembershipRefusal::Kind;
+  if (!valid_group(group)) return MembershipRefusal{Kind::bad_group, "not a group name"};
   auto rule =
       std::ranges::find_if(joinable_, [group](const JoinableGroup& g) { return g.name == group; });
   if (rule == joinable_.end())
-    return fmt::format("group '{}' is not joinable ([groups.joinable] does not list it)", group);
+    return MembershipRefusal{
+        Kind::not_joinable,
+        fmt::format("group '{}' is not joinable ([groups.joinable] does not list it)", group)};
   const bool allowed = std::ranges::any_of(rule->vms, [&vm](const std::string& text) {
     auto pattern = parse_vm_pattern(text);  // checked when the config was read
     return pattern && pattern->matches(vm);
   });
   if (!allowed)
-    return fmt::format("vm {} may not join group '{}' ([groups.joinable] {} does not match it)",
-                       vm.name, group, group);
+    return MembershipRefusal{
+        Kind::not_allowed,
+        fmt::format("vm {} may not join group '{}' ([groups.joinable] {} does not match it)",
+                    vm.name, group, group)};
   GuestJoin entry{to_lower(vm.uuid), std::string(group)};
   std::lock_guard lock(mutex_);
   if (std::ranges::find(joins_, entry) != joins_.end()) return false;
   std::vector<GuestJoin> next = joins_;
   next.push_back(std::move(entry));
-  if (auto saved = save(next); !saved) return saved.error();
+  if (auto saved = save(next); !saved)
+    return MembershipRefusal{Kind::not_recorded, std::move(saved.error())};
   joins_ = std::move(next);
   return true;
 }
 
-boost::system::result<bool, std::string> GroupMembership::leave(std::string_view vm_uuid,
-                                                                std::string_view group) {
+boost::system::result<bool, MembershipRefusal> GroupMembership::leave(std::string_view vm_uuid,
+                                                                      std::string_view group) {
   GuestJoin entry{to_lower(vm_uuid), std::string(group)};
   std::lock_guard lock(mutex_);
   std::vector<GuestJoin> next = joins_;
   if (std::erase(next, entry) == 0) return false;
-  if (auto saved = save(next); !saved) return saved.error();
+  if (auto saved = save(next); !saved)
+    return MembershipRefusal{MembershipRefusal::Kind::not_recorded, std::move(saved.error())};
   joins_ = std::move(next);
   return true;
 }

@@ -25,6 +25,14 @@
 
 namespace vmgate::hostd {
 
+// Why a join or leave changed nothing: the kind for whoever answers the
+// guest, the words for the guest and the log.
+struct MembershipRefusal {
+  enum class Kind { bad_group, not_joinable, not_allowed, not_recorded };
+  Kind kind;
+  std::string reason;
+};
+
 class GroupMembership {
  public:
   // Reads `state_file`; a missing file is an empty store. One that cannot
@@ -36,8 +44,10 @@ class GroupMembership {
   GroupMembership& operator=(const GroupMembership&) = delete;
 
   // true: the VM joined (left); false: it already was (was not) a member.
-  boost::system::result<bool, std::string> join(const VmRecord& vm, std::string_view group);
-  boost::system::result<bool, std::string> leave(std::string_view vm_uuid, std::string_view group);
+  // not_recorded: the state file could not be written, and nothing changed.
+  boost::system::result<bool, MembershipRefusal> join(const VmRecord& vm, std::string_view group);
+  boost::system::result<bool, MembershipRefusal> leave(std::string_view vm_uuid,
+                                                       std::string_view group);
   // Drops every join of a VM that is gone.
   void forget(std::string_view vm_uuid);
 

@@ -5,17 +5,21 @@
 namespace vmgate::hostd {
 namespace {
 
-// The store says why in words; the preamble's token says which kind of
-// refusal in one (the store's wording is pinned by guest_membership_test).
-GuestAnswer refusal_of(const std::string& reason) {
-  if (reason.find("is not joinable") != std::string::npos)
-    return GuestAnswer{403, "not-joinable", reason};
-  if (reason.find("may not join") != std::string::npos)
-    return GuestAnswer{403, "not-allowed", reason};
-  if (reason.find("not a group name") != std::string::npos)
-    return GuestAnswer{400, "bad-group", reason};
+// The preamble's token says which kind of refusal in one word; the store's
+// reason says why in words.
+GuestAnswer refusal_of(MembershipRefusal refusal) {
+  switch (refusal.kind) {
+    case MembershipRefusal::Kind::bad_group:
+      return GuestAnswer{400, "bad-group", std::move(refusal.reason)};
+    case MembershipRefusal::Kind::not_joinable:
+      return GuestAnswer{403, "not-joinable", std::move(refusal.reason)};
+    case MembershipRefusal::Kind::not_allowed:
+      return GuestAnswer{403, "not-allowed", std::move(refusal.reason)};
+    case MembershipRefusal::Kind::not_recorded:
+      break;
+  }
   // The state file could not be written: nothing changed.
-  return GuestAnswer{503, "not-recorded", reason};
+  return GuestAnswer{503, "not-recorded", std::move(refusal.reason)};
 }
 
 }  // namespace
@@ -24,7 +28,7 @@ GuestAnswer change_membership(GroupMembership& store, const VmRecord& vm, preamb
                               std::string_view group) {
   const bool joining = verb == preamble::Verb::join;
   auto changed = joining ? store.join(vm, group) : store.leave(vm.uuid, group);
-  if (!changed) return refusal_of(changed.error());
+  if (!changed) return refusal_of(std::move(changed.error()));
   GuestAnswer ok;
   if (!*changed)
     ok.reason = joining ? fmt::format("vm {} was a member of {} already", vm.name, group)

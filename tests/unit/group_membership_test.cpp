@@ -55,10 +55,13 @@ TEST_CASE("a join is allowed only for a joinable group and a VM it lets in") {
   CHECK(*s.join(vm("web1", kWeb), "web") == false);  // already a member
   auto not_joinable = s.join(vm("web1", kWeb), "db");
   REQUIRE_FALSE(not_joinable.has_value());
-  CHECK(not_joinable.error() == "group 'db' is not joinable ([groups.joinable] does not list it)");
+  CHECK(not_joinable.error().kind == MembershipRefusal::Kind::not_joinable);
+  CHECK(not_joinable.error().reason ==
+        "group 'db' is not joinable ([groups.joinable] does not list it)");
   auto not_allowed = s.join(vm("db1", kDb), "web");
   REQUIRE_FALSE(not_allowed.has_value());
-  CHECK(not_allowed.error() ==
+  CHECK(not_allowed.error().kind == MembershipRefusal::Kind::not_allowed);
+  CHECK(not_allowed.error().reason ==
         "vm db1 may not join group 'web' ([groups.joinable] web does not match it)");
   CHECK(s.join(vm("db1", kDb), "any").has_value());
   CHECK(s.joins() == std::vector<GuestJoin>{{kWeb, "web"}, {kDb, "any"}});
@@ -106,7 +109,8 @@ TEST_CASE("a missing state file is an empty store, and one that cannot be writte
   CHECK((*store)->joins().empty());
   auto joined = (*store)->join(vm("web1", kWeb), "web");
   REQUIRE_FALSE(joined.has_value());
-  CHECK(joined.error().find("state.json.tmp: open: ") != std::string::npos);
+  CHECK(joined.error().kind == MembershipRefusal::Kind::not_recorded);
+  CHECK(joined.error().reason.find("state.json.tmp: open: ") != std::string::npos);
   CHECK((*store)->joins().empty());  // not answered, not kept
 }
 

@@ -1,6 +1,6 @@
 // A guest's JOIN and LEAVE (hostd/guestside/guest_membership): the answer
-// for each outcome of the membership store, whose wording the refusal
-// tokens are read from.
+// for each outcome of the membership store, a token for each kind of
+// refusal and the store's words as the reason.
 #include "hostd/guestside/guest_membership.hpp"
 
 #include <doctest/doctest.h>
