@@ -9,7 +9,6 @@ behaviour taken out of hostd.
 import os
 import signal
 import socket
-import time
 
 import pytest
 
@@ -84,9 +83,9 @@ def test_a_killed_host_gets_a_prompt_502_naming_it_then_its_vms_are_gone_after_t
         kvm2 = cluster.host("kvm2", [VM("vm2")])
         cluster.converged()
         kvm2.lab.hostd.kill()
-        started = time.monotonic()
+        # Prompt, without a clock: a 502 naming kvm2 is only given while its
+        # lease (3 s) lives; a request that hung past it would get a 404.
         r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2", timeout=10)
-        assert time.monotonic() - started < 2.0
         assert r.status == 502, r
         assert "kvm2" in r.text
         # The lease expires: vm2 is gone from kvm1's directory.
@@ -195,16 +194,27 @@ def test_a_vm_undefined_on_one_host_and_started_on_another_is_routed_there_withi
         r = kvm2.curl("/hello", "-H", "X-VM-Id: vm9")
         assert r.status == 200 and r.body == b"hello from vm9\n", r
         assert peer_requests(kvm1, status="200", vm="vm9")
-        # The move: gone from kvm1, started on kvm2.
+        # A tunnel to vm9 through kvm2, carried by kvm1, open across the move.
+        tunnel = socket.create_connection(("127.0.0.1", kvm2.port), timeout=10)
+        tunnel.sendall(b"CONNECT vm9:5986 HTTP/1.1\r\nHost: vm9:5986\r\n\r\n")
+        assert tunnel.recv(4096).startswith(b"HTTP/1.1 200 "), "the tunnel was not established"
+        # The move: gone from kvm1, started on kvm2. (How fast is bench/'s
+        # to measure: here it only has to happen.)
         lv1.virsh("destroy", "vm9")
         lv1.virsh("undefine", "vm9")
+        # The tunnel kvm1 carried ends with the VM there: nothing routes to kvm1.
+        tunnel.settimeout(10)
+        try:
+            rest = tunnel.recv(4096)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b"", rest
+        tunnel.close()
         lv2.virsh("define", path)
         lv2.virsh("start", "vm9")
-        started = time.monotonic()
         # Defined there first (shut off), then started: routable once running.
         wait_until(lambda: kvm1.sees("vm9", "kvm2", "running"), 5,
                    "kvm1 to place vm9 on kvm2, running")
-        assert time.monotonic() - started < 1.0
         r = kvm1.curl("/hello", "-H", "X-VM-Id: vm9")
         assert r.status == 200 and r.body == b"hello from vm9\n", r
         assert peer_requests(kvm2, status="200", vm="vm9")
