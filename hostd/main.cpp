@@ -241,7 +241,8 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   std::optional<hostd::AdminServer> admin;
   if (config.admin.enabled) {
     admin.emplace(io, config.admin,
-                  hostd::AdminContext{config, directory, metrics, readiness, first->policy},
+                  hostd::AdminContext{config, directory, metrics, readiness, first->policy,
+                                      peers ? &*peers : nullptr},
                   &current);
     admin->start();
   }

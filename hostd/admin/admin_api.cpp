@@ -12,6 +12,7 @@
 #include "common/log.hpp"
 #include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/cluster/peer_channels.hpp"
 #include "hostd/request_id.hpp"
 
 namespace vmgate::hostd {
@@ -76,6 +77,10 @@ const Identity& operator_identity() {
 
 // Admits `target` as a request naming it in the VM header, to `port`, from
 // `identity`, would be.
+std::string_view local_host_of(const AdminContext& context) {
+  return context.peers ? std::string_view(context.peers->local_host()) : std::string_view();
+}
+
 boost::system::result<Admitted, Refused> admit_target(const AdminContext& context,
                                                       std::string_view target, std::uint16_t port,
                                                       const Identity& identity) {
@@ -86,7 +91,8 @@ boost::system::result<Admitted, Refused> admit_target(const AdminContext& contex
   head.version(11);
   head.set(context.config.routing.vm_header, target);
   const AdmissionContext admission{context.config.routing, context.config.channel,
-                                   context.config.limits, context.directory, context.policy};
+                                   context.config.limits,  context.directory,
+                                   context.policy,         local_host_of(context)};
   return admit(AdmissionRequest{.head = head, .guest_port = port, .identity = identity}, admission);
 }
 
@@ -128,7 +134,7 @@ std::optional<std::string> query_param(std::string_view request_target, std::str
   return std::nullopt;
 }
 
-json vm_json(const VmRecord& vm, const ChannelConfig& channel) {
+json vm_json(const VmRecord& vm, const ChannelConfig& channel, std::string_view local_host) {
   json out = {{"name", vm.name},
               {"uuid", vm.uuid},
               {"cid", vm.cid ? json(*vm.cid) : json(nullptr)},
@@ -137,7 +143,10 @@ json vm_json(const VmRecord& vm, const ChannelConfig& channel) {
               {"transport", nullptr},
               {"networks", vm.networks},
               {"groups", vm.groups}};
-  if (auto address = channel_address(channel, vm)) {
+  if (!local_host.empty() && vm.host != local_host) {
+    // Its channel is its own host's to make.
+    out["via_host"] = vm.host;
+  } else if (auto address = channel_address(channel, vm)) {
     out["transport"] = address->to_string();
   } else {
     out["transport_error"] = address.error().reason;
@@ -152,7 +161,7 @@ AdminResponse vms_response(const AdminContext& context) {
   });
   json out = json::array();
   for (const auto& vm : vms)
-    out.push_back(vm_json(vm, context.config.channel));
+    out.push_back(vm_json(vm, context.config.channel, local_host_of(context)));
   return json_response(200, out);
 }
 
@@ -197,12 +206,13 @@ unsigned resolution_status(Selection::Status status) {
 }
 
 // The set, each VM with the rule that added it, and what was excluded.
-json resolution_json(const Resolution& resolution, const ChannelConfig& channel) {
+json resolution_json(const Resolution& resolution, const ChannelConfig& channel,
+                     std::string_view local_host) {
   json out = {{"result", result_name(resolution.status)}};
   if (resolution.status != Selection::Status::found) out["error"] = resolution.reason;
   json vms = json::array();
   for (const ResolvedVm& resolved : resolution.vms) {
-    json vm = vm_json(resolved.vm, channel);
+    json vm = vm_json(resolved.vm, channel, local_host);
     vm["added_by"] = provenance_json(resolved.added_by);
     vms.push_back(std::move(vm));
   }
@@ -258,7 +268,7 @@ AdminResponse resolve_response(const AdminContext& context, std::string_view tar
   if (auto parsed = parse_target(target);
       parsed && !parsed->single_vm() && parsed->kind != Target::Kind::host_vm) {
     Resolution resolution = context.directory.resolve(*parsed);
-    out.update(resolution_json(resolution, context.config.channel));
+    out.update(resolution_json(resolution, context.config.channel, local_host_of(context)));
     if (resolution.status == Selection::Status::found) out["routable"] = true;
     return json_response(resolution_status(resolution.status), out);
   }
@@ -266,7 +276,7 @@ AdminResponse resolve_response(const AdminContext& context, std::string_view tar
       admit_target(context, target, first_guest_port(context.config), operator_identity());
   if (admitted) {
     out["result"] = "found";
-    out["vm"] = vm_json(admitted->destination.vm, context.config.channel);
+    out["vm"] = vm_json(admitted->destination.vm, context.config.channel, local_host_of(context));
     out["routable"] = true;
     return json_response(200, out);
   }
@@ -284,7 +294,7 @@ AdminResponse resolve_response(const AdminContext& context, std::string_view tar
     default:
       // Found, but a request would not be served now: say why, as it would.
       out["result"] = "found";
-      out["vm"] = vm_json(*refused.vm, context.config.channel);
+      out["vm"] = vm_json(*refused.vm, context.config.channel, local_host_of(context));
       out["routable"] = false;
       out["reason"] = refused.refusal.reason;
       return json_response(200, out);
@@ -349,7 +359,7 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
     json& hop = report.hop("directory", vm && !refused_at(AdmissionStep::state), admit_ms);
     if (vm) {
       hop["result"] = "found";
-      hop["vm"] = vm_json(*vm, context.config.channel);
+      hop["vm"] = vm_json(*vm, context.config.channel, local_host_of(context));
       vm_name = vm->name;
     } else if (refused_at(AdmissionStep::select)) {
       hop["result"] = report.status == 409 ? "ambiguous" : "not_found";
@@ -366,21 +376,36 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
     if (!access->allowed) hop["error"] = report.reason;
   }
 
-  // 2. The transport the channel template gives this VM.
+  // 2. The transport the channel template gives this VM, or, for a VM on
+  //    another host, that host's peer link.
+  const bool remote = destination && context.peers && context.peers->remote(destination->vm);
   if (destination || refused_at(AdmissionStep::channel)) {
     json& hop = report.hop("transport", bool(destination), admit_ms);
-    if (destination) {
+    if (remote) {
+      hop["via_host"] = destination->vm.host;
+    } else if (destination) {
       hop["address"] = destination->address.to_string();
     } else {
       hop["error"] = report.reason;
     }
   }
 
-  // 3. Connect, preamble, guestd's answer: exactly what a request does.
+  // 3. Connect, preamble, guestd's answer: exactly what a request does
+  //    (through the VM's host, whose guestd answers the same way).
   if (destination) {
     t = clock::now();
-    auto channel = co_await open_channel(context.config.channel, destination->vm,
-                                         destination->address, port, client, request_id);
+    boost::system::result<Channel, Refusal> channel = Refusal{};
+    if (remote) {
+      // A named local: g++ 12 destroys a temporary in a co_await twice.
+      const PeerRequest request{.target_host = destination->vm.host,
+                                .client = client,
+                                .identity = identity.to_string(),
+                                .request_id = request_id};
+      channel = co_await context.peers->open(destination->vm, port, request);
+    } else {
+      channel = co_await open_channel(context.config.channel, destination->vm, destination->address,
+                                      port, client, request_id);
+    }
     json& hop = report.hop("channel", bool(channel), ms_since(t));
     if (channel) {
       hop["status"] = 200;

@@ -36,12 +36,17 @@
 
 namespace vmgate::hostd {
 
+class PeerChannels;
+
 struct AdminContext {
   const HostdConfig& config;
   const Directory& directory;
   HostdMetrics& metrics;
   const Readiness& readiness;
   const AccessPolicy& policy;
+  // In a cluster: a VM on another host is checked through that host's peer
+  // listener, as a request for it is delivered. Null: every VM is this host's.
+  PeerChannels* peers = nullptr;
 };
 
 struct AdminResponse {
@@ -57,9 +62,11 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
 
 // The pieces, for tests.
 // {"name", "uuid", "cid" (null: none), "state", "host", "transport" (null
-// when the template cannot be filled, with "transport_error"), "networks",
+// when the template cannot be filled, with "transport_error", or when the VM
+// runs on a host other than `local_host`, with "via_host"), "networks",
 // "groups"}
-nlohmann::json vm_json(const VmRecord& vm, const ChannelConfig& channel);
+nlohmann::json vm_json(const VmRecord& vm, const ChannelConfig& channel,
+                       std::string_view local_host = {});
 AdminResponse vms_response(const AdminContext& context);
 AdminResponse groups_response(const AdminContext& context);
 AdminResponse resolve_response(const AdminContext& context, std::string_view target);

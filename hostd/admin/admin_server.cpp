@@ -107,8 +107,8 @@ awaitable<void> AdminServer::session(Stream stream) {
     // Held until the answer is written: the request sees one snapshot.
     const auto running = current_ ? current_->get() : nullptr;
     const AdminContext context =
-        running ? AdminContext{running->config, context_.directory, context_.metrics,
-                               context_.readiness, running->policy}
+        running ? AdminContext{running->config,    context_.directory, context_.metrics,
+                               context_.readiness, running->policy,    context_.peers}
                 : context_;
     AdminResponse answer = co_await handle_admin_request(context, method, target, peer);
     log::debug("admin_request")

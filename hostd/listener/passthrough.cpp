@@ -14,6 +14,7 @@
 #include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
 #include "hostd/channel/live_channels.hpp"
+#include "hostd/cluster/peer_channels.hpp"
 #include "hostd/proxy/request_record.hpp"
 #include "hostd/proxy/tunnel.hpp"
 #include "hostd/route/client_hello.hpp"
@@ -41,8 +42,13 @@ class PassthroughConnection {
         ctx_(context),
         id_(id),
         peer_(transport::describe_peer(client_)),
-        admission_{context.config.routing, context.config.channel, context.config.limits,
-                   context.directory, context.policy} {}
+        admission_{
+            context.config.routing,
+            context.config.channel,
+            context.config.limits,
+            context.directory,
+            context.policy,
+            context.peers ? std::string_view(context.peers->local_host()) : std::string_view()} {}
 
   awaitable<void> run() {
     Buffer hello(limits().client_hello_bytes);
@@ -55,8 +61,8 @@ class PassthroughConnection {
     if (!route) co_return refuse(rec, route.error());
     rec.target = route->target.to_string();
     rec.port = route->port;
-    auto admitted = admit_route(std::move(*route), listener_identity(ctx_.listener, client_),
-                                std::nullopt, admission_);
+    const Identity identity = listener_identity(ctx_.listener, client_);
+    auto admitted = admit_route(std::move(*route), identity, std::nullopt, admission_);
     if (!admitted) {
       if (admitted.error().vm) rec.vm = admitted.error().vm->name;
       co_return refuse(rec, admitted.error().refusal);
@@ -67,8 +73,7 @@ class PassthroughConnection {
     // A channel of its own, as a CONNECT tunnel has: the agent sees a new
     // connection, and max_connections (not the channel budget) bounds these.
     ChannelConnectTimer connect_timer(ctx_.metrics);
-    auto channel = co_await open_channel(ctx_.config.channel, destination.vm, destination.address,
-                                         admitted->route.port, peer_, rec.id);
+    auto channel = co_await open(destination, admitted->route.port, identity, rec);
     connect_timer.done(bool(channel));
     if (!channel) co_return refuse(rec, channel.error());
     Tunnel tunnel(ctx_.metrics, std::move(*channel));
@@ -197,6 +202,24 @@ class PassthroughConnection {
   }
 
   // Unanswered: whatever hostd wrote would be read as a TLS record.
+  // Here over the VM's transport or, for a VM on another host, through that
+  // host's peer listener: the TLS bytes cross it untouched either way.
+  awaitable<boost::system::result<Channel, Refusal>> open(const Destination& destination,
+                                                          std::uint16_t port,
+                                                          const Identity& identity,
+                                                          const RequestRecord& rec) {
+    if (ctx_.peers && ctx_.peers->remote(destination.vm)) {
+      // A named local: g++ 12 destroys a temporary in a co_await twice.
+      const PeerRequest request{.target_host = destination.vm.host,
+                                .client = peer_,
+                                .identity = identity.to_string(),
+                                .request_id = rec.id};
+      co_return co_await ctx_.peers->open(destination.vm, port, request);
+    }
+    co_return co_await open_channel(ctx_.config.channel, destination.vm, destination.address, port,
+                                    peer_, rec.id);
+  }
+
   void refuse(RequestRecord& rec, const Refusal& refusal) {
     rec.status = refusal.status;
     rec.reason = refusal.reason;

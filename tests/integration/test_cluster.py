@@ -218,3 +218,64 @@ def test_a_vm_undefined_on_one_host_and_started_on_another_is_routed_there_withi
         r = kvm1.curl("/hello", "-H", "X-VM-Id: vm9")
         assert r.status == 200 and r.body == b"hello from vm9\n", r
         assert peer_requests(kvm2, status="200", vm="vm9")
+
+
+def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_untouched():
+    """SNI passthrough at one host for a VM on another: the ClientHello and
+    everything after it cross the peer link as they came, so the client
+    verifies the agent's own certificate and reads the agent's answer."""
+    import subprocess
+    suffix = ".vms.example"
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        vm2 = VM("vm2", agent=None, guestd=False)
+        kvm2 = cluster.host("kvm2", [vm2])
+        cert, key = kvm2.lab.path("agent-cert.pem"), kvm2.lab.path("agent-key.pem")
+        made = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "1", "-subj", "/CN=vm2" + suffix, "-addext",
+             "subjectAltName=DNS:vm2" + suffix, "-keyout", key, "-out", cert],
+            capture_output=True)
+        assert made.returncode == 0, made.stderr
+        agent = kvm2.lab.spawn("agent-vm2", ["openssl", "s_server", "-accept", "127.0.0.1:0",
+                                             "-cert", cert, "-key", key, "-www"])
+        agent_port = int(agent.wait_for(r"^ACCEPT 127\.0\.0\.1:(\d+)$", stream="stdout").group(1))
+        vm2.guestd_agents = {"5986": "tcp:127.0.0.1:%d" % agent_port}
+        vm2.guestd = True
+        kvm2.lab.start_guestd(vm2)
+        kvm1 = cluster.host("kvm1", [VM("vm1")], hostd={"routing": {"host_suffix": suffix}},
+                            listeners=[{"address": "tcp:127.0.0.1:0", "guest_port": 5986,
+                                        "mode": "passthrough", "trusted": True}])
+        cluster.converged()
+        r = subprocess.run(
+            ["openssl", "s_client", "-connect", "127.0.0.1:%d" % kvm1.port,
+             "-servername", "vm2" + suffix, "-verify_hostname", "vm2" + suffix,
+             "-CAfile", cert, "-verify_return_error", "-ign_eof"],
+            input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=20)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out
+        assert b"Verify return code: 0 (ok)" in out, out
+        assert b"HTTP/1.0 200 ok" in r.stdout, out
+        wait_until(lambda: peer_requests(kvm2, status="200", vm="vm2"), 5,
+                   "kvm2's record of the forwarded passthrough")
+        record = kvm1.lab.last_request(form="sni", vm="vm2")
+        assert record["status"] == "200", record
+
+
+def test_check_of_a_remote_vm_opens_its_channel_through_its_host():
+    """/v1/check and /v1/vms for a VM on another host: its transport is that
+    host's peer link, and the check goes through it to that VM's guestd."""
+    import json
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        kvm2 = cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        status, body = kvm1.admin("/v1/check?target=vm2&port=5986")
+        assert status == 200, body
+        hops = {h["hop"]: h for h in json.loads(body)["hops"]}
+        assert hops["transport"]["via_host"] == "kvm2", hops
+        assert hops["channel"]["status"] == 200, hops
+        wait_until(lambda: peer_requests(kvm2, status="200", vm="vm2"), 5,
+                   "kvm2's record of the checked channel")
+        status, body = kvm1.admin("/v1/vms")
+        vm2 = [v for v in json.loads(body) if v["name"] == "vm2"][0]
+        assert vm2["via_host"] == "kvm2" and "transport_error" not in vm2, vm2

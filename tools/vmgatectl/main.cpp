@@ -277,7 +277,8 @@ int show_vms(const Answer& a) {
   for (const auto& vm : a.body) {
     rows.push_back({text_of(vm.value("name", json())), text_of(vm.value("uuid", json())),
                     text_of(vm.value("cid", json())), text_of(vm.value("state", json())),
-                    text_of(vm.value("transport", json()))});
+                    vm.contains("via_host") ? "via host " + text_of(vm["via_host"])
+                                            : text_of(vm.value("transport", json()))});
   }
   print_table(rows);
   return exit_ok;
@@ -289,7 +290,8 @@ std::vector<std::vector<std::string>> vm_rows(const json& vm) {
       {"uuid", text_of(vm.value("uuid", json()))},
       {"cid", text_of(vm.value("cid", json()), "none (no vsock device)")},
       {"state", text_of(vm.value("state", json()))},
-      {"transport", vm.contains("transport_error") && vm["transport"].is_null()
+      {"transport", vm.contains("via_host") ? "via host " + text_of(vm["via_host"])
+                    : vm.contains("transport_error") && vm["transport"].is_null()
                         ? "- (" + text_of(vm["transport_error"]) + ")"
                         : text_of(vm.value("transport", json()))}};
   auto list = [](const json& items) {
@@ -455,6 +457,7 @@ std::string hop_detail(const json& hop) {
     return detail;
   }
   if (!ok) return text_of(hop.value("error", json()), "failed");
+  if (hop.contains("via_host")) return "through host " + text_of(hop["via_host"]);
   return text_of(hop.value("address", json()), "");
 }
 
