@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -293,12 +294,32 @@ Acceptor listen(asio::any_io_executor executor, const Address& a, error_code& ec
   if (ec) return acceptor;
   if (a.kind == Kind::tcp) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
   if (ec) return acceptor;
+  // A unix socket's file appears at bind(), but a connect() is refused until
+  // listen(): a peer that waits for the file to appear (a VMM, a guest's
+  // relay, a test) and connects at once would be refused. So the socket is
+  // bound under a name of its own beside the path and renamed onto it once
+  // listening (rename(2) is atomic): where the path exists, it accepts.
+  std::string bound_path = a.path;
+  if (a.kind == Kind::unix_socket) {
+    static std::atomic<unsigned> next_temp{0};
+    std::string temp = fmt::format("{}.{}-{}.new", a.path, ::getpid(), next_temp++);
+    if (auto temp_ep = unix_endpoint(temp)) {  // too long a name: bound in place
+      ::unlink(temp.c_str());
+      ep = temp_ep;
+      bound_path = std::move(temp);
+    }
+  }
   acceptor.bind(*ep, ec);
   if (ec) return acceptor;
+  auto discard = [&] {
+    if (bound_path != a.path) ::unlink(bound_path.c_str());
+  };
   if (a.kind == Kind::unix_socket && unix_socket_mode)
-    ec = set_socket_mode(a.path, *unix_socket_mode);
-  if (ec) return acceptor;
-  acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    ec = set_socket_mode(bound_path, *unix_socket_mode);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (!ec && bound_path != a.path && ::rename(bound_path.c_str(), a.path.c_str()) != 0)
+    ec = last_error();
+  if (ec) discard();
   return acceptor;
 }
 

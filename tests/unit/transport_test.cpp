@@ -1,5 +1,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +10,8 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -127,6 +130,7 @@ class TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   std::string file(std::string_view name) const { return fmt::format("{}/{}", path_, name); }
+  const std::string& path() const { return path_; }
 
  private:
   std::string path_;
@@ -205,6 +209,46 @@ TEST_CASE("a stale unix socket file is replaced, a live one is refused and left 
   live.non_blocking(true);  // a listener that lost its path has nothing to accept: no hang
   vmgate::Stream accepted = live.accept(ec);
   CHECK_FALSE(ec);
+}
+
+TEST_CASE("a unix listener's path appears only once it listens, and nothing is left beside it") {
+  // bind() makes the file, but a connect() before listen() is refused: a
+  // peer that waits for the path and connects at once must never see that.
+  // inotify shows how the path came to be: moved into place whole (rename
+  // after listen), not created (bind on the path itself).
+  TempDir dir;
+  const std::string path = dir.file("vm1.sock");
+  const int watch = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  REQUIRE(watch >= 0);
+  REQUIRE(::inotify_add_watch(watch, dir.path().c_str(), IN_CREATE | IN_MOVED_TO) >= 0);
+  vmgate::asio::io_context io;
+  vmgate::error_code ec;
+  auto acceptor = vmgate::transport::listen(io.get_executor(), unix_address(path), ec, 0660);
+  REQUIRE_FALSE(ec);
+  bool created = false;
+  bool moved_in = false;
+  alignas(inotify_event) char events[4096];
+  const ssize_t got = ::read(watch, events, sizeof events);
+  for (ssize_t at = 0; at < got;) {
+    const auto* e = reinterpret_cast<const inotify_event*>(events + at);
+    if (e->len > 0 && std::string_view(e->name) == "vm1.sock") {
+      created = created || (e->mask & IN_CREATE) != 0;
+      moved_in = moved_in || (e->mask & IN_MOVED_TO) != 0;
+    }
+    at += static_cast<ssize_t>(sizeof(inotify_event) + e->len);
+  }
+  ::close(watch);
+  CHECK_FALSE(created);
+  CHECK(moved_in);
+  CHECK(mode_of(path) == 0660);
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
+    names.push_back(entry.path().filename().string());
+  CHECK(names == std::vector<std::string>{"vm1.sock"});
+  int client = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  auto ep = vmgate::asio::local::stream_protocol::endpoint(path);
+  CHECK(::connect(client, ep.data(), static_cast<socklen_t>(ep.size())) == 0);
+  ::close(client);
 }
 
 TEST_CASE("a unix listener never deletes a path that is not a socket") {
