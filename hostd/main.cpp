@@ -226,11 +226,11 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
       .budget = channel_budget, .pool = &channel_pool, .live = &live_channels, .metrics = &metrics};
   std::optional<hostd::GuestListeners> guest_listeners;
   if (config.inbound.enabled()) {
-    guest_listeners.emplace(
-        io.get_executor(), directory,
-        hostd::GuestServices{current, config.channel, directory,
-                             hostd::membership_change(group_membership), &guest_fanout},
-        config.inbound);
+    guest_listeners.emplace(io.get_executor(), directory,
+                            hostd::GuestServices{current, config.channel, directory,
+                                                 hostd::membership_change(group_membership),
+                                                 &guest_fanout, peers ? &*peers : nullptr},
+                            config.inbound);
     if (auto ec = guest_listeners->start()) {
       log::error("guest_listen_failed")
           .kv("listen", config.inbound.listen ? config.inbound.listen->to_string() : "")

@@ -14,6 +14,7 @@
 #include "common/relay.hpp"
 #include "common/transport.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/cluster/peer_channels.hpp"
 #include "hostd/fanout/fanout_delivery.hpp"
 #include "hostd/fanout/fanout_plan.hpp"
 #include "hostd/guestside/guest_caller.hpp"
@@ -193,6 +194,19 @@ awaitable<Reached> reach_vm(const VmRecord& caller, const Target& target,
   if (vm.state != VmState::running)
     co_return refuse(503, "vm-not-running",
                      fmt::format("vm {} is {}", vm.name, state_name(vm.state)));
+  if (services.peers && services.peers->remote(vm)) {
+    // A named local: g++ 12 destroys a temporary in a co_await twice.
+    const std::string who = identity.to_string();
+    const PeerRequest request{
+        .target_host = vm.host, .client = who, .identity = who, .request_id = request_id};
+    auto channel = co_await services.peers->open(vm, *port, request);
+    if (!channel)
+      co_return refuse(channel.error().status, token_for(channel.error().status),
+                       channel.error().reason);
+    co_return Upstream{std::move(channel->stream), std::move(channel->buffer),
+                       fmt::format("vm:{}:{}@{}", vm.name, *port, vm.host),
+                       transport::Kind::unix_socket};
+  }
   auto address = channel_address(services.channel, vm);
   if (!address)
     co_return refuse(address.error().status, token_for(address.error().status),

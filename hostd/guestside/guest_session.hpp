@@ -54,6 +54,7 @@ class ChannelBudget;
 class ChannelPool;
 class LiveChannels;
 class HostdMetrics;
+class PeerChannels;
 
 // What a guest's SEND to many VMs delivers with: the channels client
 // fan-outs use, so that a guest's fan-out shares each VM's channel budget
@@ -72,6 +73,9 @@ struct GuestServices {
   MembershipChange membership;
   // Null: a SEND naming many VMs is answered 501.
   const GuestFanout* fanout = nullptr;
+  // In a cluster: a VM on another host is reached through that host, after
+  // this host's ACL rules allowed it. Null: every VM is this host's.
+  PeerChannels* peers = nullptr;
 };
 
 // Where the connection arrived, and how that names the calling VM: asked

@@ -279,3 +279,23 @@ def test_check_of_a_remote_vm_opens_its_channel_through_its_host():
         status, body = kvm1.admin("/v1/vms")
         vm2 = [v for v in json.loads(body) if v["name"] == "vm2"][0]
         assert vm2["via_host"] == "kvm2" and "transport_error" not in vm2, vm2
+
+
+def test_a_guest_reaches_a_vm_on_another_host_only_where_its_own_host_allows_it():
+    """A guest's SEND to a VM on another host: the ACL rules of the host it
+    arrived at decide, and the VM's host delivers it, knowing the caller."""
+    rule = {"name": "vm1-to-vm2", "action": "allow", "identities": ["vm:vm1"],
+            "vms": ["vm2"], "ports": [5986]}
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1", outbound=True)], inbound=True, acl=[rule])
+        kvm2 = cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        r = kvm1.lab.guestd_command("vm1", "send", "vm2", "--port", "5986", "--path", "/hello")
+        assert r.returncode == 0 and r.stdout == b"hello from vm2\n", r.stderr
+        wait_until(lambda: peer_requests(kvm2, status="200", vm="vm2", identity="vm:vm1"), 5,
+                   "kvm2's record of vm1's request")
+        # Another port: no rule on kvm1 names it, and nothing reaches kvm2.
+        before = metric(kvm1.lab, "vmgate_peer_messages_total", direction="sent")
+        r = kvm1.lab.guestd_command("vm1", "send", "vm2", "--port", "8114")
+        assert r.returncode == 1 and b"may not reach vm2 on port 8114" in r.stderr, r.stderr
+        assert metric(kvm1.lab, "vmgate_peer_messages_total", direction="sent") == before
