@@ -207,7 +207,8 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
     hostd::HostRecord self{
         .name = this_host,
         .peer_address = cc.peer_address.empty() ? cc.peer_listen.to_string() : cc.peer_address,
-        .version = VMGATE_VERSION};
+        .version = VMGATE_VERSION,
+        .client_addresses = cc.client_addresses};
     cluster_sync.emplace(io.get_executor(), cc, *cluster_directory, std::move(self));
     readiness.set_cluster(&cluster_sync->status());
     cluster_sync->on_first_sync([&readiness] { readiness.cluster_synced(); });
@@ -248,7 +249,11 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   }
   std::optional<hostd::DnsServer> dns;
   if (config.dns.enabled()) {
-    dns.emplace(io, config.dns, hostd::vm_zone(directory, config, this_host));
+    // In a cluster, another host's VMs answer the addresses its record publishes.
+    dns.emplace(io, config.dns,
+                hostd::vm_zone(directory, config, this_host,
+                               cluster_directory ? hostd::published_addresses(*cluster_directory)
+                                                 : hostd::HostAddresses{}));
     dns->start();
   }
   readiness.listeners_bound();

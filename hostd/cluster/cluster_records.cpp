@@ -1,5 +1,6 @@
 #include "hostd/cluster/cluster_records.hpp"
 
+#include <boost/asio/ip/address.hpp>
 #include <nlohmann/json.hpp>
 
 namespace vmgate::hostd {
@@ -94,7 +95,10 @@ std::optional<VmState> state_from_name(std::string_view name) {
 }
 
 std::string encode_host_record(const HostRecord& host) {
-  return json{{"name", host.name}, {"peer_address", host.peer_address}, {"version", host.version}}
+  return json{{"name", host.name},
+              {"peer_address", host.peer_address},
+              {"version", host.version},
+              {"client_addresses", host.client_addresses}}
       .dump();
 }
 
@@ -107,9 +111,22 @@ boost::system::result<HostRecord, RecordError> decode_host_record(std::string_vi
   if (!valid_host_name(*name)) return RecordError{std::string("host record names an invalid host")};
   auto peer = string_field(object, "peer_address");
   if (!peer) return peer.error();
+  // Absent from a host older than the field: read as none, so that its VMs
+  // stay routable through it and only DNS has no address to give.
+  auto addresses = string_list(object, "client_addresses");
+  if (!addresses) return addresses.error();
+  for (const std::string& address : *addresses) {
+    boost::system::error_code ec;
+    boost::asio::ip::make_address(address, ec);
+    if (ec)
+      return RecordError{
+          std::string("host record's client_addresses holds something not an "
+                      "IP address")};
+  }
   host.name = std::move(*name);
   host.peer_address = std::move(*peer);
   if (auto version = string_field(object, "version")) host.version = std::move(*version);
+  host.client_addresses = std::move(*addresses);
   return host;
 }
 

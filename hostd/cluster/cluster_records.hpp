@@ -2,7 +2,8 @@
 // (docs/architecture.md, "Cluster"). Pure: no I/O, so the layout and the
 // claim rule are tested on their own.
 //
-//   /vmgate/v1/hosts/NAME   {"name","peer_address","version"}          host's lease
+//   /vmgate/v1/hosts/NAME   {"name","peer_address","version",
+//                            "client_addresses"}                       host's lease
 //   /vmgate/v1/vms/UUID     {"uuid","name","state","groups","networks",
 //                            "host","event":{"time_ns","sequence"}}     claiming host's lease
 //
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <boost/system/result.hpp>
 
@@ -54,6 +56,10 @@ struct HostRecord {
   std::string name;
   std::string peer_address;  // tcp:HOST:PORT of its peer listener
   std::string version;
+  // The IPv4/IPv6 addresses clients reach this host's listeners on
+  // (cluster.client_addresses): what other hosts' DNS answers for its VMs.
+  // Empty from a host that publishes none (one older than the field).
+  std::vector<std::string> client_addresses;
   friend bool operator==(const HostRecord&, const HostRecord&) = default;
 };
 

@@ -42,6 +42,15 @@ bool valid_ip_address(const std::string& text) {
          inet_pton(AF_INET6, text.c_str(), bytes) == 1;
 }
 
+// 0.0.0.0 or :: (any spelling): a wildcard to bind, not an address to reach.
+bool unspecified_ip_address(const std::string& text) {
+  unsigned char bytes[16] = {};
+  const bool parsed =
+      inet_pton(AF_INET, text.c_str(), bytes) == 1 || inet_pton(AF_INET6, text.c_str(), bytes) == 1;
+  return parsed &&
+         std::all_of(std::begin(bytes), std::end(bytes), [](unsigned char b) { return b == 0; });
+}
+
 // Lowercase hex without separators: "AB:cd:01..." and "abcd01..." name the
 // same pin. Empty when `text` is not a SHA-256 fingerprint.
 std::string normalized_fingerprint(std::string_view text) {
@@ -328,6 +337,15 @@ ClusterConfig read_cluster(const Section& s) {
     if (!parsed) s.fail("peer_address", parsed.error());
     if (parsed->kind != transport::Kind::tcp) s.fail("peer_address", "is tcp:HOST:PORT");
   }
+  c.client_addresses = s.get_string_array("client_addresses", {});
+  for (const std::string& address : c.client_addresses) {
+    if (!valid_ip_address(address))
+      s.fail("client_addresses", fmt::format("'{}' is not an IPv4 or IPv6 address", address));
+    // A DNS answer of 0.0.0.0 or :: sends the client nowhere (or to itself).
+    if (unspecified_ip_address(address))
+      s.fail("client_addresses",
+             fmt::format("'{}' is not an address a client can connect to", address));
+  }
   c.peer_certificate = s.get_string("peer_certificate", "");
   c.peer_key = s.get_string("peer_key", "");
   c.peer_ca = s.get_string("peer_ca", "");
@@ -604,6 +622,8 @@ HostdConfig read(const Section& root) {
   if (auto s = root.section("admin")) c.admin = read_admin(*s);
   if (auto s = root.section("cluster")) c.cluster = read_cluster(*s);
   if (auto s = root.section("dns")) c.dns = read_dns(*s, c.routing);
+  // Where this host's DNS says its VMs are is where other hosts' DNS says so.
+  if (c.cluster.client_addresses.empty()) c.cluster.client_addresses = c.dns.addresses;
   if (auto s = root.section("auth")) {
     c.auth.tokens_file = s->get_string("tokens_file", "");
     s->reject_unknown_keys();

@@ -282,6 +282,10 @@ struct ClusterConfig {
   std::string peer_certificate;  // names host_name (DNS SAN or CN)
   std::string peer_key;
   std::string peer_ca;  // the cluster CA: every host's certificate chains to it
+  // The IPv4/IPv6 addresses clients reach this host's listeners on, published
+  // in its host record: what every host's DNS ([dns]) answers for this host's
+  // VMs. Default (unset or empty): [dns] addresses.
+  std::vector<std::string> client_addresses;
   // Connect, TLS handshake and the peer's answer, for a forwarded request.
   std::chrono::milliseconds peer_connect_timeout{2000};
   // A forwarded request's head (the peer listener's limit).

@@ -20,6 +20,12 @@ namespace vmgate::hostd {
 // `host`); none known → the name exists but has no record (NODATA).
 using HostAddresses = std::function<std::vector<boost::asio::ip::address>(std::string_view host)>;
 
+class ClusterDirectory;
+
+// In a cluster: another host's addresses as its host record publishes them
+// (cluster.client_addresses). The directory must outlive the function.
+HostAddresses published_addresses(const ClusterDirectory& directory);
+
 // This host's VMs answer `config.dns.addresses`. The directory must outlive
 // the zone. An ambiguous name exists but answers no record: the client
 // learns nothing it could connect to the wrong VM with.

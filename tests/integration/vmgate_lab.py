@@ -573,12 +573,17 @@ class Lab:
 
     # helpers for tests --------------------------------------------------------
 
+    # Where curl runs and which address it reaches hostd on: a lab whose
+    # processes run in a network namespace (cluster_lab.NetnsLab) changes both.
+    client_host = "127.0.0.1"
+    client_prefix = ()
+
     @property
     def port(self):
         return self.ports[0]
 
-    def url(self, path="/", host="127.0.0.1", port=None):
-        return "http://%s:%d%s" % (host, port or self.port, path)
+    def url(self, path="/", host=None, port=None):
+        return "http://%s:%d%s" % (host or self.client_host, port or self.port, path)
 
     def curl(self, path_or_url, *args, input=None, timeout=60, stdin=None):
         """curl -sS against hostd; a relative path goes to the first listener.
@@ -587,8 +592,8 @@ class Lab:
         fd, headers_path = tempfile.mkstemp(dir=self.dir, prefix="curl-", suffix=".h")
         os.close(fd)
         try:
-            argv = ["curl", "-sS", "--max-time", str(timeout), "-D", headers_path, "-o", "-",
-                    *args, url]
+            argv = [*self.client_prefix, "curl", "-sS", "--max-time", str(timeout),
+                    "-D", headers_path, "-o", "-", *args, url]
             r = subprocess.run(argv, input=input, stdin=stdin if input is None else None,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                timeout=timeout + 10)

@@ -56,6 +56,40 @@ TEST_CASE("a host record survives encoding and decoding") {
   CHECK_FALSE(decode_host_record("not json").has_value());
 }
 
+TEST_CASE("a host record carries the addresses clients reach the host on") {
+  HostRecord host{.name = "kvm1",
+                  .peer_address = "tcp:10.0.0.1:7443",
+                  .version = "1.2.3",
+                  .client_addresses = {"192.0.2.1", "2001:db8::1"}};
+  const std::string text = encode_host_record(host);
+  CHECK(text.find("\"client_addresses\":[\"192.0.2.1\",\"2001:db8::1\"]") != std::string::npos);
+  auto decoded = decode_host_record(text);
+  REQUIRE(decoded.has_value());
+  CHECK(decoded->client_addresses == host.client_addresses);
+}
+
+TEST_CASE("a host record from a host older than client addresses is read as publishing none") {
+  auto decoded =
+      decode_host_record(R"({"name":"kvm1","peer_address":"tcp:10.0.0.1:7443","version":"0.9"})");
+  REQUIRE(decoded.has_value());
+  CHECK(decoded->name == "kvm1");
+  CHECK(decoded->peer_address == "tcp:10.0.0.1:7443");
+  CHECK(decoded->client_addresses.empty());
+}
+
+TEST_CASE("a host record whose client addresses are not IP addresses is refused") {
+  CHECK_FALSE(decode_host_record(
+                  R"({"name":"kvm1","peer_address":"tcp:x:1","client_addresses":"192.0.2.1"})")
+                  .has_value());
+  CHECK_FALSE(
+      decode_host_record(R"({"name":"kvm1","peer_address":"tcp:x:1","client_addresses":[1]})")
+          .has_value());
+  auto named = decode_host_record(
+      R"({"name":"kvm1","peer_address":"tcp:x:1","client_addresses":["kvm1.example"]})");
+  REQUIRE_FALSE(named.has_value());
+  CHECK(named.error().reason.find("client_addresses") != std::string::npos);
+}
+
 TEST_CASE("a VM claim survives encoding and decoding, without its CID") {
   VmClaim c = claim("kvm1", VmState::paused, 1'700'000'000'123'456'789, 42);
   c.vm.cid = 7;

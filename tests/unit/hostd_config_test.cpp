@@ -446,6 +446,30 @@ TEST_CASE("a cluster host listening on every address must say where peers reach 
   CHECK(c.cluster.lease_ttl.count() == 5);
 }
 
+TEST_CASE("a cluster host publishes its DNS addresses unless it names client addresses") {
+  auto c = parse_hostd_config(
+      "[routing]\nhost_suffix = \"vms.example\"\n[dns]\nlisten = [\"127.0.0.1:53\"]\n"
+      "addresses = [\"192.0.2.1\"]\n",
+      "hostd.toml");
+  CHECK(c.cluster.client_addresses == std::vector<std::string>{"192.0.2.1"});
+  c = parse_hostd_config(
+      "[cluster]\nclient_addresses = [\"198.51.100.7\", \"2001:db8::7\"]\n"
+      "[dns]\naddresses = [\"192.0.2.1\"]\n",
+      "hostd.toml");
+  CHECK(c.cluster.client_addresses == std::vector<std::string>{"198.51.100.7", "2001:db8::7"});
+  CHECK(parse_hostd_config("", "hostd.toml").cluster.client_addresses.empty());
+}
+
+TEST_CASE("cluster client addresses that a client could not connect to are refused") {
+  CHECK(error_of("[cluster]\nclient_addresses = [\"kvm1.example\"]\n") ==
+        "hostd.toml:2: cluster.client_addresses: 'kvm1.example' is not an IPv4 or IPv6 address");
+  CHECK(error_of("[cluster]\nclient_addresses = [\"192.0.2.1\", \"0.0.0.0\"]\n") ==
+        "hostd.toml:2: cluster.client_addresses: '0.0.0.0' is not an address a client can "
+        "connect to");
+  CHECK(error_of("[cluster]\nclient_addresses = [\"::\"]\n") ==
+        "hostd.toml:2: cluster.client_addresses: '::' is not an address a client can connect to");
+}
+
 TEST_CASE("a cluster host name that cannot be an etcd key segment is refused") {
   CHECK(error_of("[cluster]\nhost_name = \"kvm/1\"\n") ==
         "hostd.toml:2: cluster.host_name: must be letters, digits, '.', '-' or '_' (it is part of "
