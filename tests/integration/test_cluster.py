@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -343,3 +344,66 @@ def test_a_fanout_message_is_delivered_only_to_the_receivers_own_vms_named_by_uu
         # Never forwarded again, not even vm2 to the host that runs it.
         assert peer_messages(kvm1, "sent") == 0
         assert peer_messages(kvm2, "received") == 0
+
+
+class SilentAgent:
+    """Accepts connections and reads from them, never answering."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_host_that_cuts_its_results_mid_way_fails_its_unanswered_vms_at_once_naming_it():
+    silent = SilentAgent()
+    # Long enough that only the cut, not a timeout, can end c1's wait in time.
+    slow = {"fanout": {"vm_timeout_ms": 20000}}
+    try:
+        with Etcd() as etcd, Cluster(etcd) as cluster:
+            kvm1 = cluster.host("kvm1", spread_vms(["a1"]), hostd=slow)
+            kvm3 = cluster.host("kvm3", [VM("c1", agent=None, groups=("spread",),
+                                            guestd_agents={"5986": "tcp:127.0.0.1:%d" %
+                                                           silent.port}),
+                                         VM("c2", groups=("spread",))], hostd=slow)
+            cluster.converged()
+            outcome = {}
+
+            def ask():
+                started = time.monotonic()
+                outcome["response"] = requests.get(kvm1.url("/hello"), timeout=60,
+                                                   headers={"X-VM-Id": "group:spread"})
+                outcome["seconds"] = time.monotonic() - started
+
+            client = threading.Thread(target=ask)
+            client.start()
+            # c2 has answered on kvm3 (its part is on its way), c1 never will.
+            kvm3.lab.hostd.wait_for(r"event=fanout_vm .*vm=c2 ", timeout=10)
+            kvm3.lab.hostd.kill()
+            client.join(30)
+            assert outcome["seconds"] < 10, outcome
+            parts, summary = multipart_parts(outcome["response"])
+            assert sorted(parts) == ["a1", "c1", "c2"]
+            assert parts["a1"]["X-VM-Class"] == "answered"
+            assert parts["c2"]["X-VM-Class"] == "answered"
+            assert parts["c1"]["X-VM-Class"] == "unreachable", dict(parts["c1"])
+            assert "kvm3" in parts["c1"]["X-VM-Reason"]
+            assert summary["vms"] == 3 and summary["answered"] == 2
+    finally:
+        silent.close()
