@@ -392,9 +392,8 @@ awaitable<void> PeerServer::serve_fanout(FanoutMessage& m) {
                         .peers = nullptr,
                         .identity = m.identity};
   // `m.parser` was moved from: a prepared fan-out never reads its head.
-  const bool whole_answer =
-      co_await run_fanout(ends, FanoutRequest{m.parser, route, plan, &prepared}, rec_of);
-  (void)whole_answer;
+  // The connection ends with the answer, whatever run_fanout says of it.
+  co_await run_fanout(ends, FanoutRequest{m.parser, route, plan, &prepared}, rec_of);
   co_await m.peer.close(true, std::chrono::milliseconds(1000));
 }
 
