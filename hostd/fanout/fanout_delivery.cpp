@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <fmt/format.h>
@@ -416,8 +417,12 @@ class Fanout {
                               .agent_head = agent_head_,
                               .body = body()};
     message.vms.reserve(indices.size());
-    for (std::size_t i : indices)
+    // Its results name VMs by UUID: each is found at once, however many.
+    std::unordered_map<std::string_view, std::size_t> by_uuid;
+    for (std::size_t i : indices) {
       message.vms.push_back(plan_.members[i].vm.uuid);
+      by_uuid.emplace(plan_.members[i].vm.uuid, i);
+    }
     const auto start = clock::now();
     std::string why;
     auto link = co_await ends_.peers->open_fanout(host, message);
@@ -451,7 +456,7 @@ class Fanout {
           break;
         }
         for (VmResult& result : *batch)
-          take_remote(indices, std::move(result));
+          take_remote(by_uuid, std::move(result));
       }
     }
     for (std::size_t i : indices) {
@@ -468,12 +473,11 @@ class Fanout {
 
   // A result another host sent, for one of the VMs asked of it (by UUID),
   // once; under the name this host's plan has for it.
-  void take_remote(const std::vector<std::size_t>& indices, VmResult result) {
-    for (std::size_t i : indices) {
-      const VmRecord& vm = plan_.members[i].vm;
-      if (vm.uuid != result.uuid || reported_[i]) continue;
-      result.name = vm.name;
-      push(i, std::move(result));
+  void take_remote(const std::unordered_map<std::string_view, std::size_t>& by_uuid,
+                   VmResult result) {
+    if (auto it = by_uuid.find(result.uuid); it != by_uuid.end() && !reported_[it->second]) {
+      result.name = plan_.members[it->second].vm.name;
+      push(it->second, std::move(result));
       return;
     }
     log::warn("fanout_peer_result_ignored")
