@@ -169,6 +169,12 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
     co_return;
   }
   ClientStream peer(std::move(tls), tls_);
+  // The head's deadline goes on, closing the socket the stream now owns (the
+  // handshake's action would reach the moved-from pointer).
+  deadline.expires_after(config_.cluster.peer_connect_timeout, [&peer] {
+    error_code ignored;
+    peer.socket().close(ignored);
+  });
   beast::flat_buffer buffer;
   http::request_parser<http::empty_body> parser;
   parser.header_limit(config_.cluster.peer_header_bytes);

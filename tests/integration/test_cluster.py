@@ -407,3 +407,26 @@ def test_a_host_that_cuts_its_results_mid_way_fails_its_unanswered_vms_at_once_n
             assert summary["vms"] == 3 and summary["answered"] == 2
     finally:
         silent.close()
+
+
+def test_a_peer_that_sends_no_head_within_the_connect_timeout_is_cut_and_hostd_goes_on():
+    import ssl
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        cert = cluster.pki.peer(cluster.ca, "kvm2")
+        context = ssl.create_default_context(cafile=cluster.ca.cert)
+        context.load_cert_chain(cert.cert, cert.key)
+        with socket.create_connection(("127.0.0.1", kvm1.peer_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="kvm1") as tls:
+                started = time.monotonic()
+                # Nothing sent: kvm1 closes the link after peer_connect_timeout_ms (2 s).
+                try:
+                    closed = tls.recv(1) == b""
+                except (ssl.SSLError, ConnectionResetError):
+                    closed = True
+                assert closed and time.monotonic() - started < 5
+        assert kvm1.lab.hostd.alive()
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
+        assert r.status == 200 and r.body == b"hello from vm2\n", r
