@@ -201,8 +201,11 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   if (clustered) {
     const hostd::ClusterConfig& cc = config.cluster;
     hostd::PeerTls tls = hostd::load_peer_tls(cc, this_host);
-    peers.emplace(cc, *cluster_directory, tls.client, config.limits.idle_timeout);
-    peer_server.emplace(io.get_executor(), config, *cluster_directory, tls.server, &live_channels);
+    peers.emplace(cc, *cluster_directory, tls.client, config.limits.idle_timeout,
+                  config.fanout.max_response);
+    peer_server.emplace(io.get_executor(), config, *cluster_directory, tls.server, &live_channels,
+                        hostd::PeerFanoutDelivery{
+                            .budget = &channel_budget, .pool = &channel_pool, .metrics = &metrics});
     peer_server->start();
     hostd::HostRecord self{
         .name = this_host,

@@ -64,8 +64,9 @@ boost::system::result<Admitted, Refused> admit_route(Route route, const Identity
     if (many.status == Selection::Status::invalid)
       return refuse(AdmissionStep::route, {400, std::move(many.reason)});
     if (many.status == Selection::Status::found) {
-      FanoutPlan plan = plan_fanout(std::move(many.vms), route.target, identity, route.port,
-                                    context.policy, context.channel, many.unknown);
+      FanoutPlan plan =
+          plan_fanout(std::move(many.vms), route.target, identity, route.port, context.policy,
+                      context.channel, many.unknown, context.local_host);
       if (plan.members.empty()) {
         if (plan.access) return forbidden(std::move(*plan.access));
         return refuse(AdmissionStep::select, {404, fmt::format("'{}' names no VM", target_text)});

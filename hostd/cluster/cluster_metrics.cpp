@@ -11,12 +11,14 @@ namespace vmgate::hostd {
 std::string render_cluster_metrics(const ClusterStatus& status, const PeerChannels& sent,
                                    const PeerServer& received) {
   return fmt::format(
-      "# HELP vmgate_peer_messages_total Messages between hosts: links this host opened to "
-      "another host's peer listener (sent), and those other hosts opened to it (received).\n"
+      "# HELP vmgate_peer_messages_total Messages between hosts, sent by this host to another "
+      "host's peer listener or received from one: a unicast link to one VM (CONNECT), or a "
+      "fan-out's one message to a host for all of its VMs.\n"
       "# TYPE vmgate_peer_messages_total counter\n"
       "vmgate_peer_messages_total{{direction=\"sent\"}} {}\n"
       "vmgate_peer_messages_total{{direction=\"received\"}} {}\n"
-      "# HELP vmgate_peer_failures_total Links to other hosts that failed or were refused.\n"
+      "# HELP vmgate_peer_failures_total Messages to other hosts that failed, were refused, or "
+      "whose fan-out results were cut.\n"
       "# TYPE vmgate_peer_failures_total counter\n"
       "vmgate_peer_failures_total {}\n"
       "# HELP vmgate_cluster_etcd_connected Whether this host's etcd session is up (1) or "

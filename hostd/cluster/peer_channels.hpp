@@ -18,6 +18,10 @@
 // To the client connection such a link is a channel like any other: its end
 // here is one side of a socket pair, and a relay carries the other side over
 // TLS, so exchanges, tunnels and the channel pool work unchanged.
+//
+// A fan-out sends each host one message for all of its VMs instead
+// (open_fanout; peer_fanout_message.hpp has its form), over a link of its own
+// that ends with the message's answer.
 #pragma once
 
 #include <atomic>
@@ -34,7 +38,9 @@
 #include "hostd/channel/channel.hpp"
 #include "hostd/cluster/cluster_directory.hpp"
 #include "hostd/config/hostd_config.hpp"
+#include "hostd/fanout/fanout_result.hpp"
 #include "hostd/identity/identity.hpp"
+#include "hostd/proxy/client_stream.hpp"
 #include "hostd/refusal.hpp"
 
 namespace vmgate::hostd {
@@ -56,10 +62,37 @@ struct PeerRequest {
 // are dropped.
 std::string encode_peer_request(const VmRecord& vm, std::uint16_t port, const PeerRequest& request);
 
+struct PeerFanoutMessage;
+
+// A fan-out message's link to its host, once that host answered 200: the
+// results it streams back, read as they come.
+class PeerFanoutLink {
+ public:
+  struct State;
+  explicit PeerFanoutLink(std::unique_ptr<State> state);
+  ~PeerFanoutLink();
+  PeerFanoutLink(const PeerFanoutLink&) = delete;
+  PeerFanoutLink& operator=(const PeerFanoutLink&) = delete;
+
+  // The next results, at least one unless the stream is now whole
+  // (finished()); a refusal naming the host when the link failed, ended
+  // before the summary, or sent what cannot be read. Not bounded in time:
+  // the caller bounds it (and may cancel socket()).
+  awaitable<boost::system::result<std::vector<VmResult>, Refusal>> next();
+  bool finished() const;
+  Stream& socket();
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
 class PeerChannels {
  public:
+  // `max_response`: fanout.max_response, what bounds a line of a host's
+  // fan-out results.
   PeerChannels(const ClusterConfig& config, const ClusterDirectory& directory,
-               std::shared_ptr<asio::ssl::context> tls, std::chrono::milliseconds relay_idle);
+               std::shared_ptr<asio::ssl::context> tls, std::chrono::milliseconds relay_idle,
+               std::uint64_t max_response = FanoutConfig{}.max_response);
 
   const std::string& local_host() const { return directory_.host(); }
   bool remote(const VmRecord& vm) const { return vm.host != directory_.host(); }
@@ -70,10 +103,25 @@ class PeerChannels {
   awaitable<boost::system::result<Channel, Refusal>> open(const VmRecord& vm, std::uint16_t port,
                                                           const PeerRequest& request);
 
+  // One fan-out message to `host` for its VMs in `message`, answered 200
+  // within cluster.peer_connect_timeout; else a refusal naming the host (502
+  // when it cannot be reached, or its own refusal of the whole message).
+  // Counted once in sent(), whatever the number of VMs.
+  awaitable<boost::system::result<std::unique_ptr<PeerFanoutLink>, Refusal>> open_fanout(
+      const std::string& host, const PeerFanoutMessage& message);
+  // A fan-out link that failed after its answer began.
+  void count_failure() { ++failed_; }
+
   std::uint64_t sent() const { return sent_; }
   std::uint64_t failed() const { return failed_; }
 
  private:
+  using TlsLink = boost::system::result<std::unique_ptr<ClientStream::TlsStream>, Refusal>;
+  // A TLS link to `host`'s peer listener, its certificate checked.
+  awaitable<TlsLink> connect_tls(const HostRecord& host, const transport::Address& address);
+  awaitable<boost::system::result<std::unique_ptr<PeerFanoutLink>, Refusal>> connect_fanout(
+      const HostRecord& host, const transport::Address& address, const PeerFanoutMessage& message);
+
   awaitable<boost::system::result<Channel, Refusal>> connect(const HostRecord& host,
                                                              const transport::Address& address,
                                                              const VmRecord& vm, std::uint16_t port,
@@ -83,6 +131,7 @@ class PeerChannels {
   const ClusterDirectory& directory_;
   std::shared_ptr<asio::ssl::context> tls_;
   std::chrono::milliseconds relay_idle_;
+  std::uint64_t max_response_;
   std::atomic<std::uint64_t> sent_{0};
   std::atomic<std::uint64_t> failed_{0};
 };

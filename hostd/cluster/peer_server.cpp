@@ -11,6 +11,9 @@
 #include "common/log.hpp"
 #include "hostd/channel/channel.hpp"
 #include "hostd/cluster/peer_channels.hpp"
+#include "hostd/cluster/peer_fanout_message.hpp"
+#include "hostd/fanout/fanout_delivery.hpp"
+#include "hostd/fanout/fanout_plan.hpp"
 #include "hostd/identity/tls_server.hpp"
 #include "hostd/proxy/client_stream.hpp"
 #include "hostd/proxy/error_response.hpp"
@@ -73,14 +76,29 @@ std::optional<std::string> peer_host(SSL* ssl, const ClusterDirectory& directory
 
 }  // namespace
 
+// A fan-out message as serve() read its head, for serve_fanout.
+struct PeerServer::FanoutMessage {
+  ClientStream& peer;
+  beast::flat_buffer& buffer;
+  http::request_parser<http::empty_body>& parser;
+  Deadline& deadline;
+  std::uint64_t id;
+  const std::string& from_address;
+  const std::string& from_host;
+  const std::string& request_id;
+  const std::string& client;
+  const std::string& identity;
+};
+
 PeerServer::PeerServer(asio::any_io_executor executor, const HostdConfig& config,
                        const ClusterDirectory& directory, std::shared_ptr<asio::ssl::context> tls,
-                       LiveChannels* live)
+                       LiveChannels* live, PeerFanoutDelivery fanout)
     : executor_(std::move(executor)),
       config_(config),
       directory_(directory),
       tls_(std::move(tls)),
-      live_(live) {}
+      live_(live),
+      fanout_(fanout) {}
 
 PeerServer::~PeerServer() = default;
 
@@ -151,6 +169,12 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
     co_return;
   }
   ClientStream peer(std::move(tls), tls_);
+  // The head's deadline goes on, closing the socket the stream now owns (the
+  // handshake's action would reach the moved-from pointer).
+  deadline.expires_after(config_.cluster.peer_connect_timeout, [&peer] {
+    error_code ignored;
+    peer.socket().close(ignored);
+  });
   beast::flat_buffer buffer;
   http::request_parser<http::empty_body> parser;
   parser.header_limit(config_.cluster.peer_header_bytes);
@@ -191,6 +215,20 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
       Refusal refusal{403, "the peer's certificate names no host in the cluster directory"};
       record(refusal.status, refusal.reason);
       co_await respond(refusal, request_id);
+      co_return;
+    }
+    if (is_peer_fanout(head)) {
+      FanoutMessage message{.peer = peer,
+                            .buffer = buffer,
+                            .parser = parser,
+                            .deadline = deadline,
+                            .id = id,
+                            .from_address = from_address,
+                            .from_host = *from_host,
+                            .request_id = request_id,
+                            .client = client,
+                            .identity = identity};
+      co_await serve_fanout(message);
       co_return;
     }
     auto delivery = check_request(head, config_, directory_);
@@ -244,6 +282,125 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
                       std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started)
                           .count()));
   }
+}
+
+// The VMs of this host a fan-out on another host reached, delivered as its
+// own fan-outs are; the results go back as NDJSON as they complete. What the
+// sender's head says is read within the fan-out limits of this host, before
+// the body; a refusal of the whole message is an error response, as for
+// CONNECT, and a VM it cannot deliver to is a part of its own.
+awaitable<void> PeerServer::serve_fanout(FanoutMessage& m) {
+  const auto& head = m.parser.get();
+  std::size_t vms = 0;
+  auto record = [&](unsigned status, std::string_view reason) {
+    log::Line l(log::Level::info, "peer_request");
+    l.kv("conn", static_cast<unsigned long long>(m.id))
+        .kv("peer", m.from_address)
+        .kv("from", m.from_host)
+        .kv("req", m.request_id)
+        .kv("client", m.client)
+        .kv("identity", m.identity)
+        .kv("target", std::string(peer_fanout_path))
+        .kv("vms", static_cast<unsigned long long>(vms))
+        .kv("status", status);
+    if (!reason.empty()) l.kv("reason", reason);
+  };
+  auto refuse = [&](const Refusal& refusal) -> awaitable<void> {
+    record(refusal.status, refusal.reason);
+    auto response = make_error_response(refusal, m.request_id, 11, false);
+    m.deadline.expires_after(config_.cluster.peer_connect_timeout, [&m] {
+      error_code ignored;
+      m.peer.socket().close(ignored);
+    });
+    co_await http::async_write(m.peer, response, use_tuple);
+    m.deadline.expires_never();
+    co_await m.peer.close(true, std::chrono::milliseconds(1000));
+  };
+  const std::string target_host = field_of(head, peer_host_field);
+  if (target_host != directory_.host()) {
+    const Refusal refusal{421,
+                          fmt::format("this is host {}, not '{}'", directory_.host(), target_host)};
+    co_return co_await refuse(refusal);
+  }
+  if (!fanout_.budget) {
+    const Refusal refusal{501, "this host's peer listener takes no fan-out messages"};
+    co_return co_await refuse(refusal);
+  }
+  const PeerFanoutLimits limits{.max_vms = config_.fanout.max_targets,
+                                .max_head_bytes = config_.limits.header_bytes,
+                                .max_body = config_.fanout.max_body};
+  auto declared = parse_peer_fanout_head(head, limits);
+  if (!declared) co_return co_await refuse(declared.error());
+  vms = static_cast<std::size_t>(declared->vms);
+
+  // The whole message, within what the head declared and the idle timeout.
+  http::request_parser<http::string_body> whole{std::move(m.parser)};
+  whole.body_limit(declared->content_length);
+  m.deadline.expires_after(config_.limits.idle_timeout, [&m] {
+    error_code ignored;
+    m.peer.socket().close(ignored);
+  });
+  auto [rec, n] = co_await http::async_read(m.peer, m.buffer, whole, use_tuple);
+  m.deadline.expires_never();
+  if (rec) {
+    record(499, fmt::format("the sender went away mid-message: {}", rec.message()));
+    co_return;
+  }
+  const std::string& bytes = whole.get().body();
+  auto split = split_peer_fanout_body(bytes, *declared);
+  if (!split) co_return co_await refuse(split.error());
+  if (split->body.size() > config_.fanout.max_body) {
+    const Refusal refusal{413, fmt::format("a body of {} bytes exceeds fanout.max_body ({} bytes)",
+                                           split->body.size(), config_.fanout.max_body)};
+    co_return co_await refuse(refusal);
+  }
+  // The head the agents get was rewritten by the first host; it is parsed
+  // here only to be sure it is one head, and whether it is a HEAD.
+  http::request_parser<http::empty_body> agent;
+  agent.header_limit(static_cast<std::uint32_t>(config_.limits.header_bytes));
+  error_code pec;
+  const std::size_t used =
+      agent.put(asio::buffer(split->agent_head.data(), split->agent_head.size()), pec);
+  if (pec || !agent.is_header_done() || used != split->agent_head.size()) {
+    const Refusal refusal{400, "the fan-out message's agent head is not one request head"};
+    co_return co_await refuse(refusal);
+  }
+
+  const FanoutPlan plan =
+      plan_peer_fanout(split->vms, directory_, directory_.host(), config_.channel);
+  record(200, {});
+  RequestRecord rec_of;
+  if (!m.request_id.empty()) rec_of.id = m.request_id;
+  rec_of.conn = m.id;
+  rec_of.listener = "peer";
+  rec_of.client = m.client;
+  rec_of.identity = m.identity.empty() ? std::string("-") : m.identity;
+  rec_of.method = std::string(agent.get().method_string());
+  rec_of.form = "peer_fanout";
+  rec_of.target = m.from_host;
+  rec_of.port = declared->port;
+  Route route;
+  route.port = declared->port;
+  const PreparedFanout prepared{.agent_head = split->agent_head,
+                                .body = split->body,
+                                .is_head = agent.get().method() == http::verb::head};
+  // Never forwarded again: no peers, and the plan holds this host's VMs only.
+  const FanoutEnds ends{.client = m.peer,
+                        .client_buffer = m.buffer,
+                        .deadline = m.deadline,
+                        .config = config_,
+                        .budget = *fanout_.budget,
+                        .pool = fanout_.pool,
+                        .live = live_,
+                        .metrics = fanout_.metrics,
+                        .peer = m.client,
+                        .trusted_listener = false,
+                        .peers = nullptr,
+                        .identity = m.identity};
+  // `m.parser` was moved from: a prepared fan-out never reads its head.
+  // The connection ends with the answer, whatever run_fanout says of it.
+  co_await run_fanout(ends, FanoutRequest{m.parser, route, plan, &prepared}, rec_of);
+  co_await m.peer.close(true, std::chrono::milliseconds(1000));
 }
 
 }  // namespace vmgate::hostd

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <fmt/format.h>
@@ -15,6 +16,8 @@
 
 #include "common/log.hpp"
 #include "hostd/channel/channel.hpp"
+#include "hostd/cluster/peer_channels.hpp"
+#include "hostd/cluster/peer_fanout_message.hpp"
 #include "hostd/fanout/fanout_result.hpp"
 #include "hostd/proxy/error_response.hpp"
 #include "hostd/proxy/head_bytes.hpp"
@@ -71,13 +74,24 @@ class Fanout {
   ~Fanout() { ends_.deadline.expires_never(); }
 
   awaitable<bool> run() {
-    const auto& head = request_.head.get();
-    version_ = head.version();
-    keep_alive_ = head.keep_alive();
-    ndjson_ = wants_ndjson(head[http::field::accept]);
-    is_head_ = head.method() == http::verb::head;
-    if (!co_await read_body()) co_return false;
-    make_agent_head();
+    if (const PreparedFanout* prepared = request_.prepared) {
+      // Another host's message: its answer is read by that host, as NDJSON,
+      // and ends with the connection.
+      version_ = 11;
+      keep_alive_ = false;
+      ndjson_ = true;
+      is_head_ = prepared->is_head;
+      had_body_ = !prepared->body.empty();
+      agent_head_ = prepared->agent_head;
+    } else {
+      const auto& head = request_.head.get();
+      version_ = head.version();
+      keep_alive_ = head.keep_alive();
+      ndjson_ = wants_ndjson(head[http::field::accept]);
+      is_head_ = head.method() == http::verb::head;
+      if (!co_await read_body()) co_return false;
+      make_agent_head();
+    }
     if (!co_await write_response_head()) {
       rec_.status = 499;
       rec_.reason = "client closed the connection";
@@ -172,6 +186,7 @@ class Fanout {
   }
 
   std::string_view body() const {
+    if (request_.prepared) return request_.prepared->body;
     return message_ ? std::string_view(message_->body()) : std::string_view();
   }
 
@@ -264,19 +279,41 @@ class Fanout {
   // Settled VMs first, in the plan's order; then workers for the others, and
   // the results written as they come until every worker is done.
   awaitable<void> deliver_all() {
+    // Other hosts' VMs, by host, in the plan's order: one message each.
+    std::vector<std::pair<std::string, std::vector<std::size_t>>> hosts;
+    std::size_t local = 0;
     for (std::size_t i = 0; i < plan_.members.size(); ++i) {
-      if (plan_.members[i].settled) push(i, VmResult(*plan_.members[i].settled));
+      const FanoutMember& member = plan_.members[i];
+      if (member.settled) {
+        push(i, VmResult(*member.settled));
+      } else if (!member.remote) {
+        ++local;
+      } else if (!ends_.peers) {
+        push(i, refused_result(member.vm.name, member.vm.uuid,
+                               Refusal{502, fmt::format("vm {} is on host {}, and this hostd has "
+                                                        "no links to other hosts",
+                                                        member.vm.name, member.vm.host)}));
+      } else {
+        auto it = std::find_if(hosts.begin(), hosts.end(),
+                               [&](const auto& h) { return h.first == member.vm.host; });
+        if (it == hosts.end()) it = hosts.insert(hosts.end(), {member.vm.host, {}});
+        it->second.push_back(i);
+      }
     }
-    const std::size_t to_deliver = plan_.to_deliver();
-    const std::size_t workers = std::min<std::size_t>(config_.max_parallel, to_deliver);
+    const std::size_t workers = std::min<std::size_t>(config_.max_parallel, local);
     max_ready_ = std::max<std::size_t>(2 * config_.max_parallel, 16);
-    in_flight_.assign(workers, nullptr);
-    workers_left_ = workers;
-    for (std::size_t slot = 0; slot < workers; ++slot) {
-      asio::co_spawn(executor_, worker(slot), [this, id = rec_.id](std::exception_ptr e) {
-        if (e) log::error("fanout_worker_failed").kv("req", id).kv("error", log::describe(e));
-        if (--workers_left_ == 0) wake_.cancel();
-      });
+    in_flight_.assign(workers + hosts.size(), nullptr);
+    workers_left_ = workers + hosts.size();
+    auto done = [this, id = rec_.id](std::exception_ptr e) {
+      if (e) log::error("fanout_worker_failed").kv("req", id).kv("error", log::describe(e));
+      if (--workers_left_ == 0) wake_.cancel();
+    };
+    for (std::size_t slot = 0; slot < workers; ++slot)
+      asio::co_spawn(executor_, worker(slot), done);
+    for (std::size_t h = 0; h < hosts.size(); ++h) {
+      asio::co_spawn(
+          executor_,
+          host_worker(workers + h, std::move(hosts[h].first), std::move(hosts[h].second)), done);
     }
     for (;;) {
       if (!ready_.empty()) {
@@ -342,11 +379,9 @@ class Fanout {
 
   awaitable<void> worker(std::size_t slot) {
     for (;;) {
-      while (!stopped_ && ready_.size() >= max_ready_) {
-        room_.expires_at(asio::steady_timer::time_point::max());
-        co_await room_.async_wait(use_tuple);
-      }
-      while (next_ < plan_.members.size() && plan_.members[next_].settled)
+      co_await wait_for_room();
+      while (next_ < plan_.members.size() &&
+             (plan_.members[next_].settled || plan_.members[next_].remote))
         ++next_;
       if (stopped_ || next_ >= plan_.members.size()) co_return;
       const std::size_t index = next_++;
@@ -357,6 +392,97 @@ class Fanout {
       result.elapsed = ms_since(start);
       push(index, std::move(result));
     }
+  }
+
+  // Waits while too many results wait to be written (a slow client).
+  awaitable<void> wait_for_room() {
+    while (!stopped_ && ready_.size() >= max_ready_) {
+      room_.expires_at(asio::steady_timer::time_point::max());
+      co_await room_.async_wait(use_tuple);
+    }
+  }
+
+  // The VMs of another host: one message to it, its results as it streams
+  // them. Each read waits at most a VM's timeout (the receiver gives each VM
+  // that, and some VM of its completes within it) plus the link's connect
+  // timeout; whatever it has not answered for when the link ends is a 502
+  // naming the host.
+  awaitable<void> host_worker(std::size_t slot, std::string host,
+                              std::vector<std::size_t> indices) {
+    PeerFanoutMessage message{.target_host = host,
+                              .client = ends_.peer,
+                              .identity = std::string(ends_.identity),
+                              .request_id = rec_.id,
+                              .port = request_.route.port,
+                              .agent_head = agent_head_,
+                              .body = body()};
+    message.vms.reserve(indices.size());
+    // Its results name VMs by UUID: each is found at once, however many.
+    std::unordered_map<std::string_view, std::size_t> by_uuid;
+    for (std::size_t i : indices) {
+      message.vms.push_back(plan_.members[i].vm.uuid);
+      by_uuid.emplace(plan_.members[i].vm.uuid, i);
+    }
+    const auto start = clock::now();
+    std::string why;
+    auto link = co_await ends_.peers->open_fanout(host, message);
+    if (!link) {
+      why = link.error().reason;
+    } else {
+      const InFlight in_flight(in_flight_[slot], (*link)->socket());
+      const auto gap = config_.vm_timeout + ends_.config.cluster.peer_connect_timeout;
+      while (!(*link)->finished()) {
+        co_await wait_for_room();
+        if (stopped_) {
+          why = "the client went away";
+          break;
+        }
+        // A silent host's socket is cancelled, which ends the read for sure.
+        Deadline silence(executor_);
+        silence.expires_after(gap, [&link] {
+          error_code ignored;
+          (*link)->socket().cancel(ignored);
+        });
+        auto batch = co_await (*link)->next();
+        silence.expires_never();
+        if (silence.expired()) {
+          why = fmt::format("host {} sent no result for {} ms", host,
+                            std::chrono::duration_cast<std::chrono::milliseconds>(gap).count());
+        } else if (!batch) {
+          why = batch.error().reason;
+        }
+        if (!why.empty()) {
+          ends_.peers->count_failure();
+          break;
+        }
+        for (VmResult& result : *batch)
+          take_remote(by_uuid, std::move(result));
+      }
+    }
+    for (std::size_t i : indices) {
+      if (reported_[i]) continue;
+      const VmRecord& vm = plan_.members[i].vm;
+      VmResult result = refused_result(
+          vm.name, vm.uuid,
+          Refusal{502, fmt::format("vm {} on host {}: no result from its host ({})", vm.name, host,
+                                   why.empty() ? "its stream ended without it" : why)});
+      result.elapsed = ms_since(start);
+      push(i, std::move(result));
+    }
+  }
+
+  // A result another host sent, for one of the VMs asked of it (by UUID),
+  // once; under the name this host's plan has for it.
+  void take_remote(const std::unordered_map<std::string_view, std::size_t>& by_uuid,
+                   VmResult result) {
+    if (auto it = by_uuid.find(result.uuid); it != by_uuid.end() && !reported_[it->second]) {
+      result.name = plan_.members[it->second].vm.name;
+      push(it->second, std::move(result));
+      return;
+    }
+    log::warn("fanout_peer_result_ignored")
+        .kv("req", rec_.id)
+        .kv("uuid", result.uuid.empty() ? std::string("-") : result.uuid);
   }
 
   VmResult timed_out(const VmRecord& vm) const {

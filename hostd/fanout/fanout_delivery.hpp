@@ -19,6 +19,15 @@
 //    close), then the summary. Workers start no new VM while
 //    2 x max_parallel results wait to be written, so a client that reads
 //    slowly bounds what hostd holds rather than growing it.
+//  - VMs on other hosts (cluster mode) are not taken by the workers: each
+//    such host gets one message (PeerChannels::open_fanout) with its VMs'
+//    UUIDs, the head and the body, sent in parallel with local delivery; its
+//    results are read as it streams them and written with the local ones.
+//    A host that cannot be reached, refuses, stops answering or cuts its
+//    stream: each of its VMs without a result yet gets a 502 naming it.
+//  - A message such a host receives (peer_server.hpp) is run here as well,
+//    its head and body as the first host prepared them (PreparedFanout), its
+//    results written back as NDJSON.
 //  - One request record for the request (vms=, failed=), one `event=fanout_vm`
 //    line per VM with the same req=, and the fan-out metrics.
 #pragma once
@@ -43,6 +52,8 @@
 
 namespace vmgate::hostd {
 
+class PeerChannels;
+
 // What a fan-out works with: the client connection's ends, and what the
 // unicast path opens channels with.
 struct FanoutEnds {
@@ -56,12 +67,26 @@ struct FanoutEnds {
   HostdMetrics* metrics = nullptr;  // null: not counted
   std::string_view peer;            // the client, for the preamble and Forwarded
   bool trusted_listener = false;    // what Forwarded may keep (header_rewrite.hpp)
+  // Cluster mode: the plan's remote members go through their hosts. Null on
+  // a host delivering another host's message, which never forwards again.
+  PeerChannels* peers = nullptr;
+  std::string_view identity;  // Identity::to_string() of the client, for the peers
+};
+
+// A fan-out another host already read and rewrote (a peer fan-out message):
+// its head and body are delivered as they are, its results written as
+// NDJSON, and the connection closes after the summary.
+struct PreparedFanout {
+  std::string_view agent_head;  // ends with the empty line
+  std::string_view body;
+  bool is_head = false;  // the agent head is a HEAD request: responses have no body
 };
 
 struct FanoutRequest {
   boost::beast::http::request_parser<boost::beast::http::empty_body>& head;  // body unread
   const Route& route;
   const FanoutPlan& plan;
+  const PreparedFanout* prepared = nullptr;  // set: `head` is not read at all
 };
 
 // Runs a fan-out request to its end. True when the client connection can

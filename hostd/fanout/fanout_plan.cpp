@@ -2,6 +2,9 @@
 
 #include <strings.h>
 
+#include <algorithm>
+#include <unordered_set>
+
 #include <fmt/format.h>
 
 #include "hostd/channel/channel.hpp"
@@ -53,7 +56,8 @@ std::optional<std::string> named_as(const Target& target, const VmRecord& vm) {
 
 FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Identity& identity,
                        std::uint16_t port, const AccessPolicy& policy, const ChannelConfig& channel,
-                       const std::vector<std::string>& unknown, const AccessObserver& decided) {
+                       const std::vector<std::string>& unknown, std::string_view local_host,
+                       const AccessObserver& decided) {
   FanoutPlan plan;
   std::optional<AccessDecision> first_denial;
   plan.members.reserve(vms.size());
@@ -81,6 +85,8 @@ FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Id
                          Refusal{503, fmt::format("vm {} is {}", vm.name, state_name(vm.state))});
       result.vm_class = VmClass::not_running;
       member.settled = std::move(result);
+    } else if (!local_host.empty() && vm.host != local_host) {
+      member.remote = true;  // its host has the channel
     } else if (auto address = channel_address(channel, vm); !address) {
       member.settled = refused_result(vm.name, vm.uuid, address.error());
     } else {
@@ -104,6 +110,51 @@ FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Id
     plan.members.push_back(std::move(member));
   }
   if (!plan.access) plan.access = first_denial;
+  return plan;
+}
+
+FanoutPlan plan_peer_fanout(const std::vector<std::string>& vms, const Directory& directory,
+                            std::string_view local_host, const ChannelConfig& channel) {
+  FanoutPlan plan;
+  plan.members.reserve(vms.size());
+  std::unordered_set<std::string> seen;
+  for (const std::string& item : vms) {
+    FanoutMember member;
+    // What the sender wrote goes into a part and the log: printable, or not at all.
+    const bool printable = std::all_of(item.begin(), item.end(), [](char c) {
+      return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+    });
+    member.vm.name = printable ? item : std::string("(unprintable)");
+    const bool uuid = looks_like_uuid(item);
+    // Under its UUID, so that the sender knows which of its VMs it is.
+    auto not_here = [&](std::string why) {
+      member.settled =
+          refused_result(member.vm.name, uuid ? item : "", Refusal{404, std::move(why)});
+    };
+    if (!uuid) {
+      not_here(fmt::format("'{}' is not a UUID: another host's fan-out names VMs by UUID",
+                           member.vm.name));
+    } else if (!seen.insert(item).second) {
+      not_here(fmt::format("vm {} is listed twice", item));
+    } else if (Lookup lookup = directory.find(item);
+               lookup.status != LookupStatus::found || lookup.vm->host != local_host) {
+      not_here(fmt::format("vm {} is not on host {}", item, local_host));
+    } else {
+      member.vm = std::move(*lookup.vm);
+      if (member.vm.state != VmState::running) {
+        VmResult result = refused_result(
+            member.vm.name, member.vm.uuid,
+            Refusal{503, fmt::format("vm {} is {}", member.vm.name, state_name(member.vm.state))});
+        result.vm_class = VmClass::not_running;
+        member.settled = std::move(result);
+      } else if (auto address = channel_address(channel, member.vm); !address) {
+        member.settled = refused_result(member.vm.name, member.vm.uuid, address.error());
+      } else {
+        member.address = std::move(*address);
+      }
+    }
+    plan.members.push_back(std::move(member));
+  }
   return plan;
 }
 

@@ -35,6 +35,8 @@ struct FanoutMember {
   VmRecord vm;
   transport::Address address;       // when `settled` is empty: where its guestd is
   std::optional<VmResult> settled;  // known without trying
+  // Runs on another host (vm.host) and is delivered through it: no address here.
+  bool remote = false;
 };
 
 struct FanoutPlan {
@@ -43,7 +45,7 @@ struct FanoutPlan {
   // the first denial (what the 403 for an empty plan carries).
   std::optional<AccessDecision> access;
 
-  std::size_t to_deliver() const;
+  std::size_t to_deliver() const;  // not settled, here or on other hosts
 };
 
 // Whether a target is answered as a fan-out (a part per VM, a summary),
@@ -60,6 +62,10 @@ std::optional<std::string> named_as(const Target& target, const VmRecord& vm);
 // each a part of its own after the VMs': 404 not_found, or, for a client that
 // could not reach a VM of that name, the 403 a denied VM it named gets, so
 // that it cannot tell the two apart (as for a unicast target).
+//
+// `local_host` (cluster mode: this host's name): a running VM on another host
+// is a `remote` member, delivered through that host.
+//
 // `decided`, when set, hears each VM's ACL decision, those the plan hides
 // included: the operator's log names every decision; the caller learns only
 // what it named.
@@ -67,6 +73,14 @@ using AccessObserver = std::function<void(const VmRecord& vm, const AccessDecisi
 FanoutPlan plan_fanout(std::vector<VmRecord> vms, const Target& target, const Identity& identity,
                        std::uint16_t port, const AccessPolicy& policy, const ChannelConfig& channel,
                        const std::vector<std::string>& unknown = {},
-                       const AccessObserver& decided = {});
+                       std::string_view local_host = {}, const AccessObserver& decided = {});
+
+// The plan of a fan-out message another host sent (peer_server.hpp): the
+// VMs it lists, which its sender resolved and admitted. Only this host's own
+// VMs, named by UUID, are delivered to; a name, a UUID the directory does
+// not place on `local_host`, or one listed twice is a not_found member
+// (a message is never forwarded again); one not running is not_running.
+FanoutPlan plan_peer_fanout(const std::vector<std::string>& vms, const Directory& directory,
+                            std::string_view local_host, const ChannelConfig& channel);
 
 }  // namespace vmgate::hostd

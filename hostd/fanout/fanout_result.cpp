@@ -79,6 +79,109 @@ std::string base64(std::string_view in) {
   return out;
 }
 
+// The inverse of base64() above: padded, no line breaks; empty when `in` is
+// not that.
+std::optional<std::string> unbase64(std::string_view in) {
+  if (in.size() % 4 != 0) return std::nullopt;
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  std::string out;
+  out.reserve(in.size() / 4 * 3);
+  for (std::size_t i = 0; i < in.size(); i += 4) {
+    const bool last = i + 4 == in.size();
+    const int pad = last ? (in[i + 3] == '=') + (in[i + 2] == '=' && in[i + 3] == '=') : 0;
+    unsigned v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const int d = k >= 4 - pad ? 0 : value(in[i + k]);
+      if (d < 0) return std::nullopt;
+      v = (v << 6) | static_cast<unsigned>(d);
+    }
+    out += static_cast<char>((v >> 16) & 0xff);
+    if (pad < 2) out += static_cast<char>((v >> 8) & 0xff);
+    if (pad < 1) out += static_cast<char>(v & 0xff);
+  }
+  return out;
+}
+
+// What ndjson_line writes nests three deep ({"response": {"headers": [[...]]}}):
+// a line nested deeper is refused before the JSON parser sees it.
+bool nesting_within(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > limit) return false;
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return true;
+}
+
+const json* member(const json& object, const char* name, json::value_t type) {
+  auto it = object.find(name);
+  if (it == object.end()) return nullptr;
+  if (it->type() == type) return &*it;
+  // Counts are written unsigned; a reader takes either integer kind.
+  if (type == json::value_t::number_unsigned && it->is_number_integer() && *it >= 0) return &*it;
+  return nullptr;
+}
+
+std::optional<unsigned> status_member(const json& object, const char* name) {
+  const json* v = member(object, name, json::value_t::number_unsigned);
+  if (!v) return std::nullopt;
+  const auto status = v->get<std::uint64_t>();
+  if (status < 100 || status > 599) return std::nullopt;
+  return static_cast<unsigned>(status);
+}
+
+std::optional<AgentResponse> parse_response_member(const json& r) {
+  AgentResponse out;
+  auto status = status_member(r, "status");
+  const json* reason = member(r, "reason", json::value_t::string);
+  const json* headers = member(r, "headers", json::value_t::array);
+  const json* body = member(r, "body", json::value_t::string);
+  const json* encoding = member(r, "body_encoding", json::value_t::string);
+  if (!status || !reason || !headers || !body || !encoding) return std::nullopt;
+  out.status = *status;
+  out.reason = reason->get<std::string>();
+  for (const json& pair : *headers) {
+    if (!pair.is_array() || pair.size() != 2 || !pair[0].is_string() || !pair[1].is_string())
+      return std::nullopt;
+    out.fields.emplace_back(pair[0].get<std::string>(), pair[1].get<std::string>());
+  }
+  const std::string& how = encoding->get_ref<const std::string&>();
+  if (how == "utf-8") {
+    out.body = body->get<std::string>();
+  } else if (how == "base64") {
+    auto bytes = unbase64(body->get_ref<const std::string&>());
+    if (!bytes) return std::nullopt;
+    out.body = std::move(*bytes);
+  } else {
+    return std::nullopt;
+  }
+  return out;
+}
+
 // JSON strings must be UTF-8: a value that is not (a header an agent wrote in
 // Latin-1) is replaced, not allowed to fail the whole stream.
 std::string dump_line(const json& value) {
@@ -235,6 +338,40 @@ std::string ndjson_line(const VmResult& r) {
 std::string ndjson_summary(const FanoutSummary& summary, std::string_view request_id,
                            std::chrono::milliseconds elapsed) {
   return summary.json(request_id, elapsed);
+}
+
+std::optional<ResultLine> parse_ndjson_line(std::string_view line) {
+  if (!nesting_within(line, 4)) return std::nullopt;
+  const json value = json::parse(line, nullptr, false);
+  if (value.is_discarded() || !value.is_object()) return std::nullopt;
+  if (auto summary = value.find("summary"); summary != value.end()) {
+    if (!summary->is_boolean() || !summary->get<bool>()) return std::nullopt;
+    return ResultLine{};
+  }
+  const json* vm = member(value, "vm", json::value_t::string);
+  const json* uuid = member(value, "uuid", json::value_t::string);
+  const json* cls = member(value, "class", json::value_t::string);
+  const json* ms = member(value, "ms", json::value_t::number_unsigned);
+  auto status = status_member(value, "status");
+  if (!vm || !uuid || !cls || !ms || !status) return std::nullopt;
+  const auto known =
+      std::find(class_names.begin(), class_names.end(), cls->get_ref<const std::string&>());
+  if (known == class_names.end()) return std::nullopt;
+  VmResult r{.name = vm->get<std::string>(), .uuid = uuid->get<std::string>()};
+  r.vm_class = static_cast<VmClass>(known - class_names.begin());
+  r.status = *status;
+  r.elapsed = std::chrono::milliseconds(
+      static_cast<std::int64_t>(std::min<std::uint64_t>(ms->get<std::uint64_t>(), 1u << 31)));
+  if (auto reason = value.find("reason"); reason != value.end()) {
+    if (!reason->is_string()) return std::nullopt;
+    r.reason = reason->get<std::string>();
+  }
+  if (auto response = value.find("response"); response != value.end()) {
+    if (!response->is_object()) return std::nullopt;
+    r.response = parse_response_member(*response);
+    if (!r.response) return std::nullopt;
+  }
+  return ResultLine{std::move(r)};
 }
 
 bool valid_utf8(std::string_view bytes) {

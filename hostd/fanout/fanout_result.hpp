@@ -112,6 +112,17 @@ std::string ndjson_line(const VmResult& result);
 std::string ndjson_summary(const FanoutSummary& summary, std::string_view request_id,
                            std::chrono::milliseconds elapsed);
 
+// What one NDJSON line read back is: a VM's result, as ndjson_line wrote it
+// (a base64 body decoded), or the summary that ends the stream. How another
+// host's results come back in a cross-host fan-out (fanout_part_reader.hpp).
+struct ResultLine {
+  std::optional<VmResult> result;  // empty: the summary
+};
+// Empty when the line is not one ndjson_line or ndjson_summary writes: not
+// JSON, a member missing or of the wrong type, an unknown class, a status
+// outside 100..599, a body that is not base64 when it says it is.
+std::optional<ResultLine> parse_ndjson_line(std::string_view line);
+
 // Whether `bytes` is well-formed UTF-8 (RFC 3629 §4): no overlongs, no
 // surrogates, nothing past U+10FFFF.
 bool valid_utf8(std::string_view bytes);

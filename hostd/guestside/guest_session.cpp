@@ -432,18 +432,20 @@ Planned plan_guest_fanout(const VmRecord& caller, const Target& target,
                   selection.reason.empty() ? fmt::format("'{}' names no vm", text)
                                            : std::move(selection.reason));
   }
-  FanoutPlan plan = plan_fanout(std::move(selection.vms), target, identity, *port, running.policy,
-                                services.channel, selection.unknown,
-                                [&](const VmRecord& vm, const AccessDecision& decision) {
-                                  log::info("guest_acl")
-                                      .kv("req", request_id)
-                                      .kv("vm", caller.name)
-                                      .kv("target", vm.name)
-                                      .kv("via", text)
-                                      .kv("port", static_cast<unsigned>(*port))
-                                      .kv("decision", decision.allowed ? "allow" : "deny")
-                                      .kv("rule", decision.rule);
-                                });
+  FanoutPlan plan = plan_fanout(
+      std::move(selection.vms), target, identity, *port, running.policy, services.channel,
+      selection.unknown,
+      services.peers ? std::string_view(services.peers->local_host()) : std::string_view(),
+      [&](const VmRecord& vm, const AccessDecision& decision) {
+        log::info("guest_acl")
+            .kv("req", request_id)
+            .kv("vm", caller.name)
+            .kv("target", vm.name)
+            .kv("via", text)
+            .kv("port", static_cast<unsigned>(*port))
+            .kv("decision", decision.allowed ? "allow" : "deny")
+            .kv("rule", decision.rule);
+      });
   if (plan.members.empty()) {
     if (plan.access) return denied();
     return refuse(404, "unknown-vm", fmt::format("'{}' names no vm", text));
@@ -515,7 +517,9 @@ awaitable<void> send_to_many(Stream stream, std::string_view leftover, const VmR
                         .live = services.fanout->live,
                         .metrics = services.fanout->metrics,
                         .peer = who,
-                        .trusted_listener = false};
+                        .trusted_listener = false,
+                        .peers = services.peers,
+                        .identity = who};
   const FanoutRequest request{head, route, plan};
   co_await run_fanout(ends, request, record);
   co_await write_and_linger(guest.socket(), {}, running.config.inbound.linger);

@@ -473,6 +473,7 @@ class ClientConnection {
       Refusal refusal{400, "CONNECT opens a tunnel to one VM: name one, not a group or list"};
       co_return co_await refuse(rec, refusal, head.get().version(), false);
     }
+    const std::string identity = identity_.to_string();
     const FanoutEnds ends{.client = client_,
                           .client_buffer = buffer_,
                           .deadline = deadline_,
@@ -482,7 +483,9 @@ class ClientConnection {
                           .live = ctx_.live,
                           .metrics = ctx_.metrics,
                           .peer = peer_,
-                          .trusted_listener = ctx_.listener.trusted()};
+                          .trusted_listener = ctx_.listener.trusted(),
+                          .peers = ctx_.peers,
+                          .identity = identity};
     co_return co_await run_fanout(ends, FanoutRequest{head, admitted.route, *admitted.fanout}, rec);
   }
 

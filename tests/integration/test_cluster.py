@@ -6,10 +6,17 @@ Each test names the behaviour it proves; each was checked to fail with the
 behaviour taken out of hostd.
 """
 
+import email.parser
+import email.policy
+import hashlib
+import json
 import os
 import socket
+import subprocess
+import threading
 
 import pytest
+import requests
 
 from cluster_lab import Cluster, Etcd, clear_libvirtd, define_and_start, migrate
 from vmgate_lab import VM, SessionLibvirtd, metric, wait_until
@@ -235,7 +242,6 @@ def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_untouched():
     """SNI passthrough at one host for a VM on another: the ClientHello and
     everything after it cross the peer link as they came, so the client
     verifies the agent's own certificate and reads the agent's answer."""
-    import subprocess
     suffix = ".vms.example"
     with Etcd() as etcd, Cluster(etcd) as cluster:
         vm2 = VM("vm2", agent=None, guestd=False)
@@ -275,7 +281,6 @@ def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_untouched():
 def test_check_of_a_remote_vm_opens_its_channel_through_its_host():
     """/v1/check and /v1/vms for a VM on another host: its transport is that
     host's peer link, and the check goes through it to that VM's guestd."""
-    import json
     with Etcd() as etcd, Cluster(etcd) as cluster:
         kvm1 = cluster.host("kvm1", [VM("vm1")])
         kvm2 = cluster.host("kvm2", [VM("vm2")])
@@ -310,3 +315,217 @@ def test_a_guest_reaches_a_vm_on_another_host_only_where_its_own_host_allows_it(
         r = kvm1.lab.guestd_command("vm1", "send", "vm2", "--port", "8114")
         assert r.returncode == 1 and b"may not reach vm2 on port 8114" in r.stderr, r.stderr
         assert metric(kvm1.lab, "vmgate_peer_messages_total", direction="sent") == before
+
+
+# -- fan-out across hosts -------------------------------------------------------
+
+def spread_vms(names):
+    """VMs in the group "spread" by their domain metadata, which every host sees."""
+    return [VM(name, groups=("spread",)) for name in names]
+
+
+def multipart_parts(response):
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n" +
+        response.content)
+    assert message.is_multipart()
+    *vms, summary = list(message.iter_parts())
+    return {p["X-VM-Id"]: p for p in vms}, json.loads(summary.get_payload(decode=True))
+
+
+def agent_body(part):
+    raw = part.get_payload(decode=True)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def peer_messages(host, direction):
+    return metric(host.lab, "vmgate_peer_messages_total", direction=direction)
+
+
+def three_hosts(cluster):
+    hosts = [cluster.host("kvm1", spread_vms(["a1", "a2"])),
+             cluster.host("kvm2", spread_vms(["b1", "b2"])),
+             cluster.host("kvm3", spread_vms(["c1", "c2"]))]
+    cluster.converged()
+    wait_until(lambda: all(h.admin("/v1/resolve?target=group:spread")[1].count('"uuid"') >= 6
+                           for h in hosts), 10, "every host to resolve group:spread to 6 VMs")
+    return hosts
+
+
+ALL_SPREAD = ["a1", "a2", "b1", "b2", "c1", "c2"]
+
+
+def test_a_fanout_over_three_hosts_sends_one_message_per_other_host_and_merges_every_answer():
+    body = os.urandom(64 * 1024)
+    sha = hashlib.sha256(body).hexdigest()
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1, kvm2, kvm3 = three_hosts(cluster)
+        sent = peer_messages(kvm1, "sent")
+        received = [peer_messages(h, "received") for h in (kvm2, kvm3)]
+        r = requests.post(kvm1.url("/sha256"), data=body, headers={"X-VM-Id": "group:spread"},
+                          timeout=30)
+        assert r.status_code == 200, r.text
+        parts, summary = multipart_parts(r)
+        assert sorted(parts) == ALL_SPREAD
+        for name, part in parts.items():
+            assert part["X-VM-Class"] == "answered", (name, dict(part))
+            assert part["X-VM-Uuid"]
+            assert agent_body(part) == (200, ("%s %d\n" % (sha, len(body))).encode()), name
+        assert summary["vms"] == 6 and summary["answered"] == 6, summary
+        # One message per other host, whatever the number of its VMs.
+        assert peer_messages(kvm1, "sent") == sent + 2
+        assert [peer_messages(h, "received") for h in (kvm2, kvm3)] == [n + 1 for n in received]
+        line = kvm2.peer_requests(target="/vmgate/v1/fanout", status="200")[-1]
+        assert "vms=2" in line and "from=kvm1" in line and "client=127.0.0.1:" in line
+        # The same merge as NDJSON.
+        r = requests.post(kvm1.url("/sha256"), data=body, timeout=30,
+                          headers={"X-VM-Id": "group:spread", "Accept": "application/x-ndjson"})
+        *lines, last = [json.loads(l) for l in r.iter_lines() if l]
+        assert last["summary"] is True and last["answered"] == 6, last
+        assert sorted(l["vm"] for l in lines) == ALL_SPREAD
+        assert all(l["response"]["body"] == "%s %d\n" % (sha, len(body)) for l in lines)
+        assert peer_messages(kvm1, "sent") == sent + 4
+
+
+def test_a_fanout_reaching_a_dead_host_fails_its_vms_promptly_naming_it_and_the_others_answer():
+    with Etcd() as etcd, Cluster(etcd, lease_ttl_s=30) as cluster:
+        kvm1, kvm2, kvm3 = three_hosts(cluster)
+        kvm3.lab.hostd.kill()
+        # Prompt, without a clock: "unreachable" is a refused link, not the
+        # VM timeout's "timeout", and the client's own timeout bounds a hang.
+        r = requests.get(kvm1.url("/hello"), headers={"X-VM-Id": "group:spread"}, timeout=30)
+        parts, summary = multipart_parts(r)
+        assert sorted(parts) == ALL_SPREAD
+        for name in ("a1", "a2", "b1", "b2"):
+            assert parts[name]["X-VM-Class"] == "answered", (name, dict(parts[name]))
+            assert agent_body(parts[name]) == (200, ("hello from %s\n" % name).encode())
+        for name in ("c1", "c2"):
+            assert parts[name]["X-VM-Class"] == "unreachable", dict(parts[name])
+            assert parts[name]["X-VM-Status"] == "502"
+            assert "kvm3" in parts[name]["X-VM-Reason"]
+        assert summary["answered"] == 4
+        assert sorted(summary["classes"]["unreachable"]["vms"]) == ["c1", "c2"]
+        assert summary["vms"] == 6
+
+
+def test_a_fanout_message_is_delivered_only_to_the_receivers_own_vms_named_by_uuid():
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        kvm2 = cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        vm1 = kvm1.lab.vms[0].uuid
+        vm2 = kvm2.lab.vms[0].uuid
+        agent_head = "GET /hello HTTP/1.1\r\nHost: vm\r\n\r\n"
+        # kvm2 asks kvm1 for its vm1 by UUID, for vm1 by name, and for its own vm2.
+        listed = "".join(v + "\n" for v in (vm1, "vm1", vm2))
+        message = ("POST /vmgate/v1/fanout HTTP/1.1\r\nHost: kvm1\r\nVmgate-Host: kvm1\r\n"
+                   "Vmgate-Request-Id: peerfan1\r\nVmgate-Port: 5986\r\nVmgate-Vms: 3\r\n"
+                   "Vmgate-Head-Bytes: %d\r\nContent-Length: %d\r\n\r\n%s%s"
+                   % (len(agent_head), len(listed) + len(agent_head), listed, agent_head))
+        cert = cluster.pki.peer(cluster.ca, "kvm2")
+        out = subprocess.run(
+            ["openssl", "s_client", "-quiet", "-connect", "127.0.0.1:%d" % kvm1.peer_port,
+             "-cert", cert.cert, "-key", cert.key, "-CAfile", cluster.ca.cert,
+             "-servername", "kvm1"], input=message.encode(), capture_output=True,
+            timeout=20).stdout.decode(errors="replace")
+        assert out.startswith("HTTP/1.1 200 "), out
+        lines = [json.loads(l) for l in out.split("\n") if l.startswith("{")]
+        *vms, summary = lines
+        assert summary["summary"] is True and summary["vms"] == 3, summary
+        by_uuid = {v["uuid"]: v for v in vms if v["uuid"]}
+        assert by_uuid[vm1]["class"] == "answered"
+        assert by_uuid[vm1]["response"]["body"] == "hello from vm1\n"
+        assert by_uuid[vm2]["class"] == "not_found"
+        assert "not on host kvm1" in by_uuid[vm2]["reason"]
+        by_name = [v for v in vms if v["vm"] == "vm1" and not v["uuid"]]
+        assert by_name and by_name[0]["class"] == "not_found"
+        assert "not a UUID" in by_name[0]["reason"]
+        # Never forwarded again, not even vm2 to the host that runs it.
+        assert peer_messages(kvm1, "sent") == 0
+        assert peer_messages(kvm2, "received") == 0
+
+
+class SilentAgent:
+    """Accepts connections and reads from them, never answering."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_host_that_cuts_its_results_mid_way_fails_its_unanswered_vms_at_once_naming_it():
+    silent = SilentAgent()
+    # Long, so that what ends c1's wait can only be the cut (its reason says which).
+    slow = {"fanout": {"vm_timeout_ms": 20000}}
+    try:
+        with Etcd() as etcd, Cluster(etcd) as cluster:
+            kvm1 = cluster.host("kvm1", spread_vms(["a1"]), hostd=slow)
+            kvm3 = cluster.host("kvm3", [VM("c1", agent=None, groups=("spread",),
+                                            guestd_agents={"5986": "tcp:127.0.0.1:%d" %
+                                                           silent.port}),
+                                         VM("c2", groups=("spread",))], hostd=slow)
+            cluster.converged()
+            outcome = {}
+
+            def ask():
+                outcome["response"] = requests.get(kvm1.url("/hello"), timeout=60,
+                                                   headers={"X-VM-Id": "group:spread"})
+
+            client = threading.Thread(target=ask)
+            client.start()
+            # c2 has answered on kvm3 (its part is on its way), c1 never will.
+            kvm3.lab.hostd.wait_for(r"event=fanout_vm .*vm=c2 ", timeout=10)
+            kvm3.lab.hostd.kill()
+            client.join(30)
+            parts, summary = multipart_parts(outcome["response"])
+            assert sorted(parts) == ["a1", "c1", "c2"]
+            assert parts["a1"]["X-VM-Class"] == "answered"
+            assert parts["c2"]["X-VM-Class"] == "answered"
+            assert parts["c1"]["X-VM-Class"] == "unreachable", dict(parts["c1"])
+            assert "kvm3" in parts["c1"]["X-VM-Reason"]
+            # At the cut, not after the silence bound (vm_timeout_ms + connect).
+            assert "sent no result for" not in parts["c1"]["X-VM-Reason"], dict(parts["c1"])
+            assert summary["vms"] == 3 and summary["answered"] == 2
+    finally:
+        silent.close()
+
+
+def test_a_peer_that_sends_no_head_within_the_connect_timeout_is_cut_and_hostd_goes_on():
+    import ssl
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        cert = cluster.pki.peer(cluster.ca, "kvm2")
+        context = ssl.create_default_context(cafile=cluster.ca.cert)
+        context.load_cert_chain(cert.cert, cert.key)
+        with socket.create_connection(("127.0.0.1", kvm1.peer_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="kvm1") as tls:
+                # Nothing sent: kvm1 closes the link after peer_connect_timeout_ms
+                # (2 s); the socket's own timeout (10 s) would end a hang.
+                try:
+                    closed = tls.recv(1) == b""
+                except (ssl.SSLError, ConnectionResetError):
+                    closed = True
+                assert closed
+        assert kvm1.lab.hostd.alive()
+        r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
+        assert r.status == 200 and r.body == b"hello from vm2\n", r

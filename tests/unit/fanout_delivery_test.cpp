@@ -134,6 +134,7 @@ struct Lab {
   HostdConfig config;
   Seen seen;
   std::string dir;
+  const PreparedFanout* prepared = nullptr;  // another host's message: its head and body
 
   Lab() {
     char pattern[] = "/tmp/vmgate-fanout-XXXXXX";
@@ -201,7 +202,8 @@ struct Lab {
                                   .budget = budget,
                                   .peer = "test"};
             const auto start = RequestRecord::clock::now();
-            out.keep_alive = co_await run_fanout(ends, FanoutRequest{head, *route, plan}, record);
+            out.keep_alive =
+                co_await run_fanout(ends, FanoutRequest{head, *route, plan, prepared}, record);
             out.took = RequestRecord::clock::now() - start;
             out.status = record.status;
             out.vms = record.fanout_vms;
@@ -384,4 +386,33 @@ TEST_CASE("NDJSON gives one object per VM, then the summary's") {
   CHECK(class_of["web2"] == "unreachable");
   CHECK(lines[2]["summary"] == true);
   CHECK(lines[2]["failed"] == 1);
+}
+
+TEST_CASE("another host's fan-out goes to each VM with the head and body it prepared, as NDJSON") {
+  Lab lab;
+  lab.vms = {{"web1"}, {"web2"}};
+  // What the first host rewrote once for every agent; delivered as it is.
+  const std::string agent_head =
+      "POST /prepared HTTP/1.1\r\nHost: web\r\nX-Prepared: kvm1\r\nContent-Length: 5\r\n\r\n";
+  const PreparedFanout prepared{.agent_head = agent_head, .body = "hello"};
+  lab.prepared = &prepared;
+  // The head the harness routes by (the peer message's, standing in).
+  const Outcome out = lab.run("POST /x HTTP/1.1\r\nHost: h\r\nX-VM-Id: web1,web2\r\n\r\n");
+  CHECK(out.head.find("Content-Type: application/x-ndjson\r\n") != std::string::npos);
+  CHECK(out.head.find("Connection: close\r\n") != std::string::npos);
+  CHECK(out.complete);
+  CHECK_FALSE(out.keep_alive);
+  std::istringstream lines(out.body);
+  std::vector<json> objects;
+  for (std::string line; std::getline(lines, line);)
+    objects.push_back(json::parse(line));
+  REQUIRE(objects.size() == 3);
+  CHECK(objects[2]["summary"] == true);
+  CHECK(objects[2]["answered"] == 2);
+  for (const char* vm : {"web1", "web2"}) {
+    CHECK(lab.seen.heads[vm].starts_with("POST /prepared HTTP/1.1\r\n"));
+    CHECK(lab.seen.heads[vm].find("X-Prepared: kvm1\r\n") != std::string::npos);
+    CHECK(lab.seen.heads[vm].find("Forwarded") == std::string::npos);  // not rewritten again
+    CHECK(lab.seen.bodies[vm] == "hello");
+  }
 }

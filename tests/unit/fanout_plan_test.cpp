@@ -6,6 +6,8 @@
 
 #include <doctest/doctest.h>
 
+#include "hostd/directory/embedded_directory.hpp"
+
 using namespace vmgate;
 using namespace vmgate::hostd;
 
@@ -151,4 +153,46 @@ TEST_CASE("a name the target lists that no VM has is a 404 part, or 403 for who 
   CHECK(member(ops_plan, "db9")->settled->vm_class == VmClass::refused);
   CHECK(member(ops_plan, "db9")->settled->status == 403);
   CHECK(member(ops_plan, "web99")->settled->vm_class == VmClass::not_found);
+}
+
+TEST_CASE("in a cluster, a running VM of another host is a remote member, without an address") {
+  std::vector<VmRecord> vms = fleet();
+  for (VmRecord& r : vms)
+    r.host = r.name.starts_with("web") ? "kvm1" : "kvm2";
+  const FanoutPlan plan = plan_fanout(std::move(vms), parsed("group:all"), trusted, 5986,
+                                      AccessPolicy(), ChannelConfig{}, {}, "kvm1");
+  CHECK(plan.to_deliver() == 3);
+  CHECK_FALSE(member(plan, "web01")->remote);
+  CHECK(member(plan, "web01")->address.to_string() == "vsock:3:5500");
+  for (const char* name : {"db1", "db2"}) {
+    const FanoutMember* db = member(plan, name);
+    CHECK(db->remote);
+    CHECK_FALSE(db->settled);
+  }
+}
+
+TEST_CASE("another host's fan-out message is delivered only to this host's VMs, by UUID") {
+  EmbeddedDirectory directory("kvm2");
+  directory.replace_all(fleet());
+  const std::string web01 = "aaaaaaaa-0000-0000-0000-000000000001";
+  const std::string web02 = "aaaaaaaa-0000-0000-0000-000000000002";
+  const std::string absent = "cccccccc-0000-0000-0000-000000000001";
+  const FanoutPlan plan = plan_peer_fanout({web01, web02, "db1", absent, web01, "bad\x01name"},
+                                           directory, "kvm2", ChannelConfig{});
+  REQUIRE(plan.members.size() == 6);
+  CHECK(plan.to_deliver() == 1);
+  CHECK(plan.members[0].vm.name == "web01");
+  CHECK(plan.members[0].address.to_string() == "vsock:3:5500");
+  CHECK(plan.members[1].settled->vm_class == VmClass::not_running);
+  const VmResult& by_name = *plan.members[2].settled;
+  CHECK(by_name.vm_class == VmClass::not_found);
+  CHECK(by_name.reason.find("is not a UUID") != std::string::npos);
+  CHECK(plan.members[3].settled->vm_class == VmClass::not_found);
+  CHECK(plan.members[3].settled->uuid == absent);  // the sender knows which VM it is
+  CHECK(plan.members[4].settled->reason.find("listed twice") != std::string::npos);
+  CHECK(plan.members[5].settled->name == "(unprintable)");
+  // The same VMs, asked of a host the directory does not place them on.
+  const FanoutPlan elsewhere = plan_peer_fanout({web01}, directory, "kvm1", ChannelConfig{});
+  CHECK(elsewhere.to_deliver() == 0);
+  CHECK(elsewhere.members[0].settled->reason == "vm " + web01 + " is not on host kvm1");
 }
