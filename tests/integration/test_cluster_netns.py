@@ -93,7 +93,7 @@ def test_a_group_spanning_three_hosts_costs_two_peer_messages(cluster):
     assert {v["vm"]: v["class"] for v in results} == {
         "vm1": "answered", "vm2": "answered", "vm3": "answered"}, results
     for v in results:
-        assert v["body"] == "hello from %s\n" % v["vm"], v
+        assert v["response"]["body"] == "hello from %s\n" % v["vm"], v
     assert summary["answered"] == 3, summary
     assert sent(kvm1) == before + 2
 
