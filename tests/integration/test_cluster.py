@@ -529,3 +529,28 @@ def test_a_peer_that_sends_no_head_within_the_connect_timeout_is_cut_and_hostd_g
         assert kvm1.lab.hostd.alive()
         r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
         assert r.status == 200 and r.body == b"hello from vm2\n", r
+
+
+def test_a_guest_fanout_spanning_hosts_is_one_message_per_other_host():
+    """A guest's SEND to a group whose VMs run on three hosts: its host's
+    rules decide each VM, each other host gets one message."""
+    rule = {"name": "a1-to-spread", "action": "allow", "identities": ["vm:a1"],
+            "vms": ["b1", "c1"], "ports": [5986]}
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("a1", outbound=True, groups=("spread",))],
+                            inbound=True, acl=[rule])
+        cluster.host("kvm2", spread_vms(["b1", "b2"]))
+        cluster.host("kvm3", spread_vms(["c1"]))
+        cluster.converged()
+        wait_until(lambda: kvm1.admin("/v1/resolve?target=group:spread")[1].count('"uuid"') >= 4,
+                   10, "kvm1 to resolve group:spread to 4 VMs")
+        sent = peer_messages(kvm1, "sent")
+        r = kvm1.lab.guestd_command("a1", "send", "group:spread", "--port", "5986",
+                                    "--path", "/hello", "--header", "Accept: application/x-ndjson")
+        assert r.returncode == 0, r.stderr
+        *parts, summary = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+        # a1 itself and b2 are no rule's to reach: not shown.
+        assert sorted(p["vm"] for p in parts) == ["b1", "c1"], parts
+        assert all(p["response"]["body"] == "hello from %s\n" % p["vm"] for p in parts), parts
+        assert summary["answered"] == 2, summary
+        assert peer_messages(kvm1, "sent") == sent + 2
