@@ -394,18 +394,11 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
   //    (through the VM's host, whose guestd answers the same way).
   if (destination) {
     t = clock::now();
-    boost::system::result<Channel, Refusal> channel = Refusal{};
-    if (remote) {
-      // A named local: g++ 12 destroys a temporary in a co_await twice.
-      const PeerRequest request{.target_host = destination->vm.host,
-                                .client = client,
-                                .identity = identity.to_string(),
-                                .request_id = request_id};
-      channel = co_await context.peers->open(destination->vm, port, request);
-    } else {
-      channel = co_await open_channel(context.config.channel, destination->vm, destination->address,
-                                      port, client, request_id);
-    }
+    // A named local: g++ 12 destroys a temporary in a co_await twice.
+    const PeerRequest request{
+        .client = client, .identity = identity.to_string(), .request_id = request_id};
+    auto channel = co_await open_vm_channel(context.config.channel, context.peers, destination->vm,
+                                            destination->address, port, request);
     json& hop = report.hop("channel", bool(channel), ms_since(t));
     if (channel) {
       hop["status"] = 200;

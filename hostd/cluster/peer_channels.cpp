@@ -128,54 +128,49 @@ PeerChannels::PeerChannels(const ClusterConfig& config, const ClusterDirectory& 
       relay_idle_(relay_idle),
       max_response_(max_response) {}
 
-awaitable<ChannelResult> PeerChannels::open(const VmRecord& vm, std::uint16_t port,
-                                            const PeerRequest& request) {
-  auto host = directory_.host_record(vm.host);
+boost::system::result<PeerChannels::Peer, Refusal> PeerChannels::peer(std::string_view host_name,
+                                                                      std::string_view whose) {
+  auto host = directory_.host_record(host_name);
   if (!host) {
     ++failed_;
-    co_return Refusal{502, fmt::format("host {} of vm {} has no record in the cluster directory",
-                                       vm.host, vm.name)};
+    return Refusal{
+        502, fmt::format("host {}{} has no record in the cluster directory", host_name, whose)};
   }
   auto address = transport::parse(host->peer_address);
   if (!address || address->kind != transport::Kind::tcp) {
     ++failed_;
-    co_return Refusal{502, fmt::format("host {} has no usable peer address ('{}')", host->name,
-                                       host->peer_address)};
+    return Refusal{502, fmt::format("host {} has no usable peer address ('{}')", host->name,
+                                    host->peer_address)};
   }
+  return Peer{std::move(*host), std::move(*address)};
+}
+
+Refusal PeerChannels::unanswered(const Peer& peer) {
+  ++failed_;
+  return Refusal{502, fmt::format("host {} ({}) did not answer within {} ms", peer.host.name,
+                                  peer.address.to_string(), config_.peer_connect_timeout.count())};
+}
+
+awaitable<ChannelResult> PeerChannels::open(const VmRecord& vm, std::uint16_t port,
+                                            const PeerRequest& request) {
+  auto to = peer(vm.host, fmt::format(" of vm {}", vm.name));
+  if (!to) co_return to.error();
   ++sent_;
-  auto outcome =
-      co_await within(config_.peer_connect_timeout, connect(*host, *address, vm, port, request));
-  if (!outcome) {
-    ++failed_;
-    co_return Refusal{502, fmt::format("host {} ({}) did not answer within {} ms", host->name,
-                                       address->to_string(), config_.peer_connect_timeout.count())};
-  }
+  auto outcome = co_await within(config_.peer_connect_timeout,
+                                 connect(to->host, to->address, vm, port, request));
+  if (!outcome) co_return unanswered(*to);
   if (!*outcome) ++failed_;
   co_return std::move(*outcome);
 }
 
 awaitable<boost::system::result<std::unique_ptr<PeerFanoutLink>, Refusal>>
 PeerChannels::open_fanout(const std::string& host_name, const PeerFanoutMessage& message) {
-  auto host = directory_.host_record(host_name);
-  if (!host) {
-    ++failed_;
-    co_return Refusal{502,
-                      fmt::format("host {} has no record in the cluster directory", host_name)};
-  }
-  auto address = transport::parse(host->peer_address);
-  if (!address || address->kind != transport::Kind::tcp) {
-    ++failed_;
-    co_return Refusal{502, fmt::format("host {} has no usable peer address ('{}')", host->name,
-                                       host->peer_address)};
-  }
+  auto to = peer(host_name, "");
+  if (!to) co_return to.error();
   ++sent_;
   auto outcome =
-      co_await within(config_.peer_connect_timeout, connect_fanout(*host, *address, message));
-  if (!outcome) {
-    ++failed_;
-    co_return Refusal{502, fmt::format("host {} ({}) did not answer within {} ms", host->name,
-                                       address->to_string(), config_.peer_connect_timeout.count())};
-  }
+      co_await within(config_.peer_connect_timeout, connect_fanout(to->host, to->address, message));
+  if (!outcome) co_return unanswered(*to);
   if (!*outcome) ++failed_;
   co_return std::move(*outcome);
 }
@@ -287,6 +282,19 @@ awaitable<ChannelResult> PeerChannels::connect(const HostRecord& host,
                      log::error("peer_relay_failed").kv("host", host).kv("error", log::describe(e));
                  });
   co_return channel;
+}
+
+awaitable<ChannelResult> open_vm_channel(const ChannelConfig& config, PeerChannels* peers,
+                                         const VmRecord& vm, const transport::Address& address,
+                                         std::uint16_t port, const PeerRequest& request,
+                                         std::optional<AttachedDevice> attached) {
+  if (peers && peers->remote(vm)) {
+    PeerRequest to_host = request;
+    to_host.target_host = vm.host;
+    co_return co_await peers->open(vm, port, to_host);
+  }
+  co_return co_await open_channel(config, vm, address, port, request.client, request.request_id,
+                                  std::move(attached));
 }
 
 }  // namespace vmgate::hostd

@@ -116,6 +116,17 @@ class PeerChannels {
   std::uint64_t failed() const { return failed_; }
 
  private:
+  // A host's record and the peer address it publishes.
+  struct Peer {
+    HostRecord host;
+    transport::Address address;
+  };
+  // The host to send to, or a 502 naming it (counted failed); `whose` ends
+  // the no-record reason ("of vm web1").
+  boost::system::result<Peer, Refusal> peer(std::string_view host, std::string_view whose);
+  // The 502 for a host that did not answer within cluster.peer_connect_timeout.
+  Refusal unanswered(const Peer& peer);
+
   using TlsLink = boost::system::result<std::unique_ptr<ClientStream::TlsStream>, Refusal>;
   // A TLS link to `host`'s peer listener, its certificate checked.
   awaitable<TlsLink> connect_tls(const HostRecord& host, const transport::Address& address);
@@ -135,5 +146,14 @@ class PeerChannels {
   std::atomic<std::uint64_t> sent_{0};
   std::atomic<std::uint64_t> failed_{0};
 };
+
+// An admitted VM's channel, as every path that opens one does it: through
+// its host when `peers` places it on another (`request.target_host` is
+// taken from the VM), else over `address` here with the preamble naming
+// `request.client`.
+awaitable<boost::system::result<Channel, Refusal>> open_vm_channel(
+    const ChannelConfig& config, PeerChannels* peers, const VmRecord& vm,
+    const transport::Address& address, std::uint16_t port, const PeerRequest& request,
+    std::optional<AttachedDevice> attached = std::nullopt);
 
 }  // namespace vmgate::hostd

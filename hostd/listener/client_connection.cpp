@@ -413,17 +413,11 @@ class ClientConnection {
   // for a VM on another host, through that host's peer listener.
   awaitable<ChannelResult> open_channel_to(const Destination& destination, std::uint16_t port,
                                            const RequestRecord& rec) {
-    if (ctx_.peers && ctx_.peers->remote(destination.vm)) {
-      // A named local: g++ 12 destroys a temporary in a co_await twice.
-      const PeerRequest request{.target_host = destination.vm.host,
-                                .client = peer_,
-                                .identity = identity_.to_string(),
-                                .request_id = rec.id};
-      auto channel = co_await ctx_.peers->open(destination.vm, port, request);
-      co_return channel;
-    }
-    co_return co_await open_channel(ctx_.config.channel, destination.vm, destination.address, port,
-                                    peer_, rec.id, attached_device_);
+    // A named local: g++ 12 destroys a temporary in a co_await twice.
+    const PeerRequest request{
+        .client = peer_, .identity = identity_.to_string(), .request_id = rec.id};
+    co_return co_await open_vm_channel(ctx_.config.channel, ctx_.peers, destination.vm,
+                                       destination.address, port, request, attached_device_);
   }
 
   ChannelResult reused(RequestRecord& rec, Channel channel) {

@@ -208,16 +208,11 @@ class PassthroughConnection {
                                                           std::uint16_t port,
                                                           const Identity& identity,
                                                           const RequestRecord& rec) {
-    if (ctx_.peers && ctx_.peers->remote(destination.vm)) {
-      // A named local: g++ 12 destroys a temporary in a co_await twice.
-      const PeerRequest request{.target_host = destination.vm.host,
-                                .client = peer_,
-                                .identity = identity.to_string(),
-                                .request_id = rec.id};
-      co_return co_await ctx_.peers->open(destination.vm, port, request);
-    }
-    co_return co_await open_channel(ctx_.config.channel, destination.vm, destination.address, port,
-                                    peer_, rec.id);
+    // A named local: g++ 12 destroys a temporary in a co_await twice.
+    const PeerRequest request{
+        .client = peer_, .identity = identity.to_string(), .request_id = rec.id};
+    co_return co_await open_vm_channel(ctx_.config.channel, ctx_.peers, destination.vm,
+                                       destination.address, port, request);
   }
 
   void refuse(RequestRecord& rec, const Refusal& refusal) {
