@@ -209,3 +209,40 @@ def test_no_namespace_or_link_of_a_finished_cluster_is_left_behind():
         names = list(net.namespaces)
     left = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     assert not set(names) & set(left), left
+
+
+def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_across_namespaces(tmp_path):
+    """The TLS-SNI form: a passthrough listener on kvm1 for a VM whose agent,
+    a TLS server of its own, answers only inside kvm2's namespace. The client
+    in the hub verifies the agent's certificate through both hosts."""
+    import subprocess
+    cert, key = str(tmp_path / "agent-cert.pem"), str(tmp_path / "agent-key.pem")
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=vm2." + SUFFIX, "-addext",
+         "subjectAltName=DNS:vm2." + SUFFIX, "-keyout", key, "-out", cert], capture_output=True)
+    assert made.returncode == 0, made.stderr
+    with Netns() as net, Etcd(netns=net) as etcd, Cluster(etcd, netns=net) as cluster:
+        vm2 = VM("vm2", agent=None, guestd=False)
+        kvm2 = cluster.host("kvm2", [vm2])
+        agent = kvm2.lab.spawn("agent-vm2", ["openssl", "s_server", "-accept", "127.0.0.1:0",
+                                             "-cert", cert, "-key", key, "-www"])
+        agent_port = int(agent.wait_for(r"^ACCEPT 127\.0\.0\.1:(\d+)$", stream="stdout").group(1))
+        vm2.guestd_agents = {"5986": "tcp:127.0.0.1:%d" % agent_port}
+        vm2.guestd = True
+        kvm2.lab.start_guestd(vm2)
+        kvm1 = cluster.host("kvm1", [VM("vm1")], listeners=[
+            {"address": "tcp:0.0.0.0:5986", "guest_port": 5986, "mode": "passthrough",
+             "trusted": True, "trusted_remote": True}])
+        cluster.converged()
+        r = subprocess.run(Netns.exec_argv(net.hub, [
+            "openssl", "s_client", "-connect", "%s:5986" % kvm1.address,
+            "-servername", "vm2." + SUFFIX, "-verify_hostname", "vm2." + SUFFIX,
+            "-CAfile", cert, "-verify_return_error", "-ign_eof"]),
+            input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=20)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out
+        assert b"Verify return code: 0 (ok)" in out, out
+        assert b"HTTP/1.0 200 ok" in r.stdout, out
+        wait_until(lambda: kvm2.peer_requests(status="200", vm="vm2", **{"from": "kvm1"}), 5,
+                   "kvm2's record of the forwarded passthrough")
