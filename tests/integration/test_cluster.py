@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from cluster_lab import Cluster, Etcd, clear_libvirtd, define_and_start, migrate
-from vmgate_lab import VM, SessionLibvirtd, metric, wait_until
+from vmgate_lab import VM, SessionLibvirtd, SilentAgent, metric, wait_until
 
 
 def test_a_request_for_a_vm_on_another_host_is_delivered_there_once():
@@ -246,13 +246,10 @@ def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_untouched():
     with Etcd() as etcd, Cluster(etcd) as cluster:
         vm2 = VM("vm2", agent=None, guestd=False)
         kvm2 = cluster.host("kvm2", [vm2])
-        cert, key = kvm2.lab.path("agent-cert.pem"), kvm2.lab.path("agent-key.pem")
-        made = subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-days", "1", "-subj", "/CN=vm2" + suffix, "-addext",
-             "subjectAltName=DNS:vm2" + suffix, "-keyout", key, "-out", cert],
-            capture_output=True)
-        assert made.returncode == 0, made.stderr
+        # vm2's agent: a TLS server whose certificate only its own CA vouches for.
+        agents_ca = cluster.pki.ca("agents")
+        made = cluster.pki.server(agents_ca, "vm2", dns=["vm2" + suffix], ips=())
+        cert, key = made.cert, made.key
         agent = kvm2.lab.spawn("agent-vm2", ["openssl", "s_server", "-accept", "127.0.0.1:0",
                                              "-cert", cert, "-key", key, "-www"])
         agent_port = int(agent.wait_for(r"^ACCEPT 127\.0\.0\.1:(\d+)$", stream="stdout").group(1))
@@ -266,7 +263,7 @@ def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_untouched():
         r = subprocess.run(
             ["openssl", "s_client", "-connect", "127.0.0.1:%d" % kvm1.port,
              "-servername", "vm2" + suffix, "-verify_hostname", "vm2" + suffix,
-             "-CAfile", cert, "-verify_return_error", "-ign_eof"],
+             "-CAfile", agents_ca.cert, "-verify_return_error", "-ign_eof"],
             input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=20)
         out = r.stdout + r.stderr
         assert r.returncode == 0, out
@@ -444,31 +441,6 @@ def test_a_fanout_message_is_delivered_only_to_the_receivers_own_vms_named_by_uu
         # Never forwarded again, not even vm2 to the host that runs it.
         assert peer_messages(kvm1, "sent") == 0
         assert peer_messages(kvm2, "received") == 0
-
-
-class SilentAgent:
-    """Accepts connections and reads from them, never answering."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-
-    def close(self):
-        self.sock.close()
-        for c in self.conns:
-            c.close()
 
 
 def test_a_host_that_cuts_its_results_mid_way_fails_its_unanswered_vms_at_once_naming_it():

@@ -211,18 +211,15 @@ def test_no_namespace_or_link_of_a_finished_cluster_is_left_behind():
     assert not set(names) & set(left), left
 
 
-def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_across_namespaces(tmp_path):
+def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_across_namespaces():
     """The TLS-SNI form: a passthrough listener on kvm1 for a VM whose agent,
     a TLS server of its own, answers only inside kvm2's namespace. The client
     in the hub verifies the agent's certificate through both hosts."""
     import subprocess
-    cert, key = str(tmp_path / "agent-cert.pem"), str(tmp_path / "agent-key.pem")
-    made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=vm2." + SUFFIX, "-addext",
-         "subjectAltName=DNS:vm2." + SUFFIX, "-keyout", key, "-out", cert], capture_output=True)
-    assert made.returncode == 0, made.stderr
     with Netns() as net, Etcd(netns=net) as etcd, Cluster(etcd, netns=net) as cluster:
+        agents_ca = cluster.pki.ca("agents")
+        made = cluster.pki.server(agents_ca, "vm2", dns=["vm2." + SUFFIX], ips=())
+        cert, key = made.cert, made.key
         vm2 = VM("vm2", agent=None, guestd=False)
         kvm2 = cluster.host("kvm2", [vm2])
         agent = kvm2.lab.spawn("agent-vm2", ["openssl", "s_server", "-accept", "127.0.0.1:0",
@@ -238,7 +235,7 @@ def test_a_tls_client_naming_a_remote_vm_by_sni_reaches_its_agent_across_namespa
         r = subprocess.run(Netns.exec_argv(net.hub, [
             "openssl", "s_client", "-connect", "%s:5986" % kvm1.address,
             "-servername", "vm2." + SUFFIX, "-verify_hostname", "vm2." + SUFFIX,
-            "-CAfile", cert, "-verify_return_error", "-ign_eof"]),
+            "-CAfile", agents_ca.cert, "-verify_return_error", "-ign_eof"]),
             input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=20)
         out = r.stdout + r.stderr
         assert r.returncode == 0, out

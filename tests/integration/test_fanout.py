@@ -13,14 +13,12 @@ import email.policy
 import hashlib
 import json
 import os
-import socket
 import subprocess
-import threading
 
 import pytest
 import requests
 
-from vmgate_lab import VM, Lab, metric, parse_kv, wait_until
+from vmgate_lab import VM, Lab, SilentAgent, metric, parse_kv, wait_until
 
 VM_TIMEOUT_MS = 1500
 BODY = os.urandom(100 * 1024)
@@ -35,31 +33,6 @@ ANSWERING = [n for n in NAMES if n not in (DEAD, SILENT, SHUT_OFF, DENIED)]
 HIDDEN = "db01"     # denied and never named: never revealed
 
 VMGATECTL = os.environ.get("VMGATECTL")
-
-
-class SilentAgent:
-    """Accepts connections and reads from them, never answering."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-
-    def close(self):
-        self.sock.close()
-        for c in self.conns:
-            c.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid as uuid_module
 
@@ -658,6 +659,31 @@ class Lab:
         p = self.guestds.pop(vm_name)
         p.kill()
         return p
+
+
+class SilentAgent:
+    """An agent that accepts connections and reads from them, never answering."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
 
 
 # -- libvirtd in session mode, unprivileged -----------------------------------
