@@ -3,9 +3,7 @@
 #include <exception>
 #include <memory>
 
-#include <boost/asio/any_completion_handler.hpp>
-
-#include "common/deadline.hpp"
+#include "common/idle_watch.hpp"
 #include "common/splice.hpp"
 #include "common/transport.hpp"
 
@@ -18,8 +16,6 @@ namespace {
 // bench/idle_connections.py (10,000 idle CONNECT tunnels, hostd + guestd RSS):
 // awaitable operators ((a && b) || deadline) cost 28 KiB per tunnel, two
 // suspended direction loops 11.6 KiB, readiness callbacks 9.3 KiB.
-
-using RelayCallback = asio::any_completion_handler<void(RelayResult)>;
 
 struct RelayState;
 
@@ -42,19 +38,22 @@ struct Direction {
   bool done = false;
 };
 
-// Shared by both directions and the idle timer's handler, whichever ends last.
-struct RelayState {
-  RelayState(Stream& a_, Stream& b_, std::chrono::milliseconds idle_, AcknowledgeReads acknowledge,
-             RelayCallback done_)
-      : a(a_),
+// Shared by both directions, whichever ends last. Its idle watch stops both
+// when neither has moved a byte for `idle`.
+struct RelayState : IdleWatch {
+  RelayState(Stream& a_, Stream& b_, std::chrono::milliseconds idle, AcknowledgeReads acknowledge,
+             RelayDone done_)
+      : IdleWatch(a_.get_executor(), idle),
+        a(a_),
         b(b_),
-        idle(idle_),
-        idle_deadline(a_.get_executor()),
         a_to_b(*this, a_, b_, result.a_to_b, acknowledge.from_a),
         b_to_a(*this, b_, a_, result.b_to_a, acknowledge.from_b),
         on_done(std::move(done_)) {}
 
-  void touch() { idle_deadline.extend(idle); }
+  void on_idle() override {
+    result.idle_timeout = true;
+    cancel_both();
+  }
   void cancel_both() {
     stopping = true;
     error_code ignored;
@@ -64,13 +63,10 @@ struct RelayState {
 
   Stream& a;
   Stream& b;
-  std::chrono::milliseconds idle;
-  // Moved on every chunk (a clock read); its action stops both directions.
-  Deadline idle_deadline;
   RelayResult result;
   Direction a_to_b;
   Direction b_to_a;
-  RelayCallback on_done;
+  RelayDone on_done;
   bool stopping = false;
 };
 
@@ -96,7 +92,7 @@ void end_direction(const std::shared_ptr<RelayState>& state, Direction& d, error
   }
   d.done = true;
   if (!state->a_to_b.done || !state->b_to_a.done) return;
-  state->idle_deadline.expires_never();
+  state->stop();
   state->result.a_to_b_spliced = state->a_to_b.splice.spliced;
   state->result.b_to_a_spliced = state->b_to_a.splice.spliced;
   auto on_done = std::move(state->on_done);
@@ -125,42 +121,40 @@ void acknowledge_read(Stream& from) {
 void wait_readable(std::shared_ptr<RelayState> state, Direction& d) {
   // Waiting for readiness first keeps an idle direction free of pipes,
   // buffers and coroutine frames.
-  d.from.async_wait(Stream::wait_read, [state = std::move(state), &d](error_code ec) mutable {
-    if (!ec && state->stopping) ec = asio::error::operation_aborted;
-    if (ec) {
-      end_direction(state, d, ec, d.from);
-      return;
-    }
-    auto executor = d.from.get_executor();
-    asio::co_spawn(executor,
-                   move_available(d.from, d.to, d.splice, unlimited_bytes, OnMoved(d.counter)),
-                   [state = std::move(state), &d](std::exception_ptr e, MoveResult step) mutable {
-                     error_code end = step.write_error ? step.write_error : step.read_error;
-                     if (e && !end) end = asio::error::make_error_code(asio::error::fault);
-                     if (!end && state->stopping) end = asio::error::operation_aborted;
-                     if (end) {
-                       end_direction(state, d, end, step.write_error ? d.to : d.from);
-                       return;
-                     }
-                     if (d.acknowledge_reads && step.bytes > 0) acknowledge_read(d.from);
-                     wait_readable(std::move(state), d);
-                   });
-  });
-}
-
-void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, AcknowledgeReads acknowledge,
-                 RelayCallback done) {
-  auto state = std::make_shared<RelayState>(a, b, idle, acknowledge, std::move(done));
-  // The state owns its deadline: the action can never run once it is gone.
-  state->idle_deadline.expires_after(idle, [raw = state.get()] {
-    raw->result.idle_timeout = true;
-    raw->cancel_both();
-  });
-  wait_readable(state, state->a_to_b);
-  wait_readable(state, state->b_to_a);
+  // In an allocation of its own size (ExactAllocator).
+  d.from.async_wait(
+      Stream::wait_read, asio::bind_allocator(ExactAllocator<void>(), [state = std::move(state),
+                                                                       &d](error_code ec) mutable {
+        if (!ec && state->stopping) ec = asio::error::operation_aborted;
+        if (ec) {
+          end_direction(state, d, ec, d.from);
+          return;
+        }
+        auto executor = d.from.get_executor();
+        asio::co_spawn(
+            executor, move_available(d.from, d.to, d.splice, unlimited_bytes, OnMoved(d.counter)),
+            [state = std::move(state), &d](std::exception_ptr e, MoveResult step) mutable {
+              error_code end = step.write_error ? step.write_error : step.read_error;
+              if (e && !end) end = asio::error::make_error_code(asio::error::fault);
+              if (!end && state->stopping) end = asio::error::operation_aborted;
+              if (end) {
+                end_direction(state, d, end, step.write_error ? d.to : d.from);
+                return;
+              }
+              if (d.acknowledge_reads && step.bytes > 0) acknowledge_read(d.from);
+              wait_readable(std::move(state), d);
+            });
+      }));
 }
 
 }  // namespace
+
+void start_relay(Stream& a, Stream& b, std::chrono::milliseconds idle, AcknowledgeReads acknowledge,
+                 RelayDone done) {
+  auto state = std::make_shared<RelayState>(a, b, idle, acknowledge, std::move(done));
+  wait_readable(state, state->a_to_b);
+  wait_readable(state, state->b_to_a);
+}
 
 // Not a coroutine itself: the awaitable async_initiate makes is the one frame
 // an idle relay adds to its caller's.

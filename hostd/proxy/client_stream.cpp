@@ -107,9 +107,15 @@ awaitable<void> ClientStream::close(bool orderly, std::chrono::milliseconds limi
       socket().close(e);
     });
     co_await t->async_shutdown(use_tuple);
-  } else if (orderly && t == nullptr) {
-    socket().shutdown(asio::socket_base::shutdown_send, ignored);
+    socket().close(ignored);
+    co_return;
   }
+  close_plaintext(orderly && t == nullptr);
+}
+
+void ClientStream::close_plaintext(bool orderly) {
+  error_code ignored;
+  if (orderly) socket().shutdown(asio::socket_base::shutdown_send, ignored);
   socket().close(ignored);
 }
 

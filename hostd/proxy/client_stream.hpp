@@ -92,6 +92,9 @@ class ClientStream {
   // close_notify, so a client reading to the end of the connection can tell
   // the cut from a complete response. Then the socket closes.
   awaitable<void> close(bool orderly, std::chrono::milliseconds limit);
+  // The same for a plaintext stream, which has nothing to wait for: orderly
+  // is a shutdown(send) before the close.
+  void close_plaintext(bool orderly);
 
  private:
   static constexpr std::size_t tls_linearised = 8 * 1024;  // asio/ssl/detail/write_op.hpp

@@ -255,6 +255,34 @@ TEST_CASE("an idle relay ends at its idle timeout") {
   ::close(agent.theirs);
 }
 
+TEST_CASE("a relay that keeps moving bytes outlives its idle timeout") {
+  // A byte every 150 ms for 1.8 s through a relay whose idle timeout is 1 s:
+  // the relay ends when both sides end, not at its timeout.
+  asio::io_context io;
+  auto client = socket_pair();
+  auto agent = socket_pair();
+  Stream a = adopt(io, client.ours);
+  Stream b = adopt(io, agent.ours);
+  ::shutdown(agent.theirs, SHUT_WR);
+  std::thread trickle([&] {
+    for (int i = 0; i < 12; ++i) {
+      send_all(client.theirs, "x");
+      std::this_thread::sleep_for(150ms);
+    }
+    ::shutdown(client.theirs, SHUT_WR);
+  });
+  std::string at_agent;
+  std::thread reader([&] { at_agent = read_until_eof(agent.theirs); });
+  auto result = run_on_io(io, relay(a, b, 1s));
+  trickle.join();
+  reader.join();
+  CHECK_FALSE(result.idle_timeout);
+  CHECK(result.a_to_b == 12);
+  CHECK(at_agent == std::string(12, 'x'));
+  ::close(client.theirs);
+  ::close(agent.theirs);
+}
+
 TEST_CASE("a reset on one side ends the relay, and says which side failed") {
   asio::io_context io;
   auto client = socket_pair();
