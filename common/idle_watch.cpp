@@ -18,8 +18,9 @@ class IdleClock : public asio::execution_context::service {
   static IdleClock& of(const asio::any_io_executor& executor) {
     asio::execution_context& context = asio::query(executor, asio::execution::context);
     if (!asio::has_service<IdleClock>(context)) {
-      // The timer service first: a context ends its services newest first,
-      // so the timer service then outlives this clock's timer.
+      // The timer service first: a context shuts its services down newest
+      // first, so this clock's timer ends (shutdown()) while its service is
+      // still running.
       const asio::steady_timer first(executor);
     }
     IdleClock& idle_clock = asio::use_service<IdleClock>(context);

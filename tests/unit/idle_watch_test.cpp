@@ -117,7 +117,8 @@ TEST_CASE("an io_context that ends with idle relays still waiting ends cleanly")
   // As in the daemons at exit: each relay's streams are owned by its
   // completion handler, so its state, its watch and its streams all end
   // with the context's pending operations, after its services have shut
-  // down. The clock must outlive them (ASan in CI sees a use after free).
+  // down. The clock must outlive them (under ASan, in CI, a use after free
+  // would show here).
   bool ran = false;
   std::vector<int> far_ends;
   {
