@@ -533,6 +533,16 @@ std::string encode_answer(const GuestAnswer& answer) {
   return preamble::encode(response);
 }
 
+namespace {
+
+// The 200 a guest's request gets once it is under way, encoded once.
+const std::string& ok_answer() {
+  static const std::string ok = encode_answer(GuestAnswer{});
+  return ok;
+}
+
+}  // namespace
+
 awaitable<void> serve_guest(Stream stream, GuestArrival arrival, const GuestServices& services,
                             std::uint64_t id) {
   const auto running = services.current.get();
@@ -644,8 +654,7 @@ awaitable<void> serve_guest(Stream stream, GuestArrival arrival, const GuestServ
         .kv("to", target->to_string())
         .kv("form", form)
         .kv("vms", static_cast<unsigned long long>(plan->members.size()));
-    static const std::string ok = encode_answer(GuestAnswer{});
-    auto [aec, an] = co_await asio::async_write(stream, asio::buffer(ok), use_tuple);
+    auto [aec, an] = co_await asio::async_write(stream, asio::buffer(ok_answer()), use_tuple);
     if (aec) {
       close_stream(stream);
       co_return;
@@ -667,8 +676,7 @@ awaitable<void> serve_guest(Stream stream, GuestArrival arrival, const GuestServ
       .kv("vm", caller.name)
       .kv("to", up.name)
       .kv("form", form);
-  static const std::string ok = encode_answer(GuestAnswer{});
-  auto [aec, an] = co_await asio::async_write(stream, asio::buffer(ok), use_tuple);
+  auto [aec, an] = co_await asio::async_write(stream, asio::buffer(ok_answer()), use_tuple);
   if (aec) {
     close_stream(stream);
     co_return;
