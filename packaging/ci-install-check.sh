@@ -7,6 +7,10 @@
 #
 #   packaging/ci-install-check.sh [BUILD_DIR]      (default: build/pkg)
 #
+# BUILD_DIR may be a tree configured with VMGATE_DISTRO_FLAGS=ON and the /usr
+# prefix (the ci preset: scripts/test passes build/ci), packaged as built;
+# otherwise it is configured and built here with those flags.
+#
 # Debian packages it installs when missing: the build block of
 # scripts/debian-packages.txt, and for packaging:
 packaging_packages=(lintian rpm systemd man-db file dpkg-dev)
@@ -56,10 +60,22 @@ purge_ours
 
 step "build ($build)"
 # Distribution build flags (fortify, stack protector, relro/now), as a
-# Debian package build would use them; tests are not needed here.
-cmake --preset dev -B "$build" -DVMGATE_TESTS=OFF -DCMAKE_INSTALL_PREFIX=/usr \
-  -DCMAKE_CXX_FLAGS="$(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CXXFLAGS)" \
-  -DCMAKE_EXE_LINKER_FLAGS="$(dpkg-buildflags --get LDFLAGS) -Wl,-z,now" >/dev/null
+# Debian package build would use them: VMGATE_DISTRO_FLAGS. A tree already
+# configured so (the ci preset's, which scripts/test has built and tested) is
+# packaged as it is, so the packages hold the binaries the tests ran; any
+# other is configured here, without tests.
+cache=$build/CMakeCache.txt
+if [[ -f $cache ]]; then
+  grep -qE '^VMGATE_DISTRO_FLAGS:[A-Z]+=ON$' "$cache" ||
+    fail "$build is not configured with VMGATE_DISTRO_FLAGS=ON (the ci preset is): its binaries lack the distribution's build flags"
+  grep -qE '^CMAKE_INSTALL_PREFIX:[A-Z]+=/usr$' "$cache" ||
+    fail "$build is not configured with CMAKE_INSTALL_PREFIX=/usr (the ci preset is)"
+  echo "packaging the configured tree $build"
+else
+  cmake --preset dev -B "$build" -DVMGATE_TESTS=OFF -DVMGATE_DISTRO_FLAGS=ON \
+    -DCMAKE_INSTALL_PREFIX=/usr >/dev/null
+fi
+# Nothing to do when it is built already.
 cmake --build "$build" -j "$(nproc)"
 
 step "cpack"

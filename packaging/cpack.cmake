@@ -1,7 +1,8 @@
 # Packages: vmgate-host and vmgate-guest, each as .deb and .rpm, from the
 # install components of packaging/CMakeLists.txt. Included last by the
 # top-level CMakeLists.txt, once every target exists.
-#   cmake --preset dev -B build/pkg -DCMAKE_INSTALL_PREFIX=/usr && cmake --build build/pkg
+#   cmake --preset dev -B build/pkg -DCMAKE_INSTALL_PREFIX=/usr -DVMGATE_DISTRO_FLAGS=ON &&
+#     cmake --build build/pkg   (or the ci preset's tree, build/ci, configured so)
 #   cd build/pkg && cpack          -> build/pkg/packages/*.deb, *.rpm
 # packaging/ci-install-check.sh builds, lints, installs and removes them.
 

@@ -51,7 +51,7 @@ TEST_CASE("guestd config: an empty file gives the documented defaults") {
 }
 
 TEST_CASE("guestd config: the packaged example file loads and matches the defaults") {
-  auto path = std::filesystem::path(__FILE__).parent_path() / "../../guestd/guestd.toml";
+  auto path = std::filesystem::path(VMGATE_SOURCE_DIR) / "guestd/guestd.toml";
   REQUIRE(std::filesystem::exists(path));
   GuestdConfig c = vmgate::guestd::load_guestd_config(path.string());
   GuestdConfig d;
