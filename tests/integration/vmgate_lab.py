@@ -642,10 +642,16 @@ class Lab:
         return [parse_kv(l) for l in self.hostd.lines() if "event=request " in l]
 
     def request_log(self, request_id, timeout=5.0):
-        """hostd's log lines naming `req=request_id` (waits for at least one)."""
+        """hostd's log lines naming `req=request_id`, once its record is among them.
+
+        A request's record (`event=request`) is written when the request has
+        ended, which can be after its client has read the whole response: a
+        fan-out's per-VM lines come before it. Waiting for the record means
+        the request's log is whole."""
         def find():
-            return [l for l in self.hostd.lines() if parse_kv(l).get("req") == request_id]
-        return wait_until(find, timeout, "hostd log of request %s" % request_id)
+            lines = [l for l in self.hostd.lines() if parse_kv(l).get("req") == request_id]
+            return lines if any("event=request " in l for l in lines) else None
+        return wait_until(find, timeout, "hostd record of request %s" % request_id)
 
     def last_request(self, timeout=5.0, **match):
         """The last hostd request record whose fields match `match` (waits for it)."""
