@@ -4,14 +4,17 @@
 // accept(2) failing with EMFILE leaves the connection in the listen queue, so
 // the listening socket stays readable: retrying at once spins a core, and
 // only pausing leaves every queued client hanging until descriptors free up.
-// Instead each acceptor keeps one descriptor in reserve (/dev/null): at the
-// limit it gives that back, accepts the waiting connection and closes it at
-// once, and takes the reserve again. The client is refused promptly (a reset,
-// since no HTTP can be spoken without a descriptor to speak it on), the
-// queue drains, and the acceptor waits for readiness as usual — no spin. The
-// freed number can be taken by another thread in between: then the acceptor
-// pauses instead (accept_pause), which bounds the loop just the same.
-// Accepting resumes by itself once descriptors are free again.
+// Instead the process keeps descriptors in reserve (/dev/null), one per
+// acceptor, in one pool: at the limit an acceptor gives one back, accepts the
+// waiting connection and closes it at once, and takes the reserve again. The
+// client is refused promptly (a reset, since no HTTP can be spoken without a
+// descriptor to speak it on), the queue drains, and the acceptor waits for
+// readiness as usual — no spin. The freed number can be taken by another
+// thread's accept in between: then the pool is short, and the next accept
+// that finds no descriptor free either gives its own number to the pool;
+// with the pool empty an acceptor pauses instead (accept_pause), which bounds
+// the loop just the same. Accepting resumes by itself once descriptors are
+// free again, and the pool is refilled by whichever acceptor accepts first.
 #pragma once
 
 #include <chrono>
@@ -25,7 +28,8 @@ namespace vmgate::hostd {
 // otherwise (a transient network error, or no reserve to refuse with).
 inline constexpr std::chrono::milliseconds accept_pause{100};
 
-// The reserve descriptor of one acceptor.
+// One acceptor's place in the process's reserve: while it exists the pool
+// keeps one descriptor more.
 class DescriptorReserve {
  public:
   DescriptorReserve();
@@ -36,7 +40,7 @@ class DescriptorReserve {
   // Whether `ec` from accept means the process (or system) is out of descriptors.
   static bool exhausted(const error_code& ec);
   // After accept failed with `ec` on `listener`'s `acceptor`: at the
-  // descriptor limit, accepts one queued connection on the reserve's
+  // descriptor limit, accepts one queued connection on a reserve's
   // descriptor and closes it. True when it did: the acceptor may accept
   // again at once. False for any other error, or when there was no reserve
   // or nothing to accept: the caller pauses.
@@ -45,22 +49,19 @@ class DescriptorReserve {
   // starts, then at most once every 10 s while it lasts, with the count
   // refused meanwhile.
   bool refuse_at_limit(const error_code& ec, Acceptor& acceptor, std::string_view listener);
-  // After an accept of `socket` that succeeded: with the reserve gone (its
-  // number was taken, by another thread's accept, while it refused a
+  // After an accept of `socket` that succeeded: with the pool short (a
+  // reserve's number was taken by another thread's accept while it refused a
   // client) and still no descriptor free, `socket` is closed and its number
-  // taken as the reserve; the client is refused like the others. Without
-  // this, acceptors that lost their reserves this way could refuse no more,
-  // and clients would wait in the queue. True when it refused.
+  // taken as a reserve; the client is refused like the others. Without this,
+  // an emptied pool could refuse no more, and clients would wait in the
+  // queue. True when it refused.
   bool reclaim(Stream& socket);
-  // After an accept that succeeded: logs once that descriptors are free again.
+  // After an accept that succeeded: refills the pool and, once it is full
+  // and one more descriptor is free, logs once that descriptors are free again.
   static void accepted();
-  bool held() const { return fd_ >= 0; }
-
- private:
-  bool refuse_one(Acceptor& acceptor);
-  void take();
-  int fd_ = -1;
-  bool lost_ = false;  // counted in the process's lost reserves
+  // Whether acceptors are refusing at the descriptor limit: from the line
+  // that says it started until the one that says descriptors are free again.
+  static bool limit_reached();
 };
 
 }  // namespace vmgate::hostd

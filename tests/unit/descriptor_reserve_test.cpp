@@ -1,0 +1,164 @@
+#include "hostd/listener/descriptor_reserve.hpp"
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <optional>
+#include <vector>
+
+#include "common/transport.hpp"
+
+using namespace vmgate;
+using vmgate::hostd::DescriptorReserve;
+
+namespace {
+
+// Every descriptor the process may still open, held until release.
+struct AllDescriptorsTaken {
+  AllDescriptorsTaken() {
+    for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;)
+      fds.push_back(fd);
+  }
+  ~AllDescriptorsTaken() { release(); }
+  void release() {
+    for (int fd : fds)
+      ::close(fd);
+    fds.clear();
+  }
+  void release_one() {
+    REQUIRE(!fds.empty());
+    ::close(fds.back());
+    fds.pop_back();
+  }
+  std::vector<int> fds;
+};
+
+// A client whose connection waits in `port`'s listen queue.
+int queued_client(unsigned short port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) == 0);
+  return fd;
+}
+
+// Whether hostd's end of `client`'s connection is closed (EOF or reset).
+bool closed_by_server(int client) {
+  char byte;
+  timeval wait{.tv_sec = 5, .tv_usec = 0};
+  ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  return ::recv(client, &byte, 1, 0) <= 0;
+}
+
+struct Listening {
+  Listening() {
+    // Few descriptors above those open now, so that the limit is near.
+    const auto open_now = std::distance(std::filesystem::directory_iterator("/proc/self/fd"), {});
+    rlimit limit{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
+    limit.rlim_cur = static_cast<rlim_t>(open_now) + 32;
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &limit) == 0);
+    auto address = transport::parse("tcp:127.0.0.1:0");
+    REQUIRE(address.has_value());
+    error_code ec;
+    acceptor = transport::listen(io.get_executor(), *address, ec);
+    REQUIRE(!ec);
+    acceptor.non_blocking(true);  // as Asio's async_accept leaves it
+    const Endpoint bound = acceptor.local_endpoint();
+    port = ntohs(reinterpret_cast<const sockaddr_in*>(bound.data())->sin_port);
+  }
+  asio::io_context io;
+  Acceptor acceptor{io};
+  unsigned short port = 0;
+};
+
+}  // namespace
+
+TEST_CASE("at the descriptor limit a queued client is refused at once, on a reserve descriptor") {
+  Listening l;
+  DescriptorReserve reserve;
+  const int client = queued_client(l.port);
+  AllDescriptorsTaken taken;
+  error_code ec;
+  l.acceptor.accept(ec);
+  REQUIRE(DescriptorReserve::exhausted(ec));
+  CHECK(reserve.refuse_at_limit(ec, l.acceptor, "test"));
+  CHECK(DescriptorReserve::limit_reached());
+  CHECK(closed_by_server(client));
+  ::close(client);
+}
+
+TEST_CASE("a reserve missing at the limit is made up by whichever acceptor accepts next") {
+  Listening l;
+  DescriptorReserve first;
+  std::optional<DescriptorReserve> second;
+  const int refused = queued_client(l.port);
+  const int taken_as_reserve = queued_client(l.port);
+  const int served = queued_client(l.port);
+  {
+    AllDescriptorsTaken taken;
+    error_code ec;
+    l.acceptor.accept(ec);
+    REQUIRE(DescriptorReserve::exhausted(ec));
+    REQUIRE(first.refuse_at_limit(ec, l.acceptor, "test"));
+    // An acceptor that starts now finds no descriptor for its reserve: the
+    // pool is one short, as when another thread's accept takes the number a
+    // refusing acceptor had just freed.
+    second.emplace();
+
+    // One number frees up and an accept takes it, with the pool short: it
+    // is refused, and its number becomes the missing reserve.
+    taken.release_one();
+    Stream socket = l.acceptor.accept(ec);
+    REQUIRE(!ec);
+    CHECK(first.reclaim(socket));
+    CHECK(closed_by_server(taken_as_reserve));
+  }
+  // Descriptors free again: served, and said so.
+  error_code ec;
+  Stream socket = l.acceptor.accept(ec);
+  REQUIRE(!ec);
+  CHECK_FALSE(first.reclaim(socket));
+  DescriptorReserve::accepted();
+  CHECK_FALSE(DescriptorReserve::limit_reached());
+  CHECK(closed_by_server(refused));
+  for (int fd : {refused, taken_as_reserve, served})
+    ::close(fd);
+}
+
+TEST_CASE("descriptors are said to be free again only once the reserves are all back") {
+  Listening l;
+  DescriptorReserve first;
+  std::optional<DescriptorReserve> second;
+  const int refused = queued_client(l.port);
+  const int served = queued_client(l.port);
+  AllDescriptorsTaken taken;
+  error_code ec;
+  l.acceptor.accept(ec);
+  REQUIRE(DescriptorReserve::exhausted(ec));
+  REQUIRE(first.refuse_at_limit(ec, l.acceptor, "test"));
+  second.emplace();  // one short, as above
+  // The one number that frees goes to the accepted client, and then to the
+  // missing reserve, not to a claim that the limit is past.
+  taken.release_one();
+  taken.release_one();
+  Stream socket = l.acceptor.accept(ec);
+  REQUIRE(!ec);
+  CHECK_FALSE(first.reclaim(socket));
+  DescriptorReserve::accepted();
+  CHECK(DescriptorReserve::limit_reached());
+  // One more, and it is.
+  taken.release_one();
+  DescriptorReserve::accepted();
+  CHECK_FALSE(DescriptorReserve::limit_reached());
+  for (int fd : {refused, served})
+    ::close(fd);
+}
