@@ -1,7 +1,5 @@
 #include "hostd/admission/connection_caps.hpp"
 
-#include <functional>
-
 namespace vmgate::hostd {
 
 namespace ip = boost::asio::ip;
@@ -16,7 +14,7 @@ ip::address canonical(const ip::address& address) {
 
 }  // namespace
 
-struct ConnectionCaps::Counts {
+struct CapPlace::Counts {
   // One lock for every address: taken once per accepted connection and once
   // at its end, never while anything waits.
   mutable std::mutex mutex;
@@ -24,40 +22,49 @@ struct ConnectionCaps::Counts {
   std::atomic<std::uint32_t> tunnels{0};
 };
 
-// Built in place (make_shared), never copied: the action runs once, when
-// the last holder of the place lets it go.
-struct CapPlace::GiveBack {
-  explicit GiveBack(std::function<void()> a) : action(std::move(a)) {}
-  GiveBack(const GiveBack&) = delete;
-  GiveBack& operator=(const GiveBack&) = delete;
-  ~GiveBack() { action(); }
-  std::function<void()> action;
-};
+CapPlace::CapPlace(CapPlace&& other) noexcept
+    : counts_(std::move(other.counts_)), client_(std::exchange(other.client_, nullptr)) {}
 
-CapPlace::CapPlace(std::shared_ptr<GiveBack> give_back) : give_back_(std::move(give_back)) {}
-CapPlace::CapPlace(CapPlace&& other) noexcept = default;
-CapPlace& CapPlace::operator=(CapPlace&& other) noexcept = default;
-CapPlace::~CapPlace() = default;
+CapPlace& CapPlace::operator=(CapPlace&& other) noexcept {
+  if (this != &other) {
+    give_back();
+    counts_ = std::move(other.counts_);
+    client_ = std::exchange(other.client_, nullptr);
+  }
+  return *this;
+}
 
-ConnectionCaps::ConnectionCaps() : counts_(std::make_shared<Counts>()) {}
+CapPlace::~CapPlace() {
+  give_back();
+}
+
+void CapPlace::give_back() {
+  if (!counts_) return;
+  if (client_ == nullptr) {
+    --counts_->tunnels;
+  } else {
+    std::lock_guard lock(counts_->mutex);
+    if (--client_->second == 0) {
+      const ip::address key = client_->first;  // erase() destroys the entry
+      counts_->per_client.erase(key);
+    }
+  }
+  counts_.reset();
+  client_ = nullptr;
+}
+
+ConnectionCaps::ConnectionCaps() : counts_(std::make_shared<CapPlace::Counts>()) {}
 ConnectionCaps::~ConnectionCaps() = default;
 
 CapPlace ConnectionCaps::take_client(const ip::address& address, std::uint32_t limit) {
-  const ip::address key = canonical(address);
-  {
-    std::lock_guard lock(counts_->mutex);
-    std::uint32_t& open = counts_->per_client[key];
-    if (open >= limit) {
-      if (open == 0) counts_->per_client.erase(key);
-      return {};
-    }
-    ++open;
+  std::lock_guard lock(counts_->mutex);
+  auto [entry, added] = counts_->per_client.try_emplace(canonical(address), 0);
+  if (entry->second >= limit) {
+    if (added) counts_->per_client.erase(entry);
+    return {};
   }
-  return CapPlace(std::make_shared<CapPlace::GiveBack>([counts = counts_, key] {
-    std::lock_guard lock(counts->mutex);
-    auto it = counts->per_client.find(key);
-    if (it != counts->per_client.end() && --it->second == 0) counts->per_client.erase(it);
-  }));
+  ++entry->second;
+  return CapPlace(counts_, &*entry);
 }
 
 CapPlace ConnectionCaps::take_tunnel(std::uint32_t limit) {
@@ -65,7 +72,7 @@ CapPlace ConnectionCaps::take_tunnel(std::uint32_t limit) {
   do {
     if (open >= limit) return {};
   } while (!counts_->tunnels.compare_exchange_weak(open, open + 1));
-  return CapPlace(std::make_shared<CapPlace::GiveBack>([counts = counts_] { --counts->tunnels; }));
+  return CapPlace(counts_, nullptr);
 }
 
 std::uint32_t ConnectionCaps::connections_from(const ip::address& address) const {
