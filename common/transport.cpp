@@ -178,7 +178,7 @@ awaitable<error_code> fcvsock_handshake(Stream& socket, std::uint32_t port) {
 
 awaitable<std::tuple<error_code, Stream>> connect(const Address& a) {
   auto executor = co_await asio::this_coro::executor;
-  Stream socket(executor);
+  Stream socket(io_executor_of(executor));
   error_code ec;
   switch (a.kind) {
     case Kind::vsock:
@@ -268,7 +268,7 @@ error_code set_socket_mode(const std::string& path, std::uint32_t mode) {
 
 Acceptor listen(asio::any_io_executor executor, const Address& a, error_code& ec,
                 std::optional<std::uint32_t> unix_socket_mode) {
-  Acceptor acceptor(executor);
+  Acceptor acceptor(io_executor_of(executor));
   std::optional<Endpoint> ep;
   switch (a.kind) {
     case Kind::vsock:

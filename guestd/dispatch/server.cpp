@@ -26,7 +26,7 @@ struct Server::State : std::enable_shared_from_this<State>, SessionRegistry {
   State(asio::any_io_executor ex, GuestdConfig c)
       : executor(ex),
         config(std::make_shared<const GuestdConfig>(std::move(c))),
-        acceptor(ex),
+        acceptor(io_executor_of(ex)),
         retry_timer(ex),
         grace_timer(ex) {}
 

@@ -103,7 +103,7 @@ std::string send_target(const OutboundConfig& config, std::string_view host) {
 
 struct OutboundProxy::State : std::enable_shared_from_this<State> {
   State(asio::any_io_executor ex, GuestdConfig c)
-      : executor(ex), config(std::move(c)), acceptor(ex), retry(ex), grace(ex) {}
+      : executor(ex), config(std::move(c)), acceptor(io_executor_of(ex)), retry(ex), grace(ex) {}
 
   asio::any_io_executor executor;
   const GuestdConfig config;

@@ -58,8 +58,7 @@ void AdminServer::stop_accepting() {
 awaitable<void> AdminServer::accept_loop() {
   asio::steady_timer backoff(io_);
   for (;;) {
-    asio::any_io_executor strand = asio::make_strand(io_);
-    auto [ec, socket] = co_await acceptor_.async_accept(strand, use_tuple);
+    auto [ec, socket] = co_await acceptor_.async_accept(use_tuple);
     if (ec == asio::error::operation_aborted || !acceptor_.is_open()) co_return;
     if (ec) {
       log::warn("admin_accept_failed").kv("error", ec.message());
@@ -76,7 +75,8 @@ awaitable<void> AdminServer::accept_loop() {
       continue;
     }
     ++connections_;
-    asio::co_spawn(strand, session(std::move(socket)), [this](std::exception_ptr e) {
+    // On io_ as the acceptor: one thread runs it (hostd's main.cpp).
+    asio::co_spawn(io_, session(std::move(socket)), [this](std::exception_ptr e) {
       --connections_;
       log_failure("admin_session_failed", e);
     });

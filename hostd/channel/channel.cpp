@@ -155,7 +155,7 @@ std::optional<Channel> move_to(Channel channel, const asio::any_io_executor& exe
   error_code ec;
   auto fd = channel.stream.release(ec);
   if (ec) return std::nullopt;
-  Stream moved(executor);
+  Stream moved(io_executor_of(executor));
   moved.assign(asio::generic::stream_protocol(domain, 0), fd, ec);
   if (ec) {
     ::close(fd);

@@ -174,7 +174,7 @@ awaitable<EtcdWatchEnd> EtcdClient::watch(std::string key, std::string range_end
   const transport::Address endpoint = endpoints_[current_];
   auto request =
       make_request(endpoint, "/v3/watch", encode_watch_create(key, range_end, start_revision));
-  auto stream = std::make_shared<vmgate::Stream>(executor_);
+  auto stream = std::make_shared<vmgate::Stream>(io_executor_of(executor_));
   beast::flat_buffer buffer;
   http::response_parser<http::buffer_body> parser;
   parser.body_limit(boost::none);

@@ -174,7 +174,7 @@ std::shared_ptr<Server::Listener> Server::open_listener(const ListenerConfig& lc
           fmt::format("{}: dup: {}", lc.where.text,
                       error_code(errno, asio::error::get_system_category()).message()));
     }
-    Acceptor& extra = listener->acceptors.emplace_back(executor);
+    Acceptor& extra = listener->acceptors.emplace_back(io_executor_of(executor));
     extra.assign(acceptor.local_endpoint().protocol(), fd, ec);
     if (ec) {
       ::close(fd);

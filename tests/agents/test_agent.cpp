@@ -648,7 +648,8 @@ class Connection {
 
 awaitable<void> serve(Stream socket, const Options& options, bits::Uploads& uploads,
                       std::uint64_t id) {
-  Deadline deadline(socket.get_executor());
+  // The connection's strand, which its completions are dispatched on too.
+  Deadline deadline(co_await asio::this_coro::executor);
   Connection connection(socket, deadline, options, uploads, id);
   co_await connection.run();
 }
@@ -657,10 +658,7 @@ awaitable<void> accept_loop(Acceptor& acceptor, transport::Kind kind, const Opti
                             bits::Uploads& uploads) {
   std::uint64_t next_id = 1;
   for (;;) {
-    // One strand per connection: the deadline and the work may otherwise run
-    // on two threads at once when --threads > 1.
-    Stream socket(asio::make_strand(acceptor.get_executor()));
-    auto [ec] = co_await acceptor.async_accept(socket, use_tuple);
+    auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
     if (ec == asio::error::operation_aborted) co_return;
     if (ec) {
       // Out of descriptors or a transient network error: wait, don't exit.
@@ -671,18 +669,20 @@ awaitable<void> accept_loop(Acceptor& acceptor, transport::Kind kind, const Opti
     }
     transport::tune(socket, kind);
     std::uint64_t id = next_id++;
-    auto executor = socket.get_executor();
+    // One strand per connection: the deadline and the work may otherwise run
+    // on two threads at once when --threads > 1.
     auto connection = serve(std::move(socket), options, uploads, id);
-    asio::co_spawn(executor, std::move(connection), [id](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& x) {
-        log::error("connection_failed")
-            .kv("conn", static_cast<unsigned long long>(id))
-            .kv("error", x.what());
-      }
-    });
+    asio::co_spawn(asio::make_strand(acceptor.get_executor()), std::move(connection),
+                   [id](std::exception_ptr e) {
+                     if (!e) return;
+                     try {
+                       std::rethrow_exception(e);
+                     } catch (const std::exception& x) {
+                       log::error("connection_failed")
+                           .kv("conn", static_cast<unsigned long long>(id))
+                           .kv("error", x.what());
+                     }
+                   });
   }
 }
 
