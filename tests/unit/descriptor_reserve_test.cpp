@@ -96,69 +96,67 @@ TEST_CASE("at the descriptor limit a queued client is refused at once, on a rese
   ::close(client);
 }
 
-TEST_CASE("a reserve missing at the limit is made up by whichever acceptor accepts next") {
-  Listening l;
+// At the limit, its first client refused there, and the pool one reserve
+// short: an acceptor that starts then finds no descriptor for its reserve,
+// as when another thread's accept takes the number a refusing acceptor had
+// just freed.
+struct OneReserveShort : Listening {
+  explicit OneReserveShort(int queued) {
+    for (int i = 0; i < queued; ++i)
+      clients.push_back(queued_client(port));
+    taken.emplace();
+    error_code ec;
+    acceptor.accept(ec);
+    REQUIRE(DescriptorReserve::exhausted(ec));
+    REQUIRE(first.refuse_at_limit(ec, acceptor, "test"));
+    second.emplace();
+  }
+  ~OneReserveShort() {
+    for (int fd : clients)
+      ::close(fd);
+  }
+  Stream accept() {
+    error_code ec;
+    Stream socket = acceptor.accept(ec);
+    REQUIRE(!ec);
+    return socket;
+  }
+
   DescriptorReserve first;
   std::optional<DescriptorReserve> second;
-  const int refused = queued_client(l.port);
-  const int taken_as_reserve = queued_client(l.port);
-  const int served = queued_client(l.port);
-  {
-    AllDescriptorsTaken taken;
-    error_code ec;
-    l.acceptor.accept(ec);
-    REQUIRE(DescriptorReserve::exhausted(ec));
-    REQUIRE(first.refuse_at_limit(ec, l.acceptor, "test"));
-    // An acceptor that starts now finds no descriptor for its reserve: the
-    // pool is one short, as when another thread's accept takes the number a
-    // refusing acceptor had just freed.
-    second.emplace();
+  std::vector<int> clients;  // in the listen queue, the first refused
+  std::optional<AllDescriptorsTaken> taken;
+};
 
-    // One number frees up and an accept takes it, with the pool short: it
-    // is refused, and its number becomes the missing reserve.
-    taken.release_one();
-    Stream socket = l.acceptor.accept(ec);
-    REQUIRE(!ec);
-    CHECK(first.reclaim(socket));
-    CHECK(closed_by_server(taken_as_reserve));
-  }
+TEST_CASE("a reserve missing at the limit is made up by whichever acceptor accepts next") {
+  OneReserveShort at_limit(3);
+  // One number frees up and an accept takes it, with the pool short: it is
+  // refused, and its number becomes the missing reserve.
+  at_limit.taken->release_one();
+  Stream reclaimed = at_limit.accept();
+  CHECK(at_limit.first.reclaim(reclaimed));
+  CHECK(closed_by_server(at_limit.clients[1]));
   // Descriptors free again: served, and said so.
-  error_code ec;
-  Stream socket = l.acceptor.accept(ec);
-  REQUIRE(!ec);
-  CHECK_FALSE(first.reclaim(socket));
+  at_limit.taken.reset();
+  Stream served = at_limit.accept();
+  CHECK_FALSE(at_limit.first.reclaim(served));
   DescriptorReserve::accepted();
   CHECK_FALSE(DescriptorReserve::limit_reached());
-  CHECK(closed_by_server(refused));
-  for (int fd : {refused, taken_as_reserve, served})
-    ::close(fd);
+  CHECK(closed_by_server(at_limit.clients[0]));
 }
 
 TEST_CASE("descriptors are said to be free again only once the reserves are all back") {
-  Listening l;
-  DescriptorReserve first;
-  std::optional<DescriptorReserve> second;
-  const int refused = queued_client(l.port);
-  const int served = queued_client(l.port);
-  AllDescriptorsTaken taken;
-  error_code ec;
-  l.acceptor.accept(ec);
-  REQUIRE(DescriptorReserve::exhausted(ec));
-  REQUIRE(first.refuse_at_limit(ec, l.acceptor, "test"));
-  second.emplace();  // one short, as above
-  // The one number that frees goes to the accepted client, and then to the
-  // missing reserve, not to a claim that the limit is past.
-  taken.release_one();
-  taken.release_one();
-  Stream socket = l.acceptor.accept(ec);
-  REQUIRE(!ec);
-  CHECK_FALSE(first.reclaim(socket));
+  OneReserveShort at_limit(2);
+  // Of the two numbers that free up, the accepted client takes one and the
+  // missing reserve the other: none is left, so the limit is not past.
+  at_limit.taken->release_one();
+  at_limit.taken->release_one();
+  Stream served = at_limit.accept();
+  CHECK_FALSE(at_limit.first.reclaim(served));
   DescriptorReserve::accepted();
   CHECK(DescriptorReserve::limit_reached());
   // One more, and it is.
-  taken.release_one();
+  at_limit.taken->release_one();
   DescriptorReserve::accepted();
   CHECK_FALSE(DescriptorReserve::limit_reached());
-  for (int fd : {refused, served})
-    ::close(fd);
 }
