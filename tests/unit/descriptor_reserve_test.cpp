@@ -13,6 +13,15 @@
 
 #include "common/transport.hpp"
 
+// Not in the sanitizer build (ASan + UBSan, which defines
+// __SANITIZE_ADDRESS__): UBSan's vptr check cannot run at a descriptor
+// limit. On a type-cache miss it proves a vtable readable by writing it into
+// a pipe(2), and with no descriptor free it reports "object has invalid
+// vptr" for a sound object (a log line's fmt buffer here) and stops the
+// process. tests/integration/test_descriptor_limit.py is left out of that
+// phase for the same reason; the ci build runs both.
+#if !defined(__SANITIZE_ADDRESS__)
+
 using namespace vmgate;
 using vmgate::hostd::DescriptorReserve;
 
@@ -160,3 +169,5 @@ TEST_CASE("descriptors are said to be free again only once the reserves are all 
   DescriptorReserve::accepted();
   CHECK_FALSE(DescriptorReserve::limit_reached());
 }
+
+#endif  // !defined(__SANITIZE_ADDRESS__)
