@@ -19,6 +19,7 @@ import ctypes
 import dataclasses
 import http.client
 import os
+import random
 import re
 import shutil
 import signal
@@ -183,11 +184,26 @@ class Process:
 # -- configuration -----------------------------------------------------------
 
 def free_tcp_port():
-    """A loopback port nobody listens on now (for a listener that cannot
-    take port 0 and say which it got)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody uses now, for a listener that cannot take port
+    0 and say which it got (etcd, a cluster's peer port, a tcp channel).
+
+    Chosen below the kernel's ephemeral range: a port from that range (what
+    bind to port 0 hands out) can become the source port of any connection
+    or the port-0 listener of a test running beside this one before the
+    server that was given it binds it."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    low = 10000 if ephemeral_low > 20000 else 1024
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(low, ephemeral_low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise LabError("no free loopback port below %d" % ephemeral_low)
 
 
 @dataclasses.dataclass
