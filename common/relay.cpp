@@ -100,7 +100,7 @@ void end_direction(const std::shared_ptr<RelayState>& state, Direction& d, error
 }
 
 // After a read that emptied a TCP source (move_available returns when the
-// source would block), sends the ACK of those bytes now. Without it the
+// source is drained), sends the ACK of those bytes now. Without it the
 // kernel, in its "interactive" mode since our side last sent (the request
 // went the other way), holds the ACK for up to 40 ms hoping to ride on data;
 // a peer with Nagle on that wrote a head and then a body holds the body as

@@ -103,6 +103,17 @@ struct PipeLease {
 
 // Sockets must be non-blocking at the file level: splice(2) consults the
 // socket's O_NONBLOCK, not SPLICE_F_NONBLOCK (which only concerns the pipe).
+// A read that returned well under what was asked found the socket's queue
+// about empty: reading again at once would almost always fail with EAGAIN,
+// a syscall per message for nothing (a WS-Man exchange is four messages, so
+// guestd made 12 splice calls per request where 8 move its bytes). The
+// caller waits for readiness instead, which reports at once if more came
+// meanwhile. Only "well under": a bulk transfer's read can stop short of the
+// ask when the pipe's slots fill, and must go on without a wait.
+bool read_was_short(std::size_t got, std::size_t asked) {
+  return got < asked / 2;
+}
+
 error_code make_non_blocking(Stream& s) {
   error_code ec;
   if (!s.native_non_blocking()) s.native_non_blocking(true, ec);
@@ -145,7 +156,10 @@ awaitable<MoveResult> move_available(Stream& from, Stream& to, SpliceDirection& 
         const int err = errno;
         if (err == EINTR) continue;
         // The pipe is always drained before the next read, so EAGAIN is the socket's.
-        if (err == EAGAIN || err == EWOULDBLOCK) co_return result;
+        if (err == EAGAIN || err == EWOULDBLOCK) {
+          result.source_drained = true;
+          co_return result;
+        }
         if (refusal(err)) {
           direction.refused = true;
           break;
@@ -200,6 +214,10 @@ awaitable<MoveResult> move_available(Stream& from, Stream& to, SpliceDirection& 
         }
       }
       if (direction.refused) break;
+      if (read_was_short(static_cast<std::size_t>(in), want)) {
+        result.source_drained = true;
+        co_return result;
+      }
     }
     if (!direction.refused && lease.pipe) co_return result;  // the budget is spent
   }
@@ -218,6 +236,7 @@ awaitable<MoveResult> move_available(Stream& from, Stream& to, SpliceDirection& 
       const int err = errno;
       if (err == EINTR) continue;
       if (err != EAGAIN && err != EWOULDBLOCK) result.read_error = errno_code(err);
+      result.source_drained = true;
       break;
     }
     if (auto ec = co_await write_all(to, buffer.get(), static_cast<std::size_t>(got))) {
@@ -226,6 +245,10 @@ awaitable<MoveResult> move_available(Stream& from, Stream& to, SpliceDirection& 
     }
     result.bytes += static_cast<std::size_t>(got);
     on_moved(static_cast<std::size_t>(got));
+    if (read_was_short(static_cast<std::size_t>(got), want)) {
+      result.source_drained = true;
+      break;
+    }
   }
   co_return result;
 }
@@ -240,7 +263,7 @@ awaitable<MoveResult> move_exactly(Stream& from, Stream& to, std::uint64_t lengt
     total.read_error = step.read_error;
     total.write_error = step.write_error;
     if (step.failed() || total.bytes >= length) break;
-    if (step.bytes > 0) continue;  // the fair share was spent, more may be ready
+    if (!step.source_drained) continue;  // the fair share was spent, more may be ready
     auto [ec] = co_await from.async_wait(Stream::wait_read, use_tuple);
     if (ec) {
       total.read_error = ec;

@@ -52,13 +52,18 @@ struct MoveResult {
   std::uint64_t bytes = 0;  // that reached the destination
   error_code read_error;    // asio::error::eof when the source ended
   error_code write_error;
+  // The source had nothing more a moment ago: it would block, or its last
+  // read gave well under what was asked. Wait for readiness before reading
+  // it again (false: the fair share or the limit was spent, more may be ready).
+  bool source_drained = false;
   bool failed() const { return read_error || write_error; }
 };
 
 // Moves what `from` has ready to `to`, without waiting for `from`: returns
-// when `from` would block, ends (read_error = eof), `limit` bytes have moved,
-// a fair share has moved (so one busy stream does not starve the others on
-// its thread), or on an error. Waits only for `to` to accept the bytes.
+// when `from` would block or has just given well under what was asked (both
+// source_drained), ends (read_error = eof), `limit` bytes have moved, a fair
+// share has moved (so one busy stream does not starve the others on its
+// thread), or on an error. Waits only for `to` to accept the bytes.
 awaitable<MoveResult> move_available(Stream& from, Stream& to, SpliceDirection& direction,
                                      std::uint64_t limit, OnMoved on_moved);
 

@@ -463,6 +463,57 @@ TEST_CASE("pipes go back to the pool when a direction goes idle") {
   ::close(sink.theirs);
 }
 
+TEST_CASE("a read well under the ask returns drained at once, the stream's end left to the next") {
+  // The peer's FIN is queued behind its bytes: a second read in the same
+  // call would see it. Not reading again is what spares a relay the read
+  // that fails with EAGAIN after every message.
+  for (const bool copying : {false, true}) {
+    CAPTURE(copying);
+    asio::io_context io;
+    auto source = socket_pair();
+    auto sink = socket_pair();
+    Stream from = adopt(io, source.ours);
+    Stream to = adopt(io, sink.ours);
+    send_all(source.theirs, "some bytes");
+    ::shutdown(source.theirs, SHUT_WR);
+    auto probe = [&]() -> awaitable<std::pair<MoveResult, MoveResult>> {
+      SpliceDirection direction;
+      direction.refused = copying;  // the copy path decides the same way
+      auto first = co_await move_available(from, to, direction, unlimited_bytes, OnMoved{});
+      auto second = co_await move_available(from, to, direction, unlimited_bytes, OnMoved{});
+      co_return std::pair{first, second};
+    };
+    auto [first, second] = run_on_io(io, probe());
+    CHECK(first.bytes == 10);
+    CHECK(first.source_drained);
+    CHECK_FALSE(first.failed());
+    CHECK(second.bytes == 0);
+    CHECK(second.read_error == asio::error::eof);
+    CHECK(read_until_eof(sink.theirs, 10) == "some bytes");
+    ::close(source.theirs);
+    ::close(sink.theirs);
+  }
+}
+
+TEST_CASE("a move that spends its limit is not drained: the caller reads again without a wait") {
+  asio::io_context io;
+  auto source = socket_pair();
+  auto sink = socket_pair();
+  Stream from = adopt(io, source.ours);
+  Stream to = adopt(io, sink.ours);
+  send_all(source.theirs, "0123456789");
+  auto probe = [&]() -> awaitable<MoveResult> {
+    SpliceDirection direction;
+    co_return co_await move_available(from, to, direction, 4, OnMoved{});
+  };
+  auto moved = run_on_io(io, probe());
+  CHECK(moved.bytes == 4);
+  CHECK_FALSE(moved.source_drained);
+  CHECK(read_until_eof(sink.theirs, 4) == "0123");
+  ::close(source.theirs);
+  ::close(sink.theirs);
+}
+
 TEST_CASE("a destination that refuses splice is remembered and its bytes are copied") {
   asio::io_context io;
   auto source = socket_pair();
