@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -349,12 +350,10 @@ std::optional<std::uint32_t> peer_vsock_cid(const Stream& stream) {
   return sa.svm_cid;
 }
 
-std::optional<asio::ip::address> peer_ip(const Stream& stream) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  if (::getpeername(const_cast<Stream&>(stream).native_handle(), reinterpret_cast<sockaddr*>(&ss),
-                    &len) != 0)
-    return std::nullopt;
+namespace {
+
+// The IP address in a peer's socket address (IPv4-mapped IPv6 as IPv4).
+std::optional<asio::ip::address> ip_of(const sockaddr_storage& ss) {
   if (ss.ss_family == AF_INET) {
     const auto* sa = reinterpret_cast<const sockaddr_in*>(&ss);
     return asio::ip::address_v4(ntohl(sa->sin_addr.s_addr));
@@ -370,12 +369,7 @@ std::optional<asio::ip::address> peer_ip(const Stream& stream) {
   return std::nullopt;
 }
 
-std::string describe_peer(const Stream& stream) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  if (::getpeername(const_cast<Stream&>(stream).native_handle(), reinterpret_cast<sockaddr*>(&ss),
-                    &len) != 0)
-    return "unknown";
+std::string text_of(const sockaddr_storage& ss) {
   switch (ss.ss_family) {
     case AF_INET: {
       // Every client connection asks: formatted directly, as inet_ntop's
@@ -399,6 +393,34 @@ std::string describe_peer(const Stream& stream) {
       return "unix";
   }
   return "unknown";
+}
+
+bool peer_of(const Stream& stream, sockaddr_storage& ss) {
+  socklen_t len = sizeof ss;
+  return ::getpeername(const_cast<Stream&>(stream).native_handle(),
+                       reinterpret_cast<sockaddr*>(&ss), &len) == 0;
+}
+
+}  // namespace
+
+std::optional<asio::ip::address> peer_ip(const Stream& stream) {
+  sockaddr_storage ss{};
+  if (!peer_of(stream, ss)) return std::nullopt;
+  return ip_of(ss);
+}
+
+std::string describe_peer(const Stream& stream) {
+  sockaddr_storage ss{};
+  if (!peer_of(stream, ss)) return "unknown";
+  return text_of(ss);
+}
+
+PeerAddress peer_address(const asio::generic::stream_protocol::endpoint& endpoint) {
+  sockaddr_storage ss{};
+  std::memcpy(&ss, endpoint.data(), std::min<std::size_t>(endpoint.size(), sizeof ss));
+  // An unnamed unix client's address is only its family, or nothing at all.
+  if (endpoint.size() < sizeof ss.ss_family) ss.ss_family = AF_UNSPEC;
+  return PeerAddress{.ip = ip_of(ss), .text = text_of(ss)};
 }
 
 void tune(Stream& stream, Kind kind) {

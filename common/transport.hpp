@@ -63,6 +63,15 @@ std::string describe_peer(const Stream& stream);
 // The peer's IP address on a TCP stream (IPv4-mapped IPv6 as IPv4); empty otherwise.
 std::optional<asio::ip::address> peer_ip(const Stream& stream);
 
+// Both of the above, from the address accept(2) gave: an acceptor asks no
+// getpeername(2) (hostd's accept loop and connection set-up asked three
+// times per connection).
+struct PeerAddress {
+  std::optional<asio::ip::address> ip;  // as peer_ip
+  std::string text;                     // as describe_peer
+};
+PeerAddress peer_address(const asio::generic::stream_protocol::endpoint& endpoint);
+
 // Sets TCP_NODELAY on a TCP socket; a no-op for other kinds. The caller names
 // the kind it connected or accepted on, so no system call asks the socket.
 void tune(Stream& stream, Kind kind);

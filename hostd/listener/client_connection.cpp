@@ -704,8 +704,9 @@ void run_tunnel(std::unique_ptr<EstablishedTunnel> tunnel, ConnectionSlot slot,
 // Who the connection's client is, before its first request: what the
 // listener says, or its certificate, or its address. On a token listener
 // each request says it again (Proxy-Authorization).
-Identity connection_identity(const ConnectionContext& context, ClientStream& client) {
-  Identity identity = listener_identity(context.listener, client.socket());
+Identity connection_identity(const ConnectionContext& context, ClientStream& client,
+                             const std::optional<asio::ip::address>& address) {
+  Identity identity = listener_identity(context.listener, address);
   if (context.listener.identity == ListenerIdentity::certificate) {
     Identity certified =
         certificate_identity(client.tls() ? client.tls()->native_handle() : nullptr);
@@ -748,9 +749,10 @@ awaitable<std::optional<ClientStream>> accept_tls(Stream socket, const TlsServer
 
 }  // namespace
 
-Identity listener_identity(const ListenerConfig& listener, const Stream& socket) {
+Identity listener_identity(const ListenerConfig& listener,
+                           const std::optional<asio::ip::address>& address) {
   Identity identity;
-  identity.address = transport::peer_ip(socket);
+  identity.address = address;
   if (listener.trusted()) {
     identity.kind = Identity::Kind::trusted_listener;
     identity.name = listener.name;
@@ -771,10 +773,11 @@ namespace {
 // 3,000 idle clients, see bench/idle_connections.py). Null: no connection
 // (logged).
 awaitable<std::unique_ptr<ClientConnection>> open_connection(Stream client,
+                                                             transport::PeerAddress address,
                                                              const ConnectionContext& context,
                                                              std::uint64_t id,
                                                              bool over_client_cap) {
-  std::string peer = transport::describe_peer(client);
+  std::string peer = std::move(address.text);
   std::optional<ClientStream> stream;
   if (context.tls) {
     stream = co_await accept_tls(std::move(client), *context.tls, id, context.listener.name, peer);
@@ -782,7 +785,7 @@ awaitable<std::unique_ptr<ClientConnection>> open_connection(Stream client,
   } else {
     stream.emplace(std::move(client));
   }
-  Identity identity = connection_identity(context, *stream);
+  Identity identity = connection_identity(context, *stream, address.ip);
   if (context.listener.identity == ListenerIdentity::certificate &&
       identity.kind != Identity::Kind::certificate) {
     // Verified, but it names nobody an ACL rule could: no SAN, no CN.
@@ -844,11 +847,12 @@ awaitable<void> drive(std::unique_ptr<ClientConnection> connection) {
 
 }  // namespace
 
-awaitable<void> serve_client(Stream client, const ConnectionContext& context,
+awaitable<void> serve_client(Stream client, transport::PeerAddress peer,
+                             const ConnectionContext& context,
                              std::shared_ptr<const void> context_owner, std::uint64_t id,
                              ConnectionSlot slot) {
-  auto connection =
-      co_await open_connection(std::move(client), context, id, slot.over_client_cap());
+  auto connection = co_await open_connection(std::move(client), std::move(peer), context, id,
+                                             slot.over_client_cap());
   if (!connection) co_return;
   connection->hold(std::move(slot), std::move(context_owner));
   co_await drive(std::move(connection));

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "common/asio.hpp"
+#include "common/transport.hpp"
 #include "hostd/admission/connection_caps.hpp"
 #include "hostd/authz/access_policy.hpp"
 #include "hostd/channel/channel_budget.hpp"
@@ -81,7 +82,8 @@ class ConnectionSlot {
 // trusted, or its source address; anonymous otherwise, until a client
 // certificate or proxy credentials say more. The address is noted either way.
 // (A passthrough listener, which sees no credentials, has only this.)
-Identity listener_identity(const ListenerConfig& listener, const Stream& socket);
+Identity listener_identity(const ListenerConfig& listener,
+                           const std::optional<asio::ip::address>& address);
 
 // Runs until the client closes, a request ends the connection, a tunnel
 // ends, or a limit is hit; then closes the connection. On a TLS listener the
@@ -90,8 +92,9 @@ Identity listener_identity(const ListenerConfig& listener, const Stream& socket)
 // client or guest does. `id` names the connection in records.
 // `context_owner` keeps what `context` refers to while the connection lives:
 // between requests the connection waits outside this coroutine (which then
-// returns), and holds it there.
-awaitable<void> serve_client(Stream client, const ConnectionContext& context,
+// returns), and holds it there. `peer`: the client's address, from accept.
+awaitable<void> serve_client(Stream client, transport::PeerAddress peer,
+                             const ConnectionContext& context,
                              std::shared_ptr<const void> context_owner, std::uint64_t id,
                              ConnectionSlot slot);
 

@@ -37,11 +37,13 @@ class PassthroughConnection {
   using NameRead = std::optional<boost::system::result<std::string, Refusal>>;
 
  public:
-  PassthroughConnection(Stream client, const ConnectionContext& context, std::uint64_t id)
+  PassthroughConnection(Stream client, transport::PeerAddress peer,
+                        const ConnectionContext& context, std::uint64_t id)
       : client_(std::move(client)),
         ctx_(context),
         id_(id),
-        peer_(transport::describe_peer(client_)),
+        peer_(std::move(peer.text)),
+        peer_ip_(peer.ip),
         admission_{
             context.config.routing,
             context.config.channel,
@@ -61,7 +63,7 @@ class PassthroughConnection {
     if (!route) co_return refuse(rec, route.error());
     rec.target = route->target.to_string();
     rec.port = route->port;
-    const Identity identity = listener_identity(ctx_.listener, client_);
+    const Identity identity = listener_identity(ctx_.listener, peer_ip_);
     auto admitted = admit_route(std::move(*route), identity, std::nullopt, admission_);
     if (!admitted) {
       if (admitted.error().vm) rec.vm = admitted.error().vm->name;
@@ -231,6 +233,7 @@ class PassthroughConnection {
   const ConnectionContext& ctx_;
   const std::uint64_t id_;
   const std::string peer_;
+  const std::optional<asio::ip::address> peer_ip_;  // for a source identity
   const AdmissionContext admission_;
   const RequestRecord::clock::time_point start_ = RequestRecord::clock::now();
   // Logged when the connection ends; none for a client that sent nothing.
@@ -239,9 +242,10 @@ class PassthroughConnection {
 
 }  // namespace
 
-awaitable<void> serve_passthrough(Stream client, const ConnectionContext& context, std::uint64_t id,
+awaitable<void> serve_passthrough(Stream client, transport::PeerAddress peer,
+                                  const ConnectionContext& context, std::uint64_t id,
                                   [[maybe_unused]] ConnectionSlot slot) {
-  PassthroughConnection connection(std::move(client), context, id);
+  PassthroughConnection connection(std::move(client), std::move(peer), context, id);
   co_await connection.run();
 }
 

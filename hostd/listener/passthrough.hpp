@@ -20,7 +20,8 @@ namespace vmgate::hostd {
 // the connection is closed, unanswered (the client speaks TLS, which only
 // the agent can answer), and its record says why. Never throws for anything
 // a client or guest does. `id` names the connection in records.
-awaitable<void> serve_passthrough(Stream client, const ConnectionContext& context, std::uint64_t id,
+awaitable<void> serve_passthrough(Stream client, transport::PeerAddress peer,
+                                  const ConnectionContext& context, std::uint64_t id,
                                   ConnectionSlot slot);
 
 }  // namespace vmgate::hostd

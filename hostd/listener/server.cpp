@@ -329,14 +329,14 @@ bool Server::take_connection_slot(const LimitsConfig& limits) {
 // (ClientConnection); a passthrough client speaks TLS hostd cannot answer in,
 // so it is closed here, as at max_connections: false then.
 bool Server::take_client_place(const ListenerConfig& listener, Stream& socket,
-                               const LimitsConfig& limits, ConnectionSlot& slot) {
-  auto address = transport::peer_ip(socket);
-  if (!address) return true;  // a unix socket's client: no address to count
-  slot.set_client_place(caps_.take_client(*address, limits.max_connections_per_client));
+                               const transport::PeerAddress& peer, const LimitsConfig& limits,
+                               ConnectionSlot& slot) {
+  if (!peer.ip) return true;  // a unix socket's client: no address to count
+  slot.set_client_place(caps_.take_client(*peer.ip, limits.max_connections_per_client));
   if (!slot.over_client_cap() || listener.mode != ListenerMode::passthrough) return true;
   log::warn("connection_refused")
       .kv("listener", listener.name)
-      .kv("client", transport::describe_peer(socket))
+      .kv("client", peer.text)
       .kv("reason", "max_connections_per_client");
   error_code ignored;
   socket.close(ignored);
@@ -348,9 +348,10 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
   // it needs no strand, and its socket is registered with this thread's reactor.
   asio::any_io_executor executor = acceptor.get_executor();
   asio::steady_timer backoff(executor);
-  DescriptorReserve reserve;  // hostd/listener/descriptor_reserve.hpp says why
+  DescriptorReserve reserve;     // hostd/listener/descriptor_reserve.hpp says why
+  Acceptor::endpoint_type from;  // the client's address, given by accept(2)
   for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+    auto [ec, socket] = co_await acceptor.async_accept(from, use_tuple);
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       // Out of descriptors or a transient network error: wait and go on, never exit.
@@ -365,6 +366,7 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     // connection's number becomes the reserve if none is free.
     if (reserve.reclaim(socket)) continue;
     DescriptorReserve::accepted();
+    transport::PeerAddress peer = transport::peer_address(from);
     auto running = current_.get();
     // The listener's settings of this moment, which the connection keeps.
     auto settings = listener.now();
@@ -372,7 +374,7 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     if (!take_connection_slot(running->config.limits)) {
       log::warn("connection_refused")
           .kv("listener", lc.name)
-          .kv("client", transport::describe_peer(socket))
+          .kv("client", peer.text)
           .kv("reason", "max_connections");
       error_code ignored;
       socket.close(ignored);
@@ -383,16 +385,17 @@ awaitable<void> Server::accept_loop(Listener& listener, Acceptor& acceptor) {
     // A passthrough listener's clients speak TLS that hostd does not
     // terminate: no request head to read, a ClientHello to route on.
     ConnectionSlot slot(connections_);
-    if (!take_client_place(lc, socket, running->config.limits, slot)) continue;
+    if (!take_client_place(lc, socket, peer, running->config.limits, slot)) continue;
     const HostdConfig& config = running->config;
     auto kept = std::make_shared<const SnapshotContext>(SnapshotContext{
         running, settings,
         ConnectionContext{config, lc, directory_, running->policy, budget_, metrics_, pool_,
                           settings->tls.get(), tokens_, idle_, live_, &caps_, on_demand_, peers_}});
-    auto connection =
-        lc.mode == ListenerMode::passthrough
-            ? serve_passthrough(std::move(socket), kept->context, id, std::move(slot))
-            : serve_client(std::move(socket), kept->context, kept, id, std::move(slot));
+    auto connection = lc.mode == ListenerMode::passthrough
+                          ? serve_passthrough(std::move(socket), std::move(peer), kept->context, id,
+                                              std::move(slot))
+                          : serve_client(std::move(socket), std::move(peer), kept->context, kept,
+                                         id, std::move(slot));
     // The connection's coroutine owns it to its end; this handler only hears
     // of an end nothing expected (an exception), once, with its id.
     asio::co_spawn(executor, keeping(std::move(kept), std::move(connection)),

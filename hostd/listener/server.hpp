@@ -94,7 +94,8 @@ class Server {
   static void close_acceptors(Listener& listener, std::function<void()> closed = {});
   awaitable<void> accept_loop(Listener& listener, Acceptor& acceptor);
   bool take_connection_slot(const LimitsConfig& limits);
-  bool take_client_place(const ListenerConfig& listener, Stream& socket, const LimitsConfig& limits,
+  bool take_client_place(const ListenerConfig& listener, Stream& socket,
+                         const transport::PeerAddress& peer, const LimitsConfig& limits,
                          ConnectionSlot& slot);
 
   asio::io_context& io_;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -162,6 +163,52 @@ int mode_of(const std::string& path) {
 }
 
 }  // namespace
+
+TEST_CASE("the address accept gives names a client as getpeername does") {
+  TempDir dir;
+  vmgate::asio::io_context io;
+  vmgate::error_code ec;
+  for (const std::string& uri : {std::string("tcp:127.0.0.1:0"), "unix:" + dir.file("peer.sock")}) {
+    CAPTURE(uri);
+    auto listening = parse(uri);
+    REQUIRE(listening.has_value());
+    auto acceptor = vmgate::transport::listen(io.get_executor(), *listening, ec);
+    REQUIRE_FALSE(ec);
+    vmgate::Stream client(io);
+    // A unix listener binds a temporary name and renames it into place.
+    client.connect(listening->kind == Kind::unix_socket
+                       ? vmgate::Acceptor::endpoint_type(
+                             vmgate::asio::local::stream_protocol::endpoint(listening->path))
+                       : acceptor.local_endpoint(),
+                   ec);
+    REQUIRE_FALSE(ec);
+    vmgate::Acceptor::endpoint_type from;
+    vmgate::Stream accepted = acceptor.accept(from, ec);
+    REQUIRE_FALSE(ec);
+    const auto peer = vmgate::transport::peer_address(from);
+    CHECK(peer.text == vmgate::transport::describe_peer(accepted));
+    CHECK(peer.ip == vmgate::transport::peer_ip(accepted));
+  }
+}
+
+TEST_CASE("a client's address from accept: IPv4-mapped as IPv4, an unnamed unix client as unix") {
+  using Endpoint = vmgate::asio::generic::stream_protocol::endpoint;
+  sockaddr_in6 v6{};
+  v6.sin6_family = AF_INET6;
+  v6.sin6_port = htons(51514);
+  const unsigned char mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 7};
+  std::memcpy(&v6.sin6_addr, mapped, sizeof mapped);
+  const auto peer = vmgate::transport::peer_address(Endpoint(&v6, sizeof v6, IPPROTO_TCP));
+  REQUIRE(peer.ip.has_value());
+  CHECK(peer.ip->is_v4());
+  CHECK(peer.ip->to_string() == "192.0.2.7");
+  CHECK(peer.text == "[::ffff:192.0.2.7]:51514");
+
+  const sa_family_t unnamed = AF_UNIX;  // all accept(2) gives for such a client
+  const auto unix_peer = vmgate::transport::peer_address(Endpoint(&unnamed, sizeof unnamed, 0));
+  CHECK_FALSE(unix_peer.ip.has_value());
+  CHECK(unix_peer.text == "unix");
+}
 
 TEST_CASE("a unix listener's socket file has the asked mode whatever the umask") {
   TempDir dir;
