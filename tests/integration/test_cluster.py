@@ -6,6 +6,7 @@ Each test names the behaviour it proves; each was checked to fail with the
 behaviour taken out of hostd.
 """
 
+import base64
 import email.parser
 import email.policy
 import hashlib
@@ -158,6 +159,31 @@ def test_a_lease_that_expires_while_the_host_lives_is_replaced_and_everything_re
         wait_until(lambda: kvm1.sees("vm2", "kvm2"), 10, "kvm2's VMs republished")
         r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2")
         assert r.status == 200, r
+
+
+def test_a_claim_changed_behind_its_hosts_back_is_written_again_by_the_periodic_reconcile():
+    # A claim edited in etcd that still names its host looks, to that host's
+    # watch, like its own word: only the periodic reconcile reads it against
+    # libvirt and writes it again, under the host's lease.
+    with Etcd() as etcd, Cluster(etcd, reconcile_interval_ms=1000) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        kvm2 = cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        key = "/vmgate/v1/vms/" + kvm1.lab.vms[0].uuid
+        claim = json.loads(etcd.ctl("get", key, "--print-value-only"))
+        assert claim["name"] == "vm1" and claim["host"] == "kvm1"
+        claim["name"] = "vm1-edited"
+        etcd.ctl("put", key, json.dumps(claim))  # no lease, as an operator's etcdctl would
+        edited = etcd.revision()
+
+        def written_again():
+            kvs = json.loads(etcd.ctl("get", key, "-w", "json")).get("kvs", [])
+            return (kvs and int(kvs[0]["mod_revision"]) > edited and kvs[0].get("lease") and
+                    json.loads(base64.b64decode(kvs[0]["value"]))["name"] == "vm1")
+        wait_until(written_again, 10, "kvm1 to write vm1's claim again")
+        wait_until(lambda: kvm2.sees("vm1", "kvm1"), 5, "kvm2 to see vm1 by its name again")
+        r = kvm2.curl("/hello", "-H", "X-VM-Id: vm1")
+        assert r.status == 200 and r.body == b"hello from vm1\n", r
 
 
 def test_a_vm_undefined_on_one_host_and_started_on_another_is_routed_there_within_a_second():
