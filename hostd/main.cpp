@@ -197,7 +197,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   // libvirt.attach_vsock_on_demand: the inventory attaches the devices.
   std::optional<hostd::ChannelOnDemand> on_demand;
   if (config.libvirt.attach_vsock_on_demand)
-    on_demand.emplace(inventory, config.libvirt.attach_timeout);
+    on_demand.emplace(inventory, config.libvirt.attach_timeout, config.libvirt.attach_retry_after);
   if (clustered) {
     const hostd::ClusterConfig& cc = config.cluster;
     hostd::PeerTls tls = hostd::load_peer_tls(cc, this_host);

@@ -21,8 +21,24 @@ struct ChannelOnDemand::Waiter {
   std::optional<VsockAttachOutcome> outcome;
 };
 
-ChannelOnDemand::ChannelOnDemand(VsockAttacher& attacher, std::chrono::milliseconds attach_timeout)
-    : attacher_(attacher), attach_timeout_(attach_timeout) {}
+namespace {
+
+// An attach that did not give a CID, as the requests waiting for it are told.
+Refusal failed_attach(const VmRecord& vm, const VsockAttachOutcome& outcome) {
+  if (!outcome)
+    return Refusal{503, fmt::format("vm {} has no vsock device, and libvirt could not attach "
+                                    "one: {}",
+                                    vm.name, outcome.error())};
+  return Refusal{503, fmt::format("vm {} has a vsock device now, but libvirt assigned it no "
+                                  "CID (its live XML has no <cid address=...>)",
+                                  vm.name)};
+}
+
+}  // namespace
+
+ChannelOnDemand::ChannelOnDemand(VsockAttacher& attacher, std::chrono::milliseconds attach_timeout,
+                                 std::chrono::milliseconds retry_after)
+    : attacher_(attacher), attach_timeout_(attach_timeout), retry_after_(retry_after) {}
 
 std::uint64_t ChannelOnDemand::attaches() const {
   std::lock_guard lock(mutex_);
@@ -36,6 +52,19 @@ awaitable<boost::system::result<std::uint32_t, Refusal>> ChannelOnDemand::attach
   bool first = false;
   {
     std::lock_guard lock(mutex_);
+    if (auto failed = failed_.find(vm.uuid); failed != failed_.end()) {
+      const auto ago =
+          std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - failed->second.at);
+      if (ago < retry_after_) {
+        Refusal refusal = failed_attach(vm, failed->second.outcome);
+        refusal.reason += fmt::format(
+            " ({} ms ago; libvirt is asked again {} ms after a failed attach, "
+            "libvirt.attach_retry_after_ms)",
+            ago.count(), retry_after_.count());
+        co_return refusal;
+      }
+      failed_.erase(failed);
+    }
     auto [entry, added] = in_flight_.try_emplace(vm.uuid);
     first = added;
     entry->second.push_back(waiter);
@@ -61,16 +90,7 @@ awaitable<boost::system::result<std::uint32_t, Refusal>> ChannelOnDemand::attach
                                        vm.name, attach_timeout_.count())};
   }
   const VsockAttachOutcome& outcome = *waiter->outcome;
-  if (!outcome) {
-    co_return Refusal{503, fmt::format("vm {} has no vsock device, and libvirt could not attach "
-                                       "one: {}",
-                                       vm.name, outcome.error())};
-  }
-  if (!*outcome) {
-    co_return Refusal{503, fmt::format("vm {} has a vsock device now, but libvirt assigned it no "
-                                       "CID (its live XML has no <cid address=...>)",
-                                       vm.name)};
-  }
+  if (!outcome || !*outcome) co_return failed_attach(vm, outcome);
   // In place: a Refusal, an aggregate, could be made from the number as well.
   co_return boost::system::result<std::uint32_t, Refusal>(boost::system::in_place_value, **outcome);
 }
@@ -84,6 +104,12 @@ void ChannelOnDemand::finish(const std::string& uuid, const VsockAttachOutcome& 
     if (found == in_flight_.end()) return;
     waiters.swap(found->second);
     in_flight_.erase(found);
+    if ((!outcome || !*outcome) && retry_after_.count() > 0) {
+      const auto now = clock::now();
+      std::erase_if(failed_,
+                    [&](const auto& entry) { return now - entry.second.at >= retry_after_; });
+      failed_.insert_or_assign(uuid, Failure{now, outcome});
+    }
   }
   if (outcome && *outcome)
     log::info("vsock_attached")

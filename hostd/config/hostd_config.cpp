@@ -509,6 +509,8 @@ HostdConfig read(const Section& root) {
         s->get_ms("attach_timeout_ms", c.libvirt.attach_timeout, 100ms, 600'000ms);
     c.libvirt.attached_guestd_timeout = s->get_ms(
         "attached_guestd_timeout_ms", c.libvirt.attached_guestd_timeout, 100ms, 600'000ms);
+    c.libvirt.attach_retry_after =
+        s->get_ms("attach_retry_after_ms", c.libvirt.attach_retry_after, 0ms, 3'600'000ms);
     c.libvirt.reconnect_min =
         s->get_ms("reconnect_min_ms", c.libvirt.reconnect_min, 10ms, 600'000ms);
     c.libvirt.reconnect_max =

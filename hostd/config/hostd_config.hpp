@@ -30,6 +30,11 @@ struct LibvirtConfig {
   bool attach_vsock_on_demand = false;
   std::chrono::milliseconds attach_timeout{10'000};
   std::chrono::milliseconds attached_guestd_timeout{15'000};
+  // After libvirt refused an attach (or gave the device no CID), requests
+  // for that domain get the same 503 at once for this long, then libvirt is
+  // asked again: clients that retry in a loop do not each make an attach
+  // call and a warning. 0: libvirt is asked every time.
+  std::chrono::milliseconds attach_retry_after{10'000};
   std::chrono::milliseconds reconnect_min{500};
   std::chrono::milliseconds reconnect_max{30'000};
 };

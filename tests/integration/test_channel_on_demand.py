@@ -91,6 +91,21 @@ def test_a_domain_without_vsock_gets_an_attach_and_libvirts_refusal_reaches_the_
     assert "<vsock" not in libvirtd.virsh("dumpxml", "bare").stdout
 
 
+def test_a_refused_attach_is_not_asked_of_libvirt_again_within_attach_retry_after(lab, libvirtd):
+    # A client retrying in a loop: libvirt hears of the first request only
+    # (the lab keeps the default attach_retry_after_ms, 10 s).
+    lab.curl("/hello", "-H", "X-VM-Id: bare")
+    attached = len(attach_lines(lab, "bare"))
+    for _ in range(3):
+        r = lab.curl("/hello", "-H", "X-VM-Id: bare")
+        assert r.status == 503, (r, r.text)
+        assert r.text.startswith(
+            "503 Service Unavailable: vm bare has no vsock device, and libvirt could not attach "
+            "one: " + NOT_SUPPORTED + " ("), r.text
+        assert "libvirt.attach_retry_after_ms)" in r.text, r.text
+    assert len(attach_lines(lab, "bare")) == attached
+
+
 def test_a_device_libvirt_gave_no_cid_is_a_503_saying_so_and_not_attached_twice(lab, libvirtd):
     # The test driver keeps auto='yes' without an address, as a QEMU domain
     # whose CID is not assigned yet would read.

@@ -98,7 +98,7 @@ TEST_CASE("a channel needs a vsock device when its template names the CID and th
 
 TEST_CASE("an attach on demand gives the CID libvirt assigned") {
   FakeAttacher attacher;
-  ChannelOnDemand on_demand(attacher, 5s);
+  ChannelOnDemand on_demand(attacher, 5s, 0ms);
   auto results = attach_together(on_demand, attacher, 1, VsockAttachOutcome(std::optional(42u)));
   REQUIRE(results[0].has_value());
   REQUIRE(results[0]->has_value());
@@ -108,7 +108,7 @@ TEST_CASE("an attach on demand gives the CID libvirt assigned") {
 
 TEST_CASE("requests for one VM that arrive during its attach wait for it: one attach in flight") {
   FakeAttacher attacher;
-  ChannelOnDemand on_demand(attacher, 5s);
+  ChannelOnDemand on_demand(attacher, 5s, 0ms);
   auto results = attach_together(on_demand, attacher, 5, VsockAttachOutcome(std::optional(9u)));
   CHECK(attacher.asked().size() == 1);
   CHECK(on_demand.attaches() == 1);
@@ -124,7 +124,7 @@ TEST_CASE("requests for one VM that arrive during its attach wait for it: one at
 
 TEST_CASE("an attach libvirt refuses is a 503 with libvirt's reason, for every waiter") {
   FakeAttacher attacher;
-  ChannelOnDemand on_demand(attacher, 5s);
+  ChannelOnDemand on_demand(attacher, 5s, 0ms);
   const std::string reason =
       "this function is not supported by the connection driver: virDomainAttachDeviceFlags";
   auto results = attach_together(on_demand, attacher, 2,
@@ -140,7 +140,7 @@ TEST_CASE("an attach libvirt refuses is a 503 with libvirt's reason, for every w
 
 TEST_CASE("a device libvirt attached without a CID is a 503 saying it has none") {
   FakeAttacher attacher;
-  ChannelOnDemand on_demand(attacher, 5s);
+  ChannelOnDemand on_demand(attacher, 5s, 0ms);
   auto results =
       attach_together(on_demand, attacher, 1, VsockAttachOutcome(std::optional<std::uint32_t>()));
   REQUIRE_FALSE(results[0]->has_value());
@@ -150,7 +150,7 @@ TEST_CASE("a device libvirt attached without a CID is a 503 saying it has none")
 
 TEST_CASE("an attach libvirt never answers is a 503 after attach_timeout, not a hang") {
   FakeAttacher attacher;
-  ChannelOnDemand on_demand(attacher, 50ms);
+  ChannelOnDemand on_demand(attacher, 50ms, 0ms);
   auto results = attach_together(on_demand, attacher, 2, std::nullopt);
   for (auto& result : results) {
     REQUIRE(result.has_value());
@@ -160,4 +160,48 @@ TEST_CASE("an attach libvirt never answers is a 503 after attach_timeout, not a 
   }
   // Its late answer harms nobody.
   attacher.answer(VsockAttachOutcome(std::optional(3u)));
+}
+
+TEST_CASE("an attach libvirt refused is answered from memory for retry_after, libvirt not asked") {
+  FakeAttacher attacher;
+  ChannelOnDemand on_demand(attacher, 5s, 1h);
+  const std::string reason = "this function is not supported by the connection driver";
+  attach_together(on_demand, attacher, 1,
+                  VsockAttachOutcome(boost::system::in_place_error, reason));
+  // No answer is coming: a request that asked libvirt would wait out attach_timeout.
+  auto results = attach_together(on_demand, attacher, 3, std::nullopt);
+  CHECK(attacher.asked().size() == 1);
+  for (auto& result : results) {
+    REQUIRE(result.has_value());
+    REQUIRE_FALSE(result->has_value());
+    CHECK(result->error().status == 503);
+    const std::string& said = result->error().reason;
+    CHECK(said.starts_with(
+        "vm web1 has no vsock device, and libvirt could not attach one: " + reason + " ("));
+    CHECK(said.find("ms ago; libvirt is asked again 3600000 ms after a failed attach, "
+                    "libvirt.attach_retry_after_ms)") != std::string::npos);
+  }
+}
+
+TEST_CASE("a device libvirt gave no CID is remembered as a refusal is") {
+  FakeAttacher attacher;
+  ChannelOnDemand on_demand(attacher, 5s, 1h);
+  attach_together(on_demand, attacher, 1, VsockAttachOutcome(std::optional<std::uint32_t>()));
+  auto results = attach_together(on_demand, attacher, 1, std::nullopt);
+  CHECK(attacher.asked().size() == 1);
+  REQUIRE_FALSE(results[0]->has_value());
+  CHECK(results[0]->error().reason.find("libvirt assigned it no CID") != std::string::npos);
+  CHECK(results[0]->error().reason.find("libvirt.attach_retry_after_ms") != std::string::npos);
+}
+
+TEST_CASE("libvirt is asked again once retry_after has passed since a failed attach") {
+  FakeAttacher attacher;
+  ChannelOnDemand on_demand(attacher, 5s, 20ms);
+  attach_together(on_demand, attacher, 1,
+                  VsockAttachOutcome(boost::system::in_place_error, std::string("refused")));
+  std::this_thread::sleep_for(60ms);
+  auto results = attach_together(on_demand, attacher, 1, VsockAttachOutcome(std::optional(5u)));
+  CHECK(attacher.asked().size() == 2);
+  REQUIRE(results[0]->has_value());
+  CHECK(**results[0] == 5u);
 }

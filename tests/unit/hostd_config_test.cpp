@@ -130,15 +130,17 @@ TEST_CASE("channels on demand need a read-write libvirt connection, and make it 
   CHECK(off.libvirt.read_only);
   CHECK(off.libvirt.attach_timeout.count() == 10'000);
   CHECK(off.libvirt.attached_guestd_timeout.count() == 15'000);
+  CHECK(off.libvirt.attach_retry_after.count() == 10'000);
 
   auto on = parse_hostd_config(
       "[libvirt]\nattach_vsock_on_demand = true\nattach_timeout_ms = 500\n"
-      "attached_guestd_timeout_ms = 700\n",
+      "attached_guestd_timeout_ms = 700\nattach_retry_after_ms = 0\n",
       "hostd.toml");
   CHECK(on.libvirt.attach_vsock_on_demand);
   CHECK_FALSE(on.libvirt.read_only);
   CHECK(on.libvirt.attach_timeout.count() == 500);
   CHECK(on.libvirt.attached_guestd_timeout.count() == 700);
+  CHECK(on.libvirt.attach_retry_after.count() == 0);
 
   CHECK(error_of("[libvirt]\nread_only = true\nattach_vsock_on_demand = true\n") ==
         "hostd.toml:3: libvirt.attach_vsock_on_demand: needs a read-write libvirt connection, "
