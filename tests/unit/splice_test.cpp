@@ -81,6 +81,29 @@ Stream adopt_tcp(asio::io_context& io, int fd) {
   return s;
 }
 
+// One direction to move: `from` and `to` are ours, on `io`; a test drives
+// the far ends (source.theirs, sink.theirs), which close with it.
+struct OneDirection {
+  // refuse_splice: the sink is opened O_APPEND, which splice(2) refuses.
+  explicit OneDirection(bool refuse_splice = false) {
+    if (!refuse_splice) return;
+    int flags = ::fcntl(sink.ours, F_GETFL);
+    REQUIRE(::fcntl(sink.ours, F_SETFL, flags | O_APPEND) == 0);
+  }
+  ~OneDirection() {
+    ::close(source.theirs);
+    ::close(sink.theirs);
+  }
+  OneDirection(const OneDirection&) = delete;
+  OneDirection& operator=(const OneDirection&) = delete;
+
+  asio::io_context io;
+  Pair source = socket_pair();
+  Pair sink = socket_pair();
+  Stream from = adopt(io, source.ours);
+  Stream to = adopt(io, sink.ours);
+};
+
 // Whether the kernel ACKs what arrives on this TCP socket at once (quick-ACK
 // mode) rather than holding the ACK to send it with data (interactive mode).
 bool acks_at_once(int fd) {
@@ -384,15 +407,8 @@ TEST_CASE("the relay ACKs at once what it read from a TCP source it is told to a
 TEST_CASE("move_exactly moves exactly the length and leaves what follows in the source") {
   for (bool refuse : {false, true}) {
     CAPTURE(refuse);
-    asio::io_context io;
-    auto source = socket_pair();
-    auto sink = socket_pair();
-    if (refuse) {
-      int flags = ::fcntl(sink.ours, F_GETFL);
-      REQUIRE(::fcntl(sink.ours, F_SETFL, flags | O_APPEND) == 0);
-    }
-    Stream from = adopt(io, source.ours);
-    Stream to = adopt(io, sink.ours);
+    OneDirection d(refuse);
+    auto& [io, source, sink, from, to] = d;
     const std::size_t length = 2 * 1024 * 1024 + 17;
     auto body = pattern(length, 6);
     std::string next = "GET /next HTTP/1.1\r\n\r\n";
@@ -414,17 +430,12 @@ TEST_CASE("move_exactly moves exactly the length and leaves what follows in the 
     CHECK(got == body);
     // The next message is still in the source, whole.
     CHECK(read_until_eof(source.ours, next.size()) == next);
-    ::close(source.theirs);
-    ::close(sink.theirs);
   }
 }
 
 TEST_CASE("move_exactly reports a source that ends before the length") {
-  asio::io_context io;
-  auto source = socket_pair();
-  auto sink = socket_pair();
-  Stream from = adopt(io, source.ours);
-  Stream to = adopt(io, sink.ours);
+  OneDirection d;
+  auto& [io, source, sink, from, to] = d;
   auto body = pattern(100000, 7);
   std::thread writer([&] {
     send_all(source.theirs, body);
@@ -438,17 +449,12 @@ TEST_CASE("move_exactly reports a source that ends before the length") {
   CHECK(result.read_error == asio::error::eof);
   CHECK(result.bytes == body.size());
   CHECK(got == body);
-  ::close(source.theirs);
-  ::close(sink.theirs);
 }
 
 TEST_CASE("pipes go back to the pool when a direction goes idle") {
   // The relay's io thread is this test's helper thread, so look from there.
-  asio::io_context io;
-  auto source = socket_pair();
-  auto sink = socket_pair();
-  Stream from = adopt(io, source.ours);
-  Stream to = adopt(io, sink.ours);
+  OneDirection d;
+  auto& [io, source, sink, from, to] = d;
   send_all(source.theirs, "some bytes");
   auto probe = [&]() -> awaitable<std::size_t> {
     SpliceDirection direction;
@@ -459,8 +465,6 @@ TEST_CASE("pipes go back to the pool when a direction goes idle") {
   };
   CHECK(run_on_io(io, probe()) >= 1);
   CHECK(read_until_eof(sink.theirs, 10) == "some bytes");
-  ::close(source.theirs);
-  ::close(sink.theirs);
 }
 
 TEST_CASE("a read well under the ask returns drained at once, the stream's end left to the next") {
@@ -469,11 +473,8 @@ TEST_CASE("a read well under the ask returns drained at once, the stream's end l
   // that fails with EAGAIN after every message.
   for (const bool copying : {false, true}) {
     CAPTURE(copying);
-    asio::io_context io;
-    auto source = socket_pair();
-    auto sink = socket_pair();
-    Stream from = adopt(io, source.ours);
-    Stream to = adopt(io, sink.ours);
+    OneDirection d;
+    auto& [io, source, sink, from, to] = d;
     send_all(source.theirs, "some bytes");
     ::shutdown(source.theirs, SHUT_WR);
     auto probe = [&]() -> awaitable<std::pair<MoveResult, MoveResult>> {
@@ -490,17 +491,12 @@ TEST_CASE("a read well under the ask returns drained at once, the stream's end l
     CHECK(second.bytes == 0);
     CHECK(second.read_error == asio::error::eof);
     CHECK(read_until_eof(sink.theirs, 10) == "some bytes");
-    ::close(source.theirs);
-    ::close(sink.theirs);
   }
 }
 
 TEST_CASE("a move that spends its limit is not drained: the caller reads again without a wait") {
-  asio::io_context io;
-  auto source = socket_pair();
-  auto sink = socket_pair();
-  Stream from = adopt(io, source.ours);
-  Stream to = adopt(io, sink.ours);
+  OneDirection d;
+  auto& [io, source, sink, from, to] = d;
   send_all(source.theirs, "0123456789");
   auto probe = [&]() -> awaitable<MoveResult> {
     SpliceDirection direction;
@@ -510,8 +506,6 @@ TEST_CASE("a move that spends its limit is not drained: the caller reads again w
   CHECK(moved.bytes == 4);
   CHECK_FALSE(moved.source_drained);
   CHECK(read_until_eof(sink.theirs, 4) == "0123");
-  ::close(source.theirs);
-  ::close(sink.theirs);
 }
 
 TEST_CASE("a destination that refuses splice is remembered and its bytes are copied") {
@@ -548,11 +542,8 @@ TEST_CASE("a destination that refuses splice is remembered and its bytes are cop
 }
 
 TEST_CASE("move_exactly sends the bytes already read first and counts them in the length") {
-  asio::io_context io;
-  auto source = socket_pair();
-  auto sink = socket_pair();
-  Stream from = adopt(io, source.ours);
-  Stream to = adopt(io, sink.ours);
+  OneDirection d;
+  auto& [io, source, sink, from, to] = d;
   const std::string already = "first bytes, read with the head;";
   auto rest = pattern(700000, 9);
   std::thread writer([&] {
@@ -569,6 +560,4 @@ TEST_CASE("move_exactly sends the bytes already read first and counts them in th
   CHECK(result.bytes == length);
   CHECK(got == already + rest);
   CHECK(read_until_eof(source.ours, 4) == "next");
-  ::close(source.theirs);
-  ::close(sink.theirs);
 }
