@@ -101,19 +101,20 @@ struct PipeLease {
   PipeLease& operator=(const PipeLease&) = delete;
 };
 
-// Sockets must be non-blocking at the file level: splice(2) consults the
-// socket's O_NONBLOCK, not SPLICE_F_NONBLOCK (which only concerns the pipe).
 // A read that returned well under what was asked found the socket's queue
 // about empty: reading again at once would almost always fail with EAGAIN,
-// a syscall per message for nothing (a WS-Man exchange is four messages, so
-// guestd made 12 splice calls per request where 8 move its bytes). The
-// caller waits for readiness instead, which reports at once if more came
-// meanwhile. Only "well under": a bulk transfer's read can stop short of the
-// ask when the pipe's slots fill, and must go on without a wait.
+// a syscall per message for nothing (a WS-Man request and its response pass
+// guestd as two messages: it made 6 splice calls per request where 4 move
+// the bytes, strace). The caller waits for readiness instead, which reports
+// at once if more came meanwhile. Only "well under": a bulk transfer's read
+// can stop short of the ask when the pipe's slots fill, and must go on
+// without a wait.
 bool read_was_short(std::size_t got, std::size_t asked) {
   return got < asked / 2;
 }
 
+// Sockets must be non-blocking at the file level: splice(2) consults the
+// socket's O_NONBLOCK, not SPLICE_F_NONBLOCK (which only concerns the pipe).
 error_code make_non_blocking(Stream& s) {
   error_code ec;
   if (!s.native_non_blocking()) s.native_non_blocking(true, ec);
