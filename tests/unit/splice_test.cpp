@@ -509,13 +509,8 @@ TEST_CASE("a move that spends its limit is not drained: the caller reads again w
 }
 
 TEST_CASE("a destination that refuses splice is remembered and its bytes are copied") {
-  asio::io_context io;
-  auto source = socket_pair();
-  auto sink = socket_pair();
-  int flags = ::fcntl(sink.ours, F_GETFL);
-  REQUIRE(::fcntl(sink.ours, F_SETFL, flags | O_APPEND) == 0);
-  Stream from = adopt(io, source.ours);
-  Stream to = adopt(io, sink.ours);
+  OneDirection d(true);
+  auto& [io, source, sink, from, to] = d;
   auto body = pattern(300000, 8);
   std::thread writer([&] { send_all(source.theirs, body); });
   std::string got;
@@ -537,8 +532,6 @@ TEST_CASE("a destination that refuses splice is remembered and its bytes are cop
   CHECK(direction.refused);
   CHECK_FALSE(direction.spliced);
   CHECK(got == body);
-  ::close(source.theirs);
-  ::close(sink.theirs);
 }
 
 TEST_CASE("move_exactly sends the bytes already read first and counts them in the length") {
