@@ -141,6 +141,8 @@ TEST_CASE("channels on demand need a read-write libvirt connection, and make it 
   CHECK(on.libvirt.attach_timeout.count() == 500);
   CHECK(on.libvirt.attached_guestd_timeout.count() == 700);
   CHECK(on.libvirt.attach_retry_after.count() == 0);
+  CHECK(error_of("[libvirt]\nattach_retry_after_ms = 3600001\n") ==
+        "hostd.toml:2: libvirt.attach_retry_after_ms: 3600001 is out of range (0..3600000)");
 
   CHECK(error_of("[libvirt]\nread_only = true\nattach_vsock_on_demand = true\n") ==
         "hostd.toml:3: libvirt.attach_vsock_on_demand: needs a read-write libvirt connection, "
