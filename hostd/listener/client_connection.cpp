@@ -20,6 +20,9 @@
 #include "hostd/cluster/peer_channels.hpp"
 #include "hostd/fanout/fanout_delivery.hpp"
 #include "hostd/identity/proxy_credentials.hpp"
+#include "hostd/listener/client_handshake.hpp"
+#include "hostd/listener/connection_channels.hpp"
+#include "hostd/listener/established_tunnel.hpp"
 #include "hostd/proxy/connection_auth.hpp"
 #include "hostd/proxy/error_response.hpp"
 #include "hostd/proxy/exchange.hpp"
@@ -35,16 +38,10 @@ namespace http = beast::http;
 namespace {
 
 using clock = std::chrono::steady_clock;
-using ChannelResult = boost::system::result<Channel, Refusal>;
 
 // The first read of a request asks for what has arrived, within these.
 constexpr std::size_t min_request_read = 512;
 constexpr std::size_t max_request_read = 16 * 1024;
-
-// How long a TLS client has to answer close_notify.
-std::chrono::milliseconds close_limit(const ConnectionContext& context) {
-  return context.tls ? context.tls->config().handshake_timeout : std::chrono::milliseconds(0);
-}
 
 class ClientConnection {
  public:
@@ -63,7 +60,8 @@ class ClientConnection {
             context.directory,
             context.policy,
             context.peers ? std::string_view(context.peers->local_host()) : std::string_view()},
-        deadline_(client_.get_executor()) {}
+        deadline_(client_.get_executor()),
+        channels_(context) {}
   ClientConnection(const ClientConnection&) = delete;
   ClientConnection& operator=(const ClientConnection&) = delete;
 
@@ -134,6 +132,7 @@ class ClientConnection {
 
  private:
   const LimitsConfig& limits() const { return ctx_.config.limits; }
+  ConnectionChannels::Client client() const { return {peer_, identity_}; }
 
   // Room for what has arrived, so that a whole WS-Man request (head and
   // envelope) is one read. Beast reads into the buffer's free capacity, 512
@@ -223,7 +222,7 @@ class ClientConnection {
                                    .guest_port = ctx_.listener.guest_port,
                                    .identity = identity_};
     auto admitted = admit(request, admission_);
-    attached_device_.reset();
+    channels_.set_attached_device(std::nullopt);
     // A running domain without a vsock device, and channels formed on
     // demand: give it one, then admit again, with the CID the directory has now.
     std::optional<Refusal> not_attached;
@@ -236,7 +235,8 @@ class ClientConnection {
           not_attached = cid.error();
         } else {
           admitted = admit(request, admission_);
-          attached_device_ = AttachedDevice{ctx_.config.libvirt.attached_guestd_timeout};
+          channels_.set_attached_device(
+              AttachedDevice{ctx_.config.libvirt.attached_guestd_timeout});
         }
       }
     }
@@ -342,96 +342,12 @@ class ClientConnection {
     co_return !ec && keep_alive;
   }
 
-  // A channel whose exchange ended cleanly goes back to the pool at once, so
-  // an idle client connection holds none: the channels of a VM are bounded by
-  // the requests in flight and the pool's limit, never by connected clients.
-  // Only a channel bound to this connection's agent authentication stays.
-  void give_back(Channel channel, bool binds) {
-    if (binds && ctx_.budget.make_private(channel.ticket)) {
-      private_ = std::make_unique<Channel>(std::move(channel));
-      return;
-    }
-    if (!binds && channel.buffer.size() == 0 && !channel.ticket.is_private()) {
-      channel.buffer.shrink_to_fit();  // an idle channel holds no read buffer
-      // A request waiting for a channel of this VM comes before the pool.
-      if (ctx_.budget.hand_over(channel)) return;
-      if (ctx_.pool) {
-        ctx_.pool->put(std::move(channel));
-        return;
-      }
-    }
-    // Bound, but over max_private_per_vm: closed, never shared.
-    error_code ignored;
-    channel.stream.close(ignored);
-  }
-
-  void drop_private() {
-    if (!private_) return;
-    error_code ignored;
-    private_->stream.close(ignored);
-    private_.reset();
-  }
-
-  // The connection's private channel when it goes to the same VM and port,
-  // else a pooled one, else a new one (waiting, if the VM has all its
-  // channels in use). `reuse` false: a retry after a reused channel failed,
-  // which wants a new one.
-  awaitable<ChannelResult> take_channel(RequestRecord& rec, const Destination& destination,
-                                        std::uint16_t port, bool reuse) {
-    const auto now = clock::now();
-    ChannelKey key = ChannelKey::of(destination.vm, port);
-    rec.reused_channel = false;
-    if (private_ && private_->key == key) {
-      if (reuse && idle_channel_usable(private_->stream)) {
-        Channel channel = std::move(*private_);
-        private_.reset();
-        co_return reused(rec, std::move(channel));
-      }
-      // The agent ended it (or it failed): its authentication starts over.
-      drop_private();
-    }
-    if (ctx_.pool && reuse) {
-      if (auto pooled = ctx_.pool->take(key, client_.get_executor(), now))
-        co_return reused(rec, std::move(*pooled));
-    }
-    const VmRecord& vm = destination.vm;
-    auto grant = co_await ctx_.budget.acquire(
-        vm, key, [this, &vm] { return ctx_.pool != nullptr && ctx_.pool->evict_one(vm.uuid); });
-    if (!grant) co_return grant.error();
-    // After a wait: the channel another request to the same port was done with.
-    if (grant->channel) co_return reused(rec, std::move(*grant->channel));
-    ChannelConnectTimer connect_timer(ctx_.metrics);
-    auto channel = co_await open_channel_to(destination, port, rec);
-    connect_timer.done(bool(channel));
-    if (!channel) co_return channel;
-    channel->ticket = std::move(grant->ticket);
-    if (ctx_.metrics) ctx_.metrics->channel_used(false);
-    co_return channel;
-  }
-
-  // A new channel to the destination's guestd: here over its transport, or,
-  // for a VM on another host, through that host's peer listener.
-  awaitable<ChannelResult> open_channel_to(const Destination& destination, std::uint16_t port,
-                                           const RequestRecord& rec) {
-    // A named local: g++ 12 destroys a temporary in a co_await twice.
-    const PeerRequest request{
-        .client = peer_, .identity = identity_.to_string(), .request_id = rec.id};
-    co_return co_await open_vm_channel(ctx_.config.channel, ctx_.peers, destination.vm,
-                                       destination.address, port, request, attached_device_);
-  }
-
-  ChannelResult reused(RequestRecord& rec, Channel channel) {
-    rec.reused_channel = true;
-    if (ctx_.metrics) ctx_.metrics->channel_used(true);
-    return channel;
-  }
-
   // CONNECT: a new channel (never a pooled one: the agent sees a fresh
   // connection), then "200 Connection established".
   awaitable<void> open_tunnel(RequestRecord& rec, const Admitted& admitted, unsigned version,
                               std::optional<Tunnel>& tunnel) {
     // The connection ends with the tunnel: a private channel has no use left.
-    drop_private();
+    channels_.drop_private();
     // 503: hostd-wide, not this client's doing (RFC 9110 §15.6.4); taken
     // before the channel, so a refused CONNECT costs guestd nothing.
     CapPlace place;
@@ -447,7 +363,7 @@ class ClientConnection {
     }
     const Destination& destination = admitted.destination;
     ChannelConnectTimer connect_timer(ctx_.metrics);
-    auto channel = co_await open_channel_to(destination, admitted.route.port, rec);
+    auto channel = co_await channels_.open(destination, admitted.route.port, rec, client());
     connect_timer.done(bool(channel));
     if (!channel) {
       Refusal refusal = channel.error();
@@ -510,8 +426,8 @@ class ClientConnection {
     }
 
     for (int attempt = 0;; ++attempt) {
-      auto channel =
-          co_await take_channel(rec, admitted.destination, admitted.route.port, attempt == 0);
+      auto channel = co_await channels_.take(rec, admitted.destination, admitted.route.port,
+                                             attempt == 0, client(), client_.get_executor());
       const bool keep_after_refusal = request.client_keep_alive && !request.has_body;
       if (!channel) {
         Refusal refusal = std::move(channel.error());
@@ -519,9 +435,9 @@ class ClientConnection {
       }
       // Its handshake must stay on this channel: refused now, before the
       // agent sees a step it could never finish, when the VM has too many.
-      if (request_binds && !ctx_.budget.make_private(channel->ticket)) {
-        give_back(std::move(*channel), false);
-        Refusal refusal = too_many_private(admitted.destination.vm);
+      if (request_binds && !channels_.make_private(*channel)) {
+        channels_.give_back(std::move(*channel), false);
+        Refusal refusal = channels_.too_many_private(admitted.destination.vm);
         co_return co_await refuse(rec, refusal, request.client_version, keep_after_refusal);
       }
       ExchangeEnds ends{.client = client_,
@@ -562,12 +478,6 @@ class ClientConnection {
     }
   }
 
-  Refusal too_many_private(const VmRecord& vm) const {
-    return Refusal{503, fmt::format("vm {} has {} channels bound to their clients' NTLM or "
-                                    "Negotiate authentication already (channel.max_private_per_vm)",
-                                    vm.name, ctx_.config.channel.max_private_per_vm)};
-  }
-
   // After an exchange: the channel goes back (or stays private) if it can
   // carry another, the connection's body buffers are freed while it idles,
   // and the client is answered if the agent could not be.
@@ -576,7 +486,7 @@ class ClientConnection {
     if (outcome.response_cut) response_cut_ = true;
     if (outcome.channel_reusable()) {
       const bool binds = channel.ticket.is_private() || outcome.agent_binds_connection;
-      give_back(std::move(channel), binds);
+      channels_.give_back(std::move(channel), binds);
     }
     chunks_.release();
     if (outcome.answered()) co_return outcome.client_continues();
@@ -592,7 +502,7 @@ class ClientConnection {
   // An orderly end unless a response was cut (ClientStream::close).
   awaitable<void> close() {
     deadline_.expires_never();
-    drop_private();
+    channels_.drop_private();
     co_await client_.close(!response_cut_, close_limit(ctx_));
   }
 
@@ -610,12 +520,7 @@ class ClientConnection {
   // it must outlive every read on the connection.
   beast::flat_buffer buffer_;
   Deadline deadline_;
-  // A channel bound to this connection's agent authentication (NTLM,
-  // Negotiate): never pooled, closed with the connection.
-  std::unique_ptr<Channel> private_;
-  // Set while the request in hand goes to a VM whose vsock device was
-  // attached for it: its first channel waits longer for guestd.
-  std::optional<AttachedDevice> attached_device_;
+  ConnectionChannels channels_;
   BodyChunks chunks_;
   bool response_cut_ = false;  // an exchange ended mid-response: no orderly close
   // Held while the connection lives, wherever it waits (see park()): its
@@ -627,143 +532,6 @@ class ClientConnection {
   error_code wake_error_;
   std::optional<IdleConnections::Waiting> waiting_;
 };
-
-// A tunnel over TLS, to its end: the relay, then the record, the channel and
-// the client connection, in that order (EstablishedTunnel). The connection's
-// slot is held until then.
-awaitable<void> run_tls_tunnel(EstablishedTunnel tunnel, [[maybe_unused]] ConnectionSlot slot,
-                               std::chrono::milliseconds idle,
-                               std::chrono::milliseconds close_within, LiveChannels* live) {
-  RelayResult relayed;
-  {
-    // Closed under the relay if its VM goes away meanwhile.
-    const ChannelWatch watch(live, tunnel.tunnel.key, tunnel.tunnel.stream,
-                             &tunnel.client.socket());
-    relayed = co_await relay_tunnel(tunnel.client, tunnel.tunnel.stream, idle);
-    if (watch.revoked()) note_vm_gone(tunnel.record, relayed, watch.why());
-  }
-  note_relayed(tunnel.record, relayed);
-  co_await tunnel.client.close(!relayed.error && !relayed.idle_timeout, close_within);
-}
-
-// A plaintext tunnel while its relay runs: owned by the relay's completion
-// handler, not a coroutine, so an idle one is this, the relay's state and
-// two readiness waits. (bench/idle_connections.py, 10,000 idle CONNECT
-// tunnels, hostd RSS: 5.7 KiB per tunnel while the connection's coroutine
-// awaited the relay, 5.0 KiB in a coroutine of its own, 3.6 KiB so.)
-// Members end in reverse order: the watch before the tunnel's channel.
-struct RelayedTunnel {
-  RelayedTunnel(EstablishedTunnel&& established, ConnectionSlot&& slot_, LiveChannels* live)
-      : tunnel(std::move(established)),
-        slot(std::move(slot_)),
-        watch(std::in_place, live, tunnel.tunnel.key, tunnel.tunnel.stream,
-              &tunnel.client.socket()) {}
-
-  EstablishedTunnel tunnel;
-  ConnectionSlot slot;
-  // Closes the channel under the relay if its VM goes away meanwhile.
-  std::optional<ChannelWatch> watch;
-};
-
-void start_plaintext_tunnel(std::unique_ptr<RelayedTunnel> relayed_tunnel,
-                            std::chrono::milliseconds idle) {
-  RelayedTunnel& t = *relayed_tunnel;
-  start_relay(t.tunnel.client.socket(), t.tunnel.tunnel.stream, idle, {},
-              relay_done([owned = std::move(relayed_tunnel)](RelayResult relayed) {
-                EstablishedTunnel& tunnel = owned->tunnel;
-                if (owned->watch->revoked())
-                  note_vm_gone(tunnel.record, relayed, owned->watch->why());
-                owned->watch.reset();
-                note_relayed(tunnel.record, relayed);
-                tunnel.client.close_plaintext(!relayed.error && !relayed.idle_timeout);
-              }));
-}
-
-// A tunnel, to its end, outside the connection's coroutine (which ends now).
-void run_tunnel(std::unique_ptr<EstablishedTunnel> tunnel, ConnectionSlot slot,
-                std::chrono::milliseconds idle, std::chrono::milliseconds close_within,
-                LiveChannels* live) {
-  if (!tunnel->client.tls()) {
-    start_plaintext_tunnel(
-        std::make_unique<RelayedTunnel>(std::move(*tunnel), std::move(slot), live), idle);
-    return;
-  }
-  const std::uint64_t id = tunnel->record.conn;
-  auto executor = tunnel->client.get_executor();
-  asio::co_spawn(executor,
-                 run_tls_tunnel(std::move(*tunnel), std::move(slot), idle, close_within, live),
-                 [id](std::exception_ptr e) {
-                   if (e) {
-                     log::error("tunnel_failed")
-                         .kv("conn", static_cast<unsigned long long>(id))
-                         .kv("error", log::describe(e));
-                   }
-                 });
-}
-
-// Who the connection's client is, before its first request: what the
-// listener says, or its certificate, or its address. On a token listener
-// each request says it again (Proxy-Authorization).
-Identity connection_identity(const ConnectionContext& context, ClientStream& client,
-                             const std::optional<asio::ip::address>& address) {
-  Identity identity = listener_identity(context.listener, address);
-  if (context.listener.identity == ListenerIdentity::certificate) {
-    Identity certified =
-        certificate_identity(client.tls() ? client.tls()->native_handle() : nullptr);
-    certified.address = identity.address;
-    return certified;
-  }
-  return identity;
-}
-
-// The TLS handshake, within tls.handshake_timeout. Empty (and logged, with
-// the reason) when it failed: a client hostd cannot identify gets no HTTP
-// answer, since no HTTP can be spoken with it.
-awaitable<std::optional<ClientStream>> accept_tls(Stream socket, const TlsServer& tls,
-                                                  std::uint64_t id, std::string_view listener,
-                                                  const std::string& peer) {
-  auto context = tls.context();
-  auto stream = std::make_unique<ClientStream::TlsStream>(std::move(socket), *context);
-  Deadline deadline(stream->get_executor());
-  deadline.expires_after(tls.config().handshake_timeout, [&stream] {
-    error_code ignored;
-    stream->next_layer().close(ignored);
-  });
-  auto [ec] = co_await stream->async_handshake(asio::ssl::stream_base::server, use_tuple);
-  const bool timed_out = deadline.expired();
-  deadline.expires_never();
-  if (ec) {
-    log::warn("tls_handshake_failed")
-        .kv("conn", static_cast<unsigned long long>(id))
-        .kv("listener", listener)
-        .kv("client", peer)
-        .kv("reason", timed_out ? fmt::format("no handshake within {} ms",
-                                              tls.config().handshake_timeout.count())
-                                : handshake_failure(stream->native_handle(), ec));
-    error_code ignored;
-    stream->next_layer().close(ignored);
-    co_return std::nullopt;
-  }
-  co_return ClientStream(std::move(stream), std::move(context));
-}
-
-}  // namespace
-
-Identity listener_identity(const ListenerConfig& listener,
-                           const std::optional<asio::ip::address>& address) {
-  Identity identity;
-  identity.address = address;
-  if (listener.trusted()) {
-    identity.kind = Identity::Kind::trusted_listener;
-    identity.name = listener.name;
-  } else if (listener.identity == ListenerIdentity::source && identity.address) {
-    identity.kind = Identity::Kind::source;
-    identity.name = identity.address->to_string();
-  }
-  return identity;
-}
-
-namespace {
 
 // A new connection's TLS handshake and identity, in a frame of its own: the
 // caller's frame lives as long as the connection, and GCC gives every local
@@ -778,27 +546,11 @@ awaitable<std::unique_ptr<ClientConnection>> open_connection(Stream client,
                                                              std::uint64_t id,
                                                              bool over_client_cap) {
   std::string peer = std::move(address.text);
-  std::optional<ClientStream> stream;
-  if (context.tls) {
-    stream = co_await accept_tls(std::move(client), *context.tls, id, context.listener.name, peer);
-    if (!stream) co_return nullptr;
-  } else {
-    stream.emplace(std::move(client));
-  }
-  Identity identity = connection_identity(context, *stream, address.ip);
-  if (context.listener.identity == ListenerIdentity::certificate &&
-      identity.kind != Identity::Kind::certificate) {
-    // Verified, but it names nobody an ACL rule could: no SAN, no CN.
-    log::warn("tls_handshake_failed")
-        .kv("conn", static_cast<unsigned long long>(id))
-        .kv("listener", context.listener.name)
-        .kv("client", peer)
-        .kv("reason", "client certificate has no DNS or URI SAN and no CN");
-    co_await stream->close(false, close_limit(context));
-    co_return nullptr;
-  }
-  co_return std::make_unique<ClientConnection>(std::move(*stream), context, id, std::move(peer),
-                                               std::move(identity), over_client_cap);
+  auto opened = co_await open_client(std::move(client), address.ip, context, id, peer);
+  if (!opened) co_return nullptr;
+  co_return std::make_unique<ClientConnection>(std::move(opened->stream), context, id,
+                                               std::move(peer), std::move(opened->identity),
+                                               over_client_cap);
 }
 
 awaitable<void> drive(std::unique_ptr<ClientConnection> connection);
@@ -842,7 +594,7 @@ awaitable<void> drive(std::unique_ptr<ClientConnection> connection) {
   ConnectionSlot slot = connection->take_slot();
   connection.reset();
   // The tunnel goes on without this coroutine, holding only what it needs.
-  run_tunnel(std::move(tunnel), std::move(slot), idle, close_within, live);
+  run_established_tunnel(std::move(tunnel), std::move(slot), idle, close_within, live);
 }
 
 }  // namespace

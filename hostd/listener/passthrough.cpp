@@ -15,6 +15,7 @@
 #include "hostd/channel/channel.hpp"
 #include "hostd/channel/live_channels.hpp"
 #include "hostd/cluster/peer_channels.hpp"
+#include "hostd/listener/client_handshake.hpp"
 #include "hostd/proxy/request_record.hpp"
 #include "hostd/proxy/tunnel.hpp"
 #include "hostd/route/client_hello.hpp"

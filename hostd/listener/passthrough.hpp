@@ -9,7 +9,7 @@
 #include <cstdint>
 
 #include "common/asio.hpp"
-#include "hostd/listener/client_connection.hpp"
+#include "hostd/listener/connection_context.hpp"
 
 namespace vmgate::hostd {
 
