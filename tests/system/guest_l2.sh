@@ -28,5 +28,8 @@ chmod +x /tmp/start-guestd /tmp/stop-guestd
 setsid vmgate-test-agent --listen 127.0.0.1:5986 --name "$name" </dev/null >/tmp/agent.log 2>&1 &
 /tmp/start-guestd
 echo "L2 $name: agent and guestd started"
-# The control listener: each connection is one shell reading commands.
-exec socat VSOCK-LISTEN:5600,reuseaddr,fork SYSTEM:'cd /tmp; exec sh 2>&1'
+# The control listener: each connection is one shell reading commands. Once
+# the commands are in, socat waits for the shell's output for up to -t seconds
+# (its default is 0.5): a command that waits, as stop-guestd does for
+# guestd's drain, would otherwise lose its output and its exit.
+exec socat -t 60 VSOCK-LISTEN:5600,reuseaddr,fork SYSTEM:'cd /tmp; exec sh 2>&1'

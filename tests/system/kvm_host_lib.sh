@@ -15,9 +15,12 @@ show_logs() {
     tail -n 30 "$f" | tr -d '\r'
   done
 }
+# The verdict is printed again after the logs: a reader who sees only the
+# end of a long output (a CI summary does) still learns which step failed.
 fail() {
   echo "FAIL [$LEVEL step $step_no: $step_name]: $*"
   show_logs
+  echo "FAIL [$LEVEL step $step_no: $step_name]: $*"
   exit 1
 }
 # lost WHY: the emulated level-2 machine itself failed (its QEMU died or
@@ -26,6 +29,7 @@ fail() {
 lost() {
   echo "LOST [$LEVEL step $step_no: $step_name]: $*"
   show_logs
+  echo "LOST [$LEVEL step $step_no: $step_name]: $*"
   exit 125
 }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -42,6 +46,12 @@ wait_for() {
   done
   note "$what after $(elapsed "$start") s"
 }
+# last_request_has PATTERN: hostd's latest event=request line matches PATTERN.
+# hostd writes a request's record when the request ends, which can be just
+# after its client has the answer (a refused CONNECT) or, for a tunnel, when
+# the client closes it: wait for the line rather than race it.
+last_request_is() { grep 'event=request' "$T/hostd.log" | tail -n 1 | grep -q "$1"; }
+last_request_has() { wait_for 10 "hostd logged $1" last_request_is "$1"; }
 alive() { kill -0 "$1" 2>/dev/null || fail "$2 exited unexpectedly"; }
 
 # http CURL-ARGS...: one request; sets $code and $body (stderr in $T/curl.err).

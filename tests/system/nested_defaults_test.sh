@@ -67,9 +67,9 @@ expect_http 200 "hello from l2" -H 'X-VM-Id: l2' $HOSTD/hello
 
 step "the VM header, proxy (absolute) and CONNECT forms, and the UUID"
 expect_http 200 "hello from l2" -x $HOSTD http://l2:5986/hello
-grep 'event=request' $T/hostd.log | tail -n 1 | grep -q 'form=absolute' || fail "the last request is not form=absolute"
+last_request_has 'form=absolute' || fail "the last request is not form=absolute"
 expect_http 200 "hello from l2" -p -x $HOSTD http://l2:5986/hello
-grep 'event=request' $T/hostd.log | tail -n 1 | grep -q 'form=connect' || fail "the last request is not form=connect"
+last_request_has 'form=connect' || fail "the last request is not form=connect"
 expect_http 200 "hello from l2" -H 'X-VM-Id: 6f1a3c52-15a0-4c1e-9d1f-0a0000000003' $HOSTD/hello
 
 step "$SIZE bytes down (GET /bytes/$SIZE), SHA-256 against X-Content-SHA256"
@@ -114,7 +114,7 @@ note "$n channel sessions, all from peer vsock:2:*"
 step "a port guestd does not allow is refused (CONNECT l2:9999 -> 403)"
 code=$(curl -sS --max-time 30 -p -x $HOSTD -o /dev/null -w '%{http_connect}' http://l2:9999/hello 2>$T/curl.err)
 [ "$code" = 403 ] || fail "CONNECT answered $code (want 403): $(cat $T/curl.err)"
-grep 'event=request' $T/hostd.log | tail -n 1 | grep -q 'port=9999 status=403.*port-not-allowed' ||
+last_request_has 'port=9999 status=403.*port-not-allowed' ||
   fail "hostd's last request line is not port=9999 status=403 ... port-not-allowed"
 note "403: $(grep 'event=request' $T/hostd.log | tail -n 1 | sed 's/.*reason=//')"
 

@@ -125,7 +125,9 @@ vmgate-guestd send host:monitor --path /hello --config $T/guestd.toml >$T/cli.ou
 grep -q "refused (403 unknown-vm).*no vm holds cid 1" $T/cli.err ||
   fail "the refusal does not name the unknown CID: $(cat $T/cli.err)"
 note "$(cat $T/cli.err)"
-grep -q 'event=guest_refused.*via="vsock cid 1"' $T/hostd.log ||
+# (Each record is written as its exchange ends, which can be just after the
+# caller has the answer: wait for the line rather than race it.)
+wait_for 10 "hostd logged guest_refused" grep -q 'event=guest_refused.*via="vsock cid 1"' $T/hostd.log ||
   fail "hostd logged no guest_refused for vsock cid 1"
 
 # ---------------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ body=$(curl -sS --max-time 30 -x http://127.0.0.1:5580 http://monitor.host/hello
   fail "curl -x failed: $(cat $T/curl.err)"
 [ "$body" = "hello from host-monitor" ] || fail "expected 'hello from host-monitor', got '$body'"
 note "$body"
-grep -q 'event=guest_request.*vm=labvm.*to=host:monitor' $T/hostd.log ||
+wait_for 10 "hostd logged guest_request" grep -q 'event=guest_request.*vm=labvm.*to=host:monitor' $T/hostd.log ||
   fail "hostd logged no guest_request from labvm to host:monitor"
 
 step "vmgate-guestd join web: hostd records it for labvm, shown by /v1/groups"
