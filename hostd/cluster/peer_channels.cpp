@@ -8,7 +8,6 @@
 #include <cstring>
 
 #include <fmt/format.h>
-#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
@@ -220,12 +219,13 @@ awaitable<PeerChannels::TlsLink> PeerChannels::connect_tls(const HostRecord& hos
                                        address.to_string(), ec.message())};
   }
   transport::tune(socket, transport::Kind::tcp);
-  auto tls = std::make_unique<ClientStream::TlsStream>(std::move(socket), *tls_);
+  auto tls = std::make_unique<ClientStream::TlsStream>(std::move(socket), *tls_,
+                                                       ClientStream::TlsStream::Role::client);
   // The peer proves it is the host its record names (RFC 6125 §6 via
   // OpenSSL's host check); SNI says which one is meant.
   SSL_set_tlsext_host_name(tls->native_handle(), host.name.c_str());
-  tls->set_verify_callback(asio::ssl::host_name_verification(host.name));
-  auto [hec] = co_await tls->async_handshake(asio::ssl::stream_base::client, use_tuple);
+  tls->expect_host(host.name);
+  auto [hec] = co_await tls->async_handshake(use_tuple);
   if (hec) {
     co_return Refusal{502, fmt::format("host {} ({}): TLS failed: {}", host.name,
                                        address.to_string(), hec.message())};

@@ -159,7 +159,7 @@ awaitable<void> PeerServer::serve(Stream socket, std::uint64_t id) {
     });
   };
   close_on_expiry();
-  auto [hec] = co_await tls->async_handshake(asio::ssl::stream_base::server, use_tuple);
+  auto [hec] = co_await tls->async_handshake(use_tuple);
   if (hec) {
     deadline.expires_never();
     log::warn("peer_handshake_failed")

@@ -22,7 +22,7 @@ awaitable<std::optional<ClientStream>> accept_tls(Stream socket, const TlsServer
     error_code ignored;
     stream->next_layer().close(ignored);
   });
-  auto [ec] = co_await stream->async_handshake(asio::ssl::stream_base::server, use_tuple);
+  auto [ec] = co_await stream->async_handshake(use_tuple);
   const bool timed_out = deadline.expired();
   deadline.expires_never();
   if (ec) {

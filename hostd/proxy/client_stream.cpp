@@ -93,7 +93,7 @@ struct TlsTunnel {
 
 bool ClientStream::has_buffered_input() {
   TlsStream* t = tls();
-  return t != nullptr && SSL_pending(t->native_handle()) > 0;
+  return t != nullptr && SSL_has_pending(t->native_handle()) == 1;
 }
 
 awaitable<void> ClientStream::close(bool orderly, std::chrono::milliseconds limit) {

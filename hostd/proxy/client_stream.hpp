@@ -1,27 +1,28 @@
 // A client connection's byte stream: the accepted socket itself, or TLS
-// over it on a listener with [listener.tls] (hostd/identity/tls_server.hpp).
+// over it on a listener with [listener.tls] (hostd/identity/tls_server.hpp,
+// hostd/proxy/tls_socket_stream.hpp).
 // The connection, its exchanges and its tunnel read and write it the same
-// way either way. What only a plain socket allows (splice, waiting for
-// readiness alone) goes through `socket()` after asking `is_tls()`: TLS
-// bytes must pass through OpenSSL, and bytes already decrypted or buffered
-// by it are invisible to the socket.
+// way either way. What only a plain socket allows (splice) goes through
+// `socket()` after asking `is_tls()`: TLS bytes must pass through OpenSSL.
+// Waiting for readiness alone works for both once `has_buffered_input()`
+// is false: bytes OpenSSL has already read are invisible to the socket.
 #pragma once
 
 #include <chrono>
-#include <iterator>
 #include <memory>
 #include <variant>
 
-#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/ssl/context.hpp>
 
 #include "common/asio.hpp"
 #include "common/relay.hpp"
+#include "hostd/proxy/tls_socket_stream.hpp"
 
 namespace vmgate::hostd {
 
 class ClientStream {
  public:
-  using TlsStream = asio::ssl::stream<Stream>;
+  using TlsStream = TlsSocketStream;
   using executor_type = Stream::executor_type;
 
   explicit ClientStream(Stream socket) : stream_(std::move(socket)) {}
@@ -61,25 +62,17 @@ class ClientStream {
   auto async_write_some(const ConstBuffers& buffers, Token&& token) {
     return asio::async_initiate<Token, void(error_code, std::size_t)>(
         [this](auto handler, const ConstBuffers& b) {
-          TlsStream* t = tls();
-          if (t == nullptr) {
-            std::get<Stream>(stream_).async_write_some(b, std::move(handler));
-          } else if (asio::buffer_size(b) > tls_linearised && !single_buffer(b)) {
-            // Asio's TLS stream writes a sequence of several buffers in
-            // pieces of 8 KiB: an 8 KiB WS-Man response with its head went
-            // out as two TLS records in two sendto() calls (strace, bench
-            // WS-Man over TLS). Copied into one record-sized buffer, it is
-            // one record and one call.
-            const std::size_t n = asio::buffer_copy(asio::buffer(record_buffer(), tls_record), b);
-            t->async_write_some(asio::buffer(record_.get(), n), std::move(handler));
-          } else {
+          if (TlsStream* t = tls())
             t->async_write_some(b, std::move(handler));
-          }
+          else
+            std::get<Stream>(stream_).async_write_some(b, std::move(handler));
         },
         token, buffers);
   }
 
-  // Whether bytes already read from the socket wait inside OpenSSL.
+  // Whether bytes already read from the socket wait inside OpenSSL (never
+  // on a plain socket). Without any, a readable socket is the only sign of
+  // the client's next bytes, over TLS too: OpenSSL reads the socket itself.
   bool has_buffered_input();
 
   // Cancels what is pending on the socket (and so on TLS over it).
@@ -97,23 +90,8 @@ class ClientStream {
   void close_plaintext(bool orderly);
 
  private:
-  static constexpr std::size_t tls_linearised = 8 * 1024;  // asio/ssl/detail/write_op.hpp
-  static constexpr std::size_t tls_record = 16 * 1024;     // RFC 8446 §5.1: 2^14 bytes a record
-
-  template <class ConstBuffers>
-  static bool single_buffer(const ConstBuffers& b) {
-    auto first = asio::buffer_sequence_begin(b);
-    return first == asio::buffer_sequence_end(b) ||
-           std::next(first) == asio::buffer_sequence_end(b);
-  }
-  char* record_buffer() {
-    if (!record_) record_ = std::make_unique_for_overwrite<char[]>(tls_record);
-    return record_.get();
-  }
-
   std::variant<Stream, std::unique_ptr<TlsStream>> stream_;
   std::shared_ptr<asio::ssl::context> context_;
-  std::unique_ptr<char[]> record_;  // TLS only: see async_write_some
 };
 
 // The relay of a CONNECT tunnel on `client` (common/relay.hpp on a plain

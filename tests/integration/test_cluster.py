@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from cluster_lab import Cluster, Etcd, clear_libvirtd, define_and_start, migrate
-from vmgate_lab import VM, SessionLibvirtd, SilentAgent, complete_lines, metric, wait_until
+from vmgate_lab import (VM, SessionLibvirtd, SilentAgent, complete_lines, free_tcp_port, metric,
+                        wait_until)
 
 
 def test_a_request_for_a_vm_on_another_host_is_delivered_there_once():
@@ -77,6 +78,36 @@ def test_a_peer_that_is_not_a_cluster_host_or_names_a_vm_by_name_is_refused():
         first = ask(kvm2_cert, "%s:5986" % vm2_uuid).splitlines()[0]
         assert " 404 " in first
         assert metric(kvm1.lab, "vmgate_peer_messages_total", direction="sent") == 0
+
+
+def test_a_peer_whose_certificate_names_another_host_is_never_sent_a_request():
+    with Etcd() as etcd, Cluster(etcd) as cluster:
+        kvm1 = cluster.host("kvm1", [VM("vm1")])
+        cluster.host("kvm2", [VM("vm2")])
+        cluster.converged()
+        # kvm2's record now sends its peers to a server holding a certificate
+        # the cluster CA issued, but to kvm3: kvm1 must not take it for kvm2.
+        other = cluster.pki.peer(cluster.ca, "kvm3")
+        port = free_tcp_port()
+        server = subprocess.Popen(
+            ["openssl", "s_server", "-accept", "127.0.0.1:%d" % port, "-cert", other.cert,
+             "-key", other.key, "-CAfile", cluster.ca.cert, "-verify", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            key = "/vmgate/v1/hosts/kvm2"
+            record = json.loads(etcd.ctl("get", key, "--print-value-only"))
+            record["peer_address"] = "tcp:127.0.0.1:%d" % port
+            etcd.ctl("put", key, json.dumps(record))
+
+            def refused():
+                r = kvm1.curl("/hello", "-H", "X-VM-Id: vm2", timeout=10)
+                return r.status == 502 and "TLS failed" in r.text and r
+            r = wait_until(refused, 10, "kvm1 to refuse the server kvm2's record names")
+            assert "host kvm2" in r.text, r
+        finally:
+            server.kill()
+        seen = server.communicate()[0].decode(errors="replace")
+        assert "Vmgate-Host" not in seen and "/hello" not in seen, seen
 
 
 def test_a_killed_host_gets_a_prompt_502_naming_it_then_its_vms_are_gone_after_the_ttl():
