@@ -96,9 +96,9 @@ class ClientConnection {
         // WS-Man keep-alive throughput when every request paid it.
         if (buffer_.size() == 0) {
           const std::size_t arrived = transport::bytes_readable(client_.socket());
-          // (Over TLS, bytes OpenSSL has read ahead are invisible to the
-          // socket: the next read is made at once, and waits inside it.)
-          if (arrived == 0 && !client_.is_tls()) {
+          // Over TLS, bytes OpenSSL has already read are invisible to the
+          // socket: with any, the next read is made at once.
+          if (arrived == 0 && !client_.has_buffered_input()) {
             // Once hostd is stopping, a connection between requests closes.
             if (ctx_.idle && !waiting_.emplace(*ctx_.idle, client_.socket()).registered()) break;
             parked_ = true;

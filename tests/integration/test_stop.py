@@ -4,9 +4,11 @@ requests in progress finish within limits.stop_grace_ms and what is left
 after it is cut; then hostd exits 0."""
 
 import socket
+import ssl
 import threading
 import time
 
+from pki import Pki
 from vmgate_lab import VM, Lab, UnixHTTPConnection
 
 GRACE_MS = 3000
@@ -98,6 +100,37 @@ def test_an_idle_keep_alive_client_is_closed_at_once_and_does_not_hold_the_stop(
         # hostd ends with nothing left to cut.
         lab.hostd.popen.send_signal(15)
         assert c.recv(4096) == b""
+        c.close()
+        assert lab.hostd.popen.wait(NOT_A_HANG) == 0
+        assert "event=stop_grace_expired" not in lab.hostd.stderr()
+
+
+def test_an_idle_keep_alive_tls_client_is_closed_at_once_and_does_not_hold_the_stop():
+    with Lab([VM("vm1")], start_hostd=False,
+             hostd={"limits": {"stop_grace_ms": GRACE_MS}}) as lab:
+        pki = Pki(lab.path("pki"))
+        ca = pki.ca("hosts")
+        server = pki.server(ca, "kvm1")
+        lab.listener_tables = [
+            {"address": "tcp:127.0.0.1:0", "guest_port": 5986, "trusted": True,
+             "tls": {"certificate": server.cert, "key": server.key}}]
+        lab.start_hostd()
+        context = ssl.create_default_context(cafile=ca.cert)
+        raw = socket.create_connection(("127.0.0.1", lab.port), timeout=NOT_A_HANG)
+        c = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        c.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-VM-Id: vm1\r\n\r\n")
+        data = b""
+        while b"hello from vm1\n" not in data:
+            chunk = c.recv(4096)
+            assert chunk, data
+            data += chunk
+        # Kept alive, idle, OpenSSL holding nothing of it: SIGTERM closes it
+        # without waiting for the grace.
+        lab.hostd.popen.send_signal(15)
+        try:
+            assert c.recv(4096) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            pass  # closed, without close_notify
         c.close()
         assert lab.hostd.popen.wait(NOT_A_HANG) == 0
         assert "event=stop_grace_expired" not in lab.hostd.stderr()
