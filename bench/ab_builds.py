@@ -9,11 +9,12 @@ swapping the order every round, and reads hostd's and guestd's CPU from
 /proc around each run. Prints every round, then the medians and the ratios
 (B ÷ A). Not part of bench/run's full run.
 
-  bench/ab_builds.py BUILD_A BUILD_B [--workload wsman|churn] [--rounds 6] [--seconds 5]
+  bench/ab_builds.py BUILD_A BUILD_B [--workload wsman|churn|wsman-tls|churn-tls]
+                    [--rounds 6] [--seconds 5]
 
 wsman is bench/run's WS-Man keep-alive workload (wrk/wsman.lua, 64
 connections); churn is its new-connection-per-request one (GET /hello with
-Connection: close).
+Connection: close); the -tls ones are the same against hostd's TLS listener.
 """
 import argparse
 import json
@@ -53,8 +54,11 @@ def cpu_seconds(pids):
 
 def measure(info, workload, seconds):
     """One wrk run against the vmgate contender: req/s and hostd + guestd µs per request."""
-    url = f"http://127.0.0.1:{info['ports']['vmgate']}"
-    if workload == "wsman":
+    if workload.endswith("-tls"):
+        url = f"https://127.0.0.1:{info['tls_ports']['vmgate']}"
+    else:
+        url = f"http://127.0.0.1:{info['ports']['vmgate']}"
+    if workload.startswith("wsman"):
         extra = ["-s", os.path.join(BENCH, "wrk", "wsman.lua"), url + "/wsman"]
     else:
         extra = ["-H", "Connection: close", "-H", "X-VM-Id: vm1", url + "/hello"]
@@ -76,7 +80,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("build_a")
     parser.add_argument("build_b")
-    parser.add_argument("--workload", choices=("wsman", "churn"), default="wsman")
+    parser.add_argument("--workload", choices=("wsman", "churn", "wsman-tls", "churn-tls"), default="wsman")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()

@@ -12,17 +12,22 @@ closes everything and reads RSS once more. Prints one JSON object.
                     body and `X-VM-Id: vm1`, its 200 read, the connection kept
                     open and idle (the next request on it is another POST)
 
-  idle_connections.py --kind KIND --port PORT --count N --pid NAME=PID [--pid NAME=PID ...]
+  --tls             every connection speaks TLS to the port (a TLS listener;
+                    its certificate is not checked)
+
+  idle_connections.py --kind KIND [--tls] --port PORT --count N --pid NAME=PID [--pid NAME=PID ...]
 """
 import argparse
 import asyncio
 import json
 import os
 import resource
+import ssl
 import sys
 import time
 
 BODY = b"x" * 8192
+TLS = None  # the client context with --tls
 
 
 def rss_kib(pid):
@@ -62,7 +67,7 @@ async def discard(reader, writer):
 
 
 async def open_tunnel(host, port, target):
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await asyncio.open_connection(host, port, ssl=TLS)
     writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
     head = await reader.readuntil(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0]
@@ -73,7 +78,7 @@ async def open_tunnel(host, port, target):
 
 
 async def open_keepalive(host, port, target):
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await asyncio.open_connection(host, port, ssl=TLS)
     status, ok = await discard(reader, writer)
     if not ok:
         writer.close()
@@ -95,6 +100,7 @@ KINDS = {
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--kind", choices=sorted(KINDS), default="tunnel")
+    parser.add_argument("--tls", action="store_true", help="TLS to the port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--target", default="vm1:5986", help="what a tunnel CONNECTs to")
@@ -106,6 +112,11 @@ async def main():
                         help="seconds to keep the connections open after measuring (for profilers)")
     args = parser.parse_args()
     pids = dict(p.split("=", 1) for p in args.pid)
+    if args.tls:
+        global TLS
+        TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        TLS.check_hostname = False
+        TLS.verify_mode = ssl.CERT_NONE
     opener, use = KINDS[args.kind]
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
