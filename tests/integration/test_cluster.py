@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from cluster_lab import Cluster, Etcd, clear_libvirtd, define_and_start, migrate
-from vmgate_lab import (VM, SessionLibvirtd, SilentAgent, complete_lines, free_tcp_port, metric,
-                        wait_until)
+from vmgate_lab import (VM, LabError, SessionLibvirtd, SilentAgent, complete_lines, free_tcp_port,
+                        metric, wait_until)
 
 
 def test_a_request_for_a_vm_on_another_host_is_delivered_there_once():
@@ -220,7 +220,15 @@ def test_a_claim_changed_behind_its_hosts_back_is_written_again_by_the_periodic_
             kvs = json.loads(etcd.ctl("get", key, "-w", "json")).get("kvs", [])
             return (kvs and int(kvs[0]["mod_revision"]) > edited and kvs[0].get("lease") and
                     json.loads(base64.b64decode(kvs[0]["value"]))["name"] == "vm1")
-        wait_until(written_again, 10, "kvm1 to write vm1's claim again")
+        # 30 reconcile intervals: only a guard against a hang. Under ASan, beside
+        # other tests, an etcd call can outlast etcd_timeout_ms and end the
+        # session; the next one reconciles again. kvm1's own account of its
+        # etcd sessions says which, if this ever times out.
+        try:
+            wait_until(written_again, 30, "kvm1 to write vm1's claim again")
+        except LabError as timed_out:
+            sessions = [l for l in kvm1.lab.hostd.lines() if "event=etcd_" in l]
+            raise LabError("%s; kvm1's etcd sessions:\n%s" % (timed_out, "\n".join(sessions)))
         wait_until(lambda: kvm2.sees("vm1", "kvm1"), 5, "kvm2 to see vm1 by its name again")
         r = kvm2.curl("/hello", "-H", "X-VM-Id: vm1")
         assert r.status == 200 and r.body == b"hello from vm1\n", r
