@@ -59,6 +59,16 @@ def readyz(lab):
         c.close()
 
 
+def ask_hello_and_keep_alive(c):
+    """One GET /hello on `c`, read to the end of its answer; `c` stays open."""
+    c.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-VM-Id: vm1\r\n\r\n")
+    data = b""
+    while b"hello from vm1\n" not in data:
+        chunk = c.recv(4096)
+        assert chunk, data
+        data += chunk
+
+
 def test_a_slow_request_finishes_after_sigterm_and_hostd_exits_0_afterwards():
     with stop_lab() as lab:
         s, reader, result = start_slow_request(lab, 1000)
@@ -90,12 +100,7 @@ def test_a_request_longer_than_the_grace_is_cut_and_hostd_still_exits_0():
 def test_an_idle_keep_alive_client_is_closed_at_once_and_does_not_hold_the_stop():
     with stop_lab() as lab:
         c = socket.create_connection(("127.0.0.1", lab.port), timeout=NOT_A_HANG)
-        c.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-VM-Id: vm1\r\n\r\n")
-        data = b""
-        while b"hello from vm1\n" not in data:
-            chunk = c.recv(4096)
-            assert chunk, data
-            data += chunk
+        ask_hello_and_keep_alive(c)
         # Kept alive, idle. SIGTERM closes it without waiting for the grace:
         # hostd ends with nothing left to cut.
         lab.hostd.popen.send_signal(15)
@@ -118,12 +123,7 @@ def test_an_idle_keep_alive_tls_client_is_closed_at_once_and_does_not_hold_the_s
         context = ssl.create_default_context(cafile=ca.cert)
         raw = socket.create_connection(("127.0.0.1", lab.port), timeout=NOT_A_HANG)
         c = context.wrap_socket(raw, server_hostname="127.0.0.1")
-        c.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-VM-Id: vm1\r\n\r\n")
-        data = b""
-        while b"hello from vm1\n" not in data:
-            chunk = c.recv(4096)
-            assert chunk, data
-            data += chunk
+        ask_hello_and_keep_alive(c)
         # Kept alive, idle, OpenSSL holding nothing of it: SIGTERM closes it
         # without waiting for the grace.
         lab.hostd.popen.send_signal(15)
