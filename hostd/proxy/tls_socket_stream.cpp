@@ -7,6 +7,18 @@
 #include <openssl/x509v3.h>
 
 namespace vmgate::hostd {
+namespace {
+
+// Makes one OpenSSL call with an empty error queue and errno 0, so what
+// `outcome` then reads is this call's own.
+template <class Call>
+int fresh(Call call) {
+  ERR_clear_error();
+  errno = 0;
+  return call();
+}
+
+}  // namespace
 
 TlsSocketStream::TlsSocketStream(Stream socket, asio::ssl::context& context, Role role)
     : socket_(std::move(socket)), ssl_(SSL_new(context.native_handle())) {
@@ -46,37 +58,29 @@ void TlsSocketStream::expect_host(const std::string& host) {
 }
 
 TlsSocketStream::Attempt TlsSocketStream::attempt_handshake() {
-  ERR_clear_error();
-  errno = 0;
-  const int ret = SSL_do_handshake(ssl_);
+  const int ret = fresh([this] { return SSL_do_handshake(ssl_); });
   return ret == 1 ? Attempt{} : outcome(ret);
 }
 
 TlsSocketStream::Attempt TlsSocketStream::attempt_read(asio::mutable_buffer buffer) {
   if (buffer.size() == 0) return {};
-  ERR_clear_error();
-  errno = 0;
   std::size_t n = 0;
-  const int ret = SSL_read_ex(ssl_, buffer.data(), buffer.size(), &n);
+  const int ret = fresh([&] { return SSL_read_ex(ssl_, buffer.data(), buffer.size(), &n); });
   return ret == 1 ? Attempt{.bytes = n} : outcome(ret);
 }
 
 TlsSocketStream::Attempt TlsSocketStream::attempt_write(asio::const_buffer buffer) {
   if (buffer.size() == 0) return {};
-  ERR_clear_error();
-  errno = 0;
   std::size_t n = 0;
-  const int ret = SSL_write_ex(ssl_, buffer.data(), buffer.size(), &n);
+  const int ret = fresh([&] { return SSL_write_ex(ssl_, buffer.data(), buffer.size(), &n); });
   return ret == 1 ? Attempt{.bytes = n} : outcome(ret);
 }
 
 TlsSocketStream::Attempt TlsSocketStream::attempt_shutdown() {
-  ERR_clear_error();
-  errno = 0;
   // 0: close_notify is sent and the client's is still to come; the second
   // call starts waiting for it (as Asio's stream does).
-  int ret = SSL_shutdown(ssl_);
-  if (ret == 0) ret = SSL_shutdown(ssl_);
+  int ret = fresh([this] { return SSL_shutdown(ssl_); });
+  if (ret == 0) ret = fresh([this] { return SSL_shutdown(ssl_); });
   return ret == 1 ? Attempt{} : outcome(ret);
 }
 
