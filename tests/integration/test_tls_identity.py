@@ -22,10 +22,15 @@ from vmgate_lab import HOSTD, VM, Lab, wait_until
 ALICE = "alice.ops.example"
 
 
-def mtls_listener(server, client_ca, pins=None):
+HANDSHAKE_MS = 300
+
+
+def mtls_listener(server, client_ca, pins=None, handshake_timeout_ms=None):
     tls = {"certificate": server.cert, "key": server.key, "client_ca": client_ca.cert}
     if pins:
         tls["pinned_sha256"] = pins
+    if handshake_timeout_ms:
+        tls["handshake_timeout_ms"] = handshake_timeout_ms
     return {"address": "tcp:127.0.0.1:0", "guest_port": 5986, "identity": "certificate",
             "tls": tls}
 
@@ -58,6 +63,8 @@ def tls_lab():
             mtls_listener(lab.server, lab.clients_ca),
             # The same CA, but only alice's certificate is pinned.
             mtls_listener(lab.server, lab.clients_ca, pins=[fingerprint(lab.alice.cert)]),
+            # The same as the first, with a short handshake timeout.
+            mtls_listener(lab.server, lab.clients_ca, handshake_timeout_ms=HANDSHAKE_MS),
         ]
         lab.start_hostd()
         yield lab
@@ -85,6 +92,15 @@ def wait_for_failure(lab, before, text):
         return any(text in l for l in handshake_failures(lab)[before:])
     wait_until(found, 10, "a tls_handshake_failed line with %r" % text)
     return [l for l in handshake_failures(lab)[before:] if text in l][0]
+
+
+def test_a_client_that_never_finishes_its_handshake_is_closed_at_the_handshake_timeout(tls_lab):
+    before = len(handshake_failures(tls_lab))
+    with socket.create_connection(("127.0.0.1", tls_lab.ports[2]), timeout=30) as s:
+        s.sendall(b"\x16\x03\x01")  # the start of a ClientHello's record, then nothing
+        # hostd closes it; the socket's own timeout would only end a hang.
+        assert s.recv(1) == b""
+    wait_for_failure(tls_lab, before, "no handshake within %d ms" % HANDSHAKE_MS)
 
 
 def test_a_verified_dns_san_is_the_identity_an_allow_rule_matches(tls_lab):
