@@ -213,8 +213,11 @@ def test_a_claim_changed_behind_its_hosts_back_is_written_again_by_the_periodic_
         claim = json.loads(etcd.ctl("get", key, "--print-value-only"))
         assert claim["name"] == "vm1" and claim["host"] == "kvm1"
         claim["name"] = "vm1-edited"
-        etcd.ctl("put", key, json.dumps(claim))  # no lease, as an operator's etcdctl would
-        edited = etcd.revision()
+        # No lease, as an operator's etcdctl would. The put's own revision, not
+        # etcd's a moment later: a reconcile may already have written the claim
+        # again in between, and no later write would then come.
+        put = json.loads(etcd.ctl("put", key, json.dumps(claim), "-w", "json"))
+        edited = int(put["header"]["revision"])
 
         def written_again():
             kvs = json.loads(etcd.ctl("get", key, "-w", "json")).get("kvs", [])
