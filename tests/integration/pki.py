@@ -9,6 +9,7 @@ test's temp dir and dies with it.
     expired = pki.client(ca, "old", expired=True)
     server = pki.server(pki.ca("hosts"), "kvm1", ips=["127.0.0.1"])
     # each is a Cert(cert=PATH, key=PATH); fingerprint(cert) gives the pin
+    listener = {"address": "tcp:127.0.0.1:0", "tls": server.tls_table()}
 """
 
 import dataclasses
@@ -21,6 +22,11 @@ class Cert:
     name: str
     cert: str
     key: str
+
+    def tls_table(self, **more):
+        """hostd's [listener.tls] serving this certificate; `more` adds keys
+        (client_ca=..., pinned_sha256=[...])."""
+        return {"certificate": self.cert, "key": self.key, **more}
 
 
 def openssl(*args, cwd=None):

@@ -60,7 +60,7 @@ def lab():
             {"address": "tcp:127.0.0.1:0", "guest_port": 5986, "identity": "token"},
             # The same, over TLS: tokens never cross the network in the clear.
             {"address": "tcp:127.0.0.1:0", "guest_port": 5986, "identity": "token",
-             "tls": {"certificate": server.cert, "key": server.key}},
+             "tls": server.tls_table()},
         ]
         lab.start_hostd()
         yield lab

@@ -118,7 +118,7 @@ def test_an_idle_keep_alive_tls_client_is_closed_at_once_and_does_not_hold_the_s
         server = pki.server(ca, "kvm1")
         lab.listener_tables = [
             {"address": "tcp:127.0.0.1:0", "guest_port": 5986, "trusted": True,
-             "tls": {"certificate": server.cert, "key": server.key}}]
+             "tls": server.tls_table()}]
         lab.start_hostd()
         context = ssl.create_default_context(cafile=ca.cert)
         raw = socket.create_connection(("127.0.0.1", lab.port), timeout=NOT_A_HANG)

@@ -26,7 +26,7 @@ HANDSHAKE_MS = 300
 
 
 def mtls_listener(server, client_ca, pins=None, handshake_timeout_ms=None):
-    tls = {"certificate": server.cert, "key": server.key, "client_ca": client_ca.cert}
+    tls = server.tls_table(client_ca=client_ca.cert)
     if pins:
         tls["pinned_sha256"] = pins
     if handshake_timeout_ms:
@@ -311,7 +311,7 @@ def test_a_certificate_listener_without_client_ca_refuses_to_start():
         pki = Pki(lab.path("pki"))
         server = pki.server(pki.ca("hosts"), "kvm1")
         lab.listener_tables = [{"address": "tcp:127.0.0.1:0", "identity": "certificate",
-                                "tls": {"certificate": server.cert, "key": server.key}}]
+                                "tls": server.tls_table()}]
         r = subprocess.run([HOSTD, "--config",
                             lab.write_hostd_config(), "--check-config"],
                            capture_output=True, text=True, timeout=30)
