@@ -115,6 +115,11 @@ std::optional<Section> Section::section(std::string_view key) const {
   return Section(root_, t, qualified(key), file_);
 }
 
+bool Section::is_table(std::string_view key) const {
+  const auto* node = find(key);
+  return node && node->is_table();
+}
+
 std::vector<Section> Section::sections(std::string_view key) const {
   const auto* node = find(key);
   if (!node) return {};

@@ -50,6 +50,9 @@ class Section {
                                             std::vector<std::string> fallback) const;
 
   std::optional<Section> section(std::string_view key) const;
+  // Whether `key` holds a table, for a key that may be written either way
+  // (`monitor = "tcp:..."` or `[host_services.monitor]`).
+  bool is_table(std::string_view key) const;
   std::vector<Section> sections(std::string_view key) const;  // [[array.of.tables]]
   // Keys of this table, for tables used as maps ("5986" = "tcp:127.0.0.1:5986").
   std::vector<std::string> keys() const;

@@ -23,7 +23,7 @@ AdminConfig read_admin(const config::Section& s);
 // guest_sections.cpp: the channels to guests, and what guests may reach.
 ChannelConfig read_channel(const config::Section& s);
 InboundConfig read_inbound(const config::Section& s);
-std::map<std::string, transport::Address> read_host_services(const config::Section& s);
+std::map<std::string, HostService> read_host_services(const config::Section& s);
 
 // cluster_sections.cpp: the other hosts, and the DNS that names VMs.
 ClusterConfig read_cluster(const config::Section& s);

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <charconv>
 
+#include <fmt/format.h>
+
+#include "hostd/authz/acl_pattern.hpp"
 #include "hostd/route/target.hpp"
 
 namespace vmgate::hostd::config_sections {
@@ -108,18 +111,40 @@ InboundConfig read_inbound(const Section& s) {
   return in;
 }
 
-std::map<std::string, transport::Address> read_host_services(const Section& s) {
-  std::map<std::string, transport::Address> services;
+std::map<std::string, HostService> read_host_services(const Section& s) {
+  constexpr std::string_view uri_form =
+      "a transport URI (\"tcp:127.0.0.1:9000\", \"unix:/run/x.sock\")";
+  // The URI at `key` of `section`, where an error is reported.
+  auto address_at = [&](const Section& section, std::string_view key) {
+    auto uri = section.optional_string(key);
+    if (!uri) section.fail(key, fmt::format("is required: {}", uri_form));
+    auto parsed = transport::parse(*uri);
+    if (!parsed) section.fail(key, parsed.error());
+    if (parsed->kind == transport::Kind::tcp && parsed->port == 0)
+      section.fail(key, "tcp port must not be 0");
+    return *parsed;
+  };
+  std::map<std::string, HostService> services;
   for (const auto& key : s.keys()) {
-    auto uri = s.optional_string(key);
     if (!valid_vm_name(key))
       s.fail(key, "a service name is letters, digits, '-', '_' or '.' (guests send host:NAME)");
-    if (!uri) s.fail(key, "must be a transport URI (\"tcp:127.0.0.1:9000\", \"unix:/run/x.sock\")");
-    auto parsed = transport::parse(*uri);
-    if (!parsed) s.fail(key, parsed.error());
-    if (parsed->kind == transport::Kind::tcp && parsed->port == 0)
-      s.fail(key, "tcp port must not be 0");
-    services[key] = *parsed;
+    HostService service;
+    if (s.is_table(key)) {
+      // [host_services.NAME]: for the calling VMs `vms` names.
+      const Section entry = *s.section(key);
+      service.address = address_at(entry, "address");
+      service.vms = entry.get_string_array("vms", {});
+      if (service.vms.empty())
+        entry.fail("vms",
+                   "is required and must not be empty: the calling VMs this service is for "
+                   "([\"db*\"], a UUID; [\"*\"] for every VM)");
+      for (const auto& text : service.vms)
+        if (auto parsed = parse_vm_pattern(text); !parsed) entry.fail("vms", parsed.error());
+      entry.reject_unknown_keys();
+    } else {
+      service.address = address_at(s, key);
+    }
+    services[key] = std::move(service);
   }
   s.reject_unknown_keys();
   return services;

@@ -223,6 +223,15 @@ struct AclRule {
 
 inline constexpr std::uint32_t default_inbound_port = 5501;
 
+// One entry of [host_services]: `monitor = "tcp:127.0.0.1:9000"` for every
+// VM hostd can tell apart, or a table with `address` and `vms` for some.
+struct HostService {
+  transport::Address address;
+  // The calling VMs it is for, as an ACL rule's `vms` (name globs, UUIDs);
+  // ["*"] when the entry is an address alone.
+  std::vector<std::string> vms{"*"};
+};
+
 // The host end of channels that guests start (hostd/guestside,
 // docs/architecture.md "Guest-originated traffic"). Who the caller is comes
 // only from where its connection arrived: the kernel's peer CID on the vsock
@@ -358,10 +367,9 @@ struct HostdConfig {
   std::vector<AclRule> acl;
   ClusterConfig cluster;
   InboundConfig inbound;
-  // The services on the host side a guest may name as host:NAME, each at
-  // its transport URI ([host_services] monitor = "tcp:127.0.0.1:9000"). A
-  // name not here is refused: this is an allowlist.
-  std::map<std::string, transport::Address> host_services;
+  // The services on the host side a guest may name as host:NAME. A name
+  // not here is refused: this is an allowlist.
+  std::map<std::string, HostService> host_services;
   GroupsConfig groups;
   DirectoryConfig directory;
   DnsConfig dns;

@@ -12,15 +12,27 @@
 
 namespace vmgate::hostd::guestside {
 
-awaitable<Reached> reach_host_service(std::string_view service, const RunningConfig& running) {
+// A service the caller may not reach is answered as one that does not
+// exist, as a VM is (reach_vm): a VM learns no more of what the host offers
+// than it may use. The log says which it was.
+awaitable<Reached> reach_host_service(const VmRecord& caller, std::string_view service,
+                                      const RunningConfig& running, std::string_view request_id) {
   const auto& services = running.config.host_services;
   auto it = services.find(std::string(service));
-  if (it == services.end())
+  const AccessDecision decision = running.services.decide(caller, service);
+  log::info("guest_acl")
+      .kv("req", request_id)
+      .kv("vm", caller.name)
+      .kv("target", fmt::format("host:{}", service))
+      .kv("decision", decision.allowed ? "allow" : "deny")
+      .kv("rule", decision.rule)
+      .kv("found", it != services.end());
+  if (it == services.end() || !decision.allowed)
     co_return refuse(404, "unknown-service",
-                     fmt::format("hostd offers no host service '{}' ([host_services] of its "
-                                 "config lists those guests may reach)",
-                                 service));
-  const transport::Address& address = it->second;
+                     fmt::format("hostd offers vm {} no host service '{}' ([host_services] of "
+                                 "its config lists them, and which VMs each is for)",
+                                 caller.name, service));
+  const transport::Address& address = it->second.address;
   auto connected =
       co_await within(running.config.inbound.connect_timeout, transport::connect(address));
   if (!connected)

@@ -30,7 +30,8 @@ struct Upstream {
 
 using Reached = boost::system::result<Upstream, GuestAnswer>;
 
-awaitable<Reached> reach_host_service(std::string_view service, const RunningConfig& running);
+awaitable<Reached> reach_host_service(const VmRecord& caller, std::string_view service,
+                                      const RunningConfig& running, std::string_view request_id);
 awaitable<Reached> reach_vm(const VmRecord& caller, const Target& target,
                             std::optional<std::uint16_t> port, const RunningConfig& running,
                             const GuestServices& services, std::string_view request_id);

@@ -314,7 +314,8 @@ awaitable<void> serve_guest(Stream stream, GuestArrival arrival, const GuestServ
   std::string_view target_text = request->argument;
   Reached reached = refuse(400, "bad-target", "");
   if (target_text.starts_with(host_prefix)) {
-    reached = co_await reach_host_service(target_text.substr(host_prefix.size()), *running);
+    reached = co_await reach_host_service(caller, target_text.substr(host_prefix.size()), *running,
+                                          request_id);
   } else if (auto target = parse_target(target_text); !target) {
     reached = refuse(400, "bad-target", target.error());
   } else if (names_many(*target)) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "hostd/authz/access_policy.hpp"
+#include "hostd/authz/service_access.hpp"
 #include "hostd/config/hostd_config.hpp"
 
 namespace vmgate::hostd {
@@ -20,11 +21,13 @@ namespace vmgate::hostd {
 // together: a connection never sees the rules of one file and the limits of
 // another.
 struct RunningConfig {
-  // Throws std::invalid_argument for a rule AccessPolicy refuses.
-  explicit RunningConfig(HostdConfig loaded) : config(std::move(loaded)), policy(config.acl) {}
+  // Throws std::invalid_argument for a rule AccessPolicy or ServiceAccess refuses.
+  explicit RunningConfig(HostdConfig loaded)
+      : config(std::move(loaded)), policy(config.acl), services(config.host_services) {}
 
   const HostdConfig config;
   const AccessPolicy policy;
+  const ServiceAccess services;  // which VMs may reach each of [host_services]
 };
 
 // The snapshot that new connections and admin requests take. Replaced by

@@ -139,6 +139,38 @@ def test_an_unknown_service_is_refused_saying_so(lab):
     assert guest_log(lab, "guest_refused", vm="vm1", status=404)
 
 
+def reload_hostd(lab):
+    lab.write_hostd_config()
+    start = len(lab.hostd.lines())
+    lab.hostd.popen.send_signal(signal.SIGHUP)
+    lab.hostd.wait_for(r"event=config_reloaded", start=start)
+
+
+def test_a_host_service_for_some_vms_is_unknown_to_the_others(lab):
+    # [host_services.monitor] with vms: only those VMs may reach it, and to
+    # any other it is a service hostd does not offer (as a VM it may not
+    # reach is one that does not exist). SIGHUP brings it in and takes it out.
+    address = "tcp:127.0.0.1:%d" % lab.host_service_ports["monitor"]
+    lab.hostd_overrides["host_services"] = {"monitor": {"address": address, "vms": ["vm2"]}}
+    reload_hostd(lab)
+    try:
+        r = via_proxy(lab, "vm1", "http://monitor.host/hello")
+        assert r.status == 404, r
+        assert "hostd offers vm vm1 no host service 'monitor'" in r.text
+        assert guest_log(lab, "guest_acl", vm="vm1", target="host:monitor", decision="deny",
+                         rule="host_services.monitor", found="true")
+        r = lab.guestd_command("vm1", "send", "host:monitor")
+        assert r.returncode == 1 and b"no host service 'monitor'" in r.stderr
+        r = via_proxy(lab, "vm2", "http://monitor.host/hello")
+        assert r.status == 200 and r.body == b"hello from host-monitor\n", r
+        assert guest_log(lab, "guest_acl", vm="vm2", target="host:monitor", decision="allow",
+                         rule="host_services.monitor")
+    finally:
+        del lab.hostd_overrides["host_services"]
+        reload_hostd(lab)
+    assert via_proxy(lab, "vm1", "http://monitor.host/hello").status == 200
+
+
 def test_a_vm_reaches_another_where_an_acl_rule_names_the_pair(lab):
     r = via_proxy(lab, "vm1", "http://vm2:5986/echo-headers")
     assert r.status == 200, r
@@ -231,19 +263,13 @@ def test_a_guest_send_to_a_group_reaches_each_vm_an_acl_rule_lets_it():
 def test_a_rule_removed_by_sighup_denies_the_next_request(lab):
     assert via_proxy(lab, "vm1", "http://vm2:5986/hello").status == 200
     lab.acl_rules = []
-    lab.write_hostd_config()
-    start = len(lab.hostd.lines())
-    lab.hostd.popen.send_signal(signal.SIGHUP)
-    lab.hostd.wait_for(r"event=config_reloaded", start=start)
+    reload_hostd(lab)
     r = via_proxy(lab, "vm1", "http://vm2:5986/hello")
     assert r.status == 403, r
     assert guest_log(lab, "guest_acl", vm="vm1", target="vm2", port=5986, decision="deny",
                      rule="default")
     lab.acl_rules = [ACL_VM1_TO_VM2]
-    lab.write_hostd_config()
-    start = len(lab.hostd.lines())
-    lab.hostd.popen.send_signal(signal.SIGHUP)
-    lab.hostd.wait_for(r"event=config_reloaded", start=start)
+    reload_hostd(lab)
     assert via_proxy(lab, "vm1", "http://vm2:5986/hello").status == 200
 
 

@@ -499,8 +499,9 @@ monitor = "tcp:127.0.0.1:9000"
   REQUIRE(c.inbound.listen);
   CHECK(c.inbound.listen->to_string() == "vsock:ANY:5501");
   CHECK(c.inbound.peer_cids.at(1) == "labvm");
-  CHECK(c.host_services.at("monitor").to_string() == "tcp:127.0.0.1:9000");
-  CHECK(c.host_services.at("registry.v2").to_string() == "unix:/run/registry.sock");
+  CHECK(c.host_services.at("monitor").address.to_string() == "tcp:127.0.0.1:9000");
+  CHECK(c.host_services.at("monitor").vms == std::vector<std::string>{"*"});
+  CHECK(c.host_services.at("registry.v2").address.to_string() == "unix:/run/registry.sock");
 
   // Only the peer CID could tell VMs apart on one listener.
   CHECK(error_of("[inbound]\nlisten = \"tcp:127.0.0.1:5501\"\n")
@@ -515,6 +516,35 @@ monitor = "tcp:127.0.0.1:9000"
             .starts_with("hostd.toml:2: host_services.monitor:"));
   CHECK(error_of("[host_services]\n\"a/b\" = \"tcp:127.0.0.1:1\"\n")
             .starts_with("hostd.toml:2: host_services.a/b:"));
+}
+
+TEST_CASE("a host service written as a table is for the VMs its vms name, checked at its line") {
+  auto c = parse_hostd_config(R"([host_services]
+monitor = "tcp:127.0.0.1:9000"
+[host_services.secrets]
+address = "unix:/run/secrets.sock"
+vms = ["db*", "0F3C1A2B-0000-4000-8000-000000000001"]
+)",
+                              "hostd.toml");
+  CHECK(c.host_services.at("monitor").vms == std::vector<std::string>{"*"});
+  CHECK(c.host_services.at("secrets").address.to_string() == "unix:/run/secrets.sock");
+  CHECK(c.host_services.at("secrets").vms ==
+        std::vector<std::string>{"db*", "0F3C1A2B-0000-4000-8000-000000000001"});
+
+  CHECK(error_of("[host_services.secrets]\nvms = [\"db*\"]\n")
+            .starts_with("hostd.toml:1: host_services.secrets.address: is required"));
+  CHECK(error_of("[host_services.secrets]\naddress = \"unix:/run/s.sock\"\n")
+            .starts_with("hostd.toml:1: host_services.secrets.vms: is required and must not be "
+                         "empty"));
+  CHECK(error_of("[host_services.secrets]\naddress = \"unix:/run/s.sock\"\nvms = []\n")
+            .starts_with("hostd.toml:3: host_services.secrets.vms: is required"));
+  CHECK(error_of("[host_services.secrets]\naddress = \"unix:/run/s.sock\"\nvms = [\"\"]\n")
+            .starts_with("hostd.toml:3: host_services.secrets.vms:"));
+  CHECK(error_of("[host_services.secrets]\naddress = \"tcp:127.0.0.1:0\"\nvms = [\"*\"]\n")
+            .starts_with("hostd.toml:2: host_services.secrets.address: tcp port must not be 0"));
+  CHECK(error_of("[host_services.secrets]\naddress = \"unix:/run/s.sock\"\nvms = [\"*\"]\n"
+                 "ports = [1]\n")
+            .starts_with("hostd.toml:4: host_services.secrets.ports:"));
 }
 
 TEST_CASE("an ACL rule may name calling VMs, and a bad vm: pattern is refused at its line") {
