@@ -11,6 +11,19 @@
 #include "hostd/guestside/guest_replies.hpp"
 
 namespace vmgate::hostd::guestside {
+namespace {
+
+// One event=guest_acl line: what the calling VM asked for and who decided.
+void log_decision(std::string_view request_id, const VmRecord& caller, std::string_view target,
+                  std::optional<std::uint16_t> port, const AccessDecision& decision, bool found) {
+  auto line = log::info("guest_acl");
+  line.kv("req", request_id).kv("vm", caller.name).kv("target", target);
+  if (port) line.kv("port", static_cast<unsigned>(*port));
+  line.kv("decision", decision.allowed ? "allow" : "deny").kv("rule", decision.rule);
+  if (!found) line.kv("found", false);
+}
+
+}  // namespace
 
 // A service the caller may not reach is answered as one that does not
 // exist, as a VM is (reach_vm): a VM learns no more of what the host offers
@@ -20,13 +33,8 @@ awaitable<Reached> reach_host_service(const VmRecord& caller, std::string_view s
   const auto& services = running.config.host_services;
   auto it = services.find(std::string(service));
   const AccessDecision decision = running.services.decide(caller, service);
-  log::info("guest_acl")
-      .kv("req", request_id)
-      .kv("vm", caller.name)
-      .kv("target", fmt::format("host:{}", service))
-      .kv("decision", decision.allowed ? "allow" : "deny")
-      .kv("rule", decision.rule)
-      .kv("found", it != services.end());
+  log_decision(request_id, caller, fmt::format("host:{}", service), std::nullopt, decision,
+               it != services.end());
   if (it == services.end() || !decision.allowed)
     co_return refuse(404, "unknown-service",
                      fmt::format("hostd offers vm {} no host service '{}' ([host_services] of "
@@ -67,14 +75,7 @@ awaitable<Reached> reach_vm(const VmRecord& caller, const Target& target,
     // As for clients (admission.hpp): a VM learns no more of what exists
     // than it may reach.
     auto could = running.policy.decide_target(identity, target.value, *port);
-    log::info("guest_acl")
-        .kv("req", request_id)
-        .kv("vm", caller.name)
-        .kv("target", target.value)
-        .kv("port", static_cast<unsigned>(*port))
-        .kv("decision", could.allowed ? "allow" : "deny")
-        .kv("rule", could.rule)
-        .kv("found", false);
+    log_decision(request_id, caller, target.value, port, could, false);
     if (!could.allowed)
       co_return refuse(
           403, "not-allowed",
@@ -83,13 +84,7 @@ awaitable<Reached> reach_vm(const VmRecord& caller, const Target& target,
   }
   const VmRecord& vm = *found.vm;
   auto decision = running.policy.decide(identity, vm, *port);
-  log::info("guest_acl")
-      .kv("req", request_id)
-      .kv("vm", caller.name)
-      .kv("target", vm.name)
-      .kv("port", static_cast<unsigned>(*port))
-      .kv("decision", decision.allowed ? "allow" : "deny")
-      .kv("rule", decision.rule);
+  log_decision(request_id, caller, vm.name, port, decision, true);
   if (!decision.allowed)
     co_return refuse(403, "not-allowed",
                      fmt::format("vm {} may not reach {} on port {} (rule {})", caller.name,
