@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "common/deadline.hpp"
+#include "common/lingering_close.hpp"
 #include "common/log.hpp"
 #include "common/preamble.hpp"
 #include "common/relay.hpp"
@@ -13,11 +14,6 @@
 
 namespace vmgate::guestd {
 namespace {
-
-// After a refusal, what the peer still sends is read and dropped, up to this
-// much, so that closing does not reset the connection and destroy the answer
-// in flight (a close with unread data sends RST on TCP and vsock).
-constexpr std::size_t linger_max_bytes = 64 * 1024;
 
 // The preamble and whatever followed it in the same reads; the preamble must
 // end within the first preamble::max_bytes, so that is all we ever buffer.
@@ -45,15 +41,7 @@ awaitable<PreambleRead> read_preamble(Stream& channel, PreambleBuffer& buffer, s
 awaitable<error_code> answer_and_linger(Stream& channel, std::string answer) {
   auto [ec, n] = co_await asio::async_write(channel, asio::buffer(answer), use_tuple);
   if (ec) co_return ec;
-  error_code ignored;
-  channel.shutdown(asio::socket_base::shutdown_send, ignored);
-  std::array<char, 4096> sink;
-  std::size_t drained = 0;
-  while (drained < linger_max_bytes) {
-    auto [read_ec, got] = co_await channel.async_read_some(asio::buffer(sink), use_tuple);
-    drained += got;
-    if (read_ec) break;
-  }
+  co_await half_close_and_drain(channel);
   co_return error_code{};
 }
 

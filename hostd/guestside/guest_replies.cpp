@@ -1,34 +1,15 @@
 #include "hostd/guestside/guest_replies.hpp"
 
-#include <array>
 #include <utility>
 
 #include <boost/beast/http.hpp>
 
 #include "common/deadline.hpp"
+#include "common/lingering_close.hpp"
 
 namespace vmgate::hostd::guestside {
-namespace {
 
 namespace http = boost::beast::http;
-
-// After a refusal, what the guest still sends is read and dropped, up to
-// this much, so that closing does not reset the connection and destroy the
-// answer in flight (a close with unread data resets vsock and TCP).
-constexpr std::size_t linger_max_bytes = 64 * 1024;
-
-awaitable<bool> drain(Stream& guest) {
-  std::array<char, 4096> sink;
-  std::size_t drained = 0;
-  while (drained < linger_max_bytes) {
-    auto [read_ec, got] = co_await guest.async_read_some(asio::buffer(sink), use_tuple);
-    drained += got;
-    if (read_ec) break;
-  }
-  co_return true;
-}
-
-}  // namespace
 
 void close_stream(Stream& stream) {
   error_code ignored;
@@ -38,11 +19,7 @@ void close_stream(Stream& stream) {
 awaitable<void> write_and_linger(Stream& guest, std::string bytes,
                                  std::chrono::milliseconds linger) {
   auto [ec, n] = co_await asio::async_write(guest, asio::buffer(bytes), use_tuple);
-  if (!ec) {
-    error_code ignored;
-    guest.shutdown(asio::socket_base::shutdown_send, ignored);
-    co_await within(linger, drain(guest));
-  }
+  if (!ec) co_await within(linger, half_close_and_drain(guest));
   close_stream(guest);
 }
 
