@@ -65,7 +65,7 @@ void ClusterDirectory::replace_all(std::vector<VmRecord> vms) {
     local_ = std::move(fresh);
     rebuild();
   }
-  notify(DirectoryChange{.everything = true});
+  observers_.notify(DirectoryChange{.everything = true});
   local_changed(changed);
 }
 
@@ -80,7 +80,7 @@ void ClusterDirectory::upsert(VmRecord vm) {
     claim.event = stamp();
     refresh(uuid);
   }
-  notify(DirectoryChange{.uuids = {uuid}});
+  observers_.notify(DirectoryChange{.uuids = {uuid}});
   local_changed({uuid});
 }
 
@@ -91,7 +91,7 @@ void ClusterDirectory::remove(std::string_view uuid_text) {
     local_.erase(uuid);
     refresh(uuid);
   }
-  notify(DirectoryChange{.uuids = {uuid}});
+  observers_.notify(DirectoryChange{.uuids = {uuid}});
   local_changed({uuid});
 }
 
@@ -114,7 +114,7 @@ void ClusterDirectory::replace_remote(std::vector<HostRecord> hosts, std::vector
     }
     rebuild();
   }
-  notify(DirectoryChange{.everything = true});
+  observers_.notify(DirectoryChange{.everything = true});
 }
 
 void ClusterDirectory::put_remote_host(HostRecord host) {
@@ -144,7 +144,7 @@ void ClusterDirectory::put_remote_claim(VmClaim claim) {
     }
     refresh(uuid);
   }
-  notify(DirectoryChange{.uuids = {uuid}});
+  observers_.notify(DirectoryChange{.uuids = {uuid}});
 }
 
 void ClusterDirectory::remove_remote_claim(std::string_view uuid_text) {
@@ -154,7 +154,7 @@ void ClusterDirectory::remove_remote_claim(std::string_view uuid_text) {
     if (remote_.erase(uuid) == 0) return;
     refresh(uuid);
   }
-  notify(DirectoryChange{.uuids = {uuid}});
+  observers_.notify(DirectoryChange{.uuids = {uuid}});
 }
 
 std::optional<HostRecord> ClusterDirectory::host_record(std::string_view name) const {
@@ -187,11 +187,7 @@ std::optional<VmClaim> ClusterDirectory::remote_claim(std::string_view uuid) con
 }
 
 void ClusterDirectory::refresh(const std::string& uuid) {
-  if (auto it = index_.by_uuid.find(uuid); it != index_.by_uuid.end()) {
-    erase_entry(index_.uuid_by_name, it->second.name, uuid);
-    if (it->second.cid) erase_entry(index_.uuid_by_cid, *it->second.cid, uuid);
-    index_.by_uuid.erase(it);
-  }
+  index_.erase(uuid);
   const VmClaim* routed = nullptr;
   auto local = local_.find(uuid);
   auto remote = remote_.find(uuid);
@@ -199,16 +195,14 @@ void ClusterDirectory::refresh(const std::string& uuid) {
   if (remote != remote_.end() && (routed == nullptr || !claim_wins(*routed, remote->second)))
     routed = &remote->second;
   if (routed == nullptr) return;
-  const VmRecord& vm = routed->vm;
-  index_.uuid_by_name.emplace(vm.name, uuid);
   // Only this host's VMs have a CID that means anything here: a guest's
   // traffic arrives on its own host.
-  if (vm.cid && vm.host == host_) index_.uuid_by_cid.emplace(*vm.cid, uuid);
-  index_.by_uuid.emplace(uuid, vm);
+  const bool with_cid = routed->vm.host == host_;
+  index_.insert(routed->vm, with_cid);
 }
 
 void ClusterDirectory::rebuild() {
-  index_ = Index{};
+  index_ = VmIndex{};
   std::set<std::string> uuids;
   for (const auto& [uuid, claim] : local_)
     uuids.insert(uuid);
@@ -220,36 +214,7 @@ void ClusterDirectory::rebuild() {
 
 Lookup ClusterDirectory::find(std::string_view name_or_uuid) const {
   std::lock_guard lock(mutex_);
-  // As the embedded directory finds (embedded_directory.cpp): a name and a
-  // UUID alike, then a name ignoring case; several matches are ambiguous.
-  std::vector<const std::string*> uuids;
-  auto add = [&uuids](const std::string& uuid) {
-    if (std::ranges::none_of(uuids, [&](const std::string* u) { return *u == uuid; }))
-      uuids.push_back(&uuid);
-  };
-  auto [first, last] = index_.uuid_by_name.equal_range(name_or_uuid);
-  for (auto it = first; it != last; ++it)
-    add(it->second);
-  if (auto it = index_.by_uuid.find(to_lower(name_or_uuid)); it != index_.by_uuid.end())
-    add(it->first);
-  if (uuids.empty()) {
-    for (const auto& [name, uuid] : index_.uuid_by_name)
-      if (equal_ignoring_case(name, name_or_uuid)) add(uuid);
-  }
-  std::ranges::sort(uuids, [](const std::string* a, const std::string* b) { return *a < *b; });
-  Lookup result;
-  if (uuids.empty()) return result;
-  if (uuids.size() == 1) {
-    result.status = LookupStatus::found;
-    result.vm = index_.by_uuid.find(*uuids.front())->second;
-    return result;
-  }
-  result.status = LookupStatus::ambiguous;
-  for (const std::string* uuid : uuids) {
-    const VmRecord& vm = index_.by_uuid.find(*uuid)->second;
-    result.candidates.push_back(vm.name + " (" + vm.uuid + ")");
-  }
-  return result;
+  return index_.find(name_or_uuid);
 }
 
 void ClusterDirectory::use_groups(const GroupsConfig& groups, const FanoutConfig& limits,
@@ -318,7 +283,7 @@ Selection ClusterDirectory::select_on_host(const Target& target) const {
   std::lock_guard lock(mutex_);
   std::vector<const VmRecord*> matches;
   auto collect = [&](bool ignoring_case) {
-    for (const auto& [uuid, vm] : index_.by_uuid) {
+    for (const auto& [uuid, vm] : index_.by_uuid()) {
       if (vm.host != target.host) continue;
       const bool named = ignoring_case ? equal_ignoring_case(vm.name, target.value)
                                        : vm.name == target.value || uuid == to_lower(target.value);
@@ -340,41 +305,25 @@ Selection ClusterDirectory::select_on_host(const Target& target) const {
 
 std::optional<VmRecord> ClusterDirectory::by_cid(std::uint32_t cid) const {
   std::lock_guard lock(mutex_);
-  auto [first, last] = index_.uuid_by_cid.equal_range(cid);
-  if (first == last || std::next(first) != last) return std::nullopt;
-  return index_.by_uuid.find(first->second)->second;
+  return index_.by_cid(cid);
 }
 
 std::vector<VmRecord> ClusterDirectory::snapshot() const {
   std::lock_guard lock(mutex_);
-  std::vector<VmRecord> out;
-  out.reserve(index_.by_uuid.size());
-  for (const auto& [uuid, vm] : index_.by_uuid)
-    out.push_back(vm);
-  return out;
+  return index_.snapshot();
 }
 
 std::size_t ClusterDirectory::size() const {
   std::lock_guard lock(mutex_);
-  return index_.by_uuid.size();
+  return index_.size();
 }
 
 Directory::ObserverId ClusterDirectory::observe(Observer observer) {
-  std::lock_guard lock(observers_mutex_);
-  const ObserverId id = next_observer_++;
-  observers_.emplace_back(id, std::move(observer));
-  return id;
+  return observers_.add(std::move(observer));
 }
 
 void ClusterDirectory::unobserve(ObserverId id) {
-  std::lock_guard lock(observers_mutex_);
-  std::erase_if(observers_, [id](const auto& entry) { return entry.first == id; });
-}
-
-void ClusterDirectory::notify(const DirectoryChange& change) {
-  std::lock_guard lock(observers_mutex_);
-  for (const auto& [id, observer] : observers_)
-    observer(change);
+  observers_.remove(id);
 }
 
 }  // namespace vmgate::hostd

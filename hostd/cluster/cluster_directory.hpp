@@ -26,6 +26,7 @@
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
 #include "hostd/directory/target_resolver.hpp"
+#include "hostd/directory/vm_index.hpp"
 
 namespace vmgate::hostd {
 
@@ -79,11 +80,6 @@ class ClusterDirectory final : public Directory, public DirectoryFeed {
   void on_local_change(std::function<void(const std::string& uuid)> callback);
 
  private:
-  struct Index {
-    std::map<std::string, VmRecord, std::less<>> by_uuid;
-    std::multimap<std::string, std::string, std::less<>> uuid_by_name;
-    std::multimap<std::uint32_t, std::string> uuid_by_cid;
-  };
   EventStamp stamp();
   // Recomputes the routed record of `uuid` from the local and remote
   // claims; the lock is held.
@@ -92,7 +88,6 @@ class ClusterDirectory final : public Directory, public DirectoryFeed {
   Selection select_on_host(const Target& target) const;
   std::vector<VmRecord> snapshot_by_name() const;
   GroupSources group_sources(const std::vector<GuestJoin>& joins) const;
-  void notify(const DirectoryChange& change);
   void local_changed(const std::vector<std::string>& uuids);
 
   const std::string host_;
@@ -105,12 +100,10 @@ class ClusterDirectory final : public Directory, public DirectoryFeed {
   std::map<std::string, VmClaim, std::less<>> local_;   // by UUID
   std::map<std::string, VmClaim, std::less<>> remote_;  // by UUID, other hosts only
   std::map<std::string, HostRecord, std::less<>> hosts_;
-  Index index_;
+  VmIndex index_;  // the routed record of each UUID
 
   std::function<void(const std::string&)> local_callback_;
-  std::mutex observers_mutex_;
-  std::vector<std::pair<ObserverId, Observer>> observers_;
-  ObserverId next_observer_ = 1;
+  DirectoryObservers observers_;
 };
 
 }  // namespace vmgate::hostd

@@ -10,6 +10,7 @@
 
 #include "hostd/config/hostd_config.hpp"
 #include "hostd/directory/directory.hpp"
+#include "hostd/directory/vm_index.hpp"
 
 namespace vmgate::hostd {
 
@@ -41,18 +42,7 @@ class EmbeddedDirectory final : public Directory, public DirectoryFeed {
   void unobserve(ObserverId id) override;
 
  private:
-  struct Index {
-    std::map<std::string, VmRecord, std::less<>> by_uuid;  // key: lower-case UUID
-    // libvirt keeps names unique per host, but events can briefly show a new
-    // domain before the old one with the same name is gone: several entries.
-    std::multimap<std::string, std::string, std::less<>> uuid_by_name;
-    // A restored or redefined domain can briefly share a CID with its old self.
-    std::multimap<std::uint32_t, std::string> uuid_by_cid;
-  };
   std::vector<VmRecord> snapshot_by_name() const;
-  void insert_into(Index& index, VmRecord vm) const;
-  static void erase_from(Index& index, const std::string& uuid);
-  void notify(const DirectoryChange& change);
 
   const std::string host_;
   const GroupsConfig no_groups_;
@@ -61,11 +51,8 @@ class EmbeddedDirectory final : public Directory, public DirectoryFeed {
   const FanoutConfig* limits_ = &default_limits_;
   const hostd::GroupMembership* joins_ = nullptr;
   mutable std::mutex mutex_;
-  Index index_;
-
-  std::mutex observers_mutex_;
-  std::vector<std::pair<ObserverId, Observer>> observers_;
-  ObserverId next_observer_ = 1;
+  VmIndex index_;
+  DirectoryObservers observers_;
 };
 
 }  // namespace vmgate::hostd
