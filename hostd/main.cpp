@@ -246,7 +246,7 @@ int run(const std::string& config_path, vmgate::hostd::HostdConfig loaded,
   if (config.admin.enabled) {
     admin.emplace(io, config.admin,
                   hostd::AdminContext{config, directory, metrics, readiness, first->policy,
-                                      peers ? &*peers : nullptr},
+                                      peers ? &*peers : nullptr, first.get()},
                   &current);
     admin->start();
   }

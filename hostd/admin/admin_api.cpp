@@ -13,6 +13,8 @@
 #include "hostd/admission/admission.hpp"
 #include "hostd/channel/channel.hpp"
 #include "hostd/cluster/peer_channels.hpp"
+#include "hostd/guestside/guest_reach.hpp"
+#include "hostd/reload/running_config.hpp"
 #include "hostd/request_id.hpp"
 
 namespace vmgate::hostd {
@@ -303,6 +305,110 @@ AdminResponse resolve_response(const AdminContext& context, std::string_view tar
   return json_response(refused.refusal.status, out);
 }
 
+// A host service is reached by a VM, never by a client, so its check names
+// the calling VM (`as=vm:NAME`) and runs what that VM's SEND runs
+// (guestside::reach_host_service: the decision, its guest_acl line, the
+// connect), so it answers what the VM would get: a service listed but not
+// for this VM is 404 unknown-service, as one that does not exist.
+awaitable<AdminResponse> check_host_service(const AdminContext& context, const std::string& target,
+                                            std::string_view service, std::string_view as,
+                                            std::string_view client) {
+  const auto start = clock::now();
+  if (!as.starts_with("vm:") || as.size() == 3) {
+    json error = {{"target", target},
+                  {"error", "a host service is reached by a VM: name it with &as=vm:NAME"}};
+    co_return json_response(400, error);
+  }
+  if (!context.running) {
+    json error = {{"target", target}, {"error", "hostd has no running config to check against"}};
+    co_return json_response(503, error);
+  }
+  const std::string caller_name(as.substr(3));
+  const std::string request_id = new_request_id();
+  CheckReport report;
+
+  auto t = clock::now();
+  const auto found = context.directory.find(caller_name);
+  const VmRecord* caller = found.status == LookupStatus::found ? &*found.vm : nullptr;
+  {
+    json& hop = report.hop("caller", caller != nullptr, ms_since(t));
+    if (caller) {
+      hop["vm"] = vm_json(*caller, context.config.channel, local_host_of(context));
+    } else {
+      if (found.status == LookupStatus::ambiguous) {
+        report.fail(409, fmt::format("vm name {} is ambiguous: name it by UUID", caller_name));
+        hop["candidates"] = found.candidates;
+      } else {
+        report.fail(404, fmt::format("no vm is called {}", caller_name));
+      }
+      hop["error"] = report.reason;
+    }
+  }
+  // Another host's VM reaches that host's services, under its config.
+  if (caller && context.peers && context.peers->remote(*caller)) {
+    report.fail(400, fmt::format("vm {} runs on host {}: its hostd answers for the host services "
+                                 "it may reach",
+                                 caller->name, caller->host));
+    report.hops.back()["ok"] = false;
+    report.hops.back()["error"] = report.reason;
+    caller = nullptr;
+  }
+
+  std::optional<AccessDecision> access;
+  if (caller) {
+    access = context.running->services.decide(*caller, service);
+    const bool listed = context.running->config.host_services.contains(std::string(service));
+    t = clock::now();
+    auto reached =
+        co_await guestside::reach_host_service(*caller, service, *context.running, request_id);
+    const double reach_ms = ms_since(t);
+    const bool admitted = listed && access->allowed;
+    {
+      json& hop = report.hop("authorize", admitted, 0.0);
+      hop["rule"] = access->rule;
+      if (!admitted) {
+        report.fail(reached ? 404 : reached.error().status,
+                    reached ? "unknown-service" : reached.error().reason);
+        hop["error"] = report.reason;
+      }
+    }
+    if (admitted) {
+      json& hop = report.hop("service", bool(reached), reach_ms);
+      hop["address"] =
+          context.running->config.host_services.at(std::string(service)).address.to_string();
+      if (reached) {
+        error_code ignored;
+        reached->stream.close(ignored);
+      } else {
+        report.fail(reached.error().status, reached.error().reason);
+        hop["error"] = report.reason;
+      }
+    }
+  }
+
+  const double elapsed = ms_since(start);
+  json out = {{"target", target},
+              {"port", nullptr},
+              {"request_id", request_id},
+              {"ok", report.status == 200},
+              {"status", report.status},
+              {"elapsed_ms", elapsed},
+              {"hops", std::move(report.hops)}};
+  out["identity"] = fmt::format("vm:{}", caller_name);
+  if (access) out["acl"] = {{"allowed", access->allowed}, {"rule", access->rule}};
+  if (report.status != 200) out["reason"] = report.reason;
+  auto line = report.status == 200 ? log::info("admin_check") : log::warn("admin_check");
+  line.kv("req", request_id)
+      .kv("client", client)
+      .kv("target", target)
+      .kv("vm", caller_name)
+      .kv("status", report.status)
+      .kv("ms", static_cast<long long>(elapsed));
+  if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
+  if (report.status != 200) line.kv("reason", report.reason);
+  co_return json_response(report.status, out);
+}
+
 awaitable<AdminResponse> check_response(const AdminContext& context, const std::string& target,
                                         const std::string& port_text, std::string_view client,
                                         const std::string& as) {
@@ -469,13 +575,23 @@ awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::
       co_return missing_parameter("/v1/check", "?target=NAME[&port=N][&as=IDENTITY]");
     std::string port = query_param(target, "port").value_or("");
     std::string as = query_param(target, "as").value_or("");
+    if (vm->starts_with("host:")) {
+      if (!port.empty()) {
+        json error = {{"target", *vm}, {"error", "a host service has no port: drop &port"}};
+        co_return json_response(400, error);
+      }
+      const std::string service = vm->substr(5);
+      AdminResponse response = co_await check_host_service(context, *vm, service, as, client);
+      co_return response;
+    }
     AdminResponse response = co_await check_response(context, *vm, port, client, as);
     co_return response;
   }
   co_return text_response(
       404,
       "no such endpoint; the admin API has /healthz /readyz /metrics /v1/vms "
-      "/v1/groups /v1/resolve?target=NAME /v1/check?target=NAME&port=N&as=IDENTITY");
+      "/v1/groups /v1/resolve?target=NAME /v1/check?target=NAME&port=N&as=IDENTITY "
+      "/v1/check?target=host:NAME&as=vm:NAME");
 }
 
 }  // namespace vmgate::hostd

@@ -19,6 +19,10 @@
 //                                     cert:NAME, source:ADDRESS) asks for that
 //                                     client instead of the operator, and the
 //                                     answer's "acl" names the deciding rule
+//   GET /v1/check?target=host:NAME&as=vm:VM
+//                                     whether VM may reach host service NAME
+//                                     and it accepts a connection, as the VM's
+//                                     SEND to it is answered (hostd/guestside)
 #pragma once
 
 #include <optional>
@@ -36,6 +40,8 @@
 
 namespace vmgate::hostd {
 
+struct RunningConfig;
+
 class PeerChannels;
 
 struct AdminContext {
@@ -47,6 +53,9 @@ struct AdminContext {
   // In a cluster: a VM on another host is checked through that host's peer
   // listener, as a request for it is delivered. Null: every VM is this host's.
   PeerChannels* peers = nullptr;
+  // The snapshot `config` and `policy` come from: a host service's check
+  // (target host:NAME) asks its compiled [host_services]. Null: not checked.
+  const RunningConfig* running = nullptr;
 };
 
 struct AdminResponse {

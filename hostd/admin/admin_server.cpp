@@ -108,7 +108,8 @@ awaitable<void> AdminServer::session(Stream stream) {
     const auto running = current_ ? current_->get() : nullptr;
     const AdminContext context =
         running ? AdminContext{running->config,    context_.directory, context_.metrics,
-                               context_.readiness, running->policy,    context_.peers}
+                               context_.readiness, running->policy,    context_.peers,
+                               running.get()}
                 : context_;
     AdminResponse answer = co_await handle_admin_request(context, method, target, peer);
     log::debug("admin_request")

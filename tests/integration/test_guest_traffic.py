@@ -19,6 +19,7 @@ import subprocess
 
 import pytest
 
+from test_admin_api import ctl
 from vmgate_lab import VM, Lab, parse_kv, toml_text, wait_until
 
 ACL_VM1_TO_VM2 = {"name": "vm1-to-vm2", "action": "allow", "identities": ["vm:vm1"],
@@ -171,6 +172,52 @@ def test_a_host_service_for_some_vms_is_unknown_to_the_others(lab):
         del lab.hostd_overrides["host_services"]
         reload(lab)
     assert via_proxy(lab, "vm1", "http://monitor.host/hello").status == 200
+
+
+def test_vmgatectl_check_answers_for_a_host_service_as_the_vm_would_be_answered(lab):
+    # check host:NAME --as vm:VM runs the VM's own path (decision, connect):
+    # allowed and reachable, listed for other VMs only (404, as to the VM),
+    # listed but refusing connections (502), and a VM hostd does not know.
+    address = "tcp:127.0.0.1:%d" % lab.host_service_ports["monitor"]
+    lab.hostd_overrides["host_services"] = {
+        "monitor": {"address": address, "vms": ["vm2"]},
+        "closed": "tcp:127.0.0.1:1"}
+    reload(lab)
+    try:
+        code, out, err = ctl(lab, "--json", "check", "--as", "vm:vm2", "host:monitor")
+        body = json.loads(out)
+        assert code == 0 and body["ok"] and body["status"] == 200, out
+        assert body["acl"] == {"allowed": True, "rule": "host_services.monitor"}
+        assert [h["hop"] for h in body["hops"]] == ["caller", "authorize", "service"]
+        assert body["hops"][2]["address"] == address
+
+        code, out, err = ctl(lab, "check", "--as", "vm:vm1", "host:monitor")
+        assert code == 1, (out, err)
+        assert out.startswith("check host:monitor: FAILED 404 hostd offers vm vm1 no host "
+                              "service 'monitor'"), out
+        assert "vm:vm1 acl: deny (rule \"host_services.monitor\")" in out
+        request = re.search(r"\(request (\S+)\)", out).group(1)
+        assert guest_log(lab, "guest_acl", req=request, vm="vm1", decision="deny")
+        code, out, err = ctl(lab, "--json", "check", "--as", "vm:vm1", "host:monitor")
+        hops = json.loads(out)["hops"]
+        assert [(h["hop"], h["ok"]) for h in hops] == [("caller", True), ("authorize", False)]
+
+        code, out, err = ctl(lab, "--json", "check", "--as", "vm:vm1", "host:closed")
+        body = json.loads(out)
+        assert code == 1 and body["status"] == 502, out
+        assert body["hops"][-1]["hop"] == "service" and not body["hops"][-1]["ok"]
+        assert "host service closed (tcp:127.0.0.1:1) is unreachable" in body["reason"]
+
+        code, out, err = ctl(lab, "--json", "check", "--as", "vm:nosuchvm", "host:monitor")
+        body = json.loads(out)
+        assert code == 1 and body["status"] == 404 and body["reason"] == "no vm is called nosuchvm"
+        assert [h["hop"] for h in body["hops"]] == ["caller"]
+
+        code, out, err = ctl(lab, "check", "host:monitor")
+        assert code == 2 and "as=vm:NAME" in err, (out, err)
+    finally:
+        del lab.hostd_overrides["host_services"]
+        reload(lab)
 
 
 def test_a_vm_reaches_another_where_an_acl_rule_names_the_pair(lab):

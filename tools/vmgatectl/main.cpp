@@ -57,6 +57,9 @@ constexpr std::string_view usage =
     "                         with the rule that added it, and what was excluded\n"
     "  check TARGET [PORT]    open a channel to TARGET's guestd for PORT and report each hop\n"
     "                         (PORT defaults to hostd's first listener's guest port)\n"
+    "  check host:NAME --as vm:VM\n"
+    "                         whether VM may reach host service NAME ([host_services]) and\n"
+    "                         the service accepts a connection, as VM's request is answered\n"
     "  token new NAME         make a proxy-credential token: prints the token, once, on stdout,\n"
     "                         and the line for hostd's tokens file on stderr\n"
     "  token hash             read a token from stdin and print its sha256: hash\n"
@@ -67,7 +70,7 @@ constexpr std::string_view usage =
     "options:\n"
     "  --as IDENTITY          check: as this client instead of the operator, and say which ACL\n"
     "                         rule decided: token:NAME, cert:NAME[,NAME...] (SANs, then CN),\n"
-    "                         source:ADDRESS\n"
+    "                         source:ADDRESS; for a host service, vm:NAME (the VM asking)\n"
     "  --admin URL            hostd's admin API: http://HOST:PORT or unix:/PATH (as in hostd's\n"
     "                         [admin] address; default $VMGATE_ADMIN, else http://127.0.0.1:9090)\n"
     "  --json                 print the API's JSON instead of a table\n"
@@ -468,7 +471,10 @@ int show_check(const Answer& a, std::string_view target) {
     return exit_usage;
   }
   const bool ok = b.value("ok", false);
-  std::string head = fmt::format("check {} port {}: ", target, text_of(b.value("port", json())));
+  // A host service's check has no port.
+  const json port = b.value("port", json());
+  std::string head = port.is_null() ? fmt::format("check {}: ", target)
+                                    : fmt::format("check {} port {}: ", target, text_of(port));
   if (ok) {
     head += "ok in " + ms_text(b.value("elapsed_ms", json()));
   } else {
