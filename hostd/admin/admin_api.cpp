@@ -118,6 +118,43 @@ struct CheckReport {
   }
 };
 
+// What a finished check was of, for its answer and its admin_check line.
+struct CheckSubject {
+  std::string_view target;
+  std::optional<std::uint16_t> port;  // none: a host service
+  std::string_view request_id;
+  std::string_view client;
+  std::string_view vm;  // "-" when none was found
+  std::string identity;
+  std::optional<AccessDecision> access;
+};
+
+AdminResponse check_answer(CheckReport& report, const CheckSubject& subject, double elapsed) {
+  json out = {{"target", subject.target},
+              {"port", subject.port ? json(*subject.port) : json(nullptr)},
+              {"request_id", subject.request_id},
+              {"ok", report.status == 200},
+              {"status", report.status},
+              {"elapsed_ms", elapsed},
+              {"hops", std::move(report.hops)}};
+  out["identity"] = subject.identity;
+  const auto& access = subject.access;
+  if (access) out["acl"] = {{"allowed", access->allowed}, {"rule", access->rule}};
+  if (report.status != 200) out["reason"] = report.reason;
+  auto line = report.status == 200 ? log::info("admin_check") : log::warn("admin_check");
+  line.kv("req", subject.request_id)
+      .kv("client", subject.client)
+      .kv("target", subject.target)
+      .kv("vm", subject.vm);
+  if (subject.port) line.kv("port", static_cast<unsigned>(*subject.port));
+  line.kv("identity", subject.identity)
+      .kv("status", report.status)
+      .kv("ms", static_cast<long long>(elapsed));
+  if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
+  if (report.status != 200) line.kv("reason", report.reason);
+  return json_response(report.status, out);
+}
+
 }  // namespace
 
 std::optional<std::string> query_param(std::string_view request_target, std::string_view key) {
@@ -386,27 +423,13 @@ awaitable<AdminResponse> check_host_service(const AdminContext& context, const s
     }
   }
 
-  const double elapsed = ms_since(start);
-  json out = {{"target", target},
-              {"port", nullptr},
-              {"request_id", request_id},
-              {"ok", report.status == 200},
-              {"status", report.status},
-              {"elapsed_ms", elapsed},
-              {"hops", std::move(report.hops)}};
-  out["identity"] = fmt::format("vm:{}", caller_name);
-  if (access) out["acl"] = {{"allowed", access->allowed}, {"rule", access->rule}};
-  if (report.status != 200) out["reason"] = report.reason;
-  auto line = report.status == 200 ? log::info("admin_check") : log::warn("admin_check");
-  line.kv("req", request_id)
-      .kv("client", client)
-      .kv("target", target)
-      .kv("vm", caller_name)
-      .kv("status", report.status)
-      .kv("ms", static_cast<long long>(elapsed));
-  if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
-  if (report.status != 200) line.kv("reason", report.reason);
-  co_return json_response(report.status, out);
+  const CheckSubject subject{.target = target,
+                             .request_id = request_id,
+                             .client = client,
+                             .vm = caller_name,
+                             .identity = fmt::format("vm:{}", caller_name),
+                             .access = access};
+  co_return check_answer(report, subject, ms_since(start));
 }
 
 awaitable<AdminResponse> check_response(const AdminContext& context, const std::string& target,
@@ -518,29 +541,14 @@ awaitable<AdminResponse> check_response(const AdminContext& context, const std::
     }
   }
 
-  const double elapsed = ms_since(start);
-  json out = {{"target", target},
-              {"port", port},
-              {"request_id", request_id},
-              {"ok", report.status == 200},
-              {"status", report.status},
-              {"elapsed_ms", elapsed},
-              {"hops", std::move(report.hops)}};
-  out["identity"] = identity.to_string();
-  if (access) out["acl"] = {{"allowed", access->allowed}, {"rule", access->rule}};
-  if (report.status != 200) out["reason"] = report.reason;
-  auto line = report.status == 200 ? log::info("admin_check") : log::warn("admin_check");
-  line.kv("req", request_id)
-      .kv("client", client)
-      .kv("target", target)
-      .kv("vm", vm_name)
-      .kv("port", static_cast<unsigned>(port))
-      .kv("identity", identity.to_string())
-      .kv("status", report.status)
-      .kv("ms", static_cast<long long>(elapsed));
-  if (access) line.kv("acl", access->allowed ? "allow" : "deny").kv("rule", access->rule);
-  if (report.status != 200) line.kv("reason", report.reason);
-  co_return json_response(report.status, out);
+  const CheckSubject subject{.target = target,
+                             .port = port,
+                             .request_id = request_id,
+                             .client = client,
+                             .vm = vm_name,
+                             .identity = identity.to_string(),
+                             .access = access};
+  co_return check_answer(report, subject, ms_since(start));
 }
 
 awaitable<AdminResponse> handle_admin_request(const AdminContext& context, std::string_view method,
